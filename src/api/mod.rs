@@ -1,0 +1,91 @@
+//! The HTTP API: `/health`, `/ready`, `/metrics`.
+//!
+//! `/health` answers 200 while the process serves requests at all; `/ready` answers 200
+//! only while a topology is running (503 while starting or draining), for load balancers
+//! and systemd-style readiness checks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::Telemetry;
+
+/// State the API reports on.
+pub struct ApiState {
+    pub telemetry: Arc<Telemetry>,
+    pub ready: AtomicBool,
+}
+
+impl ApiState {
+    pub fn new(telemetry: Arc<Telemetry>) -> Arc<Self> {
+        Arc::new(Self {
+            telemetry,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Binds `listen` now (so a taken port fails start-up) and serves until `shutdown`.
+pub async fn serve(
+    listen: SocketAddr,
+    state: Arc<ApiState>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {listen} (api.listen): {err}"))?;
+    tracing::info!(%listen, "API listening");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(err) = served {
+            tracing::error!("API server failed: {err}");
+        }
+    }))
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, axum::Json(json!({ "status": "ready" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not ready" })),
+        )
+    }
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.telemetry.encode(),
+    )
+}

@@ -1,0 +1,231 @@
+//! Payload codecs: bytes from a transport in, event fields out.
+//!
+//! Sources decode what they receive with their `decoding` option; the `decode` transform
+//! applies the same codecs to a field (for payloads wrapped in another envelope, such as a
+//! Base64 `data` field in a LoRaWAN uplink). One payload may hold many readings.
+
+mod binary;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use binary::{BinaryType, LayoutField};
+
+use crate::event::Fields;
+
+/// How a payload's bytes become readings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    /// A JSON object, an array of objects, or newline-delimited objects.
+    #[default]
+    Json,
+    /// Newline-delimited JSON objects (what `json` also accepts; kept for explicitness).
+    Ndjson,
+    /// A MessagePack map, or an array of maps.
+    Msgpack,
+    /// Fixed binary frames described by `layout`.
+    Binary,
+    /// No decoding: the payload becomes a Base64 `payload` field for a later `decode`.
+    Bytes,
+}
+
+/// The `decoding` option of a source.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecodingConfig {
+    #[serde(default)]
+    pub codec: Codec,
+    /// Field layout of a `binary` frame, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Vec<LayoutField>>,
+}
+
+impl DecodingConfig {
+    /// Checks that `layout` is given exactly when the codec is `binary`.
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.codec, &self.layout) {
+            (Codec::Binary, None) => Err(
+                "codec `binary` needs a `layout`: a list of `{ name, type, scale }` fields".into(),
+            ),
+            (Codec::Binary, Some(layout)) if layout.is_empty() => {
+                Err("`layout` is empty: expected at least one field".into())
+            }
+            (Codec::Binary, Some(layout)) => binary::check_layout(layout),
+            (_, Some(_)) => Err("`layout` applies only to codec `binary`".into()),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn decoder(&self) -> Decoder {
+        Decoder {
+            codec: self.codec,
+            layout: self.layout.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Why a payload could not be decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+/// A ready-to-use decoder.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    codec: Codec,
+    layout: Vec<LayoutField>,
+}
+
+impl Decoder {
+    /// Decodes one payload into one or more readings.
+    pub fn decode(&self, payload: &[u8]) -> Result<Vec<Fields>, DecodeError> {
+        match self.codec {
+            Codec::Json | Codec::Ndjson => decode_json(payload),
+            Codec::Msgpack => decode_msgpack(payload),
+            Codec::Binary => binary::decode(&self.layout, payload).map(|f| vec![f]),
+            Codec::Bytes => {
+                use base64::Engine as _;
+                let mut fields = Fields::new();
+                fields.insert(
+                    "payload".into(),
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(payload)),
+                );
+                Ok(vec![fields])
+            }
+        }
+    }
+}
+
+/// A JSON object, an array of objects, or a stream of objects (NDJSON).
+fn decode_json(payload: &[u8]) -> Result<Vec<Fields>, DecodeError> {
+    let mut readings = Vec::new();
+    for (n, value) in serde_json::Deserializer::from_slice(payload)
+        .into_iter::<Value>()
+        .enumerate()
+    {
+        let value = value.map_err(|err| DecodeError(format!("invalid JSON: {err}")))?;
+        push_readings(&mut readings, value, n)?;
+    }
+    if readings.is_empty() {
+        return Err(DecodeError(
+            "empty body: expected a JSON object or an array of objects".into(),
+        ));
+    }
+    Ok(readings)
+}
+
+fn decode_msgpack(payload: &[u8]) -> Result<Vec<Fields>, DecodeError> {
+    let value: Value = rmp_serde::from_slice(payload)
+        .map_err(|err| DecodeError(format!("invalid MessagePack: {err}")))?;
+    let mut readings = Vec::new();
+    push_readings(&mut readings, value, 0)?;
+    Ok(readings)
+}
+
+fn push_readings(readings: &mut Vec<Fields>, value: Value, n: usize) -> Result<(), DecodeError> {
+    match value {
+        Value::Object(fields) => readings.push(fields),
+        Value::Array(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                match item {
+                    Value::Object(fields) => readings.push(fields),
+                    other => {
+                        return Err(DecodeError(format!(
+                            "item {i} of the array is {}: expected an object",
+                            kind(&other)
+                        )));
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(DecodeError(format!(
+                "value {} is {}: expected an object or an array of objects",
+                n + 1,
+                kind(&other)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json() -> Decoder {
+        DecodingConfig::default().decoder()
+    }
+
+    #[test]
+    fn json_object_array_and_ndjson() {
+        assert_eq!(json().decode(br#"{"t":1}"#).unwrap().len(), 1);
+        assert_eq!(json().decode(br#"[{"t":1},{"t":2}]"#).unwrap().len(), 2);
+        assert_eq!(
+            json()
+                .decode(b"{\"t\":1}\n{\"t\":2}\n{\"t\":3}\n")
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn json_errors_say_what_was_expected() {
+        assert!(
+            json()
+                .decode(b"{\"t\":")
+                .unwrap_err()
+                .0
+                .contains("invalid JSON")
+        );
+        assert!(
+            json()
+                .decode(b"42")
+                .unwrap_err()
+                .0
+                .contains("expected an object")
+        );
+        assert!(json().decode(b"[1]").unwrap_err().0.contains("item 0"));
+        assert!(json().decode(b"  ").unwrap_err().0.contains("empty body"));
+    }
+
+    #[test]
+    fn msgpack_map() {
+        let payload = rmp_serde::to_vec_named(&serde_json::json!({"temperature": 21.5})).unwrap();
+        let decoder = DecodingConfig {
+            codec: Codec::Msgpack,
+            layout: None,
+        }
+        .decoder();
+        assert_eq!(decoder.decode(&payload).unwrap()[0]["temperature"], 21.5);
+        assert!(decoder.decode(b"\xc1").is_err());
+    }
+
+    #[test]
+    fn layout_only_with_binary() {
+        let cfg = DecodingConfig {
+            codec: Codec::Binary,
+            layout: None,
+        };
+        assert!(cfg.check().is_err());
+        let cfg = DecodingConfig {
+            codec: Codec::Json,
+            layout: Some(vec![]),
+        };
+        assert!(cfg.check().is_err());
+    }
+}

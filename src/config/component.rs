@@ -1,0 +1,173 @@
+//! Component identity and the macro that declares each section's closed set of types.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+/// A component's id, unique across all sections of a topology.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ComponentId(Arc<str>);
+
+impl ComponentId {
+    pub fn new(id: &str) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id as a shared string, for metadata and metric labels.
+    pub fn as_arc(&self) -> Arc<str> {
+        Arc::clone(&self.0)
+    }
+}
+
+impl fmt::Display for ComponentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Borrow<str> for ComponentId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for ComponentId {
+    fn from(id: &str) -> Self {
+        Self::new(id)
+    }
+}
+
+/// The section a component is declared in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ComponentKind {
+    Source,
+    Transform,
+    Aggregator,
+    Sink,
+    Action,
+}
+
+impl ComponentKind {
+    pub const ALL: [ComponentKind; 5] = [
+        Self::Source,
+        Self::Transform,
+        Self::Aggregator,
+        Self::Sink,
+        Self::Action,
+    ];
+
+    /// The YAML section name: `sources`, `transforms`, ...
+    pub fn section(self) -> &'static str {
+        match self {
+            Self::Source => "sources",
+            Self::Transform => "transforms",
+            Self::Aggregator => "aggregators",
+            Self::Sink => "sinks",
+            Self::Action => "actions",
+        }
+    }
+
+    /// The singular noun: `source`, `transform`, ...
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Transform => "transform",
+            Self::Aggregator => "aggregator",
+            Self::Sink => "sink",
+            Self::Action => "action",
+        }
+    }
+
+    pub fn from_section(section: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.section() == section)
+    }
+
+    /// Whether components of this kind read from `inputs`.
+    pub fn takes_inputs(self) -> bool {
+        self != Self::Source
+    }
+
+    /// Whether components of this kind have a default output others can read.
+    pub fn has_default_output(self) -> bool {
+        !matches!(self, Self::Sink | Self::Action)
+    }
+}
+
+/// A named output of a component (`route.hot`, `decode.errors`), besides its default one.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OutputName(pub String);
+
+impl OutputName {
+    /// Events a component could not handle: the dead-letter output every fallible component has.
+    pub const ERRORS: &'static str = "errors";
+
+    pub fn errors() -> Self {
+        Self(Self::ERRORS.into())
+    }
+}
+
+/// Declares the closed set of component types of one section.
+///
+/// For `enum SourceConfig { "http" => Http(HttpSourceConfig) }` this generates the enum plus:
+/// `TYPES` (every accepted `type`), `type_name()`, `from_options()` (deserializes a type's
+/// options with the path of any error, for positions), `option_schemas()` (for
+/// `weir schema`) and `component()` (the variant as the section's trait object).
+macro_rules! component_types {
+    (
+        $(#[$doc:meta])*
+        $vis:vis enum $name:ident: $trait:path {
+            $($type_name:literal => $variant:ident($config:ty)),* $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq)]
+        $vis enum $name {
+            $($variant($config)),*
+        }
+
+        impl $name {
+            /// Every `type` this section accepts.
+            pub const TYPES: &'static [&'static str] = &[$($type_name),*];
+
+            /// The `type` this component was declared with.
+            pub fn type_name(&self) -> &'static str {
+                match *self {
+                    $(Self::$variant(_) => $type_name),*
+                }
+            }
+
+            /// The component's config as the section's trait object.
+            pub fn component(&self) -> &dyn $trait {
+                match *self {
+                    $(Self::$variant(ref config) => config),*
+                }
+            }
+
+            /// Deserializes the options of a `type_name` component; `None` for an unknown type.
+            #[allow(unused_variables)]
+            pub fn from_options(
+                type_name: &str,
+                options: serde_json::Value,
+            ) -> Option<Result<Self, serde_path_to_error::Error<serde_json::Error>>> {
+                match type_name {
+                    $($type_name => Some(serde_path_to_error::deserialize(options).map(Self::$variant)),)*
+                    _ => None,
+                }
+            }
+
+            /// The JSON Schema of each type's options.
+            #[allow(unused_variables)]
+            pub fn option_schemas(
+                generator: &mut schemars::SchemaGenerator,
+            ) -> Vec<(&'static str, schemars::Schema)> {
+                vec![$(($type_name, <$config as schemars::JsonSchema>::json_schema(generator))),*]
+            }
+        }
+    };
+}
+
+pub(crate) use component_types;

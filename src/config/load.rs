@@ -1,0 +1,549 @@
+//! Reading pipeline files into a [`TopologyConfig`].
+//!
+//! Loading goes file by file, then component by component, and keeps going after an error
+//! so one run of `weir validate` reports every mistake it can find:
+//!
+//! 1. parse each file into a located [`Node`] tree;
+//! 2. merge the files: sections by component id (unique across sections and files),
+//!    globals by key (each set once);
+//! 3. per component: substitute `${VAR}`s, split off `type` and `inputs`, deserialize the
+//!    remaining options into the type's config struct, run its own checks;
+//! 4. check the graph (see [`super::validate`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::diagnostic::{Diagnostic, Diagnostics, Location};
+use super::validate::{self, RawInput, TypedComponent};
+use super::yaml::{Key, Node, NodeKind, PathStep};
+use super::{ComponentConfig, ComponentKind, GlobalConfig, TopologyConfig};
+use crate::actions::ActionConfig;
+use crate::aggregators::AggregatorConfig;
+use crate::sinks::SinkConfig;
+use crate::sources::SourceConfig;
+use crate::transforms::TransformConfig;
+
+/// Top-level keys that are not sections.
+const GLOBALS: &[&str] = &["data_dir", "api", "log"];
+
+/// Loads and validates the pipeline files and directories in `paths`.
+///
+/// On success, returns the topology and any warnings; on failure, every error found.
+pub fn load(paths: &[PathBuf]) -> Result<(TopologyConfig, Diagnostics), Diagnostics> {
+    let mut diagnostics = Diagnostics::default();
+    let mut files = Vec::new();
+    for path in expand(paths, &mut diagnostics) {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => files.push((Arc::from(path.as_path()), text)),
+            Err(err) => diagnostics.push(Diagnostic::error(
+                None,
+                format!("cannot read {}: {err}", path.display()),
+            )),
+        }
+    }
+    if files.is_empty() && !diagnostics.has_errors() {
+        diagnostics.push(Diagnostic::error(
+            None,
+            "no pipeline files given: expected YAML files or directories holding them",
+        ));
+    }
+    load_files(files, &|name| std::env::var(name).ok(), diagnostics)
+}
+
+/// Loads one pipeline from text (tests, `POST /v1/reload` bodies).
+pub fn load_str(
+    name: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(TopologyConfig, Diagnostics), Diagnostics> {
+    load_files(
+        vec![(Arc::from(Path::new(name)), text.to_owned())],
+        env,
+        Diagnostics::default(),
+    )
+}
+
+/// Files as given, directories as their `*.yaml`/`*.yml` files in name order.
+fn expand(paths: &[PathBuf], diagnostics: &mut Diagnostics) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| {
+                            p.is_file()
+                                && matches!(
+                                    p.extension().and_then(|e| e.to_str()),
+                                    Some("yaml" | "yml")
+                                )
+                        })
+                        .collect();
+                    found.sort();
+                    if found.is_empty() {
+                        diagnostics.push(Diagnostic::error(
+                            None,
+                            format!("directory {} holds no .yaml or .yml files", path.display()),
+                        ));
+                    }
+                    files.extend(found);
+                }
+                Err(err) => diagnostics.push(Diagnostic::error(
+                    None,
+                    format!("cannot read directory {}: {err}", path.display()),
+                )),
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files
+}
+
+/// A component as written, before its options are typed.
+struct RawComponent {
+    kind: ComponentKind,
+    key: Key,
+    node: Node,
+}
+
+fn load_files(
+    files: Vec<(Arc<Path>, String)>,
+    env: &dyn Fn(&str) -> Option<String>,
+    mut diagnostics: Diagnostics,
+) -> Result<(TopologyConfig, Diagnostics), Diagnostics> {
+    let mut globals: Vec<(Key, Node)> = Vec::new();
+    let mut raw: Vec<RawComponent> = Vec::new();
+    let mut seen: HashMap<String, Location> = HashMap::new();
+
+    for (file, text) in &files {
+        let root = match Node::parse(file, text) {
+            Ok(root) => root,
+            Err(diagnostic) => {
+                diagnostics.push(diagnostic);
+                continue;
+            }
+        };
+        let Some(entries) = root.as_map() else {
+            diagnostics.push(Diagnostic::error(
+                Some(root.location.clone()),
+                format!("the file holds {}: expected a mapping with `sources`, `transforms`, `sinks`, ...", root.kind_name()),
+            ));
+            continue;
+        };
+        for (key, value) in entries {
+            if let Some(kind) = ComponentKind::from_section(&key.name) {
+                collect_section(kind, value, &mut raw, &mut seen, &mut diagnostics);
+            } else if GLOBALS.contains(&key.name.as_str()) {
+                if let Some((first, _)) = globals.iter().find(|(k, _)| k.name == key.name) {
+                    diagnostics.push(Diagnostic::error(
+                        Some(key.location.clone()),
+                        format!(
+                            "`{}` is already set at {}: set each global once",
+                            key.name, first.location
+                        ),
+                    ));
+                } else {
+                    globals.push((key.clone(), value.clone()));
+                }
+            } else {
+                let expected: Vec<&str> = GLOBALS
+                    .iter()
+                    .copied()
+                    .chain(ComponentKind::ALL.iter().map(|k| k.section()))
+                    .collect();
+                diagnostics.push(Diagnostic::error(
+                    Some(key.location.clone()),
+                    format!(
+                        "unknown top-level key `{}`{}: expected one of {}",
+                        key.name,
+                        did_you_mean(&key.name, &expected),
+                        list(&expected)
+                    ),
+                ));
+            }
+        }
+    }
+
+    let globals = typed_globals(globals, env, &mut diagnostics);
+    let typed: Vec<TypedComponent> = raw
+        .into_iter()
+        .filter_map(|component| typed_component(component, env, &mut diagnostics))
+        .collect();
+    let components = validate::resolve(typed, &globals, &mut diagnostics);
+
+    diagnostics.sort();
+    if diagnostics.has_errors() {
+        Err(diagnostics)
+    } else {
+        Ok((
+            TopologyConfig {
+                globals,
+                components,
+            },
+            diagnostics,
+        ))
+    }
+}
+
+fn collect_section(
+    kind: ComponentKind,
+    section: &Node,
+    raw: &mut Vec<RawComponent>,
+    seen: &mut HashMap<String, Location>,
+    diagnostics: &mut Diagnostics,
+) {
+    let entries = match &section.kind {
+        NodeKind::Map(entries) => entries,
+        NodeKind::Null => return,
+        _ => {
+            diagnostics.push(Diagnostic::error(
+                Some(section.location.clone()),
+                format!(
+                    "`{}` holds {}: expected a mapping of component id to component",
+                    kind.section(),
+                    section.kind_name()
+                ),
+            ));
+            return;
+        }
+    };
+    for (key, node) in entries {
+        if let Err(message) = validate::check_id(&key.name) {
+            diagnostics.push(
+                Diagnostic::error(Some(key.location.clone()), message).in_component(&key.name),
+            );
+            continue;
+        }
+        if let Some(first) = seen.get(&key.name) {
+            diagnostics.push(
+                Diagnostic::error(
+                    Some(key.location.clone()),
+                    format!("duplicate id: already declared at {first} (ids are unique across all sections and files)"),
+                )
+                .in_component(&key.name),
+            );
+            continue;
+        }
+        seen.insert(key.name.clone(), key.location.clone());
+        raw.push(RawComponent {
+            kind,
+            key: key.clone(),
+            node: node.clone(),
+        });
+    }
+}
+
+fn typed_globals(
+    entries: Vec<(Key, Node)>,
+    env: &dyn Fn(&str) -> Option<String>,
+    diagnostics: &mut Diagnostics,
+) -> GlobalConfig {
+    let location = entries
+        .first()
+        .map(|(k, _)| k.location.clone())
+        .unwrap_or_else(|| Location {
+            file: Arc::from(Path::new("<globals>")),
+            line: 1,
+            column: 1,
+        });
+    let node = Node {
+        location,
+        kind: NodeKind::Map(entries),
+    };
+    let mut errors = Vec::new();
+    let json = node.to_json(env, &mut errors);
+    diagnostics.0.extend(errors);
+    match serde_path_to_error::deserialize::<_, GlobalConfig>(json) {
+        Ok(globals) => globals,
+        Err(err) => {
+            diagnostics.push(serde_diagnostic(&node, err));
+            GlobalConfig::default()
+        }
+    }
+}
+
+fn typed_component(
+    raw: RawComponent,
+    env: &dyn Fn(&str) -> Option<String>,
+    diagnostics: &mut Diagnostics,
+) -> Option<TypedComponent> {
+    let RawComponent { kind, key, node } = raw;
+    let id = key.name.clone();
+    let error = |location: &Location, message: String| {
+        Diagnostic::error(Some(location.clone()), message).in_component(&id)
+    };
+    let types = types_of(kind);
+
+    let Some(entries) = node.as_map() else {
+        diagnostics.push(error(
+            &node.location,
+            format!(
+                "{} {} holds {}: expected a mapping with `type`",
+                kind.noun(),
+                id,
+                node.kind_name()
+            ),
+        ));
+        return None;
+    };
+
+    let type_name = match node.get("type").map(|n| &n.kind) {
+        Some(NodeKind::String(t)) => t.clone(),
+        Some(_) => {
+            diagnostics.push(error(
+                node.locate(&[PathStep::Key("type".into())]),
+                format!("`type` must be a string: expected one of {}", list(types)),
+            ));
+            return None;
+        }
+        None => {
+            diagnostics.push(error(
+                &key.location,
+                format!("missing `type`: expected one of {}", list(types)),
+            ));
+            return None;
+        }
+    };
+
+    let inputs = match (kind.takes_inputs(), node.get("inputs")) {
+        (false, Some(inputs)) => {
+            diagnostics.push(error(
+                &inputs.location,
+                format!(
+                    "{}s take no `inputs`: they read from outside weir",
+                    kind.noun()
+                ),
+            ));
+            Vec::new()
+        }
+        (false, None) => Vec::new(),
+        (true, None) => {
+            diagnostics.push(error(
+                &key.location,
+                "missing `inputs`: expected a list of component ids, e.g. `inputs: [my_source]`"
+                    .into(),
+            ));
+            Vec::new()
+        }
+        (true, Some(inputs)) => raw_inputs(inputs, &id, diagnostics),
+    };
+
+    let options = Node {
+        location: node.location.clone(),
+        kind: NodeKind::Map(
+            entries
+                .iter()
+                .filter(|(k, _)| k.name != "type" && k.name != "inputs")
+                .cloned()
+                .collect(),
+        ),
+    };
+    let mut env_errors = Vec::new();
+    let json = options.to_json(env, &mut env_errors);
+    let had_env_errors = !env_errors.is_empty();
+    diagnostics
+        .0
+        .extend(env_errors.into_iter().map(|d| d.in_component(&id)));
+
+    let typed = match deserialize_options(kind, &type_name, json) {
+        None => {
+            let at = node.locate(&[PathStep::Key("type".into())]);
+            diagnostics.push(error(
+                at,
+                format!(
+                    "unknown {} type `{type_name}`{}: expected one of {}",
+                    kind.noun(),
+                    did_you_mean(&type_name, types),
+                    list(types)
+                ),
+            ));
+            return None;
+        }
+        Some(Err(err)) => {
+            diagnostics.push(serde_diagnostic(&options, err).in_component(&id));
+            return None;
+        }
+        Some(Ok(config)) => config,
+    };
+    if had_env_errors {
+        return None;
+    }
+    for problem in typed.check() {
+        let at = options.locate(&problem.path);
+        diagnostics.push(error(at, problem.message));
+    }
+    Some(TypedComponent {
+        id: id.as_str().into(),
+        config: typed,
+        inputs,
+        location: key.location,
+    })
+}
+
+fn types_of(kind: ComponentKind) -> &'static [&'static str] {
+    match kind {
+        ComponentKind::Source => SourceConfig::TYPES,
+        ComponentKind::Transform => TransformConfig::TYPES,
+        ComponentKind::Aggregator => AggregatorConfig::TYPES,
+        ComponentKind::Sink => SinkConfig::TYPES,
+        ComponentKind::Action => ActionConfig::TYPES,
+    }
+}
+
+type OptionsResult = Option<Result<ComponentConfig, serde_path_to_error::Error<serde_json::Error>>>;
+
+fn deserialize_options(kind: ComponentKind, type_name: &str, json: Value) -> OptionsResult {
+    fn wrap<T>(
+        r: Option<Result<T, serde_path_to_error::Error<serde_json::Error>>>,
+        f: fn(T) -> ComponentConfig,
+    ) -> OptionsResult {
+        r.map(|r| r.map(f))
+    }
+    match kind {
+        ComponentKind::Source => wrap(
+            SourceConfig::from_options(type_name, json),
+            ComponentConfig::Source,
+        ),
+        ComponentKind::Transform => wrap(
+            TransformConfig::from_options(type_name, json),
+            ComponentConfig::Transform,
+        ),
+        ComponentKind::Aggregator => wrap(
+            AggregatorConfig::from_options(type_name, json),
+            ComponentConfig::Aggregator,
+        ),
+        ComponentKind::Sink => wrap(
+            SinkConfig::from_options(type_name, json),
+            ComponentConfig::Sink,
+        ),
+        ComponentKind::Action => wrap(
+            ActionConfig::from_options(type_name, json),
+            ComponentConfig::Action,
+        ),
+    }
+}
+
+fn raw_inputs(node: &Node, id: &str, diagnostics: &mut Diagnostics) -> Vec<RawInput> {
+    let items: Vec<&Node> = match &node.kind {
+        NodeKind::Seq(items) => items.iter().collect(),
+        NodeKind::String(_) => vec![node],
+        _ => {
+            diagnostics.push(
+                Diagnostic::error(
+                    Some(node.location.clone()),
+                    format!(
+                        "`inputs` holds {}: expected a list of component ids",
+                        node.kind_name()
+                    ),
+                )
+                .in_component(id),
+            );
+            return Vec::new();
+        }
+    };
+    let mut inputs = Vec::new();
+    for item in items {
+        match &item.kind {
+            NodeKind::String(text) => inputs.push(RawInput { text: text.clone(), location: item.location.clone() }),
+            _ => diagnostics.push(
+                Diagnostic::error(Some(item.location.clone()), format!("an input is {}: expected a component id such as `my_source` or `my_route.hot`", item.kind_name()))
+                    .in_component(id),
+            ),
+        }
+    }
+    if inputs.is_empty() && !diagnostics.has_errors() {
+        diagnostics.push(
+            Diagnostic::error(
+                Some(node.location.clone()),
+                "`inputs` is empty: expected at least one component id",
+            )
+            .in_component(id),
+        );
+    }
+    inputs
+}
+
+/// Turns a serde error at a path inside `node` into a positioned diagnostic.
+fn serde_diagnostic(node: &Node, err: serde_path_to_error::Error<serde_json::Error>) -> Diagnostic {
+    use serde_path_to_error::Segment;
+    let path: Vec<PathStep> = err
+        .path()
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Map { key } => Some(PathStep::Key(key.clone())),
+            Segment::Seq { index } => Some(PathStep::Index(*index)),
+            _ => None,
+        })
+        .collect();
+    let mut message = err.inner().to_string();
+    let target = node.find(&path);
+    let mut location = target.location.clone();
+    if let Some(field) = between(&message, "unknown field `", "`") {
+        let field = field.to_owned();
+        if let Some(key) = target.key(&field).or_else(|| node.key(&field)) {
+            location = key.location.clone();
+        }
+        let expected: Vec<String> = message
+            .split_once("expected ")
+            .map(|(_, rest)| {
+                rest.split(", ")
+                    .filter_map(|s| between(s, "`", "`"))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        let hint = did_you_mean(&field, &expected);
+        if !hint.is_empty() {
+            message = format!(
+                "unknown field `{field}`{hint}: expected one of {}",
+                list(&expected)
+            );
+        }
+    }
+    let field_path = path
+        .iter()
+        .map(|step| match step {
+            PathStep::Key(k) => k.clone(),
+            PathStep::Index(i) => i.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    if !field_path.is_empty() && !message.contains("unknown field") {
+        message = format!("`{field_path}`: {message}");
+    }
+    Diagnostic::error(Some(location), message)
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let rest = &text[text.find(start)? + start.len()..];
+    Some(&rest[..rest.find(end)?])
+}
+
+/// `` `a`, `b`, `c` ``
+pub(super) fn list(items: &[&str]) -> String {
+    if items.is_empty() {
+        return "(none in this build)".into();
+    }
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// ` (did you mean `x`?)` when a candidate is close to `word`, else empty.
+pub(super) fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+    candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), *c))
+        .filter(|(distance, c)| *distance <= 2.max(c.len() / 4) && *distance > 0)
+        .min()
+        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default()
+}

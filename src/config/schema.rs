@@ -1,0 +1,97 @@
+//! The JSON Schema of the pipeline language, generated from the config types.
+//!
+//! Editors with the YAML language server validate and complete pipelines from it
+//! (`# yaml-language-server: $schema=../schemas/pipeline.schema.json`). It is committed at
+//! `schemas/pipeline.schema.json`; a test fails when that file is stale.
+
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use super::{ComponentKind, GlobalConfig};
+use crate::actions::ActionConfig;
+use crate::aggregators::AggregatorConfig;
+use crate::sinks::SinkConfig;
+use crate::sources::SourceConfig;
+use crate::transforms::TransformConfig;
+
+/// The schema as pretty-printed JSON with a trailing newline.
+pub fn pipeline_schema_json() -> String {
+    let mut text = serde_json::to_string_pretty(&pipeline_schema()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The whole language: globals plus one property per section.
+pub fn pipeline_schema() -> Value {
+    let mut generator = SchemaSettings::draft07().into_generator();
+    let globals = generator.root_schema_for::<GlobalConfig>().to_value();
+
+    let mut properties = globals
+        .get("properties")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    for kind in ComponentKind::ALL {
+        let types = match kind {
+            ComponentKind::Source => SourceConfig::option_schemas(&mut generator),
+            ComponentKind::Transform => TransformConfig::option_schemas(&mut generator),
+            ComponentKind::Aggregator => AggregatorConfig::option_schemas(&mut generator),
+            ComponentKind::Sink => SinkConfig::option_schemas(&mut generator),
+            ComponentKind::Action => ActionConfig::option_schemas(&mut generator),
+        };
+        let variants: Vec<Value> = types
+            .into_iter()
+            .map(|(name, schema)| component_schema(kind, name, schema.to_value()))
+            .collect();
+        properties[kind.section()] = json!({
+            "type": ["object", "null"],
+            "description": format!("{}s by id", kind.noun()),
+            "propertyNames": { "pattern": "^[A-Za-z0-9_-]+$" },
+            "additionalProperties": { "oneOf": variants },
+        });
+    }
+
+    let mut definitions = Map::new();
+    if let Some(Value::Object(defs)) = globals.get("definitions") {
+        definitions.extend(defs.clone());
+    }
+    for (name, schema) in generator.definitions() {
+        definitions.insert(name.clone(), schema.clone());
+    }
+
+    json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "weir pipeline",
+        "description": "A weir topology: sources, transforms, aggregators, sinks and actions wired by `inputs`.",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": properties,
+        "definitions": definitions,
+    })
+}
+
+/// One type's options plus the keys every component of the section has.
+fn component_schema(kind: ComponentKind, type_name: &str, mut options: Value) -> Value {
+    let object = options
+        .as_object_mut()
+        .expect("config structs have object schemas");
+    let properties = object.entry("properties").or_insert_with(|| json!({}));
+    properties["type"] = json!({ "const": type_name });
+    let mut required = vec![json!("type")];
+    if kind.takes_inputs() {
+        properties["inputs"] = json!({
+            "description": "Component ids (`id`, `id.output`) or globs (`plant_*`) to read from.",
+            "type": "array",
+            "items": { "type": "string" },
+            "minItems": 1,
+        });
+        required.push(json!("inputs"));
+    }
+    if let Some(Value::Array(existing)) = object.get("required") {
+        required.extend(existing.iter().cloned());
+    }
+    object.insert("required".into(), Value::Array(required));
+    object.insert("additionalProperties".into(), json!(false));
+    object.remove("$schema");
+    object.remove("title");
+    options
+}

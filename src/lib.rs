@@ -1,0 +1,28 @@
+//! weir: IoT telemetry pipelines in one daemon.
+//!
+//! A topology written in YAML wires **sources** (where readings arrive), **transforms**
+//! (per-event logic), **aggregators** (event-time windows), **sinks** (where events are
+//! kept) and **actions** (what insights trigger). This crate is organised the same way:
+//!
+//! - [`config`]: the pipeline language: loading, merging, validation, JSON Schema;
+//! - [`topology`]: running a topology: tasks, channels, backpressure, drain;
+//! - [`event`]: the event model that flows between components;
+//! - [`sources`], [`transforms`], [`aggregators`], [`sinks`], [`actions`]: one file per
+//!   component type, each a config struct (serde + schemars) plus its runtime;
+//! - [`codecs`]: payload decoding shared by sources and the `decode` transform;
+//! - [`template`]: minijinja conditions and templates, compiled at load time;
+//! - [`telemetry`]: metrics and logs; [`api`]: the HTTP API; [`cli`]: the command line.
+
+pub mod actions;
+pub mod aggregators;
+pub mod api;
+pub mod cli;
+pub mod codecs;
+pub mod config;
+pub mod event;
+pub mod sinks;
+pub mod sources;
+pub mod telemetry;
+pub mod template;
+pub mod topology;
+pub mod transforms;

@@ -1,0 +1,360 @@
+//! `http`: devices POST readings.
+//!
+//! `POST /v1/devices/{device_id}/messages` with a JSON object, an array of objects or
+//! NDJSON (or the configured codec). The answer says what happened:
+//!
+//! | status | meaning |
+//! | --- | --- |
+//! | 200 `{"accepted": n}` | the readings entered the pipeline |
+//! | 400 `{"error": ...}` | the body or device id is malformed; the body goes to `<id>.errors` |
+//! | 404 / 405 | wrong path or method |
+//! | 413 | the body is larger than `max_body` |
+//! | 503 + `Retry-After` | the pipeline did not take the readings within `queue_timeout`, or weir is stopping |
+//!
+//! Handlers wait for room downstream before answering, so a slow pipeline slows clients.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{SourceComponent, SourceContext};
+use crate::codecs::{Decoder, DecodingConfig};
+use crate::config::{ByteSize, ComponentId, Duration, FieldProblem, OutputName, Resource};
+use crate::event::{Event, EventBatch, EventMeta, Fields, parse_event_time};
+use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, HttpResponse, Stage};
+use crate::telemetry::{ComponentTelemetry, InternalEvent};
+use crate::topology::ComponentTask;
+use crate::topology::channel::Outputs;
+
+const DEVICE_ID_PARAM: &str = "{device_id}";
+
+/// Receives readings over HTTP.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Request path; `{device_id}` in it names the device.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Field of each reading that holds the device id, when the path has no `{device_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id_field: Option<String>,
+    #[serde(default)]
+    pub decoding: DecodingConfig,
+    /// Field holding the event time (RFC 3339 or epoch s/ms/µs); default: arrival time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<String>,
+    /// Largest accepted body; larger ones get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// How long a request may wait for room in the pipeline before it gets 503.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: Duration,
+    /// Request headers copied into `meta.headers` (case-insensitive names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+}
+
+fn default_path() -> String {
+    "/v1/devices/{device_id}/messages".into()
+}
+fn default_max_body() -> ByteSize {
+    ByteSize::mib(1)
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl SourceComponent for HttpSourceConfig {
+    fn check(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        if !self.path.starts_with('/') {
+            problems.push(FieldProblem::at(
+                ["path"],
+                "expected a path starting with `/`",
+            ));
+        }
+        let params = self.path.matches('{').count();
+        let has_device = self.path.contains(DEVICE_ID_PARAM);
+        if params > usize::from(has_device) {
+            problems.push(FieldProblem::at(
+                ["path"],
+                "the only placeholder a path may hold is `{device_id}`",
+            ));
+        }
+        match (has_device, &self.device_id_field) {
+            (false, None) => problems.push(FieldProblem::at(
+                ["path"],
+                "the device is unknown: put `{device_id}` in `path` or set `device_id_field`",
+            )),
+            (true, Some(_)) => problems.push(FieldProblem::at(
+                ["device_id_field"],
+                "`path` already names the device with `{device_id}`; remove one of them",
+            )),
+            _ => {}
+        }
+        if let Err(message) = self.decoding.check() {
+            problems.push(FieldProblem::at(["decoding"], message));
+        }
+        problems
+    }
+
+    fn resources(&self) -> Vec<Resource> {
+        vec![Resource::TcpPort(self.listen)]
+    }
+
+    fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
+        let listener = std::net::TcpListener::bind(self.listen)
+            .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", self.listen))?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let state = Arc::new(Handler {
+            id: cx.id.clone(),
+            source: cx.id.as_arc(),
+            decoder: self.decoding.decoder(),
+            device_id_field: self.device_id_field.clone(),
+            event_time: self.event_time.clone(),
+            max_body: self.max_body.get() as usize,
+            queue_timeout: self.queue_timeout.get(),
+            headers: self
+                .headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            out: cx.out,
+            telemetry: cx.telemetry,
+        });
+        let router = Router::new()
+            .route(&self.path, post(receive))
+            .with_state(state);
+        let shutdown = cx.shutdown;
+        let listen = self.listen;
+        Ok(Box::pin(async move {
+            tracing::info!(component_id = %cx.id, %listen, "http source listening");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await?;
+            Ok(())
+        }))
+    }
+}
+
+struct Handler {
+    id: ComponentId,
+    source: Arc<str>,
+    decoder: Decoder,
+    device_id_field: Option<String>,
+    event_time: Option<String>,
+    max_body: usize,
+    queue_timeout: std::time::Duration,
+    headers: Vec<String>,
+    out: Outputs,
+    telemetry: ComponentTelemetry,
+}
+
+/// A request the source refused, with the reason the client is told.
+struct Rejection {
+    status: StatusCode,
+    reason: String,
+}
+
+async fn receive(
+    State(handler): State<Arc<Handler>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let outcome = handler.handle(params, &headers, body).await;
+    let (status, response) = match outcome {
+        Ok(accepted) => (
+            StatusCode::OK,
+            (StatusCode::OK, axum::Json(json!({ "accepted": accepted }))).into_response(),
+        ),
+        Err(rejection) => {
+            let mut response = (
+                rejection.status,
+                axum::Json(json!({ "error": rejection.reason })),
+            )
+                .into_response();
+            if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            (rejection.status, response)
+        }
+    };
+    HttpResponse {
+        status: status.as_u16(),
+    }
+    .emit(&handler.telemetry);
+    response
+}
+
+impl Handler {
+    async fn handle(
+        &self,
+        params: HashMap<String, String>,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<usize, Rejection> {
+        let body = axum::body::to_bytes(body, self.max_body)
+            .await
+            .map_err(|_| {
+                self.reject(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorType::Request,
+                    format!("body is larger than max_body ({} bytes)", self.max_body),
+                )
+            })?;
+        let meta = Arc::new(self.meta(headers));
+        let path_device = params.get("device_id").map(|id| id.trim());
+        if path_device.is_some_and(|id| id.is_empty() || id.len() > 256) {
+            return Err(self.reject(
+                StatusCode::BAD_REQUEST,
+                ErrorType::Request,
+                "device id in the path must be 1 to 256 characters".into(),
+            ));
+        }
+        EventsReceived {
+            count: 0,
+            bytes: body.len(),
+        }
+        .emit(&self.telemetry);
+
+        let events = match self.decode(&body, path_device, &meta) {
+            Ok(events) => events,
+            Err(reason) => {
+                self.dead_letter(&body, path_device, &meta, &reason).await;
+                return Err(self.reject(StatusCode::BAD_REQUEST, ErrorType::Decode, reason));
+            }
+        };
+        let accepted = events.len();
+        EventsReceived {
+            count: accepted,
+            bytes: 0,
+        }
+        .emit(&self.telemetry);
+        let send = self.out.send(EventBatch::new(events));
+        match tokio::time::timeout(self.queue_timeout, send).await {
+            Ok(()) => Ok(accepted),
+            Err(_) => Err(self.reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorType::Request,
+                format!(
+                    "the pipeline did not accept the readings within {:?}; retry later",
+                    self.queue_timeout
+                ),
+            )),
+        }
+    }
+
+    fn meta(&self, headers: &HeaderMap) -> EventMeta {
+        let mut meta = EventMeta::received_by(Arc::clone(&self.source));
+        for name in &self.headers {
+            if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                meta.headers.push((name.clone(), value.to_owned()));
+            }
+        }
+        meta.trace_id = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        meta
+    }
+
+    /// Decodes the body into events; any bad reading rejects the whole request, so a client
+    /// can retry it as a unit.
+    fn decode(
+        &self,
+        body: &Bytes,
+        path_device: Option<&str>,
+        meta: &Arc<EventMeta>,
+    ) -> Result<Vec<Event>, String> {
+        let readings = self.decoder.decode(body).map_err(|e| e.0)?;
+        let mut events = Vec::with_capacity(readings.len());
+        for (n, fields) in readings.into_iter().enumerate() {
+            let device_id = match (path_device, &self.device_id_field) {
+                (Some(id), _) => id.into(),
+                (None, Some(field)) => {
+                    device_from_field(&fields, field).map_err(|e| format!("reading {n}: {e}"))?
+                }
+                (None, None) => return Err("no device id".into()),
+            };
+            let time = match &self.event_time {
+                Some(field) => match fields.get(field) {
+                    Some(value) => Some(parse_event_time(value).ok_or_else(|| {
+                        format!("reading {n}: field `{field}` is {value}: expected RFC 3339 or epoch seconds/milliseconds/microseconds")
+                    })?),
+                    None => None,
+                },
+                None => None,
+            };
+            let mut event = Event::new(Some(device_id), fields, Arc::clone(meta));
+            if let Some(time) = time {
+                event.time = time;
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// Keeps a refused body on `<id>.errors` (truncated to 64 KiB) for inspection.
+    async fn dead_letter(
+        &self,
+        body: &Bytes,
+        path_device: Option<&str>,
+        meta: &Arc<EventMeta>,
+        reason: &str,
+    ) {
+        const KEEP: usize = 64 * 1024;
+        let kept = &body[..body.len().min(KEEP)];
+        let mut fields = Fields::new();
+        fields.insert(
+            "body".into(),
+            Value::String(String::from_utf8_lossy(kept).into_owned()),
+        );
+        fields.insert("body_bytes".into(), Value::from(body.len()));
+        let event = Event::new(path_device.map(Into::into), fields, Arc::clone(meta))
+            .with_error(&self.source, reason.to_owned());
+        let send = self
+            .out
+            .send_named(OutputName::ERRORS, EventBatch::new(vec![event]));
+        // A dead letter must not hold the client hostage to a stalled error branch.
+        let _ = tokio::time::timeout(self.queue_timeout, send).await;
+    }
+
+    fn reject(&self, status: StatusCode, error_type: ErrorType, reason: String) -> Rejection {
+        let message = format!("{}: rejected request with {status}: {reason}", self.id);
+        ComponentError {
+            error_type,
+            stage: Stage::Receiving,
+            message: &message,
+            count: 1,
+        }
+        .emit(&self.telemetry);
+        Rejection { status, reason }
+    }
+}
+
+fn device_from_field(fields: &Fields, field: &str) -> Result<crate::event::DeviceId, String> {
+    match fields.get(field) {
+        Some(Value::String(id)) if !id.trim().is_empty() => Ok(id.trim().into()),
+        Some(Value::Number(n)) => Ok(n.to_string().into()),
+        Some(other) => Err(format!(
+            "field `{field}` is {other}: expected a device id string"
+        )),
+        None => Err(format!("field `{field}` (the device id) is missing")),
+    }
+}

@@ -1,0 +1,121 @@
+//! The per-component metrics handle.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::{ComponentLabels, DiscardLabels, ErrorLabels, Metrics, OutputLabels, StatusLabels};
+
+/// A component's view of [`Metrics`], with its labels already applied.
+///
+/// Counters are resolved once here so emitting on the hot path is an atomic add.
+#[derive(Clone)]
+pub struct ComponentTelemetry {
+    metrics: Metrics,
+    labels: ComponentLabels,
+    pub(crate) received_events: Counter,
+    pub(crate) received_bytes: Counter,
+    pub(crate) sent_bytes: Counter,
+    /// Unix second of the last error log line, so a flood of bad input logs once per interval.
+    last_error_log: Arc<AtomicU64>,
+    suppressed_errors: Arc<AtomicU64>,
+}
+
+impl ComponentTelemetry {
+    pub(super) fn new(metrics: Metrics, labels: ComponentLabels) -> Self {
+        Self {
+            received_events: metrics.received_events.get_or_create_owned(&labels),
+            received_bytes: metrics.received_bytes.get_or_create_owned(&labels),
+            sent_bytes: metrics.sent_bytes.get_or_create_owned(&labels),
+            metrics,
+            labels,
+            last_error_log: Arc::new(AtomicU64::new(0)),
+            suppressed_errors: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn component_id(&self) -> &str {
+        &self.labels.component_id
+    }
+
+    pub fn component_type(&self) -> &str {
+        &self.labels.component_type
+    }
+
+    pub(crate) fn sent_events(&self, output: &str) -> Counter {
+        self.metrics.sent_events.get_or_create_owned(&OutputLabels {
+            component: self.labels.clone(),
+            output: output.to_owned(),
+        })
+    }
+
+    pub(crate) fn errors(&self, error_type: &str, stage: &str) -> Counter {
+        self.metrics.errors.get_or_create_owned(&ErrorLabels {
+            component: self.labels.clone(),
+            error_type: error_type.to_owned(),
+            stage: stage.to_owned(),
+        })
+    }
+
+    pub(crate) fn discarded(&self, intentional: bool) -> Counter {
+        self.metrics
+            .discarded_events
+            .get_or_create_owned(&DiscardLabels {
+                component: self.labels.clone(),
+                intentional: intentional.to_string(),
+            })
+    }
+
+    pub(crate) fn http_requests(&self, status: u16) -> Counter {
+        self.metrics
+            .http_requests
+            .get_or_create_owned(&StatusLabels {
+                component: self.labels.clone(),
+                status: status.to_string(),
+            })
+    }
+
+    /// Gauges for this component's input buffer.
+    pub fn buffer(&self, capacity_batches: usize) -> BufferMetrics {
+        let max = self
+            .metrics
+            .buffer_max_events
+            .get_or_create_owned(&self.labels);
+        max.set(capacity_batches as i64);
+        BufferMetrics {
+            events: self.metrics.buffer_events.get_or_create_owned(&self.labels),
+            utilization: self
+                .metrics
+                .buffer_utilization
+                .get_or_create_owned(&self.labels),
+        }
+    }
+
+    /// Whether an error may be logged now (at most one line per 10 s per component);
+    /// returns how many were held back since the last line.
+    pub(crate) fn error_log_permit(&self) -> Option<u64> {
+        const INTERVAL_SECS: u64 = 10;
+        let now = jiff::Timestamp::now().as_second().max(0) as u64;
+        let last = self.last_error_log.load(Ordering::Relaxed);
+        if now >= last + INTERVAL_SECS
+            && self
+                .last_error_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed_errors.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed_errors.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Gauges of one input buffer: events queued and fill ratio.
+#[derive(Clone)]
+pub struct BufferMetrics {
+    pub events: Gauge,
+    pub utilization: Gauge<f64, AtomicU64>,
+}

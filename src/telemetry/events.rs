@@ -1,0 +1,138 @@
+//! Typed internal events: each thing weir reports about itself is a small struct.
+//!
+//! A struct decides which counters move and what (if anything) is logged, so every call
+//! site that reports "a payload failed to decode" produces the same series and log fields.
+
+use super::ComponentTelemetry;
+
+/// Something a component reports about itself.
+pub trait InternalEvent {
+    fn emit(self, telemetry: &ComponentTelemetry);
+}
+
+/// Events a component accepted (a source from its transport, others from their inputs).
+pub struct EventsReceived {
+    pub count: usize,
+    /// Payload bytes read from the transport; zero for components fed by other components.
+    pub bytes: usize,
+}
+
+impl InternalEvent for EventsReceived {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.received_events.inc_by(self.count as u64);
+        if self.bytes > 0 {
+            t.received_bytes.inc_by(self.bytes as u64);
+        }
+    }
+}
+
+/// Bytes a sink wrote to its destination.
+pub struct BytesSent {
+    pub bytes: usize,
+}
+
+impl InternalEvent for BytesSent {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.sent_bytes.inc_by(self.bytes as u64);
+    }
+}
+
+/// Where in a component's work an error happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading from a transport (a socket, a request).
+    Receiving,
+    /// Turning input into events or events into other events.
+    Processing,
+    /// Writing to a destination.
+    Sending,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Receiving => "receiving",
+            Self::Processing => "processing",
+            Self::Sending => "sending",
+        }
+    }
+}
+
+/// What kind of error happened; the `error_type` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorType {
+    /// A payload that is not what its codec expects.
+    Decode,
+    /// A request that is malformed apart from its payload (path, headers, size).
+    Request,
+    /// A condition or template that failed for an event.
+    Expression,
+    /// A destination or file that refused a write.
+    Io,
+    /// Events that could not be encoded for their destination.
+    Encode,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decode => "decode_failed",
+            Self::Request => "request_invalid",
+            Self::Expression => "expression_failed",
+            Self::Io => "io_failed",
+            Self::Encode => "encode_failed",
+        }
+    }
+}
+
+/// A component met an error; counted always, logged at most once per interval.
+pub struct ComponentError<'a> {
+    pub error_type: ErrorType,
+    pub stage: Stage,
+    pub message: &'a str,
+    /// How many events the error affected (they went to `.errors` or were refused).
+    pub count: usize,
+}
+
+impl InternalEvent for ComponentError<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.errors(self.error_type.as_str(), self.stage.as_str())
+            .inc_by(self.count.max(1) as u64);
+        if let Some(suppressed) = t.error_log_permit() {
+            tracing::warn!(
+                component_id = t.component_id(),
+                component_type = t.component_type(),
+                error_type = self.error_type.as_str(),
+                stage = self.stage.as_str(),
+                suppressed,
+                "{}",
+                self.message
+            );
+        }
+    }
+}
+
+/// Events a component dropped on purpose (a filter) or lost (no dead-letter path).
+pub struct EventsDiscarded {
+    pub count: usize,
+    pub intentional: bool,
+}
+
+impl InternalEvent for EventsDiscarded {
+    fn emit(self, t: &ComponentTelemetry) {
+        if self.count > 0 {
+            t.discarded(self.intentional).inc_by(self.count as u64);
+        }
+    }
+}
+
+/// An HTTP request a source answered.
+pub struct HttpResponse {
+    pub status: u16,
+}
+
+impl InternalEvent for HttpResponse {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.http_requests(self.status).inc();
+    }
+}

@@ -1,0 +1,193 @@
+//! weir's own instrumentation: Prometheus metrics and structured logs.
+//!
+//! Metric names live in exactly one place, [`Metrics`]; components never name a metric.
+//! A component gets a [`ComponentTelemetry`] handle with its labels already applied and
+//! reports what happened by emitting small typed events (see [`events`]), so the hot path
+//! touches only atomics and a name cannot drift between two call sites.
+
+mod component;
+pub mod events;
+pub mod logging;
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub use component::{BufferMetrics, ComponentTelemetry};
+pub use events::InternalEvent;
+
+use crate::config::{ComponentId, ComponentKind};
+
+/// Labels shared by every per-component series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub component_id: String,
+    pub component_kind: String,
+    pub component_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    pub output: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    pub error_type: String,
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiscardLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    pub intentional: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    pub status: String,
+}
+
+/// Every metric family weir exports. Cloning shares the underlying series.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub received_events: Family<ComponentLabels, Counter>,
+    pub received_bytes: Family<ComponentLabels, Counter>,
+    pub sent_events: Family<OutputLabels, Counter>,
+    pub sent_bytes: Family<ComponentLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub discarded_events: Family<DiscardLabels, Counter>,
+    pub buffer_events: Family<ComponentLabels, Gauge>,
+    pub buffer_max_events: Family<ComponentLabels, Gauge>,
+    pub buffer_utilization: Family<ComponentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub http_requests: Family<StatusLabels, Counter>,
+    pub topology_components: Gauge,
+    pub started_at: Gauge,
+}
+
+impl Metrics {
+    fn register(&self, registry: &mut Registry) {
+        let m = self.clone();
+        registry.register(
+            "component_received_events",
+            "Events a component accepted from its inputs or its transport",
+            m.received_events,
+        );
+        registry.register(
+            "component_received_bytes",
+            "Payload bytes a source read from its transport",
+            m.received_bytes,
+        );
+        registry.register(
+            "component_sent_events",
+            "Events a component sent downstream, by output",
+            m.sent_events,
+        );
+        registry.register(
+            "component_sent_bytes",
+            "Bytes a sink wrote to its destination",
+            m.sent_bytes,
+        );
+        registry.register(
+            "component_errors",
+            "Errors a component met, by type and stage",
+            m.errors,
+        );
+        registry.register(
+            "component_discarded_events",
+            "Events a component dropped (intentional: filtered out; otherwise lost to an error)",
+            m.discarded_events,
+        );
+        registry.register(
+            "buffer_events",
+            "Events waiting in a component's input buffer",
+            m.buffer_events,
+        );
+        registry.register(
+            "buffer_max_events",
+            "Capacity of a component's input buffer, in batches",
+            m.buffer_max_events,
+        );
+        registry.register(
+            "buffer_utilization",
+            "Fill ratio (0..1) of a component's input buffer",
+            m.buffer_utilization,
+        );
+        registry.register(
+            "http_server_requests",
+            "HTTP requests answered by a source, by status code",
+            m.http_requests,
+        );
+        registry.register(
+            "topology_components",
+            "Components in the running topology",
+            m.topology_components,
+        );
+        registry.register(
+            "process_started_at_seconds",
+            "Unix time at which weir started",
+            m.started_at,
+        );
+    }
+}
+
+/// The process-wide metrics registry.
+pub struct Telemetry {
+    metrics: Metrics,
+    registry: Mutex<Registry>,
+}
+
+impl Telemetry {
+    pub fn new() -> Arc<Self> {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let started = jiff::Timestamp::now().as_second();
+        metrics.started_at.set(started);
+        Arc::new(Self {
+            metrics,
+            registry: Mutex::new(registry),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A handle for one component, with its labels applied once.
+    pub fn component(
+        &self,
+        id: &ComponentId,
+        kind: ComponentKind,
+        type_name: &str,
+    ) -> ComponentTelemetry {
+        ComponentTelemetry::new(
+            self.metrics.clone(),
+            ComponentLabels {
+                component_id: id.to_string(),
+                component_kind: kind.noun().to_owned(),
+                component_type: type_name.to_owned(),
+            },
+        )
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
