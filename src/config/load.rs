@@ -172,7 +172,7 @@ fn load_files(
     let globals = typed_globals(globals, env, &mut diagnostics);
     let typed: Vec<TypedComponent> = raw
         .into_iter()
-        .filter_map(|component| typed_component(component, env, &mut diagnostics))
+        .map(|component| typed_component(component, env, &mut diagnostics))
         .collect();
     let components = validate::resolve(typed, &globals, &mut diagnostics);
 
@@ -271,7 +271,7 @@ fn typed_component(
     raw: RawComponent,
     env: &dyn Fn(&str) -> Option<String>,
     diagnostics: &mut Diagnostics,
-) -> Option<TypedComponent> {
+) -> TypedComponent {
     let RawComponent { kind, key, node } = raw;
     let id = key.name.clone();
     let error = |location: &Location, message: String| {
@@ -289,7 +289,7 @@ fn typed_component(
                 node.kind_name()
             ),
         ));
-        return None;
+        return TypedComponent::failed(id.as_str().into(), key.location);
     };
 
     let type_name = match node.get("type").map(|n| &n.kind) {
@@ -299,14 +299,14 @@ fn typed_component(
                 node.locate(&[PathStep::Key("type".into())]),
                 format!("`type` must be a string: expected one of {}", list(types)),
             ));
-            return None;
+            return TypedComponent::failed(id.as_str().into(), key.location);
         }
         None => {
             diagnostics.push(error(
                 &key.location,
                 format!("missing `type`: expected one of {}", list(types)),
             ));
-            return None;
+            return TypedComponent::failed(id.as_str().into(), key.location);
         }
     };
 
@@ -350,6 +350,9 @@ fn typed_component(
         .0
         .extend(env_errors.into_iter().map(|d| d.in_component(&id)));
 
+    if had_env_errors {
+        return TypedComponent::failed(id.as_str().into(), key.location);
+    }
     let typed = match deserialize_options(kind, &type_name, json) {
         None => {
             let at = node.locate(&[PathStep::Key("type".into())]);
@@ -362,27 +365,28 @@ fn typed_component(
                     list(types)
                 ),
             ));
-            return None;
+            return TypedComponent::failed(id.as_str().into(), key.location);
         }
         Some(Err(err)) => {
             diagnostics.push(serde_diagnostic(&options, err).in_component(&id));
-            return None;
+            return TypedComponent::failed(id.as_str().into(), key.location);
         }
         Some(Ok(config)) => config,
     };
-    if had_env_errors {
-        return None;
-    }
     for problem in typed.check() {
         let at = options.locate(&problem.path);
-        diagnostics.push(error(at, problem.message));
+        let message = match path_text(&problem.path) {
+            path if path.is_empty() => problem.message,
+            path => format!("`{path}`: {}", problem.message),
+        };
+        diagnostics.push(error(at, message));
     }
-    Some(TypedComponent {
+    TypedComponent {
         id: id.as_str().into(),
-        config: typed,
+        config: Some(typed),
         inputs,
         location: key.location,
-    })
+    }
 }
 
 fn types_of(kind: ComponentKind) -> &'static [&'static str] {
@@ -506,18 +510,22 @@ fn serde_diagnostic(node: &Node, err: serde_path_to_error::Error<serde_json::Err
             );
         }
     }
-    let field_path = path
-        .iter()
+    let field_path = path_text(&path);
+    if !field_path.is_empty() && !message.contains("unknown field") {
+        message = format!("`{field_path}`: {message}");
+    }
+    Diagnostic::error(Some(location), message)
+}
+
+/// `set.temp_f`, `layout.0.name`
+fn path_text(path: &[PathStep]) -> String {
+    path.iter()
         .map(|step| match step {
             PathStep::Key(k) => k.clone(),
             PathStep::Index(i) => i.to_string(),
         })
         .collect::<Vec<_>>()
-        .join(".");
-    if !field_path.is_empty() && !message.contains("unknown field") {
-        message = format!("`{field_path}`: {message}");
-    }
-    Diagnostic::error(Some(location), message)
+        .join(".")
 }
 
 fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {

@@ -17,9 +17,17 @@ pub(super) struct RawInput {
 /// A component whose options are typed but whose inputs are not yet resolved.
 pub(super) struct TypedComponent {
     pub id: ComponentId,
-    pub config: ComponentConfig,
+    /// `None` when its options had errors: the id still exists, so inputs naming it are
+    /// not reported again, but it takes no further part in checks.
+    pub config: Option<ComponentConfig>,
     pub inputs: Vec<RawInput>,
     pub location: Location,
+}
+
+impl TypedComponent {
+    pub fn failed(id: ComponentId, location: Location) -> Self {
+        Self { id, config: None, inputs: Vec::new(), location }
+    }
 }
 
 /// Ids are names in expressions, metrics and file names: keep them plain.
@@ -49,22 +57,22 @@ pub(super) fn resolve(
     globals: &GlobalConfig,
     diagnostics: &mut Diagnostics,
 ) -> BTreeMap<ComponentId, Component> {
-    let outputs: BTreeMap<ComponentId, Outputs> = typed
+    let outputs: BTreeMap<ComponentId, Option<Outputs>> = typed
         .iter()
         .map(|c| {
-            let named = c.config.named_outputs().into_iter().map(|o| o.0).collect();
-            (
-                c.id.clone(),
-                Outputs {
-                    has_default: c.config.has_default_output(),
-                    named,
-                },
-            )
+            let outputs = c.config.as_ref().map(|config| Outputs {
+                has_default: config.has_default_output(),
+                named: config.named_outputs().into_iter().map(|o| o.0).collect(),
+            });
+            (c.id.clone(), outputs)
         })
         .collect();
 
     let mut components = BTreeMap::new();
     for component in typed {
+        let Some(config) = component.config else {
+            continue;
+        };
         let mut inputs: Vec<OutputRef> = Vec::new();
         for raw in &component.inputs {
             for resolved in resolve_input(raw, &component.id, &outputs, diagnostics) {
@@ -77,7 +85,7 @@ pub(super) fn resolve(
             component.id.clone(),
             Component {
                 id: component.id,
-                config: component.config,
+                config,
                 inputs,
                 location: component.location,
             },
@@ -86,14 +94,17 @@ pub(super) fn resolve(
 
     check_cycles(&components, diagnostics);
     check_resources(&components, globals, diagnostics);
-    check_unread_outputs(&components, diagnostics);
+    // With errors, a consumer may be missing only because it failed: warnings would be noise.
+    if !diagnostics.has_errors() {
+        check_unread_outputs(&components, diagnostics);
+    }
     components
 }
 
 fn resolve_input(
     raw: &RawInput,
     consumer: &ComponentId,
-    outputs: &BTreeMap<ComponentId, Outputs>,
+    outputs: &BTreeMap<ComponentId, Option<Outputs>>,
     diagnostics: &mut Diagnostics,
 ) -> Vec<OutputRef> {
     let error = |message: String| {
@@ -111,9 +122,9 @@ fn resolve_input(
         };
         let mut matched = Vec::new();
         for (id, out) in outputs {
-            if id == consumer {
+            let Some(out) = out.as_ref().filter(|_| id != consumer) else {
                 continue;
-            }
+            };
             if out.has_default && matcher.is_match(id.as_str()) {
                 matched.push(OutputRef {
                     component: id.clone(),
@@ -129,7 +140,8 @@ fn resolve_input(
                 }
             }
         }
-        if matched.is_empty() {
+        let failed_match = outputs.iter().any(|(id, out)| out.is_none() && matcher.is_match(id.as_str()));
+        if matched.is_empty() && !failed_match {
             diagnostics.push(error(format!("input `{text}` matches no component output")));
         }
         return matched;
@@ -139,13 +151,18 @@ fn resolve_input(
         Some((id, output)) => (id, Some(output)),
         None => (text, None),
     };
-    let Some(target) = outputs.get(id) else {
-        let ids: Vec<&str> = outputs.keys().map(ComponentId::as_str).collect();
-        diagnostics.push(error(format!(
-            "input `{text}` names no component{}",
-            did_you_mean(id, &ids)
-        )));
-        return Vec::new();
+    let target = match outputs.get(id) {
+        Some(Some(target)) => target,
+        // The component exists but has errors of its own, already reported.
+        Some(None) => return Vec::new(),
+        None => {
+            let ids: Vec<&str> = outputs.keys().map(ComponentId::as_str).collect();
+            diagnostics.push(error(format!(
+                "input `{text}` names no component{}",
+                did_you_mean(id, &ids)
+            )));
+            return Vec::new();
+        }
     };
     if id == consumer.as_str() {
         diagnostics.push(error(format!(

@@ -48,14 +48,14 @@ impl EventView {
         if let Some(trace_id) = &meta.trace_id {
             entries.push(("trace_id", TemplateValue::from(trace_id.as_str())));
         }
-        let headers = TemplateValue::from_iter(meta.headers.iter().map(|(k, v)| {
+        let headers = template_map(meta.headers.iter().map(|(k, v)| {
             (
                 TemplateValue::from(k.as_str()),
                 TemplateValue::from(v.as_str()),
             )
         }));
         entries.push(("headers", headers));
-        TemplateValue::from_iter(entries)
+        template_map(entries.into_iter().map(|(k, v)| (TemplateValue::from(k), v)))
     }
 }
 
