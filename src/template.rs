@@ -22,6 +22,9 @@ static EXPRESSIONS: LazyLock<Environment<'static>> = LazyLock::new(environment);
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    // Python-style methods (`device_id.startswith('n-')`, `name.lower()`), as people
+    // coming from Jinja in Python expect.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env
 }
 
@@ -219,6 +222,16 @@ mod tests {
         let ctx = minijinja::context! { temperature => 20 };
         assert!(cond.matches(&ctx).unwrap());
         assert!(!cond.matches(&minijinja::context! {}).unwrap());
+    }
+
+    #[test]
+    fn python_style_methods_work() {
+        let cond =
+            Condition::compile("device_id.startswith('n-') and site.lower() == 'a'").unwrap();
+        assert!(
+            cond.matches(&minijinja::context! { device_id => "n-1", site => "A" })
+                .unwrap()
+        );
     }
 
     #[test]

@@ -17,9 +17,18 @@ fn check_golden(fixture: &Path) {
         std::fs::write(&expected_path, &actual).expect("write golden file");
         return;
     }
-    let expected = std::fs::read_to_string(&expected_path)
-        .unwrap_or_else(|_| panic!("missing {}; run with UPDATE_GOLDEN=1", expected_path.display()));
-    assert_eq!(actual, expected, "diagnostics for {} changed", fixture.display());
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
+        panic!(
+            "missing {}; run with UPDATE_GOLDEN=1",
+            expected_path.display()
+        )
+    });
+    assert_eq!(
+        actual,
+        expected,
+        "diagnostics for {} changed",
+        fixture.display()
+    );
 }
 
 macro_rules! golden {
@@ -62,7 +71,10 @@ fn every_fixture_has_a_test() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let stem = path.file_stem().unwrap().to_str().unwrap().to_owned();
-            assert!(source.contains(&format!("    {stem},")), "fixture {stem}.yaml has no golden test");
+            assert!(
+                source.contains(&format!("    {stem},")),
+                "fixture {stem}.yaml has no golden test"
+            );
         }
     }
 }
@@ -74,7 +86,11 @@ fn shipped_pipelines_validate_without_warnings() {
         if path.extension().is_some_and(|e| e == "yaml") {
             let (_, warnings) = weir::config::load(std::slice::from_ref(&path))
                 .unwrap_or_else(|errors| panic!("{} is invalid:\n{errors}", path.display()));
-            assert!(warnings.0.is_empty(), "{} has warnings:\n{warnings}", path.display());
+            assert!(
+                warnings.0.is_empty(),
+                "{} has warnings:\n{warnings}",
+                path.display()
+            );
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(
                 text.starts_with("# yaml-language-server: $schema=../schemas/pipeline.schema.json"),

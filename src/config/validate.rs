@@ -26,7 +26,12 @@ pub(super) struct TypedComponent {
 
 impl TypedComponent {
     pub fn failed(id: ComponentId, location: Location) -> Self {
-        Self { id, config: None, inputs: Vec::new(), location }
+        Self {
+            id,
+            config: None,
+            inputs: Vec::new(),
+            location,
+        }
     }
 }
 
@@ -120,18 +125,20 @@ fn resolve_input(
                 return Vec::new();
             }
         };
+        let names_output = text.contains('.');
         let mut matched = Vec::new();
         for (id, out) in outputs {
             let Some(out) = out.as_ref().filter(|_| id != consumer) else {
                 continue;
             };
-            if out.has_default && matcher.is_match(id.as_str()) {
+            // `plant_*` matches default outputs; a glob with a `.` (`*.errors`) matches named ones.
+            if !names_output && out.has_default && matcher.is_match(id.as_str()) {
                 matched.push(OutputRef {
                     component: id.clone(),
                     output: None,
                 });
             }
-            for name in &out.named {
+            for name in out.named.iter().filter(|_| names_output) {
                 if matcher.is_match(format!("{id}.{name}")) {
                     matched.push(OutputRef {
                         component: id.clone(),
@@ -140,7 +147,9 @@ fn resolve_input(
                 }
             }
         }
-        let failed_match = outputs.iter().any(|(id, out)| out.is_none() && matcher.is_match(id.as_str()));
+        let failed_match = outputs
+            .iter()
+            .any(|(id, out)| out.is_none() && matcher.is_match(id.as_str()));
         if matched.is_empty() && !failed_match {
             diagnostics.push(error(format!("input `{text}` matches no component output")));
         }

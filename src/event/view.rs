@@ -55,7 +55,11 @@ impl EventView {
             )
         }));
         entries.push(("headers", headers));
-        template_map(entries.into_iter().map(|(k, v)| (TemplateValue::from(k), v)))
+        template_map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (TemplateValue::from(k), v)),
+        )
     }
 }
 

@@ -21,14 +21,21 @@ impl SinkComponent for BlackholeConfig {
     fn check(&self) -> Vec<FieldProblem> {
         match self.rate {
             Some(rate) if !(rate.is_finite() && rate > 0.0) => {
-                vec![FieldProblem::at(["rate"], "expected a positive number of events per second")]
+                vec![FieldProblem::at(
+                    ["rate"],
+                    "expected a positive number of events per second",
+                )]
             }
             _ => Vec::new(),
         }
     }
 
     fn build(&self, cx: SinkContext) -> anyhow::Result<ComponentTask> {
-        let SinkContext { mut input, telemetry, .. } = cx;
+        let SinkContext {
+            mut input,
+            telemetry,
+            ..
+        } = cx;
         let sent = telemetry.sent_events("default");
         let rate = self.rate;
         Ok(Box::pin(async move {

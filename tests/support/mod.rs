@@ -1,0 +1,135 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir::config::TopologyConfig;
+use weir::telemetry::Telemetry;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Loads a pipeline from text; panics with the diagnostics if it is invalid.
+pub fn pipeline(text: &str) -> TopologyConfig {
+    match weir::config::load_str("test.yaml", text, &|name| std::env::var(name).ok()) {
+        Ok((config, _)) => config,
+        Err(errors) => panic!("invalid test pipeline:\n{errors}\n---\n{text}"),
+    }
+}
+
+/// The sum of every series of `name` whose labels contain all of `labels`
+/// (e.g. `component_id="out"`).
+pub fn metric(telemetry: &Arc<Telemetry>, name: &str, labels: &[&str]) -> f64 {
+    metric_in(&telemetry.encode(), name, labels)
+}
+
+pub fn metric_in(exposition: &str, name: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric_name, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric_name == name && labels.iter().all(|l| rest.contains(l)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Lines of a file (0 if it does not exist).
+pub fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+/// A `weir run` process.
+pub struct Weir {
+    pub child: Child,
+    pub api: SocketAddr,
+}
+
+impl Weir {
+    /// Starts `weir run <pipeline>` in `dir` and waits until `/ready` answers 200.
+    pub async fn start(dir: &Path, pipeline: &Path, api: SocketAddr) -> Weir {
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("run")
+            .arg(pipeline)
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start weir");
+        let weir = Weir { child, api };
+        let client = reqwest::Client::new();
+        let ready = format!("http://{api}/ready");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(response) = client.get(&ready).send().await
+                && response.status().is_success()
+            {
+                return weir;
+            }
+            assert!(Instant::now() < deadline, "weir did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.api))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "weir did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
