@@ -110,7 +110,8 @@ impl ComponentConfig {
         match self {
             Self::Source(c) => c.outputs(),
             Self::Transform(c) => c.outputs(),
-            Self::Aggregator(_) | Self::Sink(_) | Self::Action(_) => Vec::new(),
+            Self::Aggregator(c) => c.outputs(),
+            Self::Sink(_) | Self::Action(_) => Vec::new(),
         }
     }
 
@@ -120,7 +121,8 @@ impl ComponentConfig {
             Self::Source(c) => c.component().check(),
             Self::Transform(c) => c.component().check(),
             Self::Sink(c) => c.component().check(),
-            Self::Aggregator(_) | Self::Action(_) => Vec::new(),
+            Self::Aggregator(c) => c.component().check(),
+            Self::Action(_) => Vec::new(),
         }
     }
 

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{ComponentLabels, DiscardLabels, ErrorLabels, Metrics, OutputLabels, StatusLabels};
+use super::{
+    AggregateLabels, BoundLabels, ComponentLabels, DiscardLabels, ErrorLabels, Metrics,
+    OutputLabels, StatusLabels,
+};
 
 /// A component's view of [`Metrics`], with its labels already applied.
 ///
@@ -93,6 +96,34 @@ impl ComponentTelemetry {
         }
     }
 
+    /// The series of a window aggregator with the given aggregate names.
+    pub fn window_metrics(&self, aggregates: &[String]) -> WindowMetrics {
+        WindowMetrics {
+            metrics: self.metrics.clone(),
+            labels: self.labels.clone(),
+            overflow: self
+                .metrics
+                .window_overflow
+                .get_or_create_owned(&self.labels),
+            open_windows: self.metrics.window_open.get_or_create_owned(&self.labels),
+            state_bytes: self
+                .metrics
+                .window_state_bytes
+                .get_or_create_owned(&self.labels),
+            invalid_values: aggregates
+                .iter()
+                .map(|name| {
+                    self.metrics
+                        .window_invalid_values
+                        .get_or_create_owned(&AggregateLabels {
+                            component: self.labels.clone(),
+                            aggregate: name.clone(),
+                        })
+                })
+                .collect(),
+        }
+    }
+
     /// Whether an error may be logged now (at most one line per 10 s per component);
     /// returns how many were held back since the last line.
     pub(crate) fn error_log_permit(&self) -> Option<u64> {
@@ -118,4 +149,29 @@ impl ComponentTelemetry {
 pub struct BufferMetrics {
     pub events: Gauge,
     pub utilization: Gauge<f64, AtomicU64>,
+}
+
+/// Series of one window aggregator.
+#[derive(Clone)]
+pub struct WindowMetrics {
+    metrics: Metrics,
+    labels: ComponentLabels,
+    pub overflow: Counter,
+    pub open_windows: Gauge,
+    pub state_bytes: Gauge,
+    /// Per aggregate, in declaration order.
+    pub invalid_values: Vec<Counter>,
+}
+
+impl WindowMetrics {
+    /// The counter of late or future events handled with `action`.
+    pub fn out_of_bounds(&self, bound: &str, action: &str) -> Counter {
+        self.metrics
+            .window_out_of_bounds
+            .get_or_create_owned(&BoundLabels {
+                component: self.labels.clone(),
+                bound: bound.to_owned(),
+                action: action.to_owned(),
+            })
+    }
 }

@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-pub use component::{BufferMetrics, ComponentTelemetry};
+pub use component::{BufferMetrics, ComponentTelemetry, WindowMetrics};
 pub use events::InternalEvent;
 
 use crate::config::{ComponentId, ComponentKind};
@@ -53,6 +53,23 @@ pub struct DiscardLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BoundLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    /// `late` or `future`.
+    pub bound: String,
+    /// `drop`, `route` or `adjust`.
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AggregateLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    pub aggregate: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     #[prometheus(flatten)]
     pub component: ComponentLabels,
@@ -72,6 +89,11 @@ pub struct Metrics {
     pub buffer_max_events: Family<ComponentLabels, Gauge>,
     pub buffer_utilization: Family<ComponentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub http_requests: Family<StatusLabels, Counter>,
+    pub window_out_of_bounds: Family<BoundLabels, Counter>,
+    pub window_overflow: Family<ComponentLabels, Counter>,
+    pub window_invalid_values: Family<AggregateLabels, Counter>,
+    pub window_open: Family<ComponentLabels, Gauge>,
+    pub window_state_bytes: Family<ComponentLabels, Gauge>,
     pub topology_components: Gauge,
     pub started_at: Gauge,
 }
@@ -128,6 +150,31 @@ impl Metrics {
             "http_server_requests",
             "HTTP requests answered by a source, by status code",
             m.http_requests,
+        );
+        registry.register(
+            "aggregator_out_of_bounds_events",
+            "Late or future events, by what was done with them (drop, route, adjust)",
+            m.window_out_of_bounds,
+        );
+        registry.register(
+            "aggregator_overflow_events",
+            "Events refused because max_open_windows was reached",
+            m.window_overflow,
+        );
+        registry.register(
+            "aggregator_invalid_values",
+            "Non-numeric values skipped by a numeric aggregate",
+            m.window_invalid_values,
+        );
+        registry.register(
+            "aggregator_open_windows",
+            "Windows open right now",
+            m.window_open,
+        );
+        registry.register(
+            "aggregator_state_bytes",
+            "Approximate memory held by open windows and group state",
+            m.window_state_bytes,
         );
         registry.register(
             "topology_components",

@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::aggregators::{AggregatorContext, checkpoint_path};
 use crate::config::{Component, ComponentConfig, ComponentId, OutputRef, TopologyConfig};
 use crate::sinks::SinkContext;
 use crate::sources::SourceContext;
@@ -87,6 +88,7 @@ impl RunningTopology {
                 receivers.remove(&component.id),
                 telemetry,
                 &shutdown,
+                &config.globals.data_dir,
             )
             .map_err(|error| BuildError {
                 component: component.id.clone(),
@@ -188,6 +190,7 @@ fn build(
     input: Option<InputReceiver>,
     telemetry: ComponentTelemetry,
     shutdown: &CancellationToken,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<ComponentTask> {
     let id = component.id.clone();
     let missing_input = || anyhow::anyhow!("internal error: no input channel for `{id}`");
@@ -211,7 +214,13 @@ fn build(
             input: input.ok_or_else(missing_input)?,
             telemetry,
         }),
-        ComponentConfig::Aggregator(config) => match *config {},
+        ComponentConfig::Aggregator(config) => config.component().build(AggregatorContext {
+            id: id.clone(),
+            input: input.ok_or_else(missing_input)?,
+            out: outputs,
+            telemetry,
+            checkpoint: Some(checkpoint_path(data_dir, &id)),
+        }),
         ComponentConfig::Action(config) => match *config {},
     }
 }

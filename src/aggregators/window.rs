@@ -1,0 +1,315 @@
+//! What every window type shares: its options, how it reads event time and group keys,
+//! and how it reports what it did.
+
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use jiff::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::aggregate::Aggregate;
+use crate::config::{Duration, FieldProblem};
+use crate::event::{Event, parse_event_time};
+
+/// What happens to an event that arrives after its window closed (late) or too far ahead
+/// of the wall clock (future). Either way it is counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Drop it.
+    #[default]
+    Drop,
+    /// Move its time to the oldest window still open (late) or to now (future).
+    Adjust,
+    /// Send it to `<id>.late`.
+    Route,
+}
+
+/// When windows emit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Emit {
+    /// Once, when the window closes.
+    #[default]
+    OnClose,
+    /// Also every interval while open, with `partial: true` (for dashboards).
+    Every(Duration),
+}
+
+/// Declares a window type's config struct: its own fields, then the options every window
+/// type shares (so they are written once and documented once).
+macro_rules! window_config {
+    (
+        $(#[$doc:meta])*
+        pub struct $name:ident {
+            $($(#[$fattr:meta])* pub $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fattr])* pub $field: $ty,)*
+            /// Fields whose values form a group (default `[device_id]`); each group has its
+            /// own windows and its own watermark.
+            #[serde(default = "crate::aggregators::window::default_group_by")]
+            pub group_by: Vec<String>,
+            /// Field holding the event time (RFC 3339 or epoch s/ms/µs); default: the event
+            /// time the source assigned.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub event_time: Option<String>,
+            /// How long after a window's end its late events are still accepted.
+            #[serde(default = "crate::aggregators::window::zero")]
+            pub allowed_lateness: crate::config::Duration,
+            /// What to do with late events (and with events too far in the future).
+            #[serde(default)]
+            pub late_events: crate::aggregators::window::LatePolicy,
+            /// Events more than this ahead of the wall clock count as "future".
+            #[serde(default = "crate::aggregators::window::default_max_future")]
+            pub max_future: crate::config::Duration,
+            /// Close a group's windows when it has sent nothing for this long (wall clock),
+            /// so the last window of a silent device still closes. Default: the window size
+            /// plus `allowed_lateness`.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub idle_timeout: Option<crate::config::Duration>,
+            /// Output field to aggregate, e.g. `temp_avg: avg(temperature)`.
+            pub aggregates: indexmap::IndexMap<String, crate::aggregators::aggregate::Aggregate>,
+            #[serde(default)]
+            pub emit: crate::aggregators::window::Emit,
+            /// Most windows open at once across all groups; events that would open more
+            /// go to `<id>.errors` (counted).
+            #[serde(default = "crate::aggregators::window::default_max_open_windows")]
+            pub max_open_windows: usize,
+        }
+
+        impl $name {
+            fn common(&self) -> crate::aggregators::window::WindowCommon {
+                crate::aggregators::window::WindowCommon {
+                    group_by: self.group_by.clone(),
+                    event_time: self.event_time.clone(),
+                    allowed_lateness: self.allowed_lateness,
+                    late_events: self.late_events,
+                    max_future: self.max_future,
+                    idle_timeout: self.idle_timeout,
+                    aggregates: self.aggregates.clone(),
+                    emit: self.emit,
+                    max_open_windows: self.max_open_windows,
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use window_config;
+
+pub(crate) fn default_group_by() -> Vec<String> {
+    vec!["device_id".into()]
+}
+pub(crate) fn zero() -> Duration {
+    Duration::from_secs(0)
+}
+pub(crate) fn default_max_future() -> Duration {
+    Duration::from_secs(3600)
+}
+pub(crate) fn default_max_open_windows() -> usize {
+    10_000_000
+}
+
+/// The shared options, separated from any one window type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowCommon {
+    pub group_by: Vec<String>,
+    pub event_time: Option<String>,
+    pub allowed_lateness: Duration,
+    pub late_events: LatePolicy,
+    pub max_future: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub aggregates: IndexMap<String, Aggregate>,
+    pub emit: Emit,
+    pub max_open_windows: usize,
+}
+
+impl WindowCommon {
+    pub fn check(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        if self.group_by.iter().any(|f| f.is_empty()) {
+            problems.push(FieldProblem::at(["group_by"], "expected field names"));
+        }
+        if self.aggregates.is_empty() {
+            problems.push(FieldProblem::at(
+                ["aggregates"],
+                "expected at least one aggregate, e.g. `readings: count()`",
+            ));
+        }
+        for name in self.aggregates.keys() {
+            if self.group_by.contains(name)
+                || matches!(name.as_str(), "window_start" | "window_end" | "partial")
+            {
+                problems.push(FieldProblem::at(
+                    ["aggregates", name.as_str()],
+                    format!("`{name}` is already an output field (a group key or window bound)"),
+                ));
+            }
+        }
+        if let Emit::Every(every) = self.emit
+            && every.get().is_zero()
+        {
+            problems.push(FieldProblem::at(
+                ["emit"],
+                "expected an interval above zero",
+            ));
+        }
+        if self.max_open_windows == 0 {
+            problems.push(FieldProblem::at(
+                ["max_open_windows"],
+                "expected at least 1",
+            ));
+        }
+        problems
+    }
+}
+
+/// Everything the window engines need from the options, resolved once.
+pub struct WindowSpec {
+    pub component: Arc<str>,
+    pub group_by: Vec<String>,
+    /// `group_by == [device_id]`: the key is the event's device id, no allocation.
+    pub by_device: bool,
+    pub event_time: Option<String>,
+    pub lateness_ms: i64,
+    pub late_events: LatePolicy,
+    pub max_future_ms: i64,
+    pub idle_timeout: std::time::Duration,
+    pub names: Vec<String>,
+    pub aggregates: Vec<Aggregate>,
+    pub emit_every: Option<std::time::Duration>,
+    pub max_open_windows: usize,
+}
+
+impl WindowSpec {
+    pub fn new(
+        component: Arc<str>,
+        common: &WindowCommon,
+        default_idle: std::time::Duration,
+    ) -> Self {
+        Self {
+            component,
+            by_device: common.group_by == ["device_id"],
+            group_by: common.group_by.clone(),
+            event_time: common.event_time.clone(),
+            lateness_ms: millis(common.allowed_lateness),
+            late_events: common.late_events,
+            max_future_ms: millis(common.max_future),
+            idle_timeout: common
+                .idle_timeout
+                .map_or(default_idle + common.allowed_lateness.get(), Duration::get),
+            names: common.aggregates.keys().cloned().collect(),
+            aggregates: common.aggregates.values().cloned().collect(),
+            emit_every: match common.emit {
+                Emit::OnClose => None,
+                Emit::Every(every) => Some(every.get()),
+            },
+            max_open_windows: common.max_open_windows,
+        }
+    }
+
+    /// The event time in epoch milliseconds, or why it cannot be read.
+    pub fn time_of(&self, event: &Event) -> Result<i64, String> {
+        match &self.event_time {
+            None => Ok(event.time.as_millisecond()),
+            Some(field) => match event.get(field) {
+                Some(value) => parse_event_time(value).map(|t| t.as_millisecond()).ok_or_else(|| {
+                    format!("field `{field}` is {value}: expected an event time (RFC 3339 or epoch seconds/milliseconds/microseconds)")
+                }),
+                None => Err(format!("field `{field}` (the event time) is missing")),
+            },
+        }
+    }
+
+    /// The group key of an event and, for a new group, the values that form it.
+    pub fn key_of(&self, event: &Event) -> GroupKey {
+        if self.by_device {
+            return GroupKey(event.device_id.clone().unwrap_or_else(|| Arc::from("")));
+        }
+        let mut key = String::new();
+        for field in &self.group_by {
+            match group_value(event, field) {
+                Value::String(s) => key.push_str(&s),
+                other => key.push_str(&other.to_string()),
+            }
+            key.push('\u{1f}');
+        }
+        GroupKey(key.into())
+    }
+
+    pub fn key_values(&self, event: &Event) -> Box<[Value]> {
+        self.group_by
+            .iter()
+            .map(|field| group_value(event, field))
+            .collect()
+    }
+
+    /// An output event for a window of a group.
+    pub fn output(
+        &self,
+        keys: &[Value],
+        start: i64,
+        end: i64,
+        results: impl Iterator<Item = Value>,
+        partial: bool,
+    ) -> Event {
+        let mut fields =
+            crate::event::Fields::with_capacity(self.group_by.len() + self.names.len() + 3);
+        let mut device_id = None;
+        for (name, value) in self.group_by.iter().zip(keys) {
+            if name == "device_id" {
+                device_id = value.as_str().map(Arc::from);
+            }
+            fields.insert(name.clone(), value.clone());
+        }
+        fields.insert(
+            "window_start".into(),
+            Value::String(timestamp(start).to_string()),
+        );
+        fields.insert(
+            "window_end".into(),
+            Value::String(timestamp(end).to_string()),
+        );
+        for (name, value) in self.names.iter().zip(results) {
+            fields.insert(name.clone(), value);
+        }
+        if partial {
+            fields.insert("partial".into(), Value::Bool(true));
+        }
+        let meta = Arc::new(crate::event::EventMeta::received_by(Arc::clone(
+            &self.component,
+        )));
+        let mut event = Event::new(device_id, fields, meta);
+        event.time = timestamp(end);
+        event
+    }
+}
+
+fn group_value(event: &Event, field: &str) -> Value {
+    if field == "device_id" {
+        return event
+            .device_id
+            .as_deref()
+            .map_or(Value::Null, |id| Value::String(id.to_owned()));
+    }
+    event.get(field).cloned().unwrap_or(Value::Null)
+}
+
+/// A group's identity: the joined values of its `group_by` fields.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupKey(pub Arc<str>);
+
+pub fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.get().as_millis()).unwrap_or(i64::MAX)
+}
+
+pub fn timestamp(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}
