@@ -307,6 +307,60 @@ impl Accumulator {
         }
     }
 
+    /// Folds another accumulator of the same aggregate into this one (session windows
+    /// merge when an event bridges two of them).
+    pub fn merge(&mut self, other: Accumulator) {
+        match (self, other) {
+            (Self::Count(a), Self::Count(b)) => *a += b,
+            (Self::Sum(a), Self::Sum(b)) => *a += b,
+            (Self::Avg { sum, count }, Self::Avg { sum: s, count: c }) => {
+                *sum += s;
+                *count += c;
+            }
+            (Self::Min(a), Self::Min(b)) => *a = option_fold(*a, b, f64::min),
+            (Self::Max(a), Self::Max(b)) => *a = option_fold(*a, b, f64::max),
+            (Self::First(a), Self::First(b)) => {
+                if let Some(b) = b
+                    && a.as_ref().is_none_or(|a| b.0 < a.0)
+                {
+                    *a = Some(b);
+                }
+            }
+            (Self::Last(a), Self::Last(b)) => {
+                if let Some(b) = b
+                    && a.as_ref().is_none_or(|a| b.0 >= a.0)
+                {
+                    *a = Some(b);
+                }
+            }
+            (
+                Self::Stddev { count, mean, m2 },
+                Self::Stddev {
+                    count: n2,
+                    mean: mean2,
+                    m2: m22,
+                },
+            ) => {
+                // Chan et al.'s parallel combination of two Welford states.
+                let n1 = *count;
+                let total = n1 + n2;
+                if total > 0 {
+                    let delta = mean2 - *mean;
+                    *mean += delta * n2 as f64 / total as f64;
+                    *m2 += m22 + delta * delta * (n1 as f64) * (n2 as f64) / total as f64;
+                    *count = total;
+                }
+            }
+            (Self::Percentile(a), Self::Percentile(b)) => {
+                // Sketches built with the same configuration always merge.
+                let _ = a.merge(&b);
+            }
+            (Self::Distinct(a), Self::Distinct(b)) => a.extend(b),
+            // Accumulators of one aggregate always have the same variant.
+            _ => debug_assert!(false, "merged accumulators of different aggregates"),
+        }
+    }
+
     /// Approximate heap bytes held beyond the enum itself.
     pub fn heap_bytes(&self) -> usize {
         match self {
@@ -318,9 +372,54 @@ impl Accumulator {
     }
 }
 
+fn option_fold(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(f(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merging_equals_folding_everything_into_one() {
+        let xs: Vec<Value> = (0..20).map(|i| Value::from((i * 7 % 13) as f64)).collect();
+        for text in [
+            "count()",
+            "sum(x)",
+            "avg(x)",
+            "min(x)",
+            "max(x)",
+            "first(x)",
+            "last(x)",
+            "stddev(x)",
+            "count_distinct(x)",
+            "percentile(x, 0.9)",
+        ] {
+            let aggregate = Aggregate::parse(text).unwrap();
+            let mut whole = aggregate.accumulator();
+            let (mut left, mut right) = (aggregate.accumulator(), aggregate.accumulator());
+            for (i, x) in xs.iter().enumerate() {
+                let _ = whole.add(Some(x), i as i64);
+                let _ = if i % 3 == 0 {
+                    left.add(Some(x), i as i64)
+                } else {
+                    right.add(Some(x), i as i64)
+                };
+            }
+            left.merge(right);
+            let (a, b) = (
+                whole.result(aggregate.function),
+                left.result(aggregate.function),
+            );
+            match (a.as_f64(), b.as_f64()) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{text}: {a} vs {b}"),
+                _ => assert_eq!(a, b, "{text}"),
+            }
+        }
+    }
 
     fn run(text: &str, values: &[Value]) -> Value {
         let aggregate = Aggregate::parse(text).unwrap();

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::aggregate::{Accumulator, Skip};
+use super::engine::{Bound, Outcome, WindowEngine};
 use super::window::{GroupKey, LatePolicy, WindowSpec};
-use crate::event::{Event, EventBatch};
+use crate::event::Event;
 
 /// How long a group without open windows keeps its watermark, at least.
 const GROUP_RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
@@ -52,30 +53,8 @@ impl Assigner {
     }
 }
 
-/// What the engine did with one event, beyond folding it into windows.
-#[derive(Debug, PartialEq)]
-pub enum Outcome {
-    Folded,
-    /// Late or future, dropped (counted).
-    Dropped(Bound),
-    /// Late or future, to be sent to `<id>.late`.
-    Routed(Bound),
-    /// Late or future, its time moved into an open window.
-    Adjusted(Bound),
-    /// Its event time could not be read.
-    BadTime(String),
-    /// Opening its window would exceed `max_open_windows`.
-    Overflow,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Bound {
-    Late,
-    Future,
-}
-
 #[derive(Serialize, Deserialize)]
-struct Window {
+pub struct Window {
     start: i64,
     end: i64,
     accumulators: Box<[Accumulator]>,
@@ -83,8 +62,9 @@ struct Window {
     dirty: bool,
 }
 
+/// One group's watermark and open windows.
 #[derive(Serialize, Deserialize)]
-struct Group {
+pub struct Group {
     keys: Box<[Value]>,
     watermark: i64,
     /// Wall-clock time of the group's last event.
@@ -101,14 +81,7 @@ pub struct FixedWindows {
     groups: HashMap<GroupKey, Group>,
     open_windows: usize,
     /// Non-numeric values met by a numeric aggregate, per aggregate (reported, then reset).
-    pub invalid_values: Vec<u64>,
-}
-
-/// The serialized state, for checkpoints.
-#[derive(Serialize, Deserialize)]
-pub struct Snapshot {
-    assigner: Assigner,
-    groups: Vec<(GroupKey, Group)>,
+    invalid_values: Vec<u64>,
 }
 
 impl FixedWindows {
@@ -121,10 +94,6 @@ impl FixedWindows {
             open_windows: 0,
             invalid_values: vec![0; aggregates],
         }
-    }
-
-    pub fn open_windows(&self) -> usize {
-        self.open_windows
     }
 
     /// Approximate bytes of state: groups, windows and accumulators.
@@ -141,23 +110,6 @@ impl FixedWindows {
             .map(Accumulator::heap_bytes)
             .sum();
         self.groups.len() * per_group + keys + self.open_windows * per_window + heap
-    }
-
-    /// Folds a batch; closed windows go to `emitted`, routed late events to `late`.
-    pub fn add_batch(
-        &mut self,
-        batch: EventBatch,
-        now_ms: i64,
-        now: Instant,
-        emitted: &mut Vec<Event>,
-        mut outcome: impl FnMut(Event, Outcome),
-    ) {
-        for event in batch {
-            match self.add(&event, now_ms, now, emitted) {
-                Outcome::Folded => {}
-                other => outcome(event, other),
-            }
-        }
     }
 
     /// Folds one event into its group's windows and emits the windows it closes.
@@ -291,59 +243,63 @@ impl FixedWindows {
         self.groups
             .retain(|_, g| !g.windows.is_empty() || now.duration_since(g.last_seen) < retention);
     }
+}
 
-    pub fn snapshot(&self) -> Snapshot {
-        let groups = self
-            .groups
-            .iter()
-            .filter(|(_, g)| !g.windows.is_empty())
-            .map(|(k, g)| {
-                let windows = g
-                    .windows
-                    .iter()
-                    .map(|w| Window {
-                        start: w.start,
-                        end: w.end,
-                        accumulators: w.accumulators.clone(),
-                        dirty: false,
-                    })
-                    .collect();
-                (
-                    k.clone(),
-                    Group {
-                        keys: g.keys.clone(),
-                        watermark: g.watermark,
-                        last_seen: g.last_seen,
-                        windows,
-                    },
-                )
-            })
-            .collect();
-        Snapshot {
-            assigner: self.assigner,
-            groups,
-        }
+impl WindowEngine for FixedWindows {
+    type Group = Group;
+
+    fn add(
+        &mut self,
+        event: &Event,
+        now_ms: i64,
+        now: Instant,
+        emitted: &mut Vec<Event>,
+    ) -> Outcome {
+        FixedWindows::add(self, event, now_ms, now, emitted)
     }
 
-    /// Restores a snapshot taken with the same window definition; `false` if it differs.
-    pub fn restore(&mut self, snapshot: Snapshot) -> bool {
-        if snapshot.assigner != self.assigner {
-            return false;
-        }
+    fn tick(&mut self, _now_ms: i64, now: Instant, partial: bool, emitted: &mut Vec<Event>) {
+        FixedWindows::tick(self, now, partial, emitted);
+    }
+
+    fn open_windows(&self) -> usize {
+        self.open_windows
+    }
+
+    fn state_bytes(&self) -> usize {
+        FixedWindows::state_bytes(self)
+    }
+
+    fn take_invalid_values(&mut self) -> Vec<u64> {
+        let zeros = vec![0; self.invalid_values.len()];
+        std::mem::replace(&mut self.invalid_values, zeros)
+    }
+
+    fn definition(&self) -> String {
+        let aggregates: Vec<String> = self
+            .spec
+            .aggregates
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        format!("{:?} {}", self.assigner, aggregates.join(","))
+    }
+
+    fn export(&mut self) -> Vec<(GroupKey, Group)> {
+        self.open_windows = 0;
+        self.groups
+            .drain()
+            .filter(|(_, g)| !g.windows.is_empty())
+            .collect()
+    }
+
+    fn import(&mut self, groups: Vec<(GroupKey, Group)>) {
         let now = Instant::now();
-        for (key, mut group) in snapshot.groups {
-            if group
-                .windows
-                .iter()
-                .any(|w| w.accumulators.len() != self.spec.aggregates.len())
-            {
-                return false;
-            }
+        for (key, mut group) in groups {
             group.last_seen = now;
             self.open_windows += group.windows.len();
             self.groups.insert(key, group);
         }
-        true
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::fixed::Assigner;
 use super::window::{millis, window_config};
-use super::{AggregatorComponent, AggregatorContext, FixedWindowsTask};
+use super::{AggregatorComponent, AggregatorContext, spawn_fixed};
 use crate::config::{Duration, FieldProblem, OutputName};
 use crate::topology::ComponentTask;
 
@@ -56,6 +56,6 @@ impl AggregatorComponent for HoppingConfig {
             hop: millis(self.hop),
             offset: millis(self.offset),
         };
-        FixedWindowsTask::build(cx, &self.common(), assigner, self.size.get())
+        spawn_fixed(cx, &self.common(), assigner, self.size.get())
     }
 }

@@ -2,7 +2,7 @@
 
 use super::fixed::Assigner;
 use super::window::{millis, window_config};
-use super::{AggregatorComponent, AggregatorContext, FixedWindowsTask};
+use super::{AggregatorComponent, AggregatorContext, spawn_fixed};
 use crate::config::{Duration, FieldProblem, OutputName};
 use crate::topology::ComponentTask;
 
@@ -44,6 +44,6 @@ impl AggregatorComponent for TumblingConfig {
             size: millis(self.size),
             offset: millis(self.offset),
         };
-        FixedWindowsTask::build(cx, &self.common(), assigner, self.size.get())
+        spawn_fixed(cx, &self.common(), assigner, self.size.get())
     }
 }

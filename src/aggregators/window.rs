@@ -82,6 +82,10 @@ macro_rules! window_config {
             /// go to `<id>.errors` (counted).
             #[serde(default = "crate::aggregators::window::default_max_open_windows")]
             pub max_open_windows: usize,
+            /// Engines working in parallel, each owning a share of the groups; default: one
+            /// per core.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub shards: Option<usize>,
         }
 
         impl $name {
@@ -96,6 +100,7 @@ macro_rules! window_config {
                     aggregates: self.aggregates.clone(),
                     emit: self.emit,
                     max_open_windows: self.max_open_windows,
+                    shards: self.shards,
                 }
             }
         }
@@ -129,6 +134,7 @@ pub struct WindowCommon {
     pub aggregates: IndexMap<String, Aggregate>,
     pub emit: Emit,
     pub max_open_windows: usize,
+    pub shards: Option<usize>,
 }
 
 impl WindowCommon {
@@ -160,6 +166,9 @@ impl WindowCommon {
                 ["emit"],
                 "expected an interval above zero",
             ));
+        }
+        if self.shards == Some(0) {
+            problems.push(FieldProblem::at(["shards"], "expected at least 1"));
         }
         if self.max_open_windows == 0 {
             problems.push(FieldProblem::at(

@@ -9,8 +9,9 @@ use indexmap::IndexMap;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::{Assigner, Bound, FixedWindows, Outcome};
+use super::{Assigner, FixedWindows};
 use crate::aggregators::aggregate::Aggregate;
+use crate::aggregators::engine::{Bound, Outcome, WindowEngine};
 use crate::aggregators::window::{Emit, LatePolicy, WindowCommon, WindowSpec, timestamp};
 use crate::config;
 use crate::event::{Event, EventMeta, Fields};
@@ -38,6 +39,7 @@ fn spec(lateness_ms: u64, policy: LatePolicy) -> WindowSpec {
         aggregates,
         emit: Emit::OnClose,
         max_open_windows: 1_000_000,
+        shards: Some(1),
     };
     WindowSpec::new("w".into(), &common, Duration::ZERO)
 }
@@ -227,7 +229,8 @@ fn snapshots_restore_open_windows() {
     let mut out = Vec::new();
     let now = Instant::now();
     engine.add(&event("d", NOW_MS + 10, 5), NOW_MS, now, &mut out);
-    let bytes = serde_json::to_vec(&engine.snapshot()).unwrap();
+    let definition = engine.definition();
+    let bytes = serde_json::to_vec(&engine.export()).unwrap();
     let mut restored = FixedWindows::new(
         spec(0, LatePolicy::Drop),
         Assigner::Tumbling {
@@ -235,20 +238,22 @@ fn snapshots_restore_open_windows() {
             offset: 0,
         },
     );
-    assert!(restored.restore(serde_json::from_slice(&bytes).unwrap()));
+    restored.import(serde_json::from_slice(&bytes).unwrap());
+    assert_eq!(restored.definition(), definition);
     restored.add(&event("d", NOW_MS + 20, 7), NOW_MS, now, &mut out);
     restored.add(&event("d", NOW_MS + 1000, 0), NOW_MS, now, &mut out);
     assert_eq!(out[0].get("sum"), Some(&json!(12.0)));
-    let mut other = FixedWindows::new(
+    let other = FixedWindows::new(
         spec(0, LatePolicy::Drop),
         Assigner::Tumbling {
             size: 2000,
             offset: 0,
         },
     );
-    assert!(
-        !other.restore(serde_json::from_slice(&bytes).unwrap()),
-        "a changed window size refuses the snapshot"
+    assert_ne!(
+        other.definition(),
+        definition,
+        "a changed window size refuses the checkpoint"
     );
 }
 

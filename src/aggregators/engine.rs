@@ -1,0 +1,388 @@
+//! Running a window engine: sharding by group key, ticks, late and error outputs,
+//! checkpoints.
+//!
+//! Every window type is a [`WindowEngine`]: state for many groups that folds events and
+//! emits results. [`spawn`] runs `shards` engines, one task each; a router task hashes
+//! each event's group key to pick its shard, so a group's events always meet the same
+//! state and the groups spread over the cores. When the input ends (a drain), every shard
+//! hands back its open groups and the router writes them to one checkpoint file, which the
+//! next start reads back and spreads over its shards again.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::window::{GroupKey, WindowSpec};
+use super::{AggregatorContext, LATE};
+use crate::config::{ComponentId, OutputName};
+use crate::event::{Event, EventBatch};
+use crate::telemetry::events::{ComponentError, ErrorType, Stage};
+use crate::telemetry::{ComponentTelemetry, InternalEvent, WindowMetrics};
+use crate::topology::ComponentTask;
+use crate::topology::channel::Outputs;
+
+/// What happened to one event, beyond being folded into windows.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Folded,
+    /// Late or future, dropped (counted).
+    Dropped(Bound),
+    /// Late or future, to be sent to `<id>.late`.
+    Routed(Bound),
+    /// Late or future, its time moved into an open window.
+    Adjusted(Bound),
+    /// Its event time could not be read.
+    BadTime(String),
+    /// Opening its window would exceed `max_open_windows`.
+    Overflow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bound {
+    Late,
+    Future,
+}
+
+impl Bound {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Late => "late",
+            Self::Future => "future",
+        }
+    }
+}
+
+/// The state of one window type for many groups.
+pub trait WindowEngine: Send + 'static {
+    /// One group's state, as checkpointed.
+    type Group: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// Folds one event; windows it closes go to `emitted`.
+    fn add(
+        &mut self,
+        event: &Event,
+        now_ms: i64,
+        now: Instant,
+        emitted: &mut Vec<Event>,
+    ) -> Outcome;
+
+    /// Periodic work on the wall clock: idle groups, partial results, absences.
+    fn tick(&mut self, now_ms: i64, now: Instant, partial: bool, emitted: &mut Vec<Event>);
+
+    fn open_windows(&self) -> usize;
+
+    /// Approximate bytes of state.
+    fn state_bytes(&self) -> usize;
+
+    /// Non-numeric values skipped per aggregate since the last call.
+    fn take_invalid_values(&mut self) -> Vec<u64>;
+
+    /// Identifies the window definition; a checkpoint from another definition is ignored.
+    fn definition(&self) -> String;
+
+    /// Removes and returns every group that holds state worth keeping.
+    fn export(&mut self) -> Vec<(GroupKey, Self::Group)>;
+
+    fn import(&mut self, groups: Vec<(GroupKey, Self::Group)>);
+}
+
+/// What a shard hands back when its input ends: its definition and its open groups.
+type ShardState<G> = (String, Vec<(GroupKey, G)>);
+
+#[derive(Serialize, serde::Deserialize)]
+#[serde(bound(serialize = "G: Serialize", deserialize = "G: DeserializeOwned"))]
+struct Checkpoint<G> {
+    definition: String,
+    groups: Vec<(GroupKey, G)>,
+}
+
+/// How an engine is run.
+pub struct Runner {
+    /// Reads the group key of events, to route them to their shard.
+    spec: WindowSpec,
+    shards: usize,
+    tick: Duration,
+    emit_every: Option<Duration>,
+}
+
+impl Runner {
+    /// `shards` engines (default: one per core), ticking often enough for the spec's idle
+    /// timeout and early emission.
+    pub fn new(spec: WindowSpec, shards: Option<usize>) -> Self {
+        let shards =
+            shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let emit_every = spec.emit_every;
+        let tick = (spec
+            .idle_timeout
+            .min(emit_every.unwrap_or(Duration::MAX))
+            .min(Duration::from_secs(1))
+            / 2)
+        .max(Duration::from_millis(10));
+        Self {
+            spec,
+            shards,
+            tick,
+            emit_every,
+        }
+    }
+}
+
+/// Starts `shards` engines made by `make`, restoring the checkpoint first.
+pub fn spawn<E: WindowEngine>(
+    cx: AggregatorContext,
+    runner: Runner,
+    make: impl Fn() -> E,
+) -> anyhow::Result<ComponentTask> {
+    let shards = runner.shards.max(1);
+    let mut engines: Vec<E> = (0..shards).map(|_| make()).collect();
+    if let Some(path) = &cx.checkpoint {
+        restore(&mut engines, path, &cx.id)?;
+    }
+    let metrics = cx.telemetry.window_metrics(&runner.spec.names);
+    let mut senders = Vec::with_capacity(shards);
+    let mut handles = Vec::with_capacity(shards);
+    for engine in engines {
+        let (tx, rx) = mpsc::channel::<EventBatch>(4);
+        senders.push(tx);
+        let shard = Shard {
+            engine,
+            input: rx,
+            out: cx.out.clone(),
+            id: cx.id.clone(),
+            telemetry: cx.telemetry.clone(),
+            metrics: metrics.clone(),
+            reported_open: 0,
+            tick: runner.tick,
+            emit_every: runner.emit_every,
+        };
+        handles.push(tokio::spawn(shard.run()));
+    }
+    Ok(Box::pin(route(cx, runner.spec, senders, handles)))
+}
+
+/// Reads the input, splits each batch by shard, and writes the checkpoint at the end.
+async fn route<G: Serialize + Send + 'static>(
+    mut cx: AggregatorContext,
+    spec: WindowSpec,
+    senders: Vec<mpsc::Sender<EventBatch>>,
+    handles: Vec<tokio::task::JoinHandle<ShardState<G>>>,
+) -> anyhow::Result<()> {
+    let shards = senders.len();
+    let mut parts: Vec<Vec<Event>> = (0..shards).map(|_| Vec::new()).collect();
+    while let Some(batch) = cx.input.recv().await {
+        if shards == 1 {
+            // A shard that stopped has failed; its task's error is reported below.
+            let _ = senders[0].send(batch).await;
+            continue;
+        }
+        for event in batch {
+            parts[shard_of(&spec.key_of(&event), shards)].push(event);
+        }
+        for (sender, part) in senders.iter().zip(parts.iter_mut()) {
+            if !part.is_empty() {
+                let _ = sender.send(EventBatch::new(std::mem::take(part))).await;
+            }
+        }
+    }
+    drop(senders);
+    let mut definition = String::new();
+    let mut groups = Vec::new();
+    for handle in handles {
+        let (def, shard_groups) = handle
+            .await
+            .map_err(|err| anyhow::anyhow!("window shard failed: {err}"))?;
+        definition = def;
+        groups.extend(shard_groups);
+    }
+    if let Some(path) = &cx.checkpoint {
+        let open = groups.len();
+        write_checkpoint(path, &Checkpoint { definition, groups }).await?;
+        tracing::info!(component_id = %cx.id, groups = open, path = %path.display(), "checkpointed open windows");
+    }
+    Ok(())
+}
+
+fn shard_of(key: &GroupKey, shards: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % shards as u64) as usize
+}
+
+struct Shard<E> {
+    engine: E,
+    input: mpsc::Receiver<EventBatch>,
+    out: Outputs,
+    id: ComponentId,
+    telemetry: ComponentTelemetry,
+    metrics: WindowMetrics,
+    /// This shard's share of the open-windows gauge, so shards report by difference.
+    reported_open: i64,
+    tick: Duration,
+    emit_every: Option<Duration>,
+}
+
+impl<E: WindowEngine> Shard<E> {
+    async fn run(mut self) -> ShardState<E::Group> {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_partial = Instant::now();
+        let mut emitted = Vec::new();
+        loop {
+            tokio::select! {
+                batch = self.input.recv() => match batch {
+                    Some(batch) => self.fold(batch, &mut emitted).await,
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    let now = Instant::now();
+                    let partial = self.emit_every.is_some_and(|every| now.duration_since(last_partial) >= every);
+                    if partial {
+                        last_partial = now;
+                    }
+                    self.engine.tick(jiff::Timestamp::now().as_millisecond(), now, partial, &mut emitted);
+                    self.emit(&mut emitted).await;
+                }
+            }
+        }
+        self.metrics.open_windows.dec_by(self.reported_open);
+        (self.engine.definition(), self.engine.export())
+    }
+
+    async fn fold(&mut self, batch: EventBatch, emitted: &mut Vec<Event>) {
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let now = Instant::now();
+        let mut late = Vec::new();
+        let mut errors = Vec::new();
+        for event in batch {
+            match self.engine.add(&event, now_ms, now, emitted) {
+                Outcome::Folded => {}
+                Outcome::Dropped(bound) => {
+                    self.metrics.out_of_bounds(bound.as_str(), "drop").inc();
+                }
+                Outcome::Adjusted(bound) => {
+                    self.metrics.out_of_bounds(bound.as_str(), "adjust").inc();
+                }
+                Outcome::Routed(bound) => {
+                    self.metrics
+                        .out_of_bounds(bound.as_str(), "route")
+                        .inc_by(1);
+                    late.push(event);
+                }
+                Outcome::BadTime(reason) => errors.push((event, reason)),
+                Outcome::Overflow => {
+                    self.metrics.overflow.inc();
+                    errors.push((
+                        event,
+                        "max_open_windows reached: the window this event needs cannot be opened"
+                            .to_owned(),
+                    ));
+                }
+            };
+        }
+        for (counter, count) in self
+            .metrics
+            .invalid_values
+            .iter()
+            .zip(self.engine.take_invalid_values())
+        {
+            if count > 0 {
+                counter.inc_by(count);
+            }
+        }
+        self.emit(emitted).await;
+        if !late.is_empty() {
+            self.out.send_named(LATE, EventBatch::new(late)).await;
+        }
+        if !errors.is_empty() {
+            let component = self.id.as_arc();
+            let dead: Vec<Event> = errors
+                .into_iter()
+                .map(|(event, reason)| {
+                    ComponentError {
+                        error_type: ErrorType::Decode,
+                        stage: Stage::Processing,
+                        message: &reason,
+                        count: 1,
+                    }
+                    .emit(&self.telemetry);
+                    event.with_error(&component, reason)
+                })
+                .collect();
+            self.out
+                .send_named(OutputName::ERRORS, EventBatch::new(dead))
+                .await;
+        }
+    }
+
+    async fn emit(&mut self, emitted: &mut Vec<Event>) {
+        let open = self.engine.open_windows() as i64;
+        self.metrics.open_windows.inc_by(open - self.reported_open);
+        self.reported_open = open;
+        if !emitted.is_empty() {
+            self.out
+                .send(EventBatch::new(std::mem::take(emitted)))
+                .await;
+            self.metrics
+                .state_bytes
+                .set(self.engine.state_bytes() as i64);
+        }
+    }
+}
+
+/// Writes a checkpoint atomically: a temp file, fsync, rename.
+async fn write_checkpoint<G: Serialize>(
+    path: &Path,
+    checkpoint: &Checkpoint<G>,
+) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec(checkpoint)?;
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let temp = path.with_extension("json.tmp");
+    tokio::fs::write(&temp, &bytes).await?;
+    tokio::fs::File::open(&temp).await?.sync_all().await?;
+    tokio::fs::rename(&temp, path).await?;
+    Ok(())
+}
+
+/// Spreads a checkpoint's groups over the shards, then removes the file so a crash later
+/// cannot replay it twice.
+fn restore<E: WindowEngine>(
+    engines: &mut [E],
+    path: &PathBuf,
+    id: &ComponentId,
+) -> anyhow::Result<()> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => anyhow::bail!("cannot read checkpoint {}: {err}", path.display()),
+    };
+    match serde_json::from_slice::<Checkpoint<E::Group>>(&bytes) {
+        Ok(checkpoint) if checkpoint.definition == engines[0].definition() => {
+            let shards = engines.len();
+            let mut parts: Vec<Vec<(GroupKey, E::Group)>> =
+                (0..shards).map(|_| Vec::new()).collect();
+            let count = checkpoint.groups.len();
+            for (key, group) in checkpoint.groups {
+                parts[shard_of(&key, shards)].push((key, group));
+            }
+            for (engine, part) in engines.iter_mut().zip(parts) {
+                engine.import(part);
+            }
+            tracing::info!(component_id = %id, groups = count, "resumed open windows from the checkpoint");
+        }
+        Ok(_) => {
+            tracing::warn!(component_id = %id, "the window definition changed since the checkpoint; starting without its open windows")
+        }
+        Err(err) => {
+            tracing::warn!(component_id = %id, "checkpoint {} is unreadable ({err}); starting without open windows", path.display())
+        }
+    }
+    std::fs::remove_file(path)?;
+    Ok(())
+}
