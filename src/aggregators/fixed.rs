@@ -16,9 +16,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::aggregate::{Accumulator, Skip};
-use super::engine::{Bound, Outcome, WindowEngine};
-use super::window::{GroupKey, LatePolicy, WindowSpec};
+use super::aggregate::Accumulator;
+use super::engine::{Outcome, WindowEngine};
+use super::window::{GroupKey, WindowSpec};
 use crate::event::Event;
 
 /// How long a group without open windows keeps its watermark, at least.
@@ -120,22 +120,14 @@ impl FixedWindows {
         now: Instant,
         emitted: &mut Vec<Event>,
     ) -> Outcome {
-        let mut time = match self.spec.time_of(event) {
+        let time = match self.spec.time_of(event) {
             Ok(time) => time,
             Err(reason) => return Outcome::BadTime(reason),
         };
-        let mut outcome = Outcome::Folded;
-        if time > now_ms.saturating_add(self.spec.max_future_ms) {
-            match self.spec.late_events {
-                LatePolicy::Drop => return Outcome::Dropped(Bound::Future),
-                LatePolicy::Route => return Outcome::Routed(Bound::Future),
-                LatePolicy::Adjust => {
-                    time = now_ms;
-                    outcome = Outcome::Adjusted(Bound::Future);
-                }
-            }
-        }
-
+        let (time, future) = match self.spec.admit_future(time, now_ms) {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
+        };
         let key = self.spec.key_of(event);
         let group = match self.groups.get_mut(&key) {
             Some(group) => group,
@@ -146,17 +138,15 @@ impl FixedWindows {
                 windows: Vec::new(),
             }),
         };
-        let horizon = group.watermark.saturating_sub(self.spec.lateness_ms);
-        if time < horizon {
-            match self.spec.late_events {
-                LatePolicy::Drop => return Outcome::Dropped(Bound::Late),
-                LatePolicy::Route => return Outcome::Routed(Bound::Late),
-                LatePolicy::Adjust => {
-                    time = horizon;
-                    outcome = Outcome::Adjusted(Bound::Late);
-                }
-            }
-        }
+        let (time, late) = match self.spec.admit_late(time, group.watermark) {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
+        };
+        let outcome = if late == Outcome::Folded {
+            future
+        } else {
+            late
+        };
 
         // Find or open every window holding `time`.
         let mut overflow = false;
@@ -172,7 +162,7 @@ impl FixedWindows {
                         return;
                     }
                     *open_windows += 1;
-                    let accumulators = spec.aggregates.iter().map(|a| a.accumulator()).collect();
+                    let accumulators = spec.accumulators();
                     group.windows.insert(
                         index,
                         Window {
@@ -187,17 +177,7 @@ impl FixedWindows {
             };
             let window = &mut group.windows[index];
             window.dirty = true;
-            for (i, (aggregate, accumulator)) in spec
-                .aggregates
-                .iter()
-                .zip(window.accumulators.iter_mut())
-                .enumerate()
-            {
-                let value = aggregate.field.as_deref().and_then(|f| field(event, f));
-                if let Err(Skip::NotANumber) = accumulator.add(value.as_ref(), time) {
-                    invalid[i] += 1;
-                }
-            }
+            spec.fold(&mut window.accumulators, event, time, invalid);
         });
         if overflow {
             return Outcome::Overflow;
@@ -325,23 +305,13 @@ fn close_ready(
 }
 
 fn result(spec: &WindowSpec, keys: &[Value], window: &Window, partial: bool) -> Event {
-    let results = spec
-        .aggregates
-        .iter()
-        .zip(window.accumulators.iter())
-        .map(|(a, acc)| acc.result(a.function));
-    spec.output(keys, window.start, window.end, results, partial)
-}
-
-/// A field of the event (`device_id` included), for aggregates.
-fn field(event: &Event, name: &str) -> Option<Value> {
-    if name == "device_id" {
-        return event
-            .device_id
-            .as_deref()
-            .map(|id| Value::String(id.to_owned()));
-    }
-    event.get(name).cloned()
+    spec.output(
+        keys,
+        window.start,
+        window.end,
+        spec.results(&window.accumulators),
+        partial,
+    )
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod engine;
 pub mod fixed;
 mod hopping;
+mod session;
 mod tumbling;
 pub mod window;
 
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use hopping::HoppingConfig;
+pub use session::SessionConfig;
 pub use tumbling::TumblingConfig;
 
 use crate::config::component::component_types;
@@ -32,6 +34,7 @@ component_types! {
     pub enum AggregatorConfig: AggregatorComponent {
         "tumbling" => Tumbling(TumblingConfig),
         "hopping" => Hopping(HoppingConfig),
+        "session" => Session(SessionConfig),
     }
 }
 

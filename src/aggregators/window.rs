@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::aggregate::Aggregate;
+use super::aggregate::{Accumulator, Aggregate, Skip};
+use super::engine::{Bound, Outcome};
 use crate::config::{Duration, FieldProblem};
 use crate::event::{Event, parse_event_time};
 
@@ -235,6 +236,79 @@ impl WindowSpec {
                 None => Err(format!("field `{field}` (the event time) is missing")),
             },
         }
+    }
+
+    /// Applies `max_future`: the time to fold the event at, or what to do instead.
+    pub fn admit_future(&self, time: i64, now_ms: i64) -> Result<(i64, Outcome), Outcome> {
+        if time <= now_ms.saturating_add(self.max_future_ms) {
+            return Ok((time, Outcome::Folded));
+        }
+        match self.late_events {
+            LatePolicy::Drop => Err(Outcome::Dropped(Bound::Future)),
+            LatePolicy::Route => Err(Outcome::Routed(Bound::Future)),
+            LatePolicy::Adjust => Ok((now_ms, Outcome::Adjusted(Bound::Future))),
+        }
+    }
+
+    /// Applies `allowed_lateness` against the group's watermark: an event more than the
+    /// lateness behind it is late.
+    pub fn admit_late(&self, time: i64, watermark: i64) -> Result<(i64, Outcome), Outcome> {
+        let horizon = watermark.saturating_sub(self.lateness_ms);
+        if time >= horizon {
+            return Ok((time, Outcome::Folded));
+        }
+        match self.late_events {
+            LatePolicy::Drop => Err(Outcome::Dropped(Bound::Late)),
+            LatePolicy::Route => Err(Outcome::Routed(Bound::Late)),
+            LatePolicy::Adjust => Ok((horizon, Outcome::Adjusted(Bound::Late))),
+        }
+    }
+
+    /// Fresh accumulators, one per aggregate.
+    pub fn accumulators(&self) -> Box<[Accumulator]> {
+        self.aggregates.iter().map(Aggregate::accumulator).collect()
+    }
+
+    /// Folds the event's values into `accumulators`; counts non-numbers in `invalid`.
+    pub fn fold(
+        &self,
+        accumulators: &mut [Accumulator],
+        event: &Event,
+        time: i64,
+        invalid: &mut [u64],
+    ) {
+        for (i, (aggregate, accumulator)) in self
+            .aggregates
+            .iter()
+            .zip(accumulators.iter_mut())
+            .enumerate()
+        {
+            let result = match aggregate.field.as_deref() {
+                None => accumulator.add(None, time),
+                Some("device_id") => {
+                    let id = event
+                        .device_id
+                        .as_deref()
+                        .map(|id| Value::String(id.to_owned()));
+                    accumulator.add(id.as_ref(), time)
+                }
+                Some(field) => accumulator.add(event.get(field), time),
+            };
+            if result == Err(Skip::NotANumber) {
+                invalid[i] += 1;
+            }
+        }
+    }
+
+    /// The results of `accumulators`, in aggregate order.
+    pub fn results<'a>(
+        &'a self,
+        accumulators: &'a [Accumulator],
+    ) -> impl Iterator<Item = Value> + 'a {
+        self.aggregates
+            .iter()
+            .zip(accumulators)
+            .map(|(a, acc)| acc.result(a.function))
     }
 
     /// The group key of an event and, for a new group, the values that form it.
