@@ -6,19 +6,23 @@
 //! share the [`fixed`] engine. Aggregates are in [`aggregate`]; the options every window
 //! type shares are in [`window`].
 
+mod absence;
 pub mod aggregate;
 pub mod engine;
 pub mod fixed;
 mod hopping;
 mod session;
+mod sliding;
 mod tumbling;
 pub mod window;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use absence::AbsenceConfig;
 pub use hopping::HoppingConfig;
 pub use session::SessionConfig;
+pub use sliding::SlidingConfig;
 pub use tumbling::TumblingConfig;
 
 use crate::config::component::component_types;
@@ -34,7 +38,9 @@ component_types! {
     pub enum AggregatorConfig: AggregatorComponent {
         "tumbling" => Tumbling(TumblingConfig),
         "hopping" => Hopping(HoppingConfig),
+        "sliding" => Sliding(SlidingConfig),
         "session" => Session(SessionConfig),
+        "absence" => Absence(AbsenceConfig),
     }
 }
 

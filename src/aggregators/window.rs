@@ -300,6 +300,36 @@ impl WindowSpec {
         }
     }
 
+    /// The values an event gives each aggregate (null where it has none), and how many of
+    /// them a numeric aggregate cannot use; for engines that keep events, not accumulators.
+    pub fn values_of(&self, event: &Event, invalid: &mut [u64]) -> Box<[Value]> {
+        self.aggregates
+            .iter()
+            .enumerate()
+            .map(|(i, aggregate)| {
+                let value = match aggregate.field.as_deref() {
+                    None => Value::Null,
+                    Some("device_id") => event
+                        .device_id
+                        .as_deref()
+                        .map_or(Value::Null, |id| Value::String(id.to_owned())),
+                    Some(field) => event.get(field).cloned().unwrap_or(Value::Null),
+                };
+                if aggregate.function.is_numeric() && !value.is_null() && !value.is_number() {
+                    invalid[i] += 1;
+                }
+                value
+            })
+            .collect()
+    }
+
+    /// Folds values taken with [`Self::values_of`].
+    pub fn fold_values(&self, accumulators: &mut [Accumulator], values: &[Value], time: i64) {
+        for (accumulator, value) in accumulators.iter_mut().zip(values) {
+            let _ = accumulator.add(Some(value), time);
+        }
+    }
+
     /// The results of `accumulators`, in aggregate order.
     pub fn results<'a>(
         &'a self,

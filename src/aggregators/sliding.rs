@@ -1,0 +1,265 @@
+//! `sliding`: a window of `size` that moves with the data and emits whenever its content
+//! changes — when an event enters it or leaves it.
+//!
+//! The change points of a group are its event times `t` (an event enters) and `t + size`
+//! (it leaves). At each change point `p` the window is `(p - size, p]`: unlike the other
+//! window types it includes its end, so the output for an event's arrival includes that
+//! event. A change point is emitted once it is final — once its group's watermark minus
+//! `allowed_lateness` has passed it — and only if the window holds events. Sliding windows
+//! keep the events of the last `size` (plus lateness) per group, since each output is
+//! computed afresh from them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::engine::{Outcome, WindowEngine};
+use super::window::{GroupKey, WindowSpec, millis, window_config};
+use super::{AggregatorComponent, AggregatorContext, engine};
+use crate::config::{Duration, FieldProblem, OutputName};
+use crate::event::Event;
+use crate::topology::ComponentTask;
+
+window_config! {
+    /// A window of `size` ending at every change of its content.
+    pub struct SlidingConfig {
+        /// How far back the window reaches, e.g. `5m`.
+        pub size: Duration,
+    }
+}
+
+impl AggregatorComponent for SlidingConfig {
+    fn named_outputs(&self) -> Vec<OutputName> {
+        super::late_outputs(self.late_events)
+    }
+
+    fn check(&self) -> Vec<FieldProblem> {
+        let mut problems = self.common().check();
+        if self.size.get().as_millis() == 0 {
+            problems.push(FieldProblem::at(
+                ["size"],
+                "expected a window size of at least 1ms",
+            ));
+        }
+        if matches!(self.emit, super::window::Emit::Every(_)) {
+            problems.push(FieldProblem::at(
+                ["emit"],
+                "sliding windows already emit at every change: expected `on_close`",
+            ));
+        }
+        problems
+    }
+
+    fn build(&self, cx: AggregatorContext) -> anyhow::Result<ComponentTask> {
+        let common = self.common();
+        let component = cx.id.as_arc();
+        let spec = || WindowSpec::new(component.clone(), &common, self.size.get());
+        let size = millis(self.size);
+        engine::spawn(cx, engine::Runner::new(spec(), common.shards), || {
+            SlidingWindows::new(spec(), size)
+        })
+    }
+}
+
+/// One group's recent events and pending change points.
+#[derive(Serialize, Deserialize)]
+pub struct Group {
+    keys: Box<[Value]>,
+    watermark: i64,
+    #[serde(skip, default = "Instant::now")]
+    last_seen: Instant,
+    /// Events by time (stable for equal times): time and the values of each aggregate.
+    events: Vec<(i64, Box<[Value]>)>,
+    /// Change points not emitted yet.
+    pending: BTreeSet<i64>,
+}
+
+pub struct SlidingWindows {
+    spec: WindowSpec,
+    size: i64,
+    groups: HashMap<GroupKey, Group>,
+    pending: usize,
+    invalid_values: Vec<u64>,
+}
+
+impl SlidingWindows {
+    pub fn new(spec: WindowSpec, size: i64) -> Self {
+        let aggregates = spec.aggregates.len();
+        Self {
+            spec,
+            size,
+            groups: HashMap::new(),
+            pending: 0,
+            invalid_values: vec![0; aggregates],
+        }
+    }
+}
+
+/// Emits the group's change points before `horizon`, then forgets events no later window
+/// can hold.
+fn emit_ready(
+    spec: &WindowSpec,
+    size: i64,
+    group: &mut Group,
+    horizon: i64,
+    pending: &mut usize,
+    emitted: &mut Vec<Event>,
+) {
+    while let Some(&point) = group.pending.first() {
+        if point >= horizon {
+            break;
+        }
+        group.pending.pop_first();
+        *pending -= 1;
+        let from = group.events.partition_point(|(t, _)| *t <= point - size);
+        let to = group.events.partition_point(|(t, _)| *t <= point);
+        if from == to {
+            continue;
+        }
+        let mut accumulators = spec.accumulators();
+        for (time, values) in &group.events[from..to] {
+            spec.fold_values(&mut accumulators, values, *time);
+        }
+        emitted.push(spec.output(
+            &group.keys,
+            point - size,
+            point,
+            spec.results(&accumulators),
+            false,
+        ));
+    }
+    let keep_after = group.pending.first().map_or(horizon, |p| (*p).min(horizon)) - size;
+    let stale = group.events.partition_point(|(t, _)| *t <= keep_after);
+    group.events.drain(..stale);
+}
+
+impl WindowEngine for SlidingWindows {
+    type Group = Group;
+
+    fn add(
+        &mut self,
+        event: &Event,
+        now_ms: i64,
+        now: Instant,
+        emitted: &mut Vec<Event>,
+    ) -> Outcome {
+        let time = match self.spec.time_of(event) {
+            Ok(time) => time,
+            Err(reason) => return Outcome::BadTime(reason),
+        };
+        let (time, future) = match self.spec.admit_future(time, now_ms) {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
+        };
+        let key = self.spec.key_of(event);
+        let watermark = self.groups.get(&key).map_or(i64::MIN, |g| g.watermark);
+        let (time, late) = match self.spec.admit_late(time, watermark) {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
+        };
+        let outcome = if late == Outcome::Folded {
+            future
+        } else {
+            late
+        };
+        if self.pending + 2 > self.spec.max_open_windows {
+            return Outcome::Overflow;
+        }
+
+        let spec = &self.spec;
+        let group = self.groups.entry(key).or_insert_with(|| Group {
+            keys: spec.key_values(event),
+            watermark: i64::MIN,
+            last_seen: now,
+            events: Vec::new(),
+            pending: BTreeSet::new(),
+        });
+        group.last_seen = now;
+        let values = spec.values_of(event, &mut self.invalid_values);
+        let at = group.events.partition_point(|(t, _)| *t <= time);
+        group.events.insert(at, (time, values));
+        for point in [time, time.saturating_add(self.size)] {
+            if group.pending.insert(point) {
+                self.pending += 1;
+            }
+        }
+        group.watermark = group.watermark.max(time);
+        let horizon = group.watermark.saturating_sub(spec.lateness_ms);
+        emit_ready(spec, self.size, group, horizon, &mut self.pending, emitted);
+        outcome
+    }
+
+    fn tick(&mut self, _now_ms: i64, now: Instant, _partial: bool, emitted: &mut Vec<Event>) {
+        let idle = self.spec.idle_timeout;
+        for group in self.groups.values_mut() {
+            if !group.pending.is_empty() && now.duration_since(group.last_seen) >= idle {
+                let last = group.pending.last().copied().unwrap_or(group.watermark);
+                group.watermark = group
+                    .watermark
+                    .max(last.saturating_add(self.spec.lateness_ms).saturating_add(1));
+                let horizon = group.watermark.saturating_sub(self.spec.lateness_ms);
+                emit_ready(
+                    &self.spec,
+                    self.size,
+                    group,
+                    horizon,
+                    &mut self.pending,
+                    emitted,
+                );
+            }
+        }
+        let retention = (idle * 4).max(std::time::Duration::from_secs(600));
+        self.groups
+            .retain(|_, g| !g.pending.is_empty() || now.duration_since(g.last_seen) < retention);
+    }
+
+    fn open_windows(&self) -> usize {
+        self.pending
+    }
+
+    fn state_bytes(&self) -> usize {
+        let per_event = std::mem::size_of::<(i64, Box<[Value]>)>()
+            + self.spec.aggregates.len() * std::mem::size_of::<Value>();
+        let events: usize = self.groups.values().map(|g| g.events.len()).sum();
+        self.groups.len() * (std::mem::size_of::<(GroupKey, Group)>() + 16)
+            + events * per_event
+            + self.pending * 40
+    }
+
+    fn take_invalid_values(&mut self) -> Vec<u64> {
+        let zeros = vec![0; self.invalid_values.len()];
+        std::mem::replace(&mut self.invalid_values, zeros)
+    }
+
+    fn definition(&self) -> String {
+        let aggregates: Vec<String> = self
+            .spec
+            .aggregates
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        format!("sliding size={} {}", self.size, aggregates.join(","))
+    }
+
+    fn export(&mut self) -> Vec<(GroupKey, Group)> {
+        self.pending = 0;
+        self.groups
+            .drain()
+            .filter(|(_, g)| !g.pending.is_empty())
+            .collect()
+    }
+
+    fn import(&mut self, groups: Vec<(GroupKey, Group)>) {
+        let now = Instant::now();
+        for (key, mut group) in groups {
+            group.last_seen = now;
+            self.pending += group.pending.len();
+            self.groups.insert(key, group);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
