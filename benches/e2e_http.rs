@@ -1,1 +1,456 @@
-fn main() {}
+//! End-to-end HTTP throughput: `weir-load` → weir's `http` source → `remap` → `filter` →
+//! `blackhole`, with the real binaries.
+//!
+//! `cargo bench --bench e2e_http` builds both binaries in release mode, then for each
+//! concurrency it:
+//!
+//! 1. writes a pipeline into a temp dir (http source and API on free local ports,
+//!    `data_dir` in the temp dir) and starts `weir run <file>`;
+//! 2. waits for `/ready`, then runs `weir-load` for the load duration with batches of 100;
+//! 3. waits until the blackhole has counted every accepted reading (or stops moving), reads
+//!    `component_sent_events_total` of the blackhole from `/metrics` and weir's peak RSS
+//!    (`VmHWM` in `/proc/<pid>/status`), and stops weir with SIGTERM;
+//! 4. prints events/s (blackhole count / load duration), the generator's accepted
+//!    readings/s and p99 latency, peak RSS, the CPU time each process used, and the targets.
+//!
+//! Environment overrides:
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `WEIR_E2E_DURATION` | `15s` | how long `weir-load` sends |
+//! | `WEIR_E2E_CONCURRENCY` | `32` | requests in flight; a list (`8,32,64`) runs one round each |
+//! | `WEIR_E2E_BATCH` | `100` | readings per request |
+//! | `WEIR_E2E_DEVICES` | `1000` | simulated devices |
+//! | `WEIR_E2E_LOAD_THREADS` | `1` | `weir-load --threads` |
+//!
+//! The targets (≥ 500,000 events/s, ≤ 100 MiB peak RSS) are reported as PASS/MISS; a miss
+//! does not fail the bench, a broken harness (weir not starting, no request accepted) does.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+const WEIR_LOAD: &str = env!("CARGO_BIN_EXE_weir-load");
+
+const TARGET_EVENTS_PER_S: f64 = 500_000.0;
+const TARGET_RSS_MIB: f64 = 100.0;
+/// Linux reports CPU time in `/proc/<pid>/stat` in ticks of 1/100 s (USER_HZ).
+const TICKS_PER_S: f64 = 100.0;
+
+struct Settings {
+    duration: String,
+    concurrencies: Vec<usize>,
+    batch: u32,
+    devices: u32,
+    load_threads: usize,
+}
+
+impl Settings {
+    fn from_env() -> Result<Self, String> {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+            match std::env::var(name) {
+                Ok(text) => text
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{name}={text}: not a valid value")),
+                Err(_) => Ok(default),
+            }
+        }
+        let concurrencies = var("WEIR_E2E_CONCURRENCY", "32".to_owned())?
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse()
+                    .map_err(|_| format!("WEIR_E2E_CONCURRENCY: `{c}` is not a number"))
+            })
+            .collect::<Result<Vec<usize>, _>>()?;
+        Ok(Self {
+            duration: var("WEIR_E2E_DURATION", "15s".to_owned())?,
+            concurrencies,
+            batch: var("WEIR_E2E_BATCH", 100)?,
+            devices: var("WEIR_E2E_DEVICES", 1000)?,
+            load_threads: var("WEIR_E2E_LOAD_THREADS", 1)?,
+        })
+    }
+}
+
+/// What one round measured.
+struct Round {
+    concurrency: usize,
+    events: u64,
+    load_elapsed_s: f64,
+    accepted: u64,
+    accepted_per_s: f64,
+    errors: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    peak_rss_mib: f64,
+    weir_cpu_s: f64,
+    load_cpu_s: f64,
+    /// Busy CPU time of the whole machine during the load (all processes, all cores).
+    machine_busy_s: f64,
+}
+
+impl Round {
+    fn events_per_s(&self) -> f64 {
+        self.events as f64 / self.load_elapsed_s
+    }
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench` (and any filter); this harness takes no arguments.
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("e2e_http: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut rounds = Vec::new();
+    for &concurrency in &settings.concurrencies {
+        match round(&settings, concurrency) {
+            Ok(round) => {
+                report(&round);
+                rounds.push(round);
+            }
+            Err(err) => {
+                eprintln!("e2e_http: concurrency {concurrency}: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if rounds.len() > 1 {
+        let best = rounds
+            .iter()
+            .max_by(|a, b| a.events_per_s().total_cmp(&b.events_per_s()))
+            .expect("at least two rounds");
+        println!(
+            "best: concurrency {} with {:.0} events/s",
+            best.concurrency,
+            best.events_per_s()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn report(r: &Round) {
+    let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
+    let events_per_s = r.events_per_s();
+    let cores = |cpu_s: f64| cpu_s / r.load_elapsed_s;
+    println!(
+        "e2e_http: http → remap → filter → blackhole, concurrency {}",
+        r.concurrency
+    );
+    println!(
+        "  throughput  {events_per_s:>12.0} events/s at the blackhole ({} events in {:.2} s)   target ≥ {TARGET_EVENTS_PER_S:.0}: {}",
+        r.events,
+        r.load_elapsed_s,
+        verdict(events_per_s >= TARGET_EVENTS_PER_S),
+    );
+    println!(
+        "  load        {:>12.0} readings/s accepted ({} readings, {} failed requests), p50 {:.2} ms, p99 {:.2} ms",
+        r.accepted_per_s, r.accepted, r.errors, r.p50_ms, r.p99_ms
+    );
+    println!(
+        "  memory      {:>12.1} MiB peak RSS of weir (VmHWM)   target ≤ {TARGET_RSS_MIB:.0} MiB: {}",
+        r.peak_rss_mib,
+        verdict(r.peak_rss_mib <= TARGET_RSS_MIB),
+    );
+    let others_s = (r.machine_busy_s - r.weir_cpu_s - r.load_cpu_s).max(0.0);
+    println!(
+        "  cpu         weir {:.2} cores ({:.2} µs of CPU per event), weir-load {:.2} cores, everything else {:.2} cores (of {})",
+        cores(r.weir_cpu_s),
+        r.weir_cpu_s * 1e6 / r.events.max(1) as f64,
+        cores(r.load_cpu_s),
+        cores(others_s),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    if cores(others_s) > 0.2 {
+        println!(
+            "  warning     other processes used {:.2} cores during the load: the numbers above are low",
+            cores(others_s)
+        );
+    }
+    if r.accepted > 0 && r.events != r.accepted {
+        println!(
+            "  note        the blackhole counted {} events but {} readings were accepted",
+            r.events, r.accepted
+        );
+    }
+}
+
+/// Runs weir and one load; weir is stopped whatever happens.
+fn round(settings: &Settings, concurrency: usize) -> Result<Round, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
+    let source = free_port()?;
+    let api = free_port()?;
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        pipeline_yaml(&dir.path().join("data"), source, api),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", pipeline.display()))?;
+    let log_path = dir.path().join("weir.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create log: {e}"))?;
+    let mut weir = Command::new(WEIR)
+        .arg("run")
+        .arg(&pipeline)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {WEIR}: {e}"))?;
+    let result = measure(settings, concurrency, &mut weir, source, api);
+    stop(&mut weir);
+    if result.is_err()
+        && let Ok(log) = std::fs::read_to_string(&log_path)
+    {
+        eprintln!("--- weir log ---\n{log}--- end of weir log ---");
+    }
+    result
+}
+
+fn measure(
+    settings: &Settings,
+    concurrency: usize,
+    weir: &mut Child,
+    source: SocketAddr,
+    api: SocketAddr,
+) -> Result<Round, String> {
+    wait_ready(weir, api)?;
+    let weir_cpu_before = cpu_seconds(weir.id()).unwrap_or(0.0);
+    let machine_before = machine_busy_seconds().unwrap_or(0.0);
+
+    let mut load = Command::new(WEIR_LOAD)
+        .args(["--url", &format!("http://{source}")])
+        .args(["--devices", &settings.devices.to_string()])
+        .args(["--batch", &settings.batch.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--duration", &settings.duration])
+        .args(["--threads", &settings.load_threads.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {WEIR_LOAD}: {e}"))?;
+    // Poll rather than block, to read the generator's CPU time just before it exits.
+    let mut load_cpu_s = 0.0;
+    let load_status = loop {
+        if let Some(cpu) = cpu_seconds(load.id()) {
+            load_cpu_s = cpu;
+        }
+        match load.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(format!("cannot wait for weir-load: {e}")),
+        }
+    };
+    let machine_busy_s = machine_busy_seconds().unwrap_or(0.0) - machine_before;
+    let mut stdout = String::new();
+    if let Some(mut out) = load.stdout.take() {
+        out.read_to_string(&mut stdout)
+            .map_err(|e| format!("cannot read weir-load's output: {e}"))?;
+    }
+    print!(
+        "{}",
+        stdout
+            .lines()
+            .next()
+            .map(|l| format!("  {l}\n"))
+            .unwrap_or_default()
+    );
+    if !load_status.success() {
+        return Err(format!("weir-load failed ({load_status}):\n{stdout}"));
+    }
+    let summary: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .and_then(|line| serde_json::from_str(line).ok())
+        .ok_or_else(|| format!("weir-load printed no JSON summary:\n{stdout}"))?;
+    let number = |key: &str| summary[key].as_f64().unwrap_or(0.0);
+    let accepted = summary["readings_accepted"].as_u64().unwrap_or(0);
+
+    let events = wait_drained(api, accepted)?;
+    let weir_cpu_s = cpu_seconds(weir.id()).unwrap_or(0.0) - weir_cpu_before;
+    let peak_rss_mib = peak_rss_kib(weir.id())
+        .map(|kib| kib as f64 / 1024.0)
+        .ok_or("cannot read VmHWM of weir")?;
+    Ok(Round {
+        concurrency,
+        events,
+        load_elapsed_s: number("elapsed_s"),
+        accepted,
+        accepted_per_s: number("readings_per_s"),
+        errors: summary["errors"].as_u64().unwrap_or(0),
+        p50_ms: number("p50_ms"),
+        p99_ms: number("p99_ms"),
+        peak_rss_mib,
+        weir_cpu_s,
+        load_cpu_s,
+        machine_busy_s,
+    })
+}
+
+fn pipeline_yaml(data_dir: &Path, source: SocketAddr, api: SocketAddr) -> String {
+    format!(
+        r#"data_dir: {data_dir}
+api:
+  listen: {api}
+log:
+  level: warn
+sources:
+  devices:
+    type: http
+    listen: {source}
+transforms:
+  shaped:
+    type: remap
+    inputs: [devices]
+    set:
+      temperature_f: "temperature * 9 / 5 + 32"
+    rename:
+      vibration: vibration_g
+    drop: [ts]
+  valid:
+    type: filter
+    inputs: [shaped]
+    condition: "temperature is number and temperature < 200"
+sinks:
+  sink:
+    type: blackhole
+    inputs: [valid]
+"#,
+        data_dir = data_dir.display()
+    )
+}
+
+/// A port that was free a moment ago (weir binds it right after).
+fn free_port() -> Result<SocketAddr, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+fn wait_ready(weir: &mut Child, api: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = weir.try_wait() {
+            return Err(format!("weir exited during start-up ({status})"));
+        }
+        if http_get(api, "/ready").is_ok_and(|(status, _)| status == 200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("weir was not ready within 30 s".into())
+}
+
+/// Waits until the blackhole has counted `accepted` events, or its count stops moving.
+fn wait_drained(api: SocketAddr, accepted: u64) -> Result<u64, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    loop {
+        let count = sink_events(api)?;
+        if count >= accepted || last == Some(count) || Instant::now() >= deadline {
+            return Ok(count);
+        }
+        last = Some(count);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `component_sent_events_total` of the blackhole `sink`.
+fn sink_events(api: SocketAddr) -> Result<u64, String> {
+    let (status, body) = http_get(api, "/metrics").map_err(|e| format!("GET /metrics: {e}"))?;
+    if status != 200 {
+        return Err(format!("GET /metrics answered {status}"));
+    }
+    body.lines()
+        .find(|line| {
+            line.starts_with("component_sent_events_total{")
+                && line.contains("component_id=\"sink\"")
+                && line.contains("output=\"default\"")
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .ok_or_else(|| "no component_sent_events_total for the blackhole in /metrics".into())
+}
+
+/// A minimal HTTP/1.0 GET: status code and body.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// User + system CPU time of a process, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_S)
+}
+
+/// Busy CPU time of the whole machine (every core), from the `cpu` line of `/proc/stat`.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|t| t.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Some(busy as f64 / TICKS_PER_S)
+}
+
+/// Peak resident set size (`VmHWM`) in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Stops weir with SIGTERM and waits for it to drain; SIGKILL after 30 s.
+fn stop(weir: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &weir.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = weir.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("e2e_http: weir did not stop within 30 s of SIGTERM; killing it");
+    let _ = weir.kill();
+    let _ = weir.wait();
+}

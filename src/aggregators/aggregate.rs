@@ -130,15 +130,9 @@ impl Aggregate {
             Function::Max => Accumulator::Max(None),
             Function::First => Accumulator::First(None),
             Function::Last => Accumulator::Last(None),
-            Function::Stddev => Accumulator::Stddev {
-                count: 0,
-                mean: 0.0,
-                m2: 0.0,
-            },
-            Function::Percentile(_) => {
-                Accumulator::Percentile(Box::new(DDSketch::new(SketchConfig::defaults())))
-            }
-            Function::CountDistinct => Accumulator::Distinct(HashSet::new()),
+            Function::Stddev => Accumulator::Stddev(Box::default()),
+            Function::Percentile(_) => Accumulator::Percentile(Box::default()),
+            Function::CountDistinct => Accumulator::Distinct(Box::default()),
         }
     }
 }
@@ -192,20 +186,16 @@ pub enum Accumulator {
     First(Option<Box<(i64, Value)>>),
     /// The value with the latest event time (ms), last arrival on ties.
     Last(Option<Box<(i64, Value)>>),
-    /// Welford's online mean and variance.
-    Stddev {
-        count: u64,
-        mean: f64,
-        m2: f64,
-    },
-    Percentile(Box<DDSketch>),
-    Distinct(HashSet<String>),
+    /// Boxed: it is the largest state, and keeping every variant small keeps windows small.
+    Stddev(Box<Welford>),
+    Percentile(Box<Quantiles>),
+    Distinct(Box<HashSet<String>>),
 }
 
 impl fmt::Debug for Accumulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Percentile(sketch) => write!(f, "Percentile({} values)", sketch.count()),
+            Self::Percentile(values) => write!(f, "Percentile({} values)", values.count()),
             Self::Count(n) => write!(f, "Count({n})"),
             other => write!(f, "{}", serde_json::to_string(other).unwrap_or_default()),
         }
@@ -263,14 +253,14 @@ impl Accumulator {
                     *last = Some(Box::new((time_ms, value.clone())));
                 }
             }
-            Self::Stddev { count, mean, m2 } => {
+            Self::Stddev(w) => {
                 let x = number()?;
-                *count += 1;
-                let delta = x - *mean;
-                *mean += delta / *count as f64;
-                *m2 += delta * (x - *mean);
+                w.count += 1;
+                let delta = x - w.mean;
+                w.mean += delta / w.count as f64;
+                w.m2 += delta * (x - w.mean);
             }
-            Self::Percentile(sketch) => sketch.add(number()?),
+            Self::Percentile(values) => values.add(number()?),
             Self::Distinct(seen) => {
                 let key = match value {
                     Value::String(s) => s.clone(),
@@ -293,14 +283,10 @@ impl Accumulator {
             Self::Min(x) | Self::Max(x) => x.map_or(Value::Null, number),
             Self::First(v) | Self::Last(v) => v.as_ref().map_or(Value::Null, |b| b.1.clone()),
             // Population standard deviation of the window's values.
-            Self::Stddev { count: 0, .. } => Value::Null,
-            Self::Stddev { count, m2, .. } => number((m2 / *count as f64).sqrt()),
-            Self::Percentile(sketch) => match function {
-                Function::Percentile(q) => sketch
-                    .quantile(q)
-                    .ok()
-                    .flatten()
-                    .map_or(Value::Null, number),
+            Self::Stddev(w) if w.count == 0 => Value::Null,
+            Self::Stddev(w) => number((w.m2 / w.count as f64).sqrt()),
+            Self::Percentile(values) => match function {
+                Function::Percentile(q) => values.quantile(q).map_or(Value::Null, number),
                 _ => Value::Null,
             },
             Self::Distinct(seen) => Value::from(seen.len()),
@@ -333,29 +319,19 @@ impl Accumulator {
                     *a = Some(b);
                 }
             }
-            (
-                Self::Stddev { count, mean, m2 },
-                Self::Stddev {
-                    count: n2,
-                    mean: mean2,
-                    m2: m22,
-                },
-            ) => {
+            (Self::Stddev(a), Self::Stddev(b)) => {
                 // Chan et al.'s parallel combination of two Welford states.
-                let n1 = *count;
-                let total = n1 + n2;
+                let total = a.count + b.count;
                 if total > 0 {
-                    let delta = mean2 - *mean;
-                    *mean += delta * n2 as f64 / total as f64;
-                    *m2 += m22 + delta * delta * (n1 as f64) * (n2 as f64) / total as f64;
-                    *count = total;
+                    let delta = b.mean - a.mean;
+                    a.mean += delta * b.count as f64 / total as f64;
+                    a.m2 +=
+                        b.m2 + delta * delta * (a.count as f64) * (b.count as f64) / total as f64;
+                    a.count = total;
                 }
             }
-            (Self::Percentile(a), Self::Percentile(b)) => {
-                // Sketches built with the same configuration always merge.
-                let _ = a.merge(&b);
-            }
-            (Self::Distinct(a), Self::Distinct(b)) => a.extend(b),
+            (Self::Percentile(a), Self::Percentile(b)) => a.merge(*b),
+            (Self::Distinct(a), Self::Distinct(b)) => a.extend(*b),
             // Accumulators of one aggregate always have the same variant.
             _ => debug_assert!(false, "merged accumulators of different aggregates"),
         }
@@ -365,9 +341,98 @@ impl Accumulator {
     pub fn heap_bytes(&self) -> usize {
         match self {
             Self::First(Some(_)) | Self::Last(Some(_)) => 48,
-            Self::Percentile(sketch) => 64 + sketch.length() * 8,
+            Self::Stddev(_) => 24,
+            Self::Percentile(values) => values.heap_bytes(),
             Self::Distinct(seen) => seen.iter().map(|s| s.len() + 32).sum(),
             _ => 0,
+        }
+    }
+}
+
+/// Welford's online mean and variance.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct Welford {
+    count: u64,
+    mean: f64,
+    m2: f64,
+}
+
+/// Values for a percentile: kept exactly while few (most device windows hold a handful of
+/// readings, and exact is both cheaper and precise), folded into a DDSketch (1% relative
+/// error, bounded size) once there are more than [`Quantiles::EXACT_UP_TO`].
+#[derive(Clone, Serialize, Deserialize)]
+pub enum Quantiles {
+    Exact(Vec<f64>),
+    Sketch(DDSketch),
+}
+
+impl Default for Quantiles {
+    fn default() -> Self {
+        Self::Exact(Vec::new())
+    }
+}
+
+impl Quantiles {
+    pub const EXACT_UP_TO: usize = 64;
+
+    pub fn add(&mut self, x: f64) {
+        match self {
+            Self::Exact(values) if values.len() < Self::EXACT_UP_TO => values.push(x),
+            Self::Exact(values) => {
+                let mut sketch = DDSketch::new(SketchConfig::defaults());
+                for v in values.drain(..) {
+                    sketch.add(v);
+                }
+                sketch.add(x);
+                *self = Self::Sketch(sketch);
+            }
+            Self::Sketch(sketch) => sketch.add(x),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        match self {
+            Self::Exact(values) => values.len(),
+            Self::Sketch(sketch) => sketch.count(),
+        }
+    }
+
+    /// The `q` quantile: exact values use the lower nearest rank, `sorted[floor(q * (n-1))]`.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        match self {
+            Self::Exact(values) if values.is_empty() => None,
+            Self::Exact(values) => {
+                let mut sorted = values.clone();
+                sorted.sort_by(f64::total_cmp);
+                sorted
+                    .get((q * (sorted.len() - 1) as f64).floor() as usize)
+                    .copied()
+            }
+            Self::Sketch(sketch) => sketch.quantile(q).ok().flatten(),
+        }
+    }
+
+    pub fn merge(&mut self, other: Quantiles) {
+        match other {
+            Self::Exact(values) => values.into_iter().for_each(|v| self.add(v)),
+            Self::Sketch(theirs) => match self {
+                Self::Sketch(ours) => {
+                    // Sketches built with the same configuration always merge.
+                    let _ = ours.merge(&theirs);
+                }
+                Self::Exact(values) => {
+                    let mut sketch = theirs;
+                    values.drain(..).for_each(|v| sketch.add(v));
+                    *self = Self::Sketch(sketch);
+                }
+            },
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Exact(values) => values.capacity() * 8,
+            Self::Sketch(sketch) => 64 + sketch.length() * 8,
         }
     }
 }
@@ -447,6 +512,31 @@ mod tests {
         assert_eq!(run("count_distinct(x)", &xs), 5);
         let p50 = run("percentile(x, 0.5)", &xs).as_f64().unwrap();
         assert!((p50 - 4.0).abs() / 4.0 < 0.02, "{p50}");
+    }
+
+    #[test]
+    fn accumulators_stay_small() {
+        assert!(
+            std::mem::size_of::<Accumulator>() <= 24,
+            "{}",
+            std::mem::size_of::<Accumulator>()
+        );
+    }
+
+    #[test]
+    fn percentiles_are_exact_when_few_and_sketched_when_many() {
+        let mut q = Quantiles::default();
+        for i in 1..=64 {
+            q.add(i as f64);
+        }
+        assert_eq!(q.quantile(0.5), Some(32.0));
+        assert!(matches!(q, Quantiles::Exact(_)));
+        for i in 65..=1000 {
+            q.add(i as f64);
+        }
+        assert!(matches!(q, Quantiles::Sketch(_)));
+        let p90 = q.quantile(0.9).unwrap();
+        assert!((p90 - 900.0).abs() / 900.0 < 0.02, "{p90}");
     }
 
     #[test]

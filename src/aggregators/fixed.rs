@@ -9,12 +9,20 @@
 //! window closes and is emitted. A group that sends nothing for `idle_timeout` (wall clock)
 //! has its windows closed and its watermark moved past them, so the last window of a
 //! device that went silent is not held forever.
+//!
+//! State is laid out for millions of devices: a hash map holds only each group's key and
+//! the index of its slot in a dense vector (hash tables run half empty; the large part is
+//! kept out of them), a group keyed by its device id shares the event's id instead of
+//! copying it, windows of one group sit inline, and a window holds only its start and one
+//! small accumulator per aggregate.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use smallvec::SmallVec;
+use std::collections::HashMap;
 
 use super::aggregate::Accumulator;
 use super::engine::{Outcome, WindowEngine};
@@ -32,6 +40,13 @@ pub enum Assigner {
 }
 
 impl Assigner {
+    /// The length of every window.
+    pub fn size(self) -> i64 {
+        match self {
+            Self::Tumbling { size, .. } | Self::Hopping { size, .. } => size,
+        }
+    }
+
     /// Calls `f(start, end)` for every window holding event time `t`, oldest first.
     fn for_each(self, t: i64, mut f: impl FnMut(i64, i64)) {
         match self {
@@ -53,33 +68,42 @@ impl Assigner {
     }
 }
 
+/// One open window: its start (its end is `start + size`) and its accumulators.
 #[derive(Serialize, Deserialize)]
 pub struct Window {
     start: i64,
-    end: i64,
     accumulators: Box<[Accumulator]>,
+    /// Changed since the last partial emission.
     #[serde(skip)]
     dirty: bool,
 }
 
 /// One group's watermark and open windows.
-#[derive(Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Group {
-    keys: Box<[Value]>,
+    /// The values of the `group_by` fields; `None` when the group is just the device id,
+    /// which the key already holds.
+    keys: Option<Box<[Value]>>,
     watermark: i64,
-    /// Wall-clock time of the group's last event.
-    #[serde(skip, default = "Instant::now")]
-    last_seen: Instant,
-    /// Open windows, ordered by start.
-    windows: Vec<Window>,
+    /// Milliseconds from the engine's epoch to the group's last event (wall clock).
+    #[serde(skip)]
+    last_seen: u64,
+    /// Open windows, ordered by start (one for tumbling windows: kept inline).
+    windows: SmallVec<[Window; 1]>,
 }
 
 /// The state of every group's open windows.
 pub struct FixedWindows {
     spec: WindowSpec,
     assigner: Assigner,
-    groups: HashMap<GroupKey, Group>,
+    /// Group key to the index of its slot.
+    index: HashMap<GroupKey, u32, foldhash::fast::RandomState>,
+    slots: Vec<Group>,
+    /// Slots of forgotten groups, for reuse.
+    free: Vec<u32>,
     open_windows: usize,
+    /// The wall-clock origin of `Group::last_seen`.
+    epoch: Instant,
     /// Non-numeric values met by a numeric aggregate, per aggregate (reported, then reset).
     invalid_values: Vec<u64>,
 }
@@ -90,26 +114,47 @@ impl FixedWindows {
         Self {
             spec,
             assigner,
-            groups: HashMap::new(),
+            index: HashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
             open_windows: 0,
+            epoch: Instant::now(),
             invalid_values: vec![0; aggregates],
         }
     }
 
+    fn millis_since_epoch(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Approximate bytes of state: groups, windows and accumulators.
     pub fn state_bytes(&self) -> usize {
-        let per_group = std::mem::size_of::<(GroupKey, Group)>() + 16;
-        let per_window = std::mem::size_of::<Window>()
-            + self.spec.aggregates.len() * std::mem::size_of::<Accumulator>();
-        let keys: usize = self.groups.keys().map(|k| k.0.len()).sum();
+        let table = self.index.capacity() * (std::mem::size_of::<(GroupKey, u32)>() + 1) * 8 / 7;
+        let slots = self.slots.capacity() * std::mem::size_of::<Group>();
+        let keys: usize = self.index.keys().map(|k| k.0.len() + 16).sum();
+        let per_window = self.spec.aggregates.len() * std::mem::size_of::<Accumulator>();
         let heap: usize = self
-            .groups
-            .values()
+            .slots
+            .iter()
             .flat_map(|g| g.windows.iter())
             .flat_map(|w| w.accumulators.iter())
             .map(Accumulator::heap_bytes)
             .sum();
-        self.groups.len() * per_group + keys + self.open_windows * per_window + heap
+        table + slots + keys + self.open_windows * per_window + heap
+    }
+
+    /// The slot of a new group.
+    fn allocate(&mut self, group: Group) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = group;
+                slot
+            }
+            None => {
+                self.slots.push(group);
+                (self.slots.len() - 1) as u32
+            }
+        }
     }
 
     /// Folds one event into its group's windows and emits the windows it closes.
@@ -128,16 +173,23 @@ impl FixedWindows {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
         };
+        let seen = self.millis_since_epoch(now);
         let key = self.spec.key_of(event);
-        let group = match self.groups.get_mut(&key) {
-            Some(group) => group,
-            None => self.groups.entry(key).or_insert_with(|| Group {
-                keys: self.spec.key_values(event),
-                watermark: i64::MIN,
-                last_seen: now,
-                windows: Vec::new(),
-            }),
+        let slot = match self.index.get(&key) {
+            Some(slot) => *slot,
+            None => {
+                let keys = (!self.spec.by_device).then(|| self.spec.key_values(event));
+                let slot = self.allocate(Group {
+                    keys,
+                    watermark: i64::MIN,
+                    last_seen: seen,
+                    windows: SmallVec::new(),
+                });
+                self.index.insert(key.clone(), slot);
+                slot
+            }
         };
+        let group = &mut self.slots[slot as usize];
         let (time, late) = match self.spec.admit_late(time, group.watermark) {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
@@ -153,7 +205,7 @@ impl FixedWindows {
         let spec = &self.spec;
         let open_windows = &mut self.open_windows;
         let invalid = &mut self.invalid_values;
-        self.assigner.for_each(time, |start, end| {
+        self.assigner.for_each(time, |start, _| {
             let index = match group.windows.binary_search_by_key(&start, |w| w.start) {
                 Ok(index) => index,
                 Err(index) => {
@@ -162,13 +214,11 @@ impl FixedWindows {
                         return;
                     }
                     *open_windows += 1;
-                    let accumulators = spec.accumulators();
                     group.windows.insert(
                         index,
                         Window {
                             start,
-                            end,
-                            accumulators,
+                            accumulators: spec.accumulators(),
                             dirty: false,
                         },
                     );
@@ -182,10 +232,17 @@ impl FixedWindows {
         if overflow {
             return Outcome::Overflow;
         }
-        group.last_seen = now;
+        group.last_seen = seen;
         if time > group.watermark {
             group.watermark = time;
-            close_ready(&self.spec, group, &mut self.open_windows, emitted);
+            close_ready(
+                &self.spec,
+                self.assigner.size(),
+                &key,
+                group,
+                &mut self.open_windows,
+                emitted,
+            );
         }
         outcome
     }
@@ -193,35 +250,58 @@ impl FixedWindows {
     /// Closes the windows of groups silent for `idle_timeout`; with `emit: every`, emits
     /// the open windows that changed as partial results.
     pub fn tick(&mut self, now: Instant, emit_partial: bool, emitted: &mut Vec<Event>) {
-        let idle = self.spec.idle_timeout;
-        for group in self.groups.values_mut() {
+        let now_ms = self.millis_since_epoch(now);
+        let idle = u64::try_from(self.spec.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let size = self.assigner.size();
+        for (key, slot) in &self.index {
+            let group = &mut self.slots[*slot as usize];
             if group.windows.is_empty() {
                 continue;
             }
-            if now.duration_since(group.last_seen) >= idle {
+            if now_ms.saturating_sub(group.last_seen) >= idle {
                 let last_end = group
                     .windows
-                    .iter()
-                    .map(|w| w.end)
-                    .max()
-                    .unwrap_or(group.watermark);
+                    .last()
+                    .map_or(group.watermark, |w| w.start + size);
                 group.watermark = group
                     .watermark
                     .max(last_end.saturating_add(self.spec.lateness_ms));
-                close_ready(&self.spec, group, &mut self.open_windows, emitted);
+                close_ready(
+                    &self.spec,
+                    size,
+                    key,
+                    group,
+                    &mut self.open_windows,
+                    emitted,
+                );
             } else if emit_partial {
+                let keys = keys_of(&self.spec, key, group).into_owned();
                 for window in group.windows.iter_mut().filter(|w| w.dirty) {
                     window.dirty = false;
-                    emitted.push(result(&self.spec, &group.keys, window, true));
+                    emitted.push(result(&self.spec, &keys, window, size, true));
                 }
             }
         }
         // Groups without open windows keep only their watermark (so a straggler for an
         // emitted window stays late); forget long-silent ones so state stays bounded by the
         // devices that are active.
-        let retention = (idle * 4).max(GROUP_RETENTION);
-        self.groups
-            .retain(|_, g| !g.windows.is_empty() || now.duration_since(g.last_seen) < retention);
+        let retention = u64::try_from(
+            (self.spec.idle_timeout * 4)
+                .max(GROUP_RETENTION)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let (slots, free) = (&mut self.slots, &mut self.free);
+        self.index.retain(|_, slot| {
+            let group = &mut slots[*slot as usize];
+            let keep =
+                !group.windows.is_empty() || now_ms.saturating_sub(group.last_seen) < retention;
+            if !keep {
+                *group = Group::default();
+                free.push(*slot);
+            }
+            keep
+        });
     }
 }
 
@@ -267,25 +347,41 @@ impl WindowEngine for FixedWindows {
 
     fn export(&mut self) -> Vec<(GroupKey, Group)> {
         self.open_windows = 0;
-        self.groups
+        self.free.clear();
+        let mut slots = std::mem::take(&mut self.slots);
+        self.index
             .drain()
+            .map(|(key, slot)| (key, std::mem::take(&mut slots[slot as usize])))
             .filter(|(_, g)| !g.windows.is_empty())
             .collect()
     }
 
     fn import(&mut self, groups: Vec<(GroupKey, Group)>) {
-        let now = Instant::now();
+        let seen = self.millis_since_epoch(Instant::now());
         for (key, mut group) in groups {
-            group.last_seen = now;
+            group.last_seen = seen;
             self.open_windows += group.windows.len();
-            self.groups.insert(key, group);
+            let slot = self.allocate(group);
+            self.index.insert(key, slot);
         }
     }
 }
 
-/// Emits and removes the group's windows whose `end + lateness` the watermark has reached.
+/// The group's key values: stored, or the device id the key holds.
+fn keys_of<'a>(spec: &WindowSpec, key: &GroupKey, group: &'a Group) -> Cow<'a, [Value]> {
+    match &group.keys {
+        Some(keys) => Cow::Borrowed(keys),
+        None if spec.by_device => Cow::Owned(vec![Value::String(key.0.to_string())]),
+        None => Cow::Owned(Vec::new()),
+    }
+}
+
+/// Emits and removes the group's windows whose `end + lateness` the watermark has reached
+/// (windows of one size close in start order).
 fn close_ready(
     spec: &WindowSpec,
+    size: i64,
+    key: &GroupKey,
     group: &mut Group,
     open_windows: &mut usize,
     emitted: &mut Vec<Event>,
@@ -294,21 +390,23 @@ fn close_ready(
     let closing = group
         .windows
         .iter()
-        .take_while(|w| w.end <= horizon)
+        .take_while(|w| w.start + size <= horizon)
         .count();
+    if closing == 0 {
+        return;
+    }
+    let keys = keys_of(spec, key, group).into_owned();
     for window in group.windows.drain(..closing) {
         *open_windows -= 1;
-        emitted.push(result(spec, &group.keys, &window, false));
+        emitted.push(result(spec, &keys, &window, size, false));
     }
-    // Hopping windows close in start order too, but a later-starting window can end first
-    // only if sizes differ, which they do not: draining the prefix is enough.
 }
 
-fn result(spec: &WindowSpec, keys: &[Value], window: &Window, partial: bool) -> Event {
+fn result(spec: &WindowSpec, keys: &[Value], window: &Window, size: i64, partial: bool) -> Event {
     spec.output(
         keys,
         window.start,
-        window.end,
+        window.start + size,
         spec.results(&window.accumulators),
         partial,
     )

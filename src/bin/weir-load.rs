@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use hdrhistogram::Histogram;
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
@@ -54,7 +54,8 @@ const READING_POOL: usize = 4096;
 #[command(
     name = "weir-load",
     version,
-    about = "POST batches of readings to weir's http source and report throughput and latency"
+    about = "POST batches of readings to weir's http source and report throughput and latency",
+    group(ArgGroup::new("stop").required(true).args(["duration", "requests"]))
 )]
 struct Args {
     /// Base URL of the http source; requests go to `{url}/v1/devices/{device_id}/messages`.
@@ -70,7 +71,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// How long to send, e.g. `10s`, `1m`.
-    #[arg(long, value_parser = parse_duration, required_unless_present = "requests", conflicts_with = "requests")]
+    #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// How many requests to send in total.
     #[arg(long)]
@@ -114,7 +115,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.devices == 0 || args.batch == 0 || args.concurrency == 0 || args.threads == 0 {
         bail!("--devices, --batch, --concurrency and --threads must be at least 1");
     }
-    if args.rate.is_some_and(|rate| !(rate.is_finite() && rate > 0.0)) {
+    if args
+        .rate
+        .is_some_and(|rate| !(rate.is_finite() && rate > 0.0))
+    {
         bail!("--rate must be a positive number of requests per second");
     }
     let runtime = if args.threads == 1 {
@@ -206,15 +210,24 @@ async fn worker(plan: Arc<Plan>) -> Report {
         if plan.requests.is_some_and(|n| i >= n) {
             break;
         }
-        let due = match plan.rate {
+        // When the request starts, for its latency: when it was due if the generator is
+        // behind schedule, else when it actually leaves (not counting timer slack).
+        let started = match plan.rate {
             Some(rate) => {
                 let due = plan.start + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(due.into()).await;
-                due
+                if Instant::now() < due {
+                    tokio::time::sleep_until(due.into()).await;
+                    Instant::now()
+                } else {
+                    due
+                }
             }
             None => Instant::now(),
         };
-        if plan.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+        if plan
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
             break;
         }
 
@@ -238,7 +251,7 @@ async fn worker(plan: Arc<Plan>) -> Report {
             }
             Err(err) => Err(err),
         };
-        report.record_latency(due.elapsed());
+        report.record_latency(started.elapsed());
         match outcome {
             Ok(status) => {
                 *report.status_counts.entry(status.as_u16()).or_default() += 1;
@@ -251,7 +264,7 @@ async fn worker(plan: Arc<Plan>) -> Report {
             }
             Err(err) => {
                 report.transport_errors += 1;
-                report.first_error.get_or_insert_with(|| format!("{err:#}"));
+                report.first_error.get_or_insert_with(|| error_chain(&err));
             }
         }
     }
@@ -432,6 +445,18 @@ impl Report {
         }
         out.flush()
     }
+}
+
+/// An error and its causes on one line (reqwest's own message leaves out the cause).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn round3(x: f64) -> f64 {
