@@ -8,7 +8,9 @@
 //! Targets (issue 5): >= 1,000,000 events/s through the aggregator on one core; <= 300
 //! bytes per open window without percentile. `WEIR_BENCH_DEVICES` overrides the fleet.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ use weir::aggregators::window::{Emit, LatePolicy, WindowCommon, WindowSpec};
 use weir::config;
 use weir::event::{Event, EventMeta, Fields};
 
-/// Counts live heap bytes.
+/// Counts live heap bytes, allocating with mimalloc as the `weir` binary does.
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -30,14 +32,14 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
+        // SAFETY: forwarded unchanged to the underlying allocator.
+        unsafe { MiMalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
+        // SAFETY: forwarded unchanged to the underlying allocator.
+        unsafe { MiMalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -45,8 +47,8 @@ unsafe impl GlobalAlloc for Counting {
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
         );
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        // SAFETY: forwarded unchanged to the underlying allocator.
+        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 

@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+use smallvec::SmallVec;
 
 /// One aggregate as written, e.g. `percentile(vibration, 0.95)`.
 #[derive(Clone, Debug, PartialEq)]
@@ -362,13 +363,14 @@ pub struct Welford {
 /// error, bounded size) once there are more than [`Quantiles::EXACT_UP_TO`].
 #[derive(Clone, Serialize, Deserialize)]
 pub enum Quantiles {
-    Exact(Vec<f64>),
+    /// The first few values sit inline, so a small window costs one allocation.
+    Exact(SmallVec<[f64; 4]>),
     Sketch(DDSketch),
 }
 
 impl Default for Quantiles {
     fn default() -> Self {
-        Self::Exact(Vec::new())
+        Self::Exact(SmallVec::new())
     }
 }
 
@@ -431,7 +433,8 @@ impl Quantiles {
 
     fn heap_bytes(&self) -> usize {
         match self {
-            Self::Exact(values) => values.capacity() * 8,
+            Self::Exact(values) if values.spilled() => values.capacity() * 8,
+            Self::Exact(_) => 0,
             Self::Sketch(sketch) => 64 + sketch.length() * 8,
         }
     }

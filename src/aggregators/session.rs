@@ -42,6 +42,12 @@ impl AggregatorComponent for SessionConfig {
         if self.gap.get().as_millis() == 0 {
             problems.push(FieldProblem::at(["gap"], "expected a gap of at least 1ms"));
         }
+        if matches!(self.emit, super::window::Emit::Every(_)) {
+            problems.push(FieldProblem::at(
+                ["emit"],
+                "session windows emit when they close: expected `on_close`",
+            ));
+        }
         if self.max_duration.is_some_and(|max| max < self.gap) {
             problems.push(FieldProblem::at(
                 ["max_duration"],
