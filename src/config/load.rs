@@ -54,6 +54,21 @@ pub fn load(paths: &[PathBuf]) -> Result<(TopologyConfig, Diagnostics), Diagnost
 }
 
 /// Loads one pipeline from text (tests, `POST /v1/reload` bodies).
+///
+/// ```
+/// let text = "
+/// sources:
+///   fleet: { type: simulator, devices: 3 }
+/// sinks:
+///   out: { type: blackhole, inputs: [flet] }
+/// ";
+/// let errors = weir::config::load_str("demo.yaml", text, &|_| None).unwrap_err();
+/// assert_eq!(
+///     errors.to_string(),
+///     "error: demo.yaml:5:36: component `out`: input `flet` names no component \
+///      (did you mean `fleet`?)\n1 error"
+/// );
+/// ```
 pub fn load_str(
     name: &str,
     text: &str,
