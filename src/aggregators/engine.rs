@@ -199,7 +199,11 @@ async fn route<G: Serialize + Send + 'static>(
         definition = def;
         groups.extend(shard_groups);
     }
-    if let Some(path) = &cx.checkpoint {
+    if cx.retired.load(std::sync::atomic::Ordering::Acquire) {
+        if !groups.is_empty() {
+            tracing::warn!(component_id = %cx.id, groups = groups.len(), "replaced by a reload: its open windows are discarded");
+        }
+    } else if let Some(path) = &cx.checkpoint {
         let open = groups.len();
         write_checkpoint(path, &Checkpoint { definition, groups }).await?;
         tracing::info!(component_id = %cx.id, groups = open, path = %path.display(), "checkpointed open windows");

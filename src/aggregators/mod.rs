@@ -17,6 +17,8 @@ mod tumbling;
 pub mod window;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub use absence::AbsenceConfig;
@@ -85,6 +87,9 @@ pub struct AggregatorContext {
     pub telemetry: ComponentTelemetry,
     /// Where open windows are checkpointed on shutdown (`<data_dir>/aggregators/<id>.json`).
     pub checkpoint: Option<PathBuf>,
+    /// Set when a reload replaced this instance: its open windows are not checkpointed
+    /// (the new definition would not accept them).
+    pub retired: Arc<AtomicBool>,
 }
 
 /// Runs fixed windows (tumbling or hopping) of `size` placed by `assigner`.

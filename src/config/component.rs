@@ -35,6 +35,12 @@ impl Borrow<str> for ComponentId {
     }
 }
 
+impl serde::Serialize for ComponentId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
 impl From<&str> for ComponentId {
     fn from(id: &str) -> Self {
         Self::new(id)
@@ -84,6 +90,14 @@ impl ComponentKind {
 
     pub fn from_section(section: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.section() == section)
+    }
+
+    pub fn is_source(self) -> bool {
+        self == Self::Source
+    }
+
+    pub fn is_sink(self) -> bool {
+        self == Self::Sink
     }
 
     /// Whether components of this kind read from `inputs`.

@@ -4,7 +4,14 @@
 //! holds a sender (fan-in). An output with several consumers sends to each in turn (fan-out),
 //! waiting for room in every one, so a slow consumer slows its producers instead of losing
 //! events: backpressure travels up the graph to the sources.
+//!
+//! An output's consumers are a [`Targets`] list that the topology can swap while the
+//! producer runs: that is how a reload wires a new sink to a running source without
+//! stopping it.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
@@ -20,6 +27,34 @@ pub const DEFAULT_BUFFER_BATCHES: usize = 32;
 pub struct InputSender {
     tx: mpsc::Sender<EventBatch>,
     buffer: BufferMetrics,
+}
+
+impl InputSender {
+    /// A handle that does not keep the channel open: a channel closes when its last
+    /// producer is gone, which is how a finished source drains the graph.
+    pub fn downgrade(&self) -> WeakInputSender {
+        WeakInputSender {
+            tx: self.tx.downgrade(),
+            buffer: self.buffer.clone(),
+        }
+    }
+}
+
+/// An [`InputSender`] that does not keep its channel open.
+#[derive(Clone)]
+pub struct WeakInputSender {
+    tx: mpsc::WeakSender<EventBatch>,
+    buffer: BufferMetrics,
+}
+
+impl WeakInputSender {
+    /// The sender, unless every producer has gone and the channel closed.
+    pub fn upgrade(&self) -> Option<InputSender> {
+        Some(InputSender {
+            tx: self.tx.upgrade()?,
+            buffer: self.buffer.clone(),
+        })
+    }
 }
 
 /// The consuming end of a component's input channel; counts what it hands out.
@@ -66,17 +101,25 @@ impl InputReceiver {
     }
 }
 
+/// The consumers of one output; swapped as a whole when the topology is rewired.
+pub type Targets = Arc<ArcSwap<Vec<InputSender>>>;
+
+/// A target list holding `senders`.
+pub fn targets(senders: Vec<InputSender>) -> Targets {
+    Arc::new(ArcSwap::from_pointee(senders))
+}
+
 /// One output of a component and the consumers wired to it.
 #[derive(Clone)]
 pub struct Fanout {
     name: String,
-    targets: Vec<InputSender>,
+    targets: Targets,
     sent: Counter,
     telemetry: ComponentTelemetry,
 }
 
 impl Fanout {
-    pub fn new(name: &str, targets: Vec<InputSender>, telemetry: &ComponentTelemetry) -> Self {
+    pub fn new(name: &str, targets: Targets, telemetry: &ComponentTelemetry) -> Self {
         Self {
             name: name.to_owned(),
             sent: telemetry.sent_events(name),
@@ -92,7 +135,7 @@ impl Fanout {
 
     /// Whether any component reads this output.
     pub fn is_connected(&self) -> bool {
-        !self.targets.is_empty()
+        !self.targets.load().is_empty()
     }
 
     /// Sends a batch to every consumer, waiting for room in each.
@@ -104,7 +147,10 @@ impl Fanout {
         if count == 0 {
             return;
         }
-        let Some((last, rest)) = self.targets.split_last() else {
+        // The list current when the send starts; a reload swapping it meanwhile affects the
+        // next batch.
+        let targets = self.targets.load_full();
+        let Some((last, rest)) = targets.split_last() else {
             EventsDiscarded {
                 count,
                 intentional: false,
