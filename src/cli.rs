@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::api::{self, ApiState};
 use crate::config::{self, Diagnostics, LogFormatName, TopologyConfig};
-use crate::telemetry::Telemetry;
 use crate::telemetry::logging::{self, LogFormat};
-use crate::topology::{RunningTopology, graph};
+use crate::daemon;
+use crate::topology::graph;
 
 /// Exit code for an invalid configuration (sysexits `EX_CONFIG`).
 const EXIT_CONFIG: u8 = 78;
@@ -42,6 +41,9 @@ enum Command {
         /// How long a shutdown may take to drain the graph before it abandons it.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         drain_timeout: Duration,
+        /// Reload when a pipeline file changes (also `watch: true` in the pipeline).
+        #[arg(long)]
+        watch: bool,
     },
     /// Check pipeline files without starting anything (no network I/O).
     Validate {
@@ -82,7 +84,8 @@ pub fn main() -> ExitCode {
             log_format,
             log_level,
             drain_timeout,
-        } => run(&paths, log_format, log_level, drain_timeout),
+            watch,
+        } => run(&paths, log_format, log_level, drain_timeout, watch),
         Command::Validate { paths } => validate(&paths),
         Command::Schema { output } => schema(output),
         Command::Graph { paths, format } => match load(&paths) {
@@ -161,6 +164,7 @@ fn run(
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     drain_timeout: Duration,
+    watch: bool,
 ) -> ExitCode {
     let Some(config) = load(paths) else {
         return ExitCode::from(EXIT_CONFIG);
@@ -185,77 +189,12 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_topology(config, drain_timeout)) {
+    let options = daemon::Options { paths: paths.to_vec(), drain_timeout, watch };
+    match runtime.block_on(daemon::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run_topology(config: TopologyConfig, drain_timeout: Duration) -> anyhow::Result<()> {
-    let telemetry = Telemetry::new();
-    let api_state = ApiState::new(telemetry.clone());
-    let api_shutdown = tokio_util::sync::CancellationToken::new();
-    let api_task = match config.globals.api.enabled {
-        true => Some(
-            api::serve(
-                config.globals.api.listen,
-                api_state.clone(),
-                api_shutdown.clone(),
-            )
-            .await?,
-        ),
-        false => None,
-    };
-
-    let mut topology = RunningTopology::start(&config, &telemetry)?;
-    api_state.set_ready(true);
-    tracing::info!(components = config.components.len(), "topology running");
-
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    let failures = tokio::select! {
-        signal = &mut stop => {
-            tracing::info!(signal, ?drain_timeout, "stopping: draining the topology");
-            api_state.set_ready(false);
-            topology.stop(drain_timeout).await.len()
-        }
-        failures = topology.wait() => {
-            tracing::info!("every source has finished and the topology is drained");
-            failures.len()
-        }
-    };
-    api_state.set_ready(false);
-    api_shutdown.cancel();
-    if let Some(task) = api_task {
-        let _ = task.await;
-    }
-    if failures > 0 {
-        anyhow::bail!("{failures} component(s) failed");
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT with the signal's name. SIGHUP is logged and ignored
-/// until hot reload lands, instead of killing the process.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop weir with SIGKILL");
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return "SIGTERM",
-            _ = int.recv() => return "SIGINT",
-            _ = hup.recv() => tracing::warn!("SIGHUP received: reloading is not supported by this build yet; ignoring"),
         }
     }
 }

@@ -11,7 +11,8 @@
 //!   component type, each a config struct (serde + schemars) plus its runtime;
 //! - [`codecs`]: payload decoding shared by sources and the `decode` transform;
 //! - [`template`]: minijinja conditions and templates, compiled at load time;
-//! - [`telemetry`]: metrics and logs; [`api`]: the HTTP API; [`cli`]: the command line.
+//! - [`telemetry`]: metrics and logs; [`api`]: the HTTP API; [`cli`]: the command line;
+//!   [`daemon`]: `weir run`, with its signals and reloads.
 
 pub mod actions;
 pub mod aggregators;
@@ -19,6 +20,7 @@ pub mod api;
 pub mod cli;
 pub mod codecs;
 pub mod config;
+pub mod daemon;
 pub mod event;
 pub mod sinks;
 pub mod sources;

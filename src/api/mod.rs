@@ -1,4 +1,4 @@
-//! The HTTP API: `/health`, `/ready`, `/metrics`.
+//! The HTTP API: `/health`, `/ready`, `/metrics`, `POST /v1/reload`.
 //!
 //! `/health` answers 200 while the process serves requests at all; `/ready` answers 200
 //! only while a topology is running (503 while starting or draining), for load balancers
@@ -12,23 +12,28 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::daemon::{ReloadOutcome, ReloadRequest};
 use crate::telemetry::Telemetry;
 
 /// State the API reports on.
 pub struct ApiState {
     pub telemetry: Arc<Telemetry>,
     pub ready: AtomicBool,
+    /// Where reload requests go (the daemon loop); `None` where reloading is not offered.
+    reload: Option<mpsc::Sender<ReloadRequest>>,
 }
 
 impl ApiState {
-    pub fn new(telemetry: Arc<Telemetry>) -> Arc<Self> {
+    pub fn new(telemetry: Arc<Telemetry>, reload: Option<mpsc::Sender<ReloadRequest>>) -> Arc<Self> {
         Arc::new(Self {
             telemetry,
             ready: AtomicBool::new(false),
+            reload,
         })
     }
 
@@ -42,6 +47,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/reload", post(reload))
         .with_state(state)
 }
 
@@ -88,4 +94,29 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
         )],
         state.telemetry.encode(),
     )
+}
+
+/// Reloads the pipeline files: 200 with the diff applied, 422 with the validation errors
+/// (nothing changed), 409 when a setting cannot change at run time, 500 when a component
+/// could not start (rolled back).
+async fn reload(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    let Some(sender) = &state.reload else {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({ "error": "reloading is not available" })));
+    };
+    let (respond, outcome) = oneshot::channel();
+    if sender.send(ReloadRequest { respond }).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "error": "weir is stopping" })));
+    }
+    match outcome.await {
+        Ok(outcome) => {
+            let status = match &outcome {
+                ReloadOutcome::Applied { .. } | ReloadOutcome::Unchanged { .. } => StatusCode::OK,
+                ReloadOutcome::Rejected { reason, .. } if reason == "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
+                ReloadOutcome::Rejected { reason, .. } if reason == "not_reloadable" => StatusCode::CONFLICT,
+                ReloadOutcome::Rejected { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (status, axum::Json(serde_json::to_value(&outcome).unwrap_or_default()))
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "error": "weir is stopping" }))),
+    }
 }

@@ -220,6 +220,9 @@ pub struct GlobalConfig {
     pub api: ApiConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Reload when a pipeline file changes (as `weir run --watch`).
+    #[serde(default)]
+    pub watch: bool,
 }
 
 impl Default for GlobalConfig {
@@ -228,6 +231,7 @@ impl Default for GlobalConfig {
             data_dir: default_data_dir(),
             api: ApiConfig::default(),
             log: LogConfig::default(),
+            watch: false,
         }
     }
 }

@@ -136,3 +136,31 @@ impl InternalEvent for HttpResponse {
         t.http_requests(self.status).inc();
     }
 }
+
+/// A reload was applied.
+pub struct ReloadApplied {
+    pub duration: std::time::Duration,
+    pub generation: u64,
+}
+
+impl ReloadApplied {
+    pub fn emit(self, metrics: &super::Metrics) {
+        metrics.config_reloads.inc();
+        metrics.config_generation.set(self.generation as i64);
+        metrics.config_reload_duration.observe(self.duration.as_secs_f64());
+    }
+}
+
+/// A reload was refused (invalid, not reloadable) or rolled back (a build failed).
+pub struct ReloadFailed<'a> {
+    pub reason: &'a str,
+}
+
+impl ReloadFailed<'_> {
+    pub fn emit(self, metrics: &super::Metrics) {
+        metrics
+            .config_reload_failures
+            .get_or_create(&super::ReasonLabels { reason: self.reason.to_owned() })
+            .inc();
+    }
+}

@@ -15,6 +15,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use component::{BufferMetrics, ComponentTelemetry, WindowMetrics};
@@ -70,6 +71,11 @@ pub struct AggregateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     #[prometheus(flatten)]
     pub component: ComponentLabels,
@@ -77,7 +83,7 @@ pub struct StatusLabels {
 }
 
 /// Every metric family weir exports. Cloning shares the underlying series.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     pub received_events: Family<ComponentLabels, Counter>,
     pub received_bytes: Family<ComponentLabels, Counter>,
@@ -95,7 +101,40 @@ pub struct Metrics {
     pub window_open: Family<ComponentLabels, Gauge>,
     pub window_state_bytes: Family<ComponentLabels, Gauge>,
     pub topology_components: Gauge,
+    pub config_reloads: Counter,
+    pub config_reload_failures: Family<ReasonLabels, Counter>,
+    pub config_generation: Gauge,
+    pub config_reload_duration: Histogram,
     pub started_at: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            received_events: Family::default(),
+            received_bytes: Family::default(),
+            sent_events: Family::default(),
+            sent_bytes: Family::default(),
+            errors: Family::default(),
+            discarded_events: Family::default(),
+            buffer_events: Family::default(),
+            buffer_max_events: Family::default(),
+            buffer_utilization: Family::default(),
+            http_requests: Family::default(),
+            window_out_of_bounds: Family::default(),
+            window_overflow: Family::default(),
+            window_invalid_values: Family::default(),
+            window_open: Family::default(),
+            window_state_bytes: Family::default(),
+            topology_components: Gauge::default(),
+            config_reloads: Counter::default(),
+            config_reload_failures: Family::default(),
+            config_generation: Gauge::default(),
+            // 1 ms to ~16 s.
+            config_reload_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            started_at: Gauge::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -180,6 +219,26 @@ impl Metrics {
             "topology_components",
             "Components in the running topology",
             m.topology_components,
+        );
+        registry.register(
+            "config_reloads",
+            "Reloads that were applied",
+            m.config_reloads,
+        );
+        registry.register(
+            "config_reload_failures",
+            "Reloads that were refused or rolled back, by reason",
+            m.config_reload_failures,
+        );
+        registry.register(
+            "config_generation",
+            "How many configurations have been applied since start (1 = the first)",
+            m.config_generation,
+        );
+        registry.register(
+            "config_reload_duration_seconds",
+            "Time from a reload trigger to the new topology running",
+            m.config_reload_duration,
         );
         registry.register(
             "process_started_at_seconds",

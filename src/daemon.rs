@@ -1,0 +1,199 @@
+//! `weir run`: the API, the topology, and everything that stops or reloads it.
+//!
+//! One loop owns the running topology and reacts to four things: SIGTERM/SIGINT (drain and
+//! exit), SIGHUP, `POST /v1/reload` and — with `--watch` or `watch: true` — a change to a
+//! pipeline file (reload), and the end of every source (exit). A reload reads and validates
+//! the files first; an invalid file changes nothing and says why.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::{self, TopologyConfig};
+use crate::telemetry::Telemetry;
+use crate::telemetry::events::{ReloadApplied, ReloadFailed};
+use crate::topology::{Diff, RunningTopology};
+
+/// How long a file change waits for more changes before the reload (editors write twice).
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// What a reload did, as the API reports it.
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    Applied { generation: u64, diff: Diff },
+    Unchanged { generation: u64 },
+    /// Nothing changed: the running topology goes on.
+    Rejected { reason: String, errors: Vec<String> },
+}
+
+/// A reload asked for through the API.
+pub struct ReloadRequest {
+    pub respond: oneshot::Sender<ReloadOutcome>,
+}
+
+pub struct Options {
+    pub paths: Vec<PathBuf>,
+    pub drain_timeout: Duration,
+    pub watch: bool,
+}
+
+/// Runs until SIGTERM/SIGINT or until every source has finished.
+pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()> {
+    let telemetry = Telemetry::new();
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
+    let api_state = ApiState::new(telemetry.clone(), Some(reload_tx));
+    let api_shutdown = CancellationToken::new();
+    let api_task = match config.globals.api.enabled {
+        true => Some(api::serve(config.globals.api.listen, api_state.clone(), api_shutdown.clone()).await?),
+        false => None,
+    };
+
+    let watch = options.watch || config.globals.watch;
+    let mut daemon = Daemon {
+        topology: RunningTopology::start(&config, &telemetry)?,
+        telemetry,
+        paths: options.paths,
+        generation: 1,
+    };
+    daemon.telemetry.metrics().config_generation.set(1);
+    api_state.set_ready(true);
+    tracing::info!(components = config.components.len(), "topology running");
+
+    let (changes_tx, mut changes) = mpsc::channel::<()>(1);
+    let _watcher = match watch {
+        true => Some(watch_files(&daemon.paths, changes_tx)?),
+        false => None,
+    };
+    let (mut term, mut int, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+
+    let finished_by_itself = loop {
+        tokio::select! {
+            _ = term.recv() => break false,
+            _ = int.recv() => break false,
+            _ = hup.recv() => {
+                daemon.reload("SIGHUP").await;
+            }
+            Some(request) = reload_rx.recv() => {
+                let outcome = daemon.reload("POST /v1/reload").await;
+                let _ = request.respond.send(outcome);
+            }
+            Some(()) = changes.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while changes.try_recv().is_ok() {}
+                daemon.reload("file change").await;
+            }
+            _ = daemon.topology.wait() => break true,
+        }
+    };
+
+    api_state.set_ready(false);
+    let failures = if finished_by_itself {
+        tracing::info!("every source has finished and the topology is drained");
+        daemon.topology.wait().await.len()
+    } else {
+        tracing::info!(drain_timeout = ?options.drain_timeout, "stopping: draining the topology");
+        daemon.topology.stop(options.drain_timeout).await.len()
+    };
+    api_shutdown.cancel();
+    if let Some(task) = api_task {
+        let _ = task.await;
+    }
+    if failures > 0 {
+        anyhow::bail!("{failures} component(s) failed");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Daemon {
+    topology: RunningTopology,
+    telemetry: Arc<Telemetry>,
+    paths: Vec<PathBuf>,
+    generation: u64,
+}
+
+impl Daemon {
+    /// Reads, validates and applies the pipeline files; the running topology is untouched
+    /// unless all of it works.
+    async fn reload(&mut self, trigger: &str) -> ReloadOutcome {
+        let started = Instant::now();
+        let paths = self.paths.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&paths)).await;
+        let config = match loaded {
+            Ok(Ok((config, warnings))) => {
+                for warning in warnings.warnings() {
+                    tracing::warn!("{warning}");
+                }
+                config
+            }
+            Ok(Err(diagnostics)) => {
+                let errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
+                tracing::error!(trigger, errors = errors.len(), "reload refused, the running topology goes on:\n{}", errors.join("\n"));
+                return self.rejected("invalid", errors);
+            }
+            Err(err) => return self.rejected("invalid", vec![format!("cannot read the pipeline files: {err}")]),
+        };
+        match self.topology.reload(config).await {
+            Ok(diff) if diff.is_empty() => {
+                tracing::info!(trigger, "reload: nothing changed");
+                ReloadOutcome::Unchanged { generation: self.generation }
+            }
+            Ok(diff) => {
+                self.generation += 1;
+                ReloadApplied { duration: started.elapsed(), generation: self.generation }.emit(self.telemetry.metrics());
+                tracing::info!(trigger, generation = self.generation, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "reload applied");
+                ReloadOutcome::Applied { generation: self.generation, diff }
+            }
+            Err(err) => {
+                tracing::error!(trigger, "reload failed and was rolled back, the running topology goes on: {err}");
+                self.rejected(err.reason(), vec![err.to_string()])
+            }
+        }
+    }
+
+    fn rejected(&self, reason: &str, errors: Vec<String>) -> ReloadOutcome {
+        ReloadFailed { reason }.emit(self.telemetry.metrics());
+        ReloadOutcome::Rejected { reason: reason.to_owned(), errors }
+    }
+}
+
+/// Watches the pipeline files (and directories) and signals `changes` on every change to a
+/// `.yaml`/`.yml` file among them. Parent directories are watched, not the files, because
+/// editors replace a file rather than write it in place.
+fn watch_files(paths: &[PathBuf], changes: mpsc::Sender<()>) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let files: Vec<PathBuf> = paths.iter().filter(|p| p.is_file()).map(|p| absolute(p)).collect();
+    let dirs: Vec<PathBuf> = paths.iter().filter(|p| p.is_dir()).map(|p| absolute(p)).collect();
+    let relevant = move |path: &Path| {
+        let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+        files.iter().any(|f| f == path) || (yaml && dirs.iter().any(|d| path.parent() == Some(d.as_path())))
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_))
+            && event.paths.iter().any(|p| relevant(p))
+        {
+            let _ = changes.try_send(());
+        }
+    })?;
+    let mut watched = std::collections::BTreeSet::new();
+    for path in paths {
+        let dir = if path.is_dir() { absolute(path) } else { absolute(path).parent().map(Path::to_path_buf).unwrap_or_default() };
+        if watched.insert(dir.clone()) {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        }
+    }
+    tracing::info!(paths = ?paths, "watching the pipeline files for changes");
+    Ok(watcher)
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
