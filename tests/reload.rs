@@ -33,8 +33,10 @@ fn variant(n: usize, dir: &Path, ports: &Ports) -> String {
         )
     };
     let sinks = |extra: bool| {
+        // `out` itself changes (fsync) whenever the extra sink comes or goes: a rebuilt sink
+        // must neither lose nor double what its old instance held.
         let mut s = format!(
-            "sinks:\n  out: {{ type: file, inputs: [valid], path: '{d}/out.ndjson' }}\n  windows: {{ type: file, inputs: [per_device], path: '{d}/windows.ndjson' }}\n"
+            "sinks:\n  out: {{ type: file, inputs: [valid], path: '{d}/out.ndjson', fsync: {extra} }}\n  windows: {{ type: file, inputs: [per_device], path: '{d}/windows.ndjson' }}\n"
         );
         if extra {
             s.push_str(&format!(
