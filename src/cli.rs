@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Diagnostics, LogFormatName, TopologyConfig};
-use crate::telemetry::logging::{self, LogFormat};
 use crate::daemon;
+use crate::telemetry::logging::{self, LogFormat};
 use crate::topology::graph;
 
 /// Exit code for an invalid configuration (sysexits `EX_CONFIG`).
@@ -189,7 +189,11 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    let options = daemon::Options { paths: paths.to_vec(), drain_timeout, watch };
+    let options = daemon::Options {
+        paths: paths.to_vec(),
+        drain_timeout,
+        watch,
+    };
     match runtime.block_on(daemon::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

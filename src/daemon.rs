@@ -27,10 +27,18 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 #[derive(Debug, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ReloadOutcome {
-    Applied { generation: u64, diff: Diff },
-    Unchanged { generation: u64 },
+    Applied {
+        generation: u64,
+        diff: Diff,
+    },
+    Unchanged {
+        generation: u64,
+    },
     /// Nothing changed: the running topology goes on.
-    Rejected { reason: String, errors: Vec<String> },
+    Rejected {
+        reason: String,
+        errors: Vec<String>,
+    },
 }
 
 /// A reload asked for through the API.
@@ -51,7 +59,14 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
     let api_state = ApiState::new(telemetry.clone(), Some(reload_tx));
     let api_shutdown = CancellationToken::new();
     let api_task = match config.globals.api.enabled {
-        true => Some(api::serve(config.globals.api.listen, api_state.clone(), api_shutdown.clone()).await?),
+        true => Some(
+            api::serve(
+                config.globals.api.listen,
+                api_state.clone(),
+                api_shutdown.clone(),
+            )
+            .await?,
+        ),
         false => None,
     };
 
@@ -71,7 +86,11 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         true => Some(watch_files(&daemon.paths, changes_tx)?),
         false => None,
     };
-    let (mut term, mut int, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+    let (mut term, mut int, mut hup) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::hangup())?,
+    );
 
     let finished_by_itself = loop {
         tokio::select! {
@@ -135,24 +154,51 @@ impl Daemon {
             }
             Ok(Err(diagnostics)) => {
                 let errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
-                tracing::error!(trigger, errors = errors.len(), "reload refused, the running topology goes on:\n{}", errors.join("\n"));
+                tracing::error!(
+                    trigger,
+                    errors = errors.len(),
+                    "reload refused, the running topology goes on:\n{}",
+                    errors.join("\n")
+                );
                 return self.rejected("invalid", errors);
             }
-            Err(err) => return self.rejected("invalid", vec![format!("cannot read the pipeline files: {err}")]),
+            Err(err) => {
+                return self.rejected(
+                    "invalid",
+                    vec![format!("cannot read the pipeline files: {err}")],
+                );
+            }
         };
         match self.topology.reload(config).await {
             Ok(diff) if diff.is_empty() => {
                 tracing::info!(trigger, "reload: nothing changed");
-                ReloadOutcome::Unchanged { generation: self.generation }
+                ReloadOutcome::Unchanged {
+                    generation: self.generation,
+                }
             }
             Ok(diff) => {
                 self.generation += 1;
-                ReloadApplied { duration: started.elapsed(), generation: self.generation }.emit(self.telemetry.metrics());
-                tracing::info!(trigger, generation = self.generation, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "reload applied");
-                ReloadOutcome::Applied { generation: self.generation, diff }
+                ReloadApplied {
+                    duration: started.elapsed(),
+                    generation: self.generation,
+                }
+                .emit(self.telemetry.metrics());
+                tracing::info!(
+                    trigger,
+                    generation = self.generation,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "reload applied"
+                );
+                ReloadOutcome::Applied {
+                    generation: self.generation,
+                    diff,
+                }
             }
             Err(err) => {
-                tracing::error!(trigger, "reload failed and was rolled back, the running topology goes on: {err}");
+                tracing::error!(
+                    trigger,
+                    "reload failed and was rolled back, the running topology goes on: {err}"
+                );
                 self.rejected(err.reason(), vec![err.to_string()])
             }
         }
@@ -160,24 +206,45 @@ impl Daemon {
 
     fn rejected(&self, reason: &str, errors: Vec<String>) -> ReloadOutcome {
         ReloadFailed { reason }.emit(self.telemetry.metrics());
-        ReloadOutcome::Rejected { reason: reason.to_owned(), errors }
+        ReloadOutcome::Rejected {
+            reason: reason.to_owned(),
+            errors,
+        }
     }
 }
 
 /// Watches the pipeline files (and directories) and signals `changes` on every change to a
 /// `.yaml`/`.yml` file among them. Parent directories are watched, not the files, because
 /// editors replace a file rather than write it in place.
-fn watch_files(paths: &[PathBuf], changes: mpsc::Sender<()>) -> anyhow::Result<notify::RecommendedWatcher> {
+fn watch_files(
+    paths: &[PathBuf],
+    changes: mpsc::Sender<()>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
-    let files: Vec<PathBuf> = paths.iter().filter(|p| p.is_file()).map(|p| absolute(p)).collect();
-    let dirs: Vec<PathBuf> = paths.iter().filter(|p| p.is_dir()).map(|p| absolute(p)).collect();
+    let files: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_file())
+        .map(|p| absolute(p))
+        .collect();
+    let dirs: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_dir())
+        .map(|p| absolute(p))
+        .collect();
     let relevant = move |path: &Path| {
-        let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
-        files.iter().any(|f| f == path) || (yaml && dirs.iter().any(|d| path.parent() == Some(d.as_path())))
+        let yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        files.iter().any(|f| f == path)
+            || (yaml && dirs.iter().any(|d| path.parent() == Some(d.as_path())))
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_))
+            && matches!(
+                event.kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+            )
             && event.paths.iter().any(|p| relevant(p))
         {
             let _ = changes.try_send(());
@@ -185,7 +252,14 @@ fn watch_files(paths: &[PathBuf], changes: mpsc::Sender<()>) -> anyhow::Result<n
     })?;
     let mut watched = std::collections::BTreeSet::new();
     for path in paths {
-        let dir = if path.is_dir() { absolute(path) } else { absolute(path).parent().map(Path::to_path_buf).unwrap_or_default() };
+        let dir = if path.is_dir() {
+            absolute(path)
+        } else {
+            absolute(path)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        };
         if watched.insert(dir.clone()) {
             watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         }

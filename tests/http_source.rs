@@ -225,3 +225,40 @@ async fn device_id_can_come_from_a_field() {
         .collect();
     assert_eq!(ids, ["a-1", "42"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_frames_are_decoded_by_the_declared_layout() {
+    let h = Harness::start(
+        "    decoding:\n      codec: binary\n      layout:\n        - { name: temperature, type: i16le, scale: 0.01 }\n        - { name: battery, type: u8 }",
+    )
+    .await;
+    let mut frame = (2150i16).to_le_bytes().to_vec();
+    frame.push(87);
+    assert_eq!(
+        h.post("/v1/devices/node-1/messages", frame).await,
+        (200, json!({"accepted": 1}))
+    );
+    let (status, answer) = h.post("/v1/devices/node-1/messages", vec![1u8]).await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("too short"),
+        "{answer}"
+    );
+    let (readings, rejected) = h.finish().await;
+    assert_eq!(readings[0]["temperature"], 21.5);
+    assert_eq!(readings[0]["battery"], 87);
+    assert_eq!(rejected.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgpack_bodies_are_decoded() {
+    let h = Harness::start("    decoding: { codec: msgpack }").await;
+    let body =
+        rmp_serde::to_vec_named(&json!([{"temperature": 20.5}, {"temperature": 21.5}])).unwrap();
+    assert_eq!(
+        h.post("/v1/devices/m/messages", body).await,
+        (200, json!({"accepted": 2}))
+    );
+    let (readings, _) = h.finish().await;
+    assert_eq!(readings.len(), 2);
+}

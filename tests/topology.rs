@@ -237,3 +237,41 @@ sinks:
         10.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_sink_rotates_by_size_and_keeps_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    run_to_completion(&format!(
+        "{}sources:
+  fleet: {{ type: simulator, devices: 3, rate: 1000, realtime: false, limit: 3000, batch_size: 50 }}
+sinks:
+  out: {{ type: file, inputs: [fleet], path: '{d}/out.ndjson', rotate_bytes: 64KiB }}
+",
+        api_off()
+    ))
+    .await;
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "rotated into several files: {files:?}");
+    let mut total = 0;
+    for file in &files {
+        let size = std::fs::metadata(file).unwrap().len();
+        assert!(
+            size <= 64 * 1024,
+            "{} is {size} bytes, over rotate_bytes",
+            file.display()
+        );
+        total += lines(file).len();
+    }
+    assert_eq!(total, 3000, "no line lost across rotations");
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "1")),
+        "{files:?}"
+    );
+}

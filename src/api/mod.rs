@@ -29,7 +29,10 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(telemetry: Arc<Telemetry>, reload: Option<mpsc::Sender<ReloadRequest>>) -> Arc<Self> {
+    pub fn new(
+        telemetry: Arc<Telemetry>,
+        reload: Option<mpsc::Sender<ReloadRequest>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             telemetry,
             ready: AtomicBool::new(false),
@@ -101,22 +104,38 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 /// could not start (rolled back).
 async fn reload(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     let Some(sender) = &state.reload else {
-        return (StatusCode::NOT_FOUND, axum::Json(json!({ "error": "reloading is not available" })));
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": "reloading is not available" })),
+        );
     };
     let (respond, outcome) = oneshot::channel();
     if sender.send(ReloadRequest { respond }).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "error": "weir is stopping" })));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "error": "weir is stopping" })),
+        );
     }
     match outcome.await {
         Ok(outcome) => {
             let status = match &outcome {
                 ReloadOutcome::Applied { .. } | ReloadOutcome::Unchanged { .. } => StatusCode::OK,
-                ReloadOutcome::Rejected { reason, .. } if reason == "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
-                ReloadOutcome::Rejected { reason, .. } if reason == "not_reloadable" => StatusCode::CONFLICT,
+                ReloadOutcome::Rejected { reason, .. } if reason == "invalid" => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                ReloadOutcome::Rejected { reason, .. } if reason == "not_reloadable" => {
+                    StatusCode::CONFLICT
+                }
                 ReloadOutcome::Rejected { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            (status, axum::Json(serde_json::to_value(&outcome).unwrap_or_default()))
+            (
+                status,
+                axum::Json(serde_json::to_value(&outcome).unwrap_or_default()),
+            )
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "error": "weir is stopping" }))),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "error": "weir is stopping" })),
+        ),
     }
 }

@@ -284,9 +284,11 @@ impl Handler {
     ) -> Result<Vec<Event>, String> {
         let readings = self.decoder.decode(body).map_err(|e| e.0)?;
         let mut events = Vec::with_capacity(readings.len());
+        // One shared id for every reading of a request to a device's path.
+        let path_device: Option<crate::event::DeviceId> = path_device.map(Into::into);
         for (n, fields) in readings.into_iter().enumerate() {
-            let device_id = match (path_device, &self.device_id_field) {
-                (Some(id), _) => id.into(),
+            let device_id = match (&path_device, &self.device_id_field) {
+                (Some(id), _) => id.clone(),
                 (None, Some(field)) => {
                     device_from_field(&fields, field).map_err(|e| format!("reading {n}: {e}"))?
                 }

@@ -147,7 +147,9 @@ impl ReloadApplied {
     pub fn emit(self, metrics: &super::Metrics) {
         metrics.config_reloads.inc();
         metrics.config_generation.set(self.generation as i64);
-        metrics.config_reload_duration.observe(self.duration.as_secs_f64());
+        metrics
+            .config_reload_duration
+            .observe(self.duration.as_secs_f64());
     }
 }
 
@@ -160,7 +162,9 @@ impl ReloadFailed<'_> {
     pub fn emit(self, metrics: &super::Metrics) {
         metrics
             .config_reload_failures
-            .get_or_create(&super::ReasonLabels { reason: self.reason.to_owned() })
+            .get_or_create(&super::ReasonLabels {
+                reason: self.reason.to_owned(),
+            })
             .inc();
     }
 }

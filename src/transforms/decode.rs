@@ -129,22 +129,27 @@ impl FunctionTransform for Decode {
             Ok(readings) => readings,
             Err(message) => return out.error(event, ErrorType::Decode, message),
         };
-        let last = readings.len().saturating_sub(1);
-        let mut envelope = Some(event);
-        for (i, reading) in readings.into_iter().enumerate() {
-            let mut event = if i == last {
-                envelope.take()
-            } else {
-                envelope.clone()
-            }
-            .expect("the envelope is taken only for the last reading");
-            let fields = event.fields_mut();
-            if self.drop_field {
-                fields.shift_remove(&self.field);
-            }
-            fields.extend(reading);
-            out.push(event);
+        // Every reading but the last gets a copy of the envelope; the last takes it.
+        let mut readings = readings.into_iter();
+        let last = readings.next_back();
+        for reading in readings {
+            out.push(self.merge(event.clone(), reading));
         }
+        if let Some(reading) = last {
+            out.push(self.merge(event, reading));
+        }
+    }
+}
+
+impl Decode {
+    /// The envelope with its payload field replaced by the decoded fields.
+    fn merge(&self, mut event: Event, reading: crate::event::Fields) -> Event {
+        let fields = event.fields_mut();
+        if self.drop_field {
+            fields.shift_remove(&self.field);
+        }
+        fields.extend(reading);
+        event
     }
 }
 
