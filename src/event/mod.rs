@@ -9,6 +9,7 @@
 //! and a template can look at an event without converting it (see [`view`]). A component that
 //! changes a field pays for a copy only when another branch still shares it.
 
+pub mod ack;
 mod time;
 mod view;
 
@@ -18,6 +19,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
+pub use ack::{Delivery, DeliveryStatus};
 pub use serde_json::Value;
 pub use time::parse_event_time;
 pub use view::EventView;
@@ -29,7 +31,7 @@ pub type Fields = serde_json::Map<String, Value>;
 pub type DeviceId = Arc<str>;
 
 /// One telemetry reading.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Event {
     /// The device the reading belongs to, once a source or transform has determined it.
     pub device_id: Option<DeviceId>,
@@ -37,6 +39,18 @@ pub struct Event {
     pub time: Timestamp,
     fields: Arc<Fields>,
     meta: Arc<EventMeta>,
+    /// The delivery this event belongs to, when its source waits for the outcome.
+    delivery: Option<Arc<Delivery>>,
+}
+
+/// Events are equal when their content is; which delivery they belong to does not count.
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.device_id == other.device_id
+            && self.time == other.time
+            && self.fields == other.fields
+            && self.meta == other.meta
+    }
 }
 
 /// How an event arrived, shared by all events of one delivery.
@@ -100,6 +114,19 @@ impl Event {
             time: meta.received_at,
             fields: Arc::new(fields),
             meta,
+            delivery: None,
+        }
+    }
+
+    /// Makes the event part of `delivery`: its source hears when it is handled.
+    pub fn attach(&mut self, delivery: &Arc<Delivery>) {
+        self.delivery = Some(Arc::clone(delivery));
+    }
+
+    /// Records that this event is being lost (see [`ack`]); call before dropping it.
+    pub fn fail_delivery(&self) {
+        if let Some(delivery) = &self.delivery {
+            delivery.fail();
         }
     }
 
@@ -206,6 +233,13 @@ pub struct EventBatch {
 impl EventBatch {
     pub fn new(events: Vec<Event>) -> Self {
         Self { events }
+    }
+
+    /// Records that every event of the batch is being lost.
+    pub fn fail_deliveries(&self) {
+        for event in &self.events {
+            event.fail_delivery();
+        }
     }
 
     pub fn len(&self) -> usize {

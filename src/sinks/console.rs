@@ -43,8 +43,10 @@ impl SinkComponent for ConsoleConfig {
                         .emit(&telemetry);
                     }
                 }
-                stdout.write_all(&buffer).await?;
-                stdout.flush().await?;
+                if let Err(err) = stdout.write_all(&buffer).await.and(stdout.flush().await) {
+                    batch.fail_deliveries();
+                    return Err(err.into());
+                }
                 sent.inc_by(batch.len() as u64);
                 BytesSent {
                     bytes: buffer.len(),

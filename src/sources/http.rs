@@ -5,11 +5,12 @@
 //!
 //! | status | meaning |
 //! | --- | --- |
-//! | 200 `{"accepted": n}` | the readings entered the pipeline |
+//! | 200 `{"accepted": n}` | with `ack: on_commit` (the default): every sink on the readings' path has committed them (a file written, ...), so a 200 means durable; with `ack: on_receive`: the readings entered the pipeline |
 //! | 400 `{"error": ...}` | the body or device id is malformed; the body goes to `<id>.errors` |
 //! | 404 / 405 | wrong path or method |
 //! | 413 | the body is larger than `max_body` |
-//! | 503 + `Retry-After` | the pipeline did not take the readings within `queue_timeout`, or weir is stopping |
+//! | 503 + `Retry-After` | the pipeline did not take (or, with `on_commit`, commit) the readings in time, or weir is stopping |
+//! | 500 | a reading was lost on the way (e.g. a component failed): send the request again |
 //!
 //! Handlers wait for room downstream before answering, so a slow pipeline slows clients.
 
@@ -30,7 +31,9 @@ use serde_json::{Value, json};
 use super::{SourceComponent, SourceContext};
 use crate::codecs::{Decoder, DecodingConfig};
 use crate::config::{ByteSize, ComponentId, Duration, FieldProblem, OutputName, Resource};
-use crate::event::{Event, EventBatch, EventMeta, Fields, parse_event_time};
+use crate::event::{
+    Delivery, DeliveryStatus, Event, EventBatch, EventMeta, Fields, parse_event_time,
+};
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, HttpResponse, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
 use crate::topology::ComponentTask;
@@ -61,6 +64,13 @@ pub struct HttpSourceConfig {
     /// How long a request may wait for room in the pipeline before it gets 503.
     #[serde(default = "default_queue_timeout")]
     pub queue_timeout: Duration,
+    /// When to answer 2xx: after every sink on the path committed the readings
+    /// (`on_commit`, the default), or as soon as they entered the pipeline (`on_receive`).
+    #[serde(default)]
+    pub ack: AckMode,
+    /// With `ack: on_commit`, how long a request waits for the commit before it gets 503.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: Duration,
     /// Request headers copied into `meta.headers` (case-insensitive names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<String>,
@@ -74,6 +84,20 @@ fn default_max_body() -> ByteSize {
 }
 fn default_queue_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// When a source acknowledges what it received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// Once every sink downstream has committed it (or it was dropped on purpose).
+    #[default]
+    OnCommit,
+    /// As soon as it entered the pipeline.
+    OnReceive,
 }
 
 impl SourceComponent for HttpSourceConfig {
@@ -127,6 +151,8 @@ impl SourceComponent for HttpSourceConfig {
             event_time: self.event_time.clone(),
             max_body: self.max_body.get() as usize,
             queue_timeout: self.queue_timeout.get(),
+            ack: self.ack,
+            ack_timeout: self.ack_timeout.get(),
             headers: self
                 .headers
                 .iter()
@@ -158,6 +184,8 @@ struct Handler {
     event_time: Option<String>,
     max_body: usize,
     queue_timeout: std::time::Duration,
+    ack: AckMode,
+    ack_timeout: std::time::Duration,
     headers: Vec<String>,
     out: Outputs,
     telemetry: ComponentTelemetry,
@@ -187,7 +215,9 @@ async fn receive(
                 axum::Json(json!({ "error": rejection.reason })),
             )
                 .into_response();
-            if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
+            if rejection.status == StatusCode::SERVICE_UNAVAILABLE
+                || rejection.status == StatusCode::INTERNAL_SERVER_ERROR
+            {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -233,7 +263,7 @@ impl Handler {
         }
         .emit(&self.telemetry);
 
-        let events = match self.decode(&body, path_device, &meta) {
+        let mut events = match self.decode(&body, path_device, &meta) {
             Ok(events) => events,
             Err(reason) => {
                 self.dead_letter(&body, path_device, &meta, &reason).await;
@@ -246,15 +276,46 @@ impl Handler {
             bytes: 0,
         }
         .emit(&self.telemetry);
+        let outcome = match self.ack {
+            AckMode::OnCommit => {
+                let (delivery, outcome) = Delivery::new();
+                for event in &mut events {
+                    event.attach(&delivery);
+                }
+                Some(outcome)
+            }
+            AckMode::OnReceive => None,
+        };
         let send = self.out.send(EventBatch::new(events));
-        match tokio::time::timeout(self.queue_timeout, send).await {
-            Ok(()) => Ok(accepted),
-            Err(_) => Err(self.reject(
+        if tokio::time::timeout(self.queue_timeout, send)
+            .await
+            .is_err()
+        {
+            return Err(self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorType::Request,
                 format!(
                     "the pipeline did not accept the readings within {:?}; retry later",
                     self.queue_timeout
+                ),
+            ));
+        }
+        let Some(outcome) = outcome else {
+            return Ok(accepted);
+        };
+        match tokio::time::timeout(self.ack_timeout, outcome).await {
+            Ok(Ok(DeliveryStatus::Committed)) => Ok(accepted),
+            Ok(Ok(DeliveryStatus::Failed) | Err(_)) => Err(self.reject(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorType::Request,
+                "a reading was lost on its way to the sinks; send the request again".into(),
+            )),
+            Err(_) => Err(self.reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorType::Request,
+                format!(
+                    "the sinks did not commit the readings within {:?}; retry later",
+                    self.ack_timeout
                 ),
             )),
         }

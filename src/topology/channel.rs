@@ -109,6 +109,17 @@ pub fn targets(senders: Vec<InputSender>) -> Targets {
     Arc::new(ArcSwap::from_pointee(senders))
 }
 
+impl Drop for InputReceiver {
+    /// A component that stops before its input is drained (it failed) loses what is
+    /// queued: say so to the sources waiting for those events.
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(batch) = self.rx.try_recv() {
+            batch.fail_deliveries();
+        }
+    }
+}
+
 /// One output of a component and the consumers wired to it.
 #[derive(Clone)]
 pub struct Fanout {
@@ -151,6 +162,7 @@ impl Fanout {
         // next batch.
         let targets = self.targets.load_full();
         let Some((last, rest)) = targets.split_last() else {
+            batch.fail_deliveries();
             EventsDiscarded {
                 count,
                 intentional: false,
@@ -168,8 +180,9 @@ impl Fanout {
     async fn send_to(&self, target: &InputSender, batch: EventBatch) {
         let count = batch.len();
         target.buffer.events.inc_by(count as i64);
-        if target.tx.send(batch).await.is_err() {
+        if let Err(unsent) = target.tx.send(batch).await {
             // The consumer has stopped (it failed); its failure is reported by the topology.
+            unsent.0.fail_deliveries();
             target.buffer.events.dec_by(count as i64);
             EventsDiscarded {
                 count,
@@ -194,8 +207,12 @@ impl Outputs {
 
     /// Sends to the default output.
     pub async fn send(&self, batch: EventBatch) {
-        if let Some(default) = &self.default {
-            default.send(batch).await;
+        match &self.default {
+            Some(default) => default.send(batch).await,
+            None => {
+                debug_assert!(false, "component sent to a default output it does not have");
+                batch.fail_deliveries();
+            }
         }
     }
 
@@ -206,6 +223,7 @@ impl Outputs {
             Some(fanout) => fanout.send(batch).await,
             None => {
                 debug_assert!(false, "component sent to undeclared output `{name}`");
+                batch.fail_deliveries();
                 if let Some(default) = &self.default {
                     EventsDiscarded {
                         count: batch.len(),

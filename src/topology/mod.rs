@@ -148,6 +148,14 @@ impl RunningTopology {
             return Ok(diff);
         }
 
+        // Hold every running consumer's channel open while its producers change: stopping a
+        // source would otherwise close the channel of a sink it alone fed, and end the sink.
+        let hold: Vec<InputSender> = self
+            .instances
+            .values()
+            .filter_map(|i| i.input.as_ref()?.upgrade())
+            .collect();
+
         // Sources being replaced stop first: their ports must be free before a new owner binds.
         let mut stopped = Vec::new();
         for id in diff.retiring() {
@@ -166,7 +174,9 @@ impl RunningTopology {
             }
         }
 
-        self.build_and_swap(new, &diff, stopped)?;
+        let applied = self.build_and_swap(new, &diff, stopped);
+        drop(hold);
+        applied?;
         tracing::info!(
             added = diff.added.len(),
             removed = diff.removed.len(),
