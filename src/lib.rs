@@ -10,7 +10,8 @@
 //! - [`sources`], [`transforms`], [`aggregators`], [`sinks`], [`actions`]: one file per
 //!   component type, each a config struct (serde + schemars) plus its runtime;
 //! - [`codecs`]: payload decoding shared by sources and the `decode` transform;
-//! - [`template`]: minijinja conditions and templates, compiled at load time;
+//! - [`template`]: minijinja conditions and templates, compiled at load time; [`tls`]: TLS
+//!   options shared by servers and clients;
 //! - [`telemetry`]: metrics and logs; [`api`]: the HTTP API; [`cli`]: the command line;
 //!   [`daemon`]: `weir run`, with its signals and reloads.
 
@@ -26,5 +27,6 @@ pub mod sinks;
 pub mod sources;
 pub mod telemetry;
 pub mod template;
+pub mod tls;
 pub mod topology;
 pub mod transforms;

@@ -9,6 +9,7 @@
 //! | 400 `{"error": ...}` | the body or device id is malformed; the body goes to `<id>.errors` |
 //! | 404 / 405 | wrong path or method |
 //! | 413 | the body is larger than `max_body` |
+//! | 429 + `Retry-After` | the device sent more than its `rate_limit` allows |
 //! | 503 + `Retry-After` | the pipeline did not take (or, with `on_commit`, commit) the readings in time, or weir is stopping |
 //! | 500 | a reading was lost on the way (e.g. a component failed): send the request again |
 //!
@@ -30,12 +31,20 @@ use serde_json::{Value, json};
 
 use super::{SourceComponent, SourceContext};
 use crate::codecs::{Decoder, DecodingConfig};
+use std::num::NonZeroU32;
+
+use axum_server::tls_rustls::RustlsConfig;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
 use crate::config::{ByteSize, ComponentId, Duration, FieldProblem, OutputName, Resource};
+use crate::event::DeviceId;
 use crate::event::{
     Delivery, DeliveryStatus, Event, EventBatch, EventMeta, Fields, parse_event_time,
 };
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, HttpResponse, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
+use crate::tls::TlsConfig;
 use crate::topology::ComponentTask;
 use crate::topology::channel::Outputs;
 
@@ -71,6 +80,13 @@ pub struct HttpSourceConfig {
     /// With `ack: on_commit`, how long a request waits for the commit before it gets 503.
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout: Duration,
+    /// Serve HTTPS with these certificates (with `ca_file`, clients must present a
+    /// certificate signed by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Per-device token bucket on readings: over it, 429 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     /// Request headers copied into `meta.headers` (case-insensitive names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<String>,
@@ -87,6 +103,27 @@ fn default_queue_timeout() -> Duration {
 }
 fn default_ack_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// A token bucket per device.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Readings per second a device may send, on average.
+    pub per_second: u32,
+    /// Readings a device may send at once (default: one second's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimit {
+    fn limiter(&self) -> Option<DefaultKeyedRateLimiter<DeviceId>> {
+        let rate = NonZeroU32::new(self.per_second)?;
+        let burst = NonZeroU32::new(self.burst.unwrap_or(self.per_second))?;
+        Some(RateLimiter::keyed(
+            Quota::per_second(rate).allow_burst(burst),
+        ))
+    }
 }
 
 /// When a source acknowledges what it received.
@@ -131,6 +168,17 @@ impl SourceComponent for HttpSourceConfig {
         if let Err(message) = self.decoding.check() {
             problems.push(FieldProblem::at(["decoding"], message));
         }
+        if let Some(tls) = &self.tls {
+            problems.extend(tls.check_server("tls"));
+        }
+        if let Some(limit) = &self.rate_limit
+            && (limit.per_second == 0 || limit.burst == Some(0))
+        {
+            problems.push(FieldProblem::at(
+                ["rate_limit"],
+                "expected `per_second` and `burst` above zero",
+            ));
+        }
         problems
     }
 
@@ -153,6 +201,7 @@ impl SourceComponent for HttpSourceConfig {
             queue_timeout: self.queue_timeout.get(),
             ack: self.ack,
             ack_timeout: self.ack_timeout.get(),
+            limiter: self.rate_limit.as_ref().and_then(RateLimit::limiter),
             headers: self
                 .headers
                 .iter()
@@ -164,13 +213,38 @@ impl SourceComponent for HttpSourceConfig {
         let router = Router::new()
             .route(&self.path, post(receive))
             .with_state(state);
+        let tls = self
+            .tls
+            .as_ref()
+            .map(TlsConfig::server_config)
+            .transpose()?;
         let shutdown = cx.shutdown;
         let listen = self.listen;
         Ok(Box::pin(async move {
-            tracing::info!(component_id = %cx.id, %listen, "http source listening");
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await?;
+            tracing::info!(component_id = %cx.id, %listen, tls = tls.is_some(), "http source listening");
+            match tls {
+                None => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                        .await?;
+                }
+                Some(tls) => {
+                    // Graceful: stop accepting, let requests in flight (and their acks) finish.
+                    let handle = axum_server::Handle::new();
+                    let stopper = handle.clone();
+                    tokio::spawn(async move {
+                        shutdown.cancelled().await;
+                        stopper.graceful_shutdown(None);
+                    });
+                    axum_server::from_tcp_rustls(
+                        listener.into_std()?,
+                        RustlsConfig::from_config(tls),
+                    )?
+                    .handle(handle)
+                    .serve(router.into_make_service())
+                    .await?;
+                }
+            }
             Ok(())
         }))
     }
@@ -186,6 +260,7 @@ struct Handler {
     queue_timeout: std::time::Duration,
     ack: AckMode,
     ack_timeout: std::time::Duration,
+    limiter: Option<DefaultKeyedRateLimiter<DeviceId>>,
     headers: Vec<String>,
     out: Outputs,
     telemetry: ComponentTelemetry,
@@ -195,6 +270,8 @@ struct Handler {
 struct Rejection {
     status: StatusCode,
     reason: String,
+    /// Seconds for `Retry-After`, when the client should come back.
+    retry_after: Option<u64>,
 }
 
 async fn receive(
@@ -215,12 +292,10 @@ async fn receive(
                 axum::Json(json!({ "error": rejection.reason })),
             )
                 .into_response();
-            if rejection.status == StatusCode::SERVICE_UNAVAILABLE
-                || rejection.status == StatusCode::INTERNAL_SERVER_ERROR
-            {
+            if let Some(seconds) = rejection.retry_after {
                 response
                     .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
             (rejection.status, response)
         }
@@ -270,6 +345,7 @@ impl Handler {
                 return Err(self.reject(StatusCode::BAD_REQUEST, ErrorType::Decode, reason));
             }
         };
+        self.check_rate(&events)?;
         let accepted = events.len();
         EventsReceived {
             count: accepted,
@@ -319,6 +395,48 @@ impl Handler {
                 ),
             )),
         }
+    }
+
+    /// Takes each device's readings from its bucket; refuses the request (429) if any
+    /// device has too few tokens, telling the client when to come back.
+    fn check_rate(&self, events: &[Event]) -> Result<(), Rejection> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let mut per_device: HashMap<&DeviceId, u32> = HashMap::new();
+        for event in events {
+            if let Some(device) = &event.device_id {
+                *per_device.entry(device).or_default() += 1;
+            }
+        }
+        for (device, count) in per_device {
+            let Some(count) = NonZeroU32::new(count) else {
+                continue;
+            };
+            match limiter.check_key_n(device, count) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    let mut rejection = self.reject(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        ErrorType::RateLimited,
+                        format!(
+                            "device `{device}` is over its rate limit; retry in {:.1} s",
+                            wait.as_secs_f64()
+                        ),
+                    );
+                    rejection.retry_after = Some(wait.as_secs().max(1));
+                    return Err(rejection);
+                }
+                Err(_) => {
+                    return Err(self.reject(StatusCode::TOO_MANY_REQUESTS, ErrorType::RateLimited, format!("the request holds {count} readings of device `{device}`, more than its rate limit's burst")));
+                }
+            }
+        }
+        if limiter.len() > 100_000 {
+            limiter.retain_recent();
+        }
+        Ok(())
     }
 
     fn meta(&self, headers: &HeaderMap) -> EventMeta {
@@ -407,7 +525,16 @@ impl Handler {
             count: 1,
         }
         .emit(&self.telemetry);
-        Rejection { status, reason }
+        let retry_after = matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::INTERNAL_SERVER_ERROR
+        )
+        .then_some(1);
+        Rejection {
+            status,
+            reason,
+            retry_after,
+        }
     }
 }
 

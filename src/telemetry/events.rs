@@ -71,6 +71,8 @@ pub enum ErrorType {
     Io,
     /// Events that could not be encoded for their destination.
     Encode,
+    /// A device sent more than its rate limit allows.
+    RateLimited,
 }
 
 impl ErrorType {
@@ -81,6 +83,7 @@ impl ErrorType {
             Self::Expression => "expression_failed",
             Self::Io => "io_failed",
             Self::Encode => "encode_failed",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

@@ -1,0 +1,111 @@
+//! TLS options, shared by every component that serves or connects over TLS.
+//!
+//! Pure-Rust TLS (rustls) with the aws-lc-rs provider, chosen explicitly per configuration
+//! rather than as a process-wide default, so that the crates in the graph that enable other
+//! providers cannot make a connection fail at run time. Certificates and keys are PEM files,
+//! read when the component is built: a missing or malformed file fails the start (or rolls
+//! a reload back) with the file's name.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::FieldProblem;
+
+/// Certificates and keys for TLS.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain weir presents (a server's own; a client's for mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates: a server requires clients to present a certificate they signed
+    /// (mutual TLS); a client trusts servers they signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Problems with the options of a TLS server (`field` is where `tls` sits).
+    pub fn check_server(&self, field: &str) -> Vec<FieldProblem> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), Some(_)) => Vec::new(),
+            _ => vec![FieldProblem::at(
+                [field],
+                "a TLS server needs `cert_file` and `key_file`",
+            )],
+        }
+    }
+
+    /// A rustls server configuration from the files.
+    pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let (Some(cert_file), Some(key_file)) = (&self.cert_file, &self.key_file) else {
+            anyhow::bail!("a TLS server needs `cert_file` and `key_file`");
+        };
+        let chain = certificates(cert_file)?;
+        let key = PrivateKeyDer::from_pem_file(key_file)
+            .with_context(|| format!("cannot read a private key from {}", key_file.display()))?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?;
+        let builder = match &self.ca_file {
+            Some(ca_file) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots(ca_file)?),
+                    provider(),
+                )
+                .build()
+                .with_context(|| {
+                    format!("cannot use the CA certificates in {}", ca_file.display())
+                })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(chain, key).with_context(|| {
+            format!(
+                "{} and {} do not form a usable certificate and key",
+                cert_file.display(),
+                key_file.display()
+            )
+        })?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// The crypto provider of every TLS configuration weir builds.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certificates: Vec<_> = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read certificates from {}", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} holds a malformed certificate", path.display()))?;
+    if certificates.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", path.display());
+    }
+    Ok(certificates)
+}
+
+fn roots(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in certificates(path)? {
+        roots.add(certificate).with_context(|| {
+            format!(
+                "{} holds a CA certificate rustls cannot use",
+                path.display()
+            )
+        })?;
+    }
+    Ok(roots)
+}
