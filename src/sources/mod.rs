@@ -6,9 +6,11 @@
 //! source, which in turn slows its transport (HTTP clients wait, brokers stop delivering).
 //! Every source has an `errors` output for payloads it could not turn into events.
 
+mod amqp;
 mod http;
 mod simulator;
 
+pub use amqp::AmqpSourceConfig;
 pub use http::HttpSourceConfig;
 pub use simulator::SimulatorConfig;
 
@@ -25,6 +27,7 @@ component_types! {
     pub enum SourceConfig: SourceComponent {
         "simulator" => Simulator(SimulatorConfig),
         "http" => Http(HttpSourceConfig),
+        "amqp" => Amqp(AmqpSourceConfig),
     }
 }
 

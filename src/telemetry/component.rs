@@ -80,6 +80,13 @@ impl ComponentTelemetry {
             })
     }
 
+    /// The connection gauge of a source that talks to a broker.
+    pub fn connected(&self) -> Gauge {
+        self.metrics
+            .source_connected
+            .get_or_create_owned(&self.labels)
+    }
+
     /// Gauges for this component's input buffer.
     pub fn buffer(&self, capacity_batches: usize) -> BufferMetrics {
         let max = self

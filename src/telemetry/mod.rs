@@ -101,6 +101,7 @@ pub struct Metrics {
     pub window_open: Family<ComponentLabels, Gauge>,
     pub window_state_bytes: Family<ComponentLabels, Gauge>,
     pub topology_components: Gauge,
+    pub source_connected: Family<ComponentLabels, Gauge>,
     pub config_reloads: Counter,
     pub config_reload_failures: Family<ReasonLabels, Counter>,
     pub config_generation: Gauge,
@@ -127,6 +128,7 @@ impl Default for Metrics {
             window_open: Family::default(),
             window_state_bytes: Family::default(),
             topology_components: Gauge::default(),
+            source_connected: Family::default(),
             config_reloads: Counter::default(),
             config_reload_failures: Family::default(),
             config_generation: Gauge::default(),
@@ -219,6 +221,11 @@ impl Metrics {
             "topology_components",
             "Components in the running topology",
             m.topology_components,
+        );
+        registry.register(
+            "source_connected",
+            "1 while a source is connected to its broker, else 0",
+            m.source_connected,
         );
         registry.register(
             "config_reloads",

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod services;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;

@@ -1,0 +1,414 @@
+//! `amqp`: consumes a RabbitMQ (AMQP 0-9-1) queue, acknowledging each message only after
+//! every sink on its path has committed it.
+//!
+//! Each delivery becomes a [`Delivery`]: its readings travel with it, and when the last of
+//! them is committed (or intentionally dropped) the message is acked; if one is lost it is
+//! nacked and requeued, so the broker delivers it again. A crash loses nothing the broker
+//! delivered: unacked messages return to the queue. `prefetch` bounds how many messages
+//! are unacknowledged at once, which is also how backpressure reaches the broker. An
+//! undecodable message goes to `<id>.errors` and is rejected without requeue (so a broker
+//! dead-letter exchange, if configured, keeps it) or acked, per `on_undecodable`. The
+//! connection is re-established with exponential backoff after any failure.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use super::{SourceComponent, SourceContext};
+use crate::codecs::{Decoder, DecodingConfig};
+use crate::config::{FieldProblem, OutputName};
+use crate::event::{
+    Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventMeta, Fields, parse_event_time,
+};
+use crate::telemetry::InternalEvent;
+use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
+use crate::template::Template;
+use crate::topology::ComponentTask;
+
+/// Consumes an AMQP queue.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSourceConfig {
+    /// e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` (or `amqps://`).
+    pub url: String,
+    pub queue: String,
+    /// Messages the broker may have unacknowledged with weir at once.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Declare the queue (and bind it) before consuming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declare: Option<Declare>,
+    #[serde(default)]
+    pub decoding: DecodingConfig,
+    /// Field holding the event time; default: arrival time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<String>,
+    /// Template for the device id; `routing_key` and `headers` are its names, e.g.
+    /// `{{ (routing_key | split('.'))[1] }}`. Default: the reading's `device_id_field`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<Template>,
+    #[serde(default = "default_device_field")]
+    pub device_id_field: String,
+    /// What happens to a message that cannot be decoded (it also goes to `<id>.errors`).
+    #[serde(default)]
+    pub on_undecodable: Undecodable,
+}
+
+/// Queue (and binding) declaration.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Declare {
+    #[serde(default = "default_true")]
+    pub durable: bool,
+    /// A topic exchange to declare and bind the queue to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    /// Binding keys, e.g. `devices.*.telemetry`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routing_keys: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Undecodable {
+    /// Reject without requeue: the broker's dead-letter exchange gets it, if there is one.
+    #[default]
+    Reject,
+    /// Acknowledge: weir's `<id>.errors` output is the only copy.
+    Ack,
+}
+
+fn default_prefetch() -> u16 {
+    1000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_device_field() -> String {
+    "device_id".into()
+}
+
+impl SourceComponent for AmqpSourceConfig {
+    fn check(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
+            problems.push(FieldProblem::at(
+                ["url"],
+                "expected an `amqp://` or `amqps://` URL",
+            ));
+        }
+        if self.queue.is_empty() {
+            problems.push(FieldProblem::at(["queue"], "expected a queue name"));
+        }
+        if self.prefetch == 0 {
+            problems.push(FieldProblem::at(["prefetch"], "expected at least 1"));
+        }
+        if let Some(template) = &self.device_id {
+            for name in template.variables() {
+                if name != "routing_key" && name != "headers" {
+                    problems.push(FieldProblem::at(["device_id"], format!("`{name}` is not known here: the device id template can use `routing_key` and `headers`")));
+                }
+            }
+        }
+        if let Some(declare) = &self.declare
+            && declare.exchange.is_some() == declare.routing_keys.is_empty()
+        {
+            problems.push(FieldProblem::at(
+                ["declare"],
+                "an `exchange` and its `routing_keys` go together",
+            ));
+        }
+        if let Err(message) = self.decoding.check() {
+            problems.push(FieldProblem::at(["decoding"], message));
+        }
+        problems
+    }
+
+    fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
+        let config = self.clone();
+        Ok(Box::pin(async move { run(config, cx).await }))
+    }
+}
+
+async fn run(config: AmqpSourceConfig, cx: SourceContext) -> anyhow::Result<()> {
+    let connected = cx.telemetry.connected();
+    let decoder = config.decoding.decoder();
+    let mut backoff = StdDuration::from_millis(200);
+    while !cx.shutdown.is_cancelled() {
+        match consume(&config, &cx, &decoder, &mut backoff).await {
+            Ok(()) => break,
+            Err(err) => {
+                connected.set(0);
+                let message = format!(
+                    "AMQP connection to {} failed: {err:#}; retrying in {backoff:?}",
+                    redact(&config.url)
+                );
+                ComponentError {
+                    error_type: ErrorType::Io,
+                    stage: Stage::Receiving,
+                    message: &message,
+                    count: 1,
+                }
+                .emit(&cx.telemetry);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cx.shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(StdDuration::from_secs(30));
+            }
+        }
+    }
+    connected.set(0);
+    Ok(())
+}
+
+/// One connection's life: consume until shutdown (`Ok`) or a failure (`Err`).
+async fn consume(
+    config: &AmqpSourceConfig,
+    cx: &SourceContext,
+    decoder: &Decoder,
+    backoff: &mut StdDuration,
+) -> anyhow::Result<()> {
+    let connection = Connection::connect(&config.url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    if let Some(declare) = &config.declare {
+        let options = QueueDeclareOptions {
+            durable: declare.durable,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(config.queue.as_str().into(), options, FieldTable::default())
+            .await?;
+        if let Some(exchange) = &declare.exchange {
+            let options = ExchangeDeclareOptions {
+                durable: declare.durable,
+                ..Default::default()
+            };
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    options,
+                    FieldTable::default(),
+                )
+                .await?;
+            for key in &declare.routing_keys {
+                channel
+                    .queue_bind(
+                        config.queue.as_str().into(),
+                        exchange.as_str().into(),
+                        key.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+        }
+    }
+    let tag = format!("weir-{}", cx.id);
+    let mut consumer = channel
+        .basic_consume(
+            config.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    cx.telemetry.connected().set(1);
+    *backoff = StdDuration::from_millis(200);
+    tracing::info!(component_id = %cx.id, queue = %config.queue, "consuming from AMQP");
+
+    let source = cx.id.as_arc();
+    let mut acks = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            _ = cx.shutdown.cancelled() => break Ok(()),
+            next = consumer.next() => match next {
+                None => break Err(anyhow::anyhow!("the broker ended the consumer")),
+                Some(Err(err)) => break Err(err.into()),
+                Some(Ok(message)) => handle(message, config, cx, decoder, &source, &mut acks).await,
+            },
+            Some(_) = acks.join_next(), if !acks.is_empty() => {}
+        }
+    };
+    // Messages in flight are acked as their readings are committed; wait for them (a crash
+    // here would only mean redelivery).
+    let drain = async { while acks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(StdDuration::from_secs(30), drain).await;
+    let _ = channel.close(200, "weir is stopping".into()).await;
+    let _ = connection.close(200, "weir is stopping".into()).await;
+    result
+}
+
+async fn handle(
+    message: lapin::message::Delivery,
+    config: &AmqpSourceConfig,
+    cx: &SourceContext,
+    decoder: &Decoder,
+    source: &Arc<str>,
+    acks: &mut JoinSet<()>,
+) {
+    EventsReceived {
+        count: 0,
+        bytes: message.data.len(),
+    }
+    .emit(&cx.telemetry);
+    let mut meta = EventMeta::received_by(Arc::clone(source));
+    meta.routing_key = Some(message.routing_key.to_string());
+    if let Some(headers) = message.properties.headers() {
+        meta.headers = headers
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), header_text(v)))
+            .collect();
+    }
+    let meta = Arc::new(meta);
+    match events_of(&message.data, config, decoder, &meta) {
+        Ok(mut events) => {
+            EventsReceived {
+                count: events.len(),
+                bytes: 0,
+            }
+            .emit(&cx.telemetry);
+            let (delivery, outcome) = Delivery::new();
+            for event in &mut events {
+                event.attach(&delivery);
+            }
+            drop(delivery);
+            let acker = message.acker;
+            acks.spawn(async move {
+                let _ = match outcome.await {
+                    Ok(DeliveryStatus::Committed) => acker.ack(BasicAckOptions::default()).await,
+                    _ => {
+                        acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await
+                    }
+                };
+            });
+            // Waits for room downstream: the broker stops delivering at `prefetch`.
+            cx.out.send(EventBatch::new(events)).await;
+        }
+        Err(reason) => {
+            let text = format!("undecodable message on {}: {reason}", config.queue);
+            ComponentError {
+                error_type: ErrorType::Decode,
+                stage: Stage::Receiving,
+                message: &text,
+                count: 1,
+            }
+            .emit(&cx.telemetry);
+            let mut fields = Fields::new();
+            fields.insert(
+                "body".into(),
+                Value::String(
+                    String::from_utf8_lossy(&message.data[..message.data.len().min(64 * 1024)])
+                        .into_owned(),
+                ),
+            );
+            let dead = Event::new(None, fields, meta).with_error(source, reason);
+            cx.out
+                .send_named(OutputName::ERRORS, EventBatch::new(vec![dead]))
+                .await;
+            let _ = match config.on_undecodable {
+                Undecodable::Reject => {
+                    message
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await
+                }
+                Undecodable::Ack => message.acker.ack(BasicAckOptions::default()).await,
+            };
+        }
+    }
+}
+
+fn events_of(
+    payload: &[u8],
+    config: &AmqpSourceConfig,
+    decoder: &Decoder,
+    meta: &Arc<EventMeta>,
+) -> Result<Vec<Event>, String> {
+    let readings = decoder.decode(payload).map_err(|e| e.0)?;
+    let from_template: Option<DeviceId> = match &config.device_id {
+        Some(template) => {
+            let headers: std::collections::BTreeMap<String, String> =
+                meta.headers.iter().cloned().collect();
+            let context = minijinja::context! { routing_key => meta.routing_key.as_deref().unwrap_or_default(), headers => headers };
+            let id = template
+                .render(&context)
+                .map_err(|e| format!("device_id template failed: {e}"))?;
+            if id.trim().is_empty() {
+                return Err("the device_id template gave an empty id".into());
+            }
+            Some(id.trim().into())
+        }
+        None => None,
+    };
+    let mut events = Vec::with_capacity(readings.len());
+    for (n, fields) in readings.into_iter().enumerate() {
+        let device_id = match &from_template {
+            Some(id) => id.clone(),
+            None => match fields.get(&config.device_id_field) {
+                Some(Value::String(id)) if !id.trim().is_empty() => id.trim().into(),
+                Some(Value::Number(id)) => id.to_string().into(),
+                _ => {
+                    return Err(format!(
+                        "reading {n} has no device id (field `{}`)",
+                        config.device_id_field
+                    ));
+                }
+            },
+        };
+        let time = match config
+            .event_time
+            .as_ref()
+            .and_then(|f| fields.get(f).map(|v| (f, v)))
+        {
+            Some((field, value)) => Some(parse_event_time(value).ok_or_else(|| {
+                format!("reading {n}: field `{field}` is {value}: expected an event time")
+            })?),
+            None => None,
+        };
+        let mut event = Event::new(Some(device_id), fields, Arc::clone(meta));
+        if let Some(time) = time {
+            event.time = time;
+        }
+        events.push(event);
+    }
+    Ok(events)
+}
+
+fn header_text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
