@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -88,6 +88,9 @@ pub enum Undecodable {
     /// Acknowledge: weir's `<id>.errors` output is the only copy.
     Ack,
 }
+
+/// Most messages gathered into one batch.
+const MAX_BATCH: usize = 512;
 
 fn default_prefetch() -> u16 {
     1000
@@ -240,7 +243,19 @@ async fn consume(
             next = consumer.next() => match next {
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
                 Some(Err(err)) => break Err(err.into()),
-                Some(Ok(message)) => handle(message, config, cx, decoder, &source, &mut acks).await,
+                Some(Ok(message)) => {
+                    // Take what else has already arrived, so messages travel in batches.
+                    let mut batch = Vec::new();
+                    handle(message, config, cx, decoder, &source, &mut acks, &mut batch).await;
+                    while batch.len() < MAX_BATCH {
+                        match consumer.next().now_or_never() {
+                            Some(Some(Ok(message))) => handle(message, config, cx, decoder, &source, &mut acks, &mut batch).await,
+                            _ => break,
+                        }
+                    }
+                    // Waits for room downstream: the broker stops delivering at `prefetch`.
+                    cx.out.send(EventBatch::new(batch)).await;
+                }
             },
             Some(_) = acks.join_next(), if !acks.is_empty() => {}
         }
@@ -261,6 +276,7 @@ async fn handle(
     decoder: &Decoder,
     source: &Arc<str>,
     acks: &mut JoinSet<()>,
+    batch: &mut Vec<Event>,
 ) {
     EventsReceived {
         count: 0,
@@ -288,6 +304,7 @@ async fn handle(
                 event.attach(&delivery);
             }
             drop(delivery);
+            batch.extend(events);
             let acker = message.acker;
             acks.spawn(async move {
                 let _ = match outcome.await {
@@ -302,8 +319,6 @@ async fn handle(
                     }
                 };
             });
-            // Waits for room downstream: the broker stops delivering at `prefetch`.
-            cx.out.send(EventBatch::new(events)).await;
         }
         Err(reason) => {
             let text = format!("undecodable message on {}: {reason}", config.queue);
