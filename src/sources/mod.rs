@@ -8,10 +8,12 @@
 
 mod amqp;
 mod http;
+mod mqtt;
 mod simulator;
 
 pub use amqp::AmqpSourceConfig;
 pub use http::HttpSourceConfig;
+pub use mqtt::MqttSourceConfig;
 pub use simulator::SimulatorConfig;
 
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,7 @@ component_types! {
     pub enum SourceConfig: SourceComponent {
         "simulator" => Simulator(SimulatorConfig),
         "http" => Http(HttpSourceConfig),
+        "mqtt" => Mqtt(MqttSourceConfig),
         "amqp" => Amqp(AmqpSourceConfig),
     }
 }

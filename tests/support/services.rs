@@ -23,6 +23,21 @@ const RABBITMQ: Service = Service {
     start: &["rabbitmq-server", "-detached"],
 };
 
+const MOSQUITTO: Service = Service {
+    name: "Mosquitto",
+    port: 1883,
+    binary: "mosquitto",
+    package: "mosquitto",
+    start: &["mosquitto", "-d", "-c", "/etc/mosquitto/mosquitto.conf"],
+};
+
+/// The URL of a running Mosquitto.
+pub fn mosquitto() -> &'static str {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| ensure(&MOSQUITTO));
+    "mqtt://127.0.0.1:1883"
+}
+
 /// The AMQP URL of a running RabbitMQ (guest/guest).
 pub fn rabbitmq() -> &'static str {
     static READY: OnceLock<()> = OnceLock::new();

@@ -1,0 +1,465 @@
+//! `mqtt`: subscribes to topics on an MQTT broker (3.1.1), acknowledging each QoS 1
+//! publish only after every sink on its path has committed it.
+//!
+//! Acknowledgements are manual and go out in arrival order (MQTT requires PUBACKs in the
+//! order publishes arrived): a queue of outcomes is worked from its head. With a persistent
+//! session (`clean_session: false`, the default) the broker keeps what weir has not acked
+//! across disconnects and crashes, and delivers it again. `max_inflight` bounds the
+//! unacknowledged publishes. The device id comes from the topic — a pattern such as
+//! `devices/{device_id}/telemetry` or a template over `topic` — or from a field.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use rumqttc::{
+    AckMode as MqttAckMode, AsyncClient, Event as MqttEvent, Incoming, MqttOptions, QoS,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{SourceComponent, SourceContext};
+use crate::codecs::{Decoder, DecodingConfig};
+use crate::config::{FieldProblem, OutputName};
+use crate::event::{
+    Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventMeta, Fields, parse_event_time,
+};
+use crate::telemetry::InternalEvent;
+use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
+use crate::template::Template;
+use crate::topology::ComponentTask;
+
+const DEVICE_ID_PARAM: &str = "{device_id}";
+
+/// Subscribes to MQTT topics.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    /// e.g. `mqtt://127.0.0.1:1883`.
+    pub url: String,
+    /// Topic filters, e.g. `devices/+/telemetry`.
+    pub topics: Vec<String>,
+    /// A topic pattern (`devices/{device_id}/telemetry`) or a template over `topic`
+    /// (`{{ (topic | split('/'))[1] }}`); default: the reading's `device_id_field`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(default = "default_device_field")]
+    pub device_id_field: String,
+    /// 0 (at most once) or 1 (at least once, acked after commit).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Default: `weir-<component id>`. Keep it stable: the persistent session is keyed by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Subscribe as `$share/<group>/<topic>`, so instances split the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_group: Option<String>,
+    /// Start without the broker's stored session (drops what weir had not acked).
+    #[serde(default)]
+    pub clean_session: bool,
+    /// Publishes the broker may have unacknowledged with weir at once.
+    #[serde(default = "default_inflight")]
+    pub max_inflight: u16,
+    #[serde(default)]
+    pub decoding: DecodingConfig,
+    /// Field holding the event time; default: arrival time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<String>,
+}
+
+fn default_device_field() -> String {
+    "device_id".into()
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_inflight() -> u16 {
+    100
+}
+
+/// How the device id is found.
+enum DeviceIdRule {
+    /// The topic segment at this index.
+    Segment(usize),
+    Template(Template),
+    Field(String),
+}
+
+impl MqttSourceConfig {
+    fn broker(&self) -> Result<(String, u16), String> {
+        let rest = self
+            .url
+            .strip_prefix("mqtt://")
+            .ok_or("expected an `mqtt://host:port` URL (`mqtts://` is not supported yet)")?;
+        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("`{port}` is not a port"))?,
+            ),
+            None => (rest.trim_end_matches('/'), 1883),
+        };
+        if host.is_empty() {
+            return Err("the URL has no host".into());
+        }
+        Ok((host.to_owned(), port))
+    }
+
+    fn device_rule(&self) -> Result<DeviceIdRule, String> {
+        match &self.device_id {
+            None => Ok(DeviceIdRule::Field(self.device_id_field.clone())),
+            Some(text) if text.contains("{{") => {
+                let template = Template::compile(text)?;
+                if let Some(name) = template.variables().into_iter().find(|n| n != "topic") {
+                    return Err(format!("`{name}` is not known here: the device id template can use `topic`"));
+                }
+                Ok(DeviceIdRule::Template(template))
+            }
+            Some(pattern) => pattern
+                .split('/')
+                .position(|segment| segment == DEVICE_ID_PARAM)
+                .map(DeviceIdRule::Segment)
+                .ok_or_else(|| format!("`{pattern}` is neither a topic pattern with `{DEVICE_ID_PARAM}` nor a template")),
+        }
+    }
+}
+
+impl SourceComponent for MqttSourceConfig {
+    fn check(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        if let Err(message) = self.broker() {
+            problems.push(FieldProblem::at(["url"], message));
+        }
+        if self.topics.is_empty() || self.topics.iter().any(String::is_empty) {
+            problems.push(FieldProblem::at(
+                ["topics"],
+                "expected at least one topic filter",
+            ));
+        }
+        if self.qos > 1 {
+            problems.push(FieldProblem::at(["qos"], "expected 0 or 1"));
+        }
+        if self.max_inflight == 0 {
+            problems.push(FieldProblem::at(["max_inflight"], "expected at least 1"));
+        }
+        if let Err(message) = self.device_rule() {
+            problems.push(FieldProblem::at(["device_id"], message));
+        }
+        if let Err(message) = self.decoding.check() {
+            problems.push(FieldProblem::at(["decoding"], message));
+        }
+        problems
+    }
+
+    fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
+        let (host, port) = self.broker().map_err(anyhow::Error::msg)?;
+        let rule = self.device_rule().map_err(anyhow::Error::msg)?;
+        let config = self.clone();
+        Ok(Box::pin(
+            async move { run(config, host, port, rule, cx).await },
+        ))
+    }
+}
+
+async fn run(
+    config: MqttSourceConfig,
+    host: String,
+    port: u16,
+    rule: DeviceIdRule,
+    cx: SourceContext,
+) -> anyhow::Result<()> {
+    let client_id = config
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("weir-{}", cx.id));
+    let mut options = MqttOptions::new(client_id, (host, port));
+    options
+        .set_keep_alive(30)
+        .set_clean_session(config.clean_session)
+        .set_inflight(config.max_inflight)
+        .set_ack_mode(MqttAckMode::Manual);
+    let (client, eventloop) = AsyncClient::builder(options).capacity(1024).build();
+    let qos = if config.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+
+    // Acks go out in arrival order: the head waits for its outcome before the next.
+    let (pending_tx, mut pending_rx) =
+        mpsc::unbounded_channel::<(rumqttc::Publish, Option<oneshot::Receiver<DeliveryStatus>>)>();
+    let acker = client.clone();
+    let acks = tokio::spawn(async move {
+        while let Some((publish, outcome)) = pending_rx.recv().await {
+            let committed = match outcome {
+                Some(outcome) => outcome.await == Ok(DeliveryStatus::Committed),
+                None => true,
+            };
+            if committed && acker.ack(&publish).await.is_err() {
+                break;
+            }
+            // A lost reading is not acked: the persistent session redelivers it.
+        }
+    });
+
+    // The event loop is polled by its own task, so keep-alives and acks flow even while
+    // the pipeline holds the source back; the broker's in-flight window (publishes not yet
+    // acked) is what bounds the publishes waiting here.
+    let (publishes_tx, mut publishes) = mpsc::channel::<rumqttc::Publish>(1024);
+    let stop_polling = tokio_util::sync::CancellationToken::new();
+    let poller = tokio::spawn(poll(
+        eventloop,
+        client.clone(),
+        config.clone(),
+        qos,
+        cx.id.clone(),
+        cx.telemetry.clone(),
+        publishes_tx,
+        stop_polling.clone(),
+    ));
+
+    let decoder = config.decoding.decoder();
+    let source = cx.id.as_arc();
+    let mut batch = Vec::new();
+    loop {
+        let publish = tokio::select! {
+            _ = cx.shutdown.cancelled() => break,
+            publish = publishes.recv() => match publish {
+                Some(publish) => publish,
+                None => break,
+            },
+        };
+        handle(
+            publish,
+            &config,
+            &rule,
+            &decoder,
+            &source,
+            &cx,
+            &pending_tx,
+            &mut batch,
+        )
+        .await;
+        // Take what else has arrived, so publishes travel in batches.
+        while batch.len() < MAX_BATCH {
+            match publishes.try_recv() {
+                Ok(publish) => {
+                    handle(
+                        publish,
+                        &config,
+                        &rule,
+                        &decoder,
+                        &source,
+                        &cx,
+                        &pending_tx,
+                        &mut batch,
+                    )
+                    .await
+                }
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            cx.out
+                .send(EventBatch::new(std::mem::take(&mut batch)))
+                .await;
+        }
+    }
+    // Publishes not taken are not acked: the session redelivers them. Let the acks of what
+    // was accepted go out, then leave.
+    drop(publishes);
+    drop(pending_tx);
+    let _ = tokio::time::timeout(StdDuration::from_secs(10), acks).await;
+    let _ = client.disconnect().await;
+    tokio::time::sleep(StdDuration::from_millis(100)).await;
+    stop_polling.cancel();
+    let _ = poller.await;
+    Ok(())
+}
+
+/// Most publishes gathered into one batch.
+const MAX_BATCH: usize = 512;
+
+/// Drives the connection: (re)connects with backoff, subscribes, hands publishes over.
+#[allow(clippy::too_many_arguments)]
+async fn poll(
+    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    config: MqttSourceConfig,
+    qos: QoS,
+    id: crate::config::ComponentId,
+    telemetry: crate::telemetry::ComponentTelemetry,
+    publishes: mpsc::Sender<rumqttc::Publish>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let connected = telemetry.connected();
+    let mut backoff = StdDuration::from_millis(200);
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(MqttEvent::Incoming(Incoming::ConnAck(_))) => {
+                connected.set(1);
+                backoff = StdDuration::from_millis(200);
+                for topic in &config.topics {
+                    let filter = match &config.shared_group {
+                        Some(group) => format!("$share/{group}/{topic}"),
+                        None => topic.clone(),
+                    };
+                    if client.subscribe(filter, qos).await.is_err() {
+                        return;
+                    }
+                }
+                tracing::info!(component_id = %id, topics = ?config.topics, "subscribed over MQTT");
+            }
+            Ok(MqttEvent::Incoming(Incoming::Publish(publish))) => {
+                // Closed: the source is stopping; the publish stays unacked for redelivery.
+                let _ = publishes.send(publish).await;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                connected.set(0);
+                let message = format!(
+                    "MQTT connection to {} failed: {err}; retrying in {backoff:?}",
+                    config.url
+                );
+                ComponentError {
+                    error_type: ErrorType::Io,
+                    stage: Stage::Receiving,
+                    message: &message,
+                    count: 1,
+                }
+                .emit(&telemetry);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(StdDuration::from_secs(30));
+            }
+        }
+    }
+    connected.set(0);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    publish: rumqttc::Publish,
+    config: &MqttSourceConfig,
+    rule: &DeviceIdRule,
+    decoder: &Decoder,
+    source: &Arc<str>,
+    cx: &SourceContext,
+    pending: &mpsc::UnboundedSender<(rumqttc::Publish, Option<oneshot::Receiver<DeliveryStatus>>)>,
+    batch: &mut Vec<Event>,
+) {
+    EventsReceived {
+        count: 0,
+        bytes: publish.payload.len(),
+    }
+    .emit(&cx.telemetry);
+    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+    let mut meta = EventMeta::received_by(Arc::clone(source));
+    meta.topic = Some(topic.clone());
+    let meta = Arc::new(meta);
+    match events_of(&publish.payload, &topic, config, rule, decoder, &meta) {
+        Ok(mut events) => {
+            EventsReceived {
+                count: events.len(),
+                bytes: 0,
+            }
+            .emit(&cx.telemetry);
+            let (delivery, outcome) = Delivery::new();
+            for event in &mut events {
+                event.attach(&delivery);
+            }
+            drop(delivery);
+            batch.extend(events);
+            let _ = pending.send((publish, Some(outcome)));
+        }
+        Err(reason) => {
+            let text = format!("undecodable message on {topic}: {reason}");
+            ComponentError {
+                error_type: ErrorType::Decode,
+                stage: Stage::Receiving,
+                message: &text,
+                count: 1,
+            }
+            .emit(&cx.telemetry);
+            let mut fields = Fields::new();
+            fields.insert(
+                "body".into(),
+                Value::String(
+                    String::from_utf8_lossy(
+                        &publish.payload[..publish.payload.len().min(64 * 1024)],
+                    )
+                    .into_owned(),
+                ),
+            );
+            let dead = Event::new(None, fields, meta).with_error(source, reason);
+            cx.out
+                .send_named(OutputName::ERRORS, EventBatch::new(vec![dead]))
+                .await;
+            // Kept on `<id>.errors`: acknowledge, or the broker would send it forever.
+            let _ = pending.send((publish, None));
+        }
+    }
+}
+
+fn events_of(
+    payload: &[u8],
+    topic: &str,
+    config: &MqttSourceConfig,
+    rule: &DeviceIdRule,
+    decoder: &Decoder,
+    meta: &Arc<EventMeta>,
+) -> Result<Vec<Event>, String> {
+    let readings = decoder.decode(payload).map_err(|e| e.0)?;
+    let from_topic: Option<DeviceId> = match rule {
+        DeviceIdRule::Segment(index) => {
+            let id = topic
+                .split('/')
+                .nth(*index)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| format!("topic `{topic}` has no device id segment"))?;
+            Some(id.into())
+        }
+        DeviceIdRule::Template(template) => {
+            let id = template
+                .render(&minijinja::context! { topic => topic })
+                .map_err(|e| format!("device_id template failed: {e}"))?;
+            Some(id.trim().into()).filter(|id: &DeviceId| !id.is_empty())
+        }
+        DeviceIdRule::Field(_) => None,
+    };
+    let mut events = Vec::with_capacity(readings.len());
+    for (n, fields) in readings.into_iter().enumerate() {
+        let device_id = match (&from_topic, rule) {
+            (Some(id), _) => id.clone(),
+            (None, DeviceIdRule::Field(field)) => match fields.get(field) {
+                Some(Value::String(id)) if !id.trim().is_empty() => id.trim().into(),
+                Some(Value::Number(id)) => id.to_string().into(),
+                _ => return Err(format!("reading {n} has no device id (field `{field}`)")),
+            },
+            (None, _) => return Err("the device id template gave an empty id".into()),
+        };
+        let time = match config
+            .event_time
+            .as_ref()
+            .and_then(|f| fields.get(f).map(|v| (f, v)))
+        {
+            Some((field, value)) => Some(parse_event_time(value).ok_or_else(|| {
+                format!("reading {n}: field `{field}` is {value}: expected an event time")
+            })?),
+            None => None,
+        };
+        let mut event = Event::new(Some(device_id), fields, Arc::clone(meta));
+        if let Some(time) = time {
+            event.time = time;
+        }
+        events.push(event);
+    }
+    Ok(events)
+}

@@ -1,0 +1,126 @@
+//! The `mqtt` source against the real Mosquitto: QoS 1 publishes reach a file sink, the
+//! device id comes from the topic, undecodable payloads are dead-lettered.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, PublishOptions};
+use support::{eventually, lines, metric, pipeline, services};
+use weir::telemetry::Telemetry;
+use weir::topology::RunningTopology;
+
+/// Publishes with QoS 1 and waits for every PUBACK.
+async fn publish(prefix: &str, messages: Vec<(String, Vec<u8>)>) {
+    let mut options = MqttOptions::new(format!("{prefix}-publisher"), ("127.0.0.1", 1883));
+    options.set_keep_alive(30);
+    let (client, mut eventloop) = AsyncClient::builder(options).capacity(4096).build();
+    let total = messages.len();
+    let sender = tokio::spawn(async move {
+        for (topic, payload) in messages {
+            client
+                .publish(topic, payload, PublishOptions::at_least_once())
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < total {
+        if let Event::Incoming(Incoming::PubAck(_)) = eventloop.poll().await.unwrap() {
+            acked += 1;
+        }
+    }
+    let _ = sender.await.unwrap().disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_publishes_reach_the_sink_with_the_device_from_the_topic() {
+    let url = services::mosquitto();
+    let prefix = format!("weir-test-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "api: {{ enabled: false }}
+sources:
+  plant: {{ type: mqtt, url: '{url}', topics: ['{prefix}/+/telemetry'], device_id: '{prefix}/{{device_id}}/telemetry', max_inflight: 50 }}
+sinks:
+  out: {{ type: file, inputs: [plant], path: '{d}/out.ndjson', fsync: true }}
+  dead: {{ type: file, inputs: [plant.errors], path: '{d}/dead.ndjson' }}
+",
+        d = dir.path().display()
+    );
+    let telemetry = Telemetry::new();
+    let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &telemetry,
+            "source_connected",
+            &[r#"component_id="plant""#]
+        ) == 1.0)
+        .await,
+        "weir connects and subscribes"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut messages: Vec<(String, Vec<u8>)> = (0..2000)
+        .map(|i| {
+            (
+                format!("{prefix}/engine-{}/telemetry", i % 5),
+                format!(r#"{{"seq": {i}, "temperature": 70}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    messages.push((
+        format!("{prefix}/engine-9/telemetry"),
+        b"\x00garbage".to_vec(),
+    ));
+    // In rounds: Mosquitto drops what a subscriber's queue (max_queued_messages, 1000 by
+    // default) cannot hold, so never get more than that ahead of weir.
+    let out = dir.path().join("out.ndjson");
+    for (round, chunk) in messages.chunks(400).enumerate() {
+        publish(&format!("{prefix}-{round}"), chunk.to_vec()).await;
+        let target = (400 * round + chunk.len()).min(2000);
+        assert!(
+            eventually(Duration::from_secs(20), || lines(&out).len() >= target).await,
+            "round {round} arrives"
+        );
+    }
+
+    let arrived = eventually(Duration::from_secs(30), || lines(&out).len() >= 2000).await;
+    assert!(
+        arrived,
+        "every publish arrives: {} of 2000; metrics:\n{}",
+        lines(&out).len(),
+        telemetry
+            .encode()
+            .lines()
+            .filter(|l| l.contains("plant"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let _ = topology.stop(Duration::from_secs(10)).await;
+    let events = lines(&out);
+    let seqs: BTreeSet<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs.len(), 2000);
+    let devices: BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices.len(), 5);
+    assert!(devices.contains("engine-0"));
+    assert!(
+        events[0]["meta"]["topic"]
+            .as_str()
+            .unwrap()
+            .starts_with(&prefix)
+    );
+    let dead = lines(&dir.path().join("dead.ndjson"));
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]["meta"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON")
+    );
+}
