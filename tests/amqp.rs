@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use support::{eventually, lines, metric, pipeline, services};
@@ -17,6 +19,11 @@ async fn publish(queue: &str, payloads: impl IntoIterator<Item = Vec<u8>>) -> la
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
+    // Publisher confirms: when `publish` returns, the broker holds every message.
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     channel
         .queue_declare(
             queue.into(),
@@ -96,6 +103,14 @@ sinks:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(drained, "every message was acknowledged");
+    assert_eq!(
+        metric(
+            &telemetry,
+            "source_pending_deliveries",
+            &[r#"component_id="broker""#]
+        ),
+        0.0
+    );
     assert_eq!(
         metric(
             &telemetry,

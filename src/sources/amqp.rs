@@ -237,6 +237,8 @@ async fn consume(
 
     let source = cx.id.as_arc();
     let mut acks = JoinSet::new();
+    let lag = cx.telemetry.lag();
+    let mut lag_ticker = tokio::time::interval(StdDuration::from_secs(5));
     let result = loop {
         tokio::select! {
             _ = cx.shutdown.cancelled() => break Ok(()),
@@ -258,6 +260,12 @@ async fn consume(
                 }
             },
             Some(_) = acks.join_next(), if !acks.is_empty() => {}
+            _ = lag_ticker.tick() => {
+                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                if let Ok(queue) = channel.queue_declare(config.queue.as_str().into(), passive, FieldTable::default()).await {
+                    lag.set(i64::from(queue.message_count()));
+                }
+            }
         }
     };
     // Messages in flight are acked as their readings are committed; wait for them (a crash
@@ -306,8 +314,12 @@ async fn handle(
             drop(delivery);
             batch.extend(events);
             let acker = message.acker;
+            let pending = cx.telemetry.pending_deliveries();
+            pending.inc();
             acks.spawn(async move {
-                let _ = match outcome.await {
+                let outcome = outcome.await;
+                pending.dec();
+                let _ = match outcome {
                     Ok(DeliveryStatus::Committed) => acker.ack(BasicAckOptions::default()).await,
                     _ => {
                         acker

@@ -379,7 +379,11 @@ impl Handler {
         let Some(outcome) = outcome else {
             return Ok(accepted);
         };
-        match tokio::time::timeout(self.ack_timeout, outcome).await {
+        let pending = self.telemetry.pending_deliveries();
+        pending.inc();
+        let outcome = tokio::time::timeout(self.ack_timeout, outcome).await;
+        pending.dec();
+        match outcome {
             Ok(Ok(DeliveryStatus::Committed)) => Ok(accepted),
             Ok(Ok(DeliveryStatus::Failed) | Err(_)) => Err(self.reject(
                 StatusCode::INTERNAL_SERVER_ERROR,

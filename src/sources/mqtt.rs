@@ -190,10 +190,15 @@ async fn run(
     let (pending_tx, mut pending_rx) =
         mpsc::unbounded_channel::<(rumqttc::Publish, Option<oneshot::Receiver<DeliveryStatus>>)>();
     let acker = client.clone();
+    let pending = cx.telemetry.pending_deliveries();
     let acks = tokio::spawn(async move {
         while let Some((publish, outcome)) = pending_rx.recv().await {
             let committed = match outcome {
-                Some(outcome) => outcome.await == Ok(DeliveryStatus::Committed),
+                Some(outcome) => {
+                    let committed = outcome.await == Ok(DeliveryStatus::Committed);
+                    pending.dec();
+                    committed
+                }
                 None => true,
             };
             if committed && acker.ack(&publish).await.is_err() {
@@ -377,6 +382,7 @@ async fn handle(
             }
             drop(delivery);
             batch.extend(events);
+            cx.telemetry.pending_deliveries().inc();
             let _ = pending.send((publish, Some(outcome)));
         }
         Err(reason) => {

@@ -87,6 +87,18 @@ impl ComponentTelemetry {
             .get_or_create_owned(&self.labels)
     }
 
+    /// Deliveries a source accepted and waits to acknowledge.
+    pub fn pending_deliveries(&self) -> Gauge {
+        self.metrics
+            .source_pending_deliveries
+            .get_or_create_owned(&self.labels)
+    }
+
+    /// Messages waiting in the broker for a source.
+    pub fn lag(&self) -> Gauge {
+        self.metrics.source_lag.get_or_create_owned(&self.labels)
+    }
+
     /// Gauges for this component's input buffer.
     pub fn buffer(&self, capacity_batches: usize) -> BufferMetrics {
         let max = self

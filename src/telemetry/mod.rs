@@ -102,6 +102,8 @@ pub struct Metrics {
     pub window_state_bytes: Family<ComponentLabels, Gauge>,
     pub topology_components: Gauge,
     pub source_connected: Family<ComponentLabels, Gauge>,
+    pub source_pending_deliveries: Family<ComponentLabels, Gauge>,
+    pub source_lag: Family<ComponentLabels, Gauge>,
     pub config_reloads: Counter,
     pub config_reload_failures: Family<ReasonLabels, Counter>,
     pub config_generation: Gauge,
@@ -129,6 +131,8 @@ impl Default for Metrics {
             window_state_bytes: Family::default(),
             topology_components: Gauge::default(),
             source_connected: Family::default(),
+            source_pending_deliveries: Family::default(),
+            source_lag: Family::default(),
             config_reloads: Counter::default(),
             config_reload_failures: Family::default(),
             config_generation: Gauge::default(),
@@ -226,6 +230,16 @@ impl Metrics {
             "source_connected",
             "1 while a source is connected to its broker, else 0",
             m.source_connected,
+        );
+        registry.register(
+            "source_pending_deliveries",
+            "Deliveries (requests, broker messages) accepted but not yet committed by every sink",
+            m.source_pending_deliveries,
+        );
+        registry.register(
+            "source_lag_messages",
+            "Messages waiting in the broker for this source (AMQP queue depth)",
+            m.source_lag,
         );
         registry.register(
             "config_reloads",
