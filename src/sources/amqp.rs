@@ -20,10 +20,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use prometheus_client::metrics::gauge::Gauge;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{SourceComponent, SourceContext};
 use crate::codecs::{Decoder, DecodingConfig};
@@ -236,7 +237,8 @@ async fn consume(
     tracing::info!(component_id = %cx.id, queue = %config.queue, "consuming from AMQP");
 
     let source = cx.id.as_arc();
-    let mut acks = JoinSet::new();
+    let (acks, pending) = mpsc::unbounded_channel();
+    let acknowledger = tokio::spawn(acknowledge(pending, cx.telemetry.pending_deliveries()));
     let lag = cx.telemetry.lag();
     let mut lag_ticker = tokio::time::interval(StdDuration::from_secs(5));
     let result = loop {
@@ -248,10 +250,10 @@ async fn consume(
                 Some(Ok(message)) => {
                     // Take what else has already arrived, so messages travel in batches.
                     let mut batch = Vec::new();
-                    handle(message, config, cx, decoder, &source, &mut acks, &mut batch).await;
+                    handle(message, config, cx, decoder, &source, &acks, &mut batch).await;
                     while batch.len() < MAX_BATCH {
                         match consumer.next().now_or_never() {
-                            Some(Some(Ok(message))) => handle(message, config, cx, decoder, &source, &mut acks, &mut batch).await,
+                            Some(Some(Ok(message))) => handle(message, config, cx, decoder, &source, &acks, &mut batch).await,
                             _ => break,
                         }
                     }
@@ -259,7 +261,6 @@ async fn consume(
                     cx.out.send(EventBatch::new(batch)).await;
                 }
             },
-            Some(_) = acks.join_next(), if !acks.is_empty() => {}
             _ = lag_ticker.tick() => {
                 let passive = QueueDeclareOptions { passive: true, ..Default::default() };
                 if let Ok(queue) = channel.queue_declare(config.queue.as_str().into(), passive, FieldTable::default()).await {
@@ -270,8 +271,8 @@ async fn consume(
     };
     // Messages in flight are acked as their readings are committed; wait for them (a crash
     // here would only mean redelivery).
-    let drain = async { while acks.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(StdDuration::from_secs(30), drain).await;
+    drop(acks);
+    let _ = tokio::time::timeout(StdDuration::from_secs(30), acknowledger).await;
     let _ = channel.close(200, "weir is stopping".into()).await;
     let _ = connection.close(200, "weir is stopping".into()).await;
     result
@@ -283,7 +284,7 @@ async fn handle(
     cx: &SourceContext,
     decoder: &Decoder,
     source: &Arc<str>,
-    acks: &mut JoinSet<()>,
+    acks: &mpsc::UnboundedSender<PendingAck>,
     batch: &mut Vec<Event>,
 ) {
     EventsReceived {
@@ -313,24 +314,8 @@ async fn handle(
             }
             drop(delivery);
             batch.extend(events);
-            let acker = message.acker;
-            let pending = cx.telemetry.pending_deliveries();
-            pending.inc();
-            acks.spawn(async move {
-                let outcome = outcome.await;
-                pending.dec();
-                let _ = match outcome {
-                    Ok(DeliveryStatus::Committed) => acker.ack(BasicAckOptions::default()).await,
-                    _ => {
-                        acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await
-                    }
-                };
-            });
+            cx.telemetry.pending_deliveries().inc();
+            let _ = acks.send((message.acker, outcome));
         }
         Err(reason) => {
             let text = format!("undecodable message on {}: {reason}", config.queue);
@@ -363,6 +348,49 @@ async fn handle(
                 Undecodable::Ack => message.acker.ack(BasicAckOptions::default()).await,
             };
         }
+    }
+}
+
+/// A message waiting for the outcome of its readings.
+type PendingAck = (lapin::Acker, oneshot::Receiver<DeliveryStatus>);
+
+/// Most committed messages covered by one acknowledgement.
+const ACK_RUN: usize = 256;
+
+/// Settles messages in delivery order: a run of committed ones with one `multiple` ack (on
+/// its last message, which acks every earlier one on the channel — all of them settled by
+/// then), a lost one with a nack that requeues it.
+async fn acknowledge(mut pending: mpsc::UnboundedReceiver<PendingAck>, waiting: Gauge) {
+    let multiple = BasicAckOptions { multiple: true };
+    let mut run: Option<lapin::Acker> = None;
+    let mut run_length = 0;
+    while let Some((acker, outcome)) = pending.recv().await {
+        let status = outcome.await;
+        waiting.dec();
+        if status == Ok(DeliveryStatus::Committed) {
+            run = Some(acker);
+            run_length += 1;
+        } else {
+            if let Some(last) = run.take() {
+                let _ = last.ack(multiple).await;
+            }
+            run_length = 0;
+            let _ = acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+        if run_length >= ACK_RUN || (pending.is_empty() && run.is_some()) {
+            if let Some(last) = run.take() {
+                let _ = last.ack(multiple).await;
+            }
+            run_length = 0;
+        }
+    }
+    if let Some(last) = run {
+        let _ = last.ack(multiple).await;
     }
 }
 

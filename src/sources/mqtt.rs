@@ -325,6 +325,8 @@ async fn poll(
                 let _ = publishes.send(publish).await;
             }
             Ok(_) => {}
+            // The client disconnected on purpose: the source is stopping.
+            Err(rumqttc::ConnectionError::RequestsDone) => break,
             Err(err) => {
                 connected.set(0);
                 let message = format!(
