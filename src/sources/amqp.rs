@@ -23,15 +23,12 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use prometheus_client::metrics::gauge::Gauge;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{SourceComponent, SourceContext};
+use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
 use crate::config::{FieldProblem, OutputName};
-use crate::event::{
-    Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventMeta, Fields, parse_event_time,
-};
+use crate::event::{Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventMeta};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
 use crate::template::Template;
@@ -326,15 +323,7 @@ async fn handle(
                 count: 1,
             }
             .emit(&cx.telemetry);
-            let mut fields = Fields::new();
-            fields.insert(
-                "body".into(),
-                Value::String(
-                    String::from_utf8_lossy(&message.data[..message.data.len().min(64 * 1024)])
-                        .into_owned(),
-                ),
-            );
-            let dead = Event::new(None, fields, meta).with_error(source, reason);
+            let dead = reading::dead_letter(&message.data, None, meta, source, reason);
             cx.out
                 .send_named(OutputName::ERRORS, EventBatch::new(vec![dead]))
                 .await;
@@ -416,38 +405,18 @@ fn events_of(
         }
         None => None,
     };
-    let mut events = Vec::with_capacity(readings.len());
-    for (n, fields) in readings.into_iter().enumerate() {
-        let device_id = match &from_template {
-            Some(id) => id.clone(),
-            None => match fields.get(&config.device_id_field) {
-                Some(Value::String(id)) if !id.trim().is_empty() => id.trim().into(),
-                Some(Value::Number(id)) => id.to_string().into(),
-                _ => {
-                    return Err(format!(
-                        "reading {n} has no device id (field `{}`)",
-                        config.device_id_field
-                    ));
-                }
-            },
-        };
-        let time = match config
-            .event_time
-            .as_ref()
-            .and_then(|f| fields.get(f).map(|v| (f, v)))
-        {
-            Some((field, value)) => Some(parse_event_time(value).ok_or_else(|| {
-                format!("reading {n}: field `{field}` is {value}: expected an event time")
-            })?),
-            None => None,
-        };
-        let mut event = Event::new(Some(device_id), fields, Arc::clone(meta));
-        if let Some(time) = time {
-            event.time = time;
-        }
-        events.push(event);
-    }
-    Ok(events)
+    readings
+        .into_iter()
+        .enumerate()
+        .map(|(n, fields)| {
+            let device_id = match &from_template {
+                Some(id) => id.clone(),
+                None => reading::device_from_field(&fields, &config.device_id_field)
+                    .map_err(|e| format!("reading {n}: {e}"))?,
+            };
+            reading::event(fields, device_id, config.event_time.as_deref(), meta, n)
+        })
+        .collect()
 }
 
 fn header_text(value: &AMQPValue) -> String {

@@ -27,9 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{SourceComponent, SourceContext};
+use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
 use std::num::NonZeroU32;
 
@@ -39,9 +39,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{ByteSize, ComponentId, Duration, FieldProblem, OutputName, Resource};
 use crate::event::DeviceId;
-use crate::event::{
-    Delivery, DeliveryStatus, Event, EventBatch, EventMeta, Fields, parse_event_time,
-};
+use crate::event::{Delivery, DeliveryStatus, Event, EventBatch, EventMeta};
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, HttpResponse, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
 use crate::tls::TlsConfig;
@@ -472,25 +470,17 @@ impl Handler {
         for (n, fields) in readings.into_iter().enumerate() {
             let device_id = match (&path_device, &self.device_id_field) {
                 (Some(id), _) => id.clone(),
-                (None, Some(field)) => {
-                    device_from_field(&fields, field).map_err(|e| format!("reading {n}: {e}"))?
-                }
+                (None, Some(field)) => reading::device_from_field(&fields, field)
+                    .map_err(|e| format!("reading {n}: {e}"))?,
                 (None, None) => return Err("no device id".into()),
             };
-            let time = match &self.event_time {
-                Some(field) => match fields.get(field) {
-                    Some(value) => Some(parse_event_time(value).ok_or_else(|| {
-                        format!("reading {n}: field `{field}` is {value}: expected RFC 3339 or epoch seconds/milliseconds/microseconds")
-                    })?),
-                    None => None,
-                },
-                None => None,
-            };
-            let mut event = Event::new(Some(device_id), fields, Arc::clone(meta));
-            if let Some(time) = time {
-                event.time = time;
-            }
-            events.push(event);
+            events.push(reading::event(
+                fields,
+                device_id,
+                self.event_time.as_deref(),
+                meta,
+                n,
+            )?);
         }
         Ok(events)
     }
@@ -503,16 +493,13 @@ impl Handler {
         meta: &Arc<EventMeta>,
         reason: &str,
     ) {
-        const KEEP: usize = 64 * 1024;
-        let kept = &body[..body.len().min(KEEP)];
-        let mut fields = Fields::new();
-        fields.insert(
-            "body".into(),
-            Value::String(String::from_utf8_lossy(kept).into_owned()),
+        let event = reading::dead_letter(
+            body,
+            path_device.map(Into::into),
+            Arc::clone(meta),
+            &self.source,
+            reason,
         );
-        fields.insert("body_bytes".into(), Value::from(body.len()));
-        let event = Event::new(path_device.map(Into::into), fields, Arc::clone(meta))
-            .with_error(&self.source, reason.to_owned());
         let send = self
             .out
             .send_named(OutputName::ERRORS, EventBatch::new(vec![event]));
@@ -539,16 +526,5 @@ impl Handler {
             reason,
             retry_after,
         }
-    }
-}
-
-fn device_from_field(fields: &Fields, field: &str) -> Result<crate::event::DeviceId, String> {
-    match fields.get(field) {
-        Some(Value::String(id)) if !id.trim().is_empty() => Ok(id.trim().into()),
-        Some(Value::Number(n)) => Ok(n.to_string().into()),
-        Some(other) => Err(format!(
-            "field `{field}` is {other}: expected a device id string"
-        )),
-        None => Err(format!("field `{field}` (the device id) is missing")),
     }
 }

@@ -9,6 +9,7 @@
 mod amqp;
 mod http;
 mod mqtt;
+mod reading;
 mod simulator;
 
 pub use amqp::AmqpSourceConfig;
