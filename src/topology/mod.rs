@@ -324,18 +324,7 @@ impl RunningTopology {
         for name in component.config.named_outputs() {
             outputs.insert(Some(name.0), targets(Vec::new()));
         }
-        let fanouts = Outputs::new(
-            outputs
-                .get(&None)
-                .map(|list| Fanout::new("default", Arc::clone(list), &telemetry)),
-            outputs
-                .iter()
-                .filter_map(|(name, list)| {
-                    name.as_ref()
-                        .map(|name| Fanout::new(name, Arc::clone(list), &telemetry))
-                })
-                .collect(),
-        );
+        let fanouts = fanouts(&outputs, &telemetry);
         let stop = CancellationToken::new();
         let retired = Arc::new(AtomicBool::new(false));
         let context = BuildContext {
@@ -383,18 +372,7 @@ impl RunningTopology {
             let telemetry =
                 self.telemetry
                     .component(id, component.config.kind(), component.config.type_name());
-            let fanouts = Outputs::new(
-                outputs
-                    .get(&None)
-                    .map(|list| Fanout::new("default", Arc::clone(list), &telemetry)),
-                outputs
-                    .iter()
-                    .filter_map(|(name, list)| {
-                        name.as_ref()
-                            .map(|name| Fanout::new(name, Arc::clone(list), &telemetry))
-                    })
-                    .collect(),
-            );
+            let fanouts = fanouts(&outputs, &telemetry);
             let stop = CancellationToken::new();
             let context = BuildContext {
                 receiver: None,
@@ -457,6 +435,18 @@ impl RunningTopology {
         }
         self.failures
     }
+}
+
+/// A component's outputs over its consumer lists.
+fn fanouts(lists: &BTreeMap<Option<String>, Targets>, telemetry: &ComponentTelemetry) -> Outputs {
+    let default = lists
+        .get(&None)
+        .map(|list| Fanout::new("default", Arc::clone(list), telemetry));
+    let named = lists
+        .iter()
+        .filter_map(|(name, list)| Some(Fanout::new(name.as_ref()?, Arc::clone(list), telemetry)))
+        .collect();
+    Outputs::new(default, named)
 }
 
 async fn wait_finished(finished: &CancellationToken, id: &ComponentId) {
