@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 use super::aggregate::Accumulator;
 use super::engine::{Outcome, WindowEngine};
-use super::window::{GroupKey, WindowSpec};
+use super::window::{Admitted, GroupKey, WindowSpec};
 use crate::event::Event;
 
 /// How long a group without open windows keeps its watermark, at least.
@@ -165,16 +165,17 @@ impl FixedWindows {
         now: Instant,
         emitted: &mut Vec<Event>,
     ) -> Outcome {
-        let time = match self.spec.time_of(event) {
-            Ok(time) => time,
-            Err(reason) => return Outcome::BadTime(reason),
+        let (index, slots) = (&self.index, &self.slots);
+        let watermark_of = |key: &GroupKey| {
+            index
+                .get(key)
+                .map_or(i64::MIN, |slot| slots[*slot as usize].watermark)
         };
-        let (time, future) = match self.spec.admit_future(time, now_ms) {
+        let Admitted { key, time, outcome } = match self.spec.admit(event, now_ms, watermark_of) {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
         };
         let seen = self.millis_since_epoch(now);
-        let key = self.spec.key_of(event);
         let slot = match self.index.get(&key) {
             Some(slot) => *slot,
             None => {
@@ -190,15 +191,6 @@ impl FixedWindows {
             }
         };
         let group = &mut self.slots[slot as usize];
-        let (time, late) = match self.spec.admit_late(time, group.watermark) {
-            Ok(admitted) => admitted,
-            Err(outcome) => return outcome,
-        };
-        let outcome = if late == Outcome::Folded {
-            future
-        } else {
-            late
-        };
 
         // Find or open every window holding `time`.
         let mut overflow = false;

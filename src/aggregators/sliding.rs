@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::engine::{Outcome, WindowEngine};
-use super::window::{GroupKey, WindowSpec, millis, window_config};
+use super::window::{Admitted, GroupKey, WindowSpec, millis, window_config};
 use super::{AggregatorComponent, AggregatorContext, engine};
 use crate::config::{Duration, FieldProblem, OutputName};
 use crate::event::Event;
@@ -145,24 +145,12 @@ impl WindowEngine for SlidingWindows {
         now: Instant,
         emitted: &mut Vec<Event>,
     ) -> Outcome {
-        let time = match self.spec.time_of(event) {
-            Ok(time) => time,
-            Err(reason) => return Outcome::BadTime(reason),
-        };
-        let (time, future) = match self.spec.admit_future(time, now_ms) {
+        let groups = &self.groups;
+        let Admitted { key, time, outcome } = match self.spec.admit(event, now_ms, |key| {
+            groups.get(key).map_or(i64::MIN, |g| g.watermark)
+        }) {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
-        };
-        let key = self.spec.key_of(event);
-        let watermark = self.groups.get(&key).map_or(i64::MIN, |g| g.watermark);
-        let (time, late) = match self.spec.admit_late(time, watermark) {
-            Ok(admitted) => admitted,
-            Err(outcome) => return outcome,
-        };
-        let outcome = if late == Outcome::Folded {
-            future
-        } else {
-            late
         };
         if self.pending + 2 > self.spec.max_open_windows {
             return Outcome::Overflow;

@@ -238,8 +238,29 @@ impl WindowSpec {
         }
     }
 
+    /// Reads an event's time and group and applies `max_future` and `allowed_lateness`
+    /// (against the group's watermark, from `watermark_of`): what to fold and at which
+    /// time, or what to do with the event instead.
+    pub fn admit(
+        &self,
+        event: &Event,
+        now_ms: i64,
+        watermark_of: impl FnOnce(&GroupKey) -> i64,
+    ) -> Result<Admitted, Outcome> {
+        let time = self.time_of(event).map_err(Outcome::BadTime)?;
+        let (time, future) = self.admit_future(time, now_ms)?;
+        let key = self.key_of(event);
+        let (time, late) = self.admit_late(time, watermark_of(&key))?;
+        let outcome = if late == Outcome::Folded {
+            future
+        } else {
+            late
+        };
+        Ok(Admitted { key, time, outcome })
+    }
+
     /// Applies `max_future`: the time to fold the event at, or what to do instead.
-    pub fn admit_future(&self, time: i64, now_ms: i64) -> Result<(i64, Outcome), Outcome> {
+    fn admit_future(&self, time: i64, now_ms: i64) -> Result<(i64, Outcome), Outcome> {
         if time <= now_ms.saturating_add(self.max_future_ms) {
             return Ok((time, Outcome::Folded));
         }
@@ -252,7 +273,7 @@ impl WindowSpec {
 
     /// Applies `allowed_lateness` against the group's watermark: an event more than the
     /// lateness behind it is late.
-    pub fn admit_late(&self, time: i64, watermark: i64) -> Result<(i64, Outcome), Outcome> {
+    fn admit_late(&self, time: i64, watermark: i64) -> Result<(i64, Outcome), Outcome> {
         let horizon = watermark.saturating_sub(self.lateness_ms);
         if time >= horizon {
             return Ok((time, Outcome::Folded));
@@ -413,6 +434,14 @@ fn group_value(event: &Event, field: &str) -> Value {
             .map_or(Value::Null, |id| Value::String(id.to_owned()));
     }
     event.get(field).cloned().unwrap_or(Value::Null)
+}
+
+/// An event a window engine takes: its group, the time to fold it at, and whether it was
+/// adjusted on the way.
+pub struct Admitted {
+    pub key: GroupKey,
+    pub time: i64,
+    pub outcome: Outcome,
 }
 
 /// A group's identity: the joined values of its `group_by` fields.
