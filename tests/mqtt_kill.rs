@@ -55,7 +55,7 @@ async fn every_publish_survives_two_kill_9s() {
                     )
                     .await
                     .unwrap();
-                if i % 20 == 0 {
+                if i % 10 == 0 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
