@@ -81,6 +81,44 @@ impl TlsConfig {
     }
 }
 
+impl TlsConfig {
+    /// A rustls client configuration: servers are trusted if `ca_file` (else the system's
+    /// roots) signed them; `cert_file`/`key_file` are presented for mutual TLS.
+    pub fn client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let roots = match &self.ca_file {
+            Some(ca_file) => roots(ca_file)?,
+            None => {
+                let mut roots = rustls::RootCertStore::empty();
+                let native = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(native.certs);
+                roots
+            }
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let config = match (&self.cert_file, &self.key_file) {
+            (Some(cert_file), Some(key_file)) => {
+                let key = PrivateKeyDer::from_pem_file(key_file).with_context(|| {
+                    format!("cannot read a private key from {}", key_file.display())
+                })?;
+                builder
+                    .with_client_auth_cert(certificates(cert_file)?, key)
+                    .with_context(|| {
+                        format!(
+                            "{} and {} do not form a usable certificate and key",
+                            cert_file.display(),
+                            key_file.display()
+                        )
+                    })?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => anyhow::bail!("mutual TLS needs both `cert_file` and `key_file`"),
+        };
+        Ok(Arc::new(config))
+    }
+}
+
 /// The crypto provider of every TLS configuration weir builds.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())

@@ -43,7 +43,7 @@ async fn qos1_publishes_reach_the_sink_with_the_device_from_the_topic() {
     let text = format!(
         "api: {{ enabled: false }}
 sources:
-  plant: {{ type: mqtt, url: '{url}', topics: ['{prefix}/+/telemetry'], device_id: '{prefix}/{{device_id}}/telemetry', max_inflight: 50 }}
+  plant: {{ type: mqtt, url: '{url}', client_id: '{prefix}', topics: ['{prefix}/+/telemetry'], device_id: '{prefix}/{{device_id}}/telemetry', max_inflight: 50 }}
 sinks:
   out: {{ type: file, inputs: [plant], path: '{d}/out.ndjson', fsync: true }}
   dead: {{ type: file, inputs: [plant.errors], path: '{d}/dead.ndjson' }}
@@ -123,4 +123,121 @@ sinks:
             .unwrap()
             .contains("invalid JSON")
     );
+}
+
+/// A TLS endpoint in front of Mosquitto (which listens in plain text here): each connection
+/// is terminated with a test-made certificate and forwarded to 127.0.0.1:1883.
+async fn tls_proxy(pki: &support::pki::Pki, require_client_certificate: bool) -> u16 {
+    let tls = weir::tls::TlsConfig {
+        cert_file: Some(pki.server_cert.clone()),
+        key_file: Some(pki.server_key.clone()),
+        ca_file: require_client_certificate.then(|| pki.ca.clone()),
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut client) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", 1883)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_test_ca_and_with_client_certificates() {
+    services::mosquitto();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::pki::generate(dir.path());
+    for mutual in [false, true] {
+        let port = tls_proxy(&pki, mutual).await;
+        let prefix = format!("weir-tls-{}-{mutual}", std::process::id());
+        let client = if mutual {
+            format!(
+                ", cert_file: '{}', key_file: '{}'",
+                pki.client_cert.display(),
+                pki.client_key.display()
+            )
+        } else {
+            String::new()
+        };
+        let out = dir.path().join(format!("out-{mutual}.ndjson"));
+        let text = format!(
+            "api: {{ enabled: false }}
+sources:
+  plant: {{ type: mqtt, url: 'mqtts://localhost:{port}', client_id: '{prefix}', topics: ['{prefix}/+/t'], device_id: '{prefix}/{{device_id}}/t', tls: {{ ca_file: '{}'{client} }} }}
+sinks:
+  out: {{ type: file, inputs: [plant], path: '{}' }}
+",
+            pki.ca.display(),
+            out.display()
+        );
+        let telemetry = Telemetry::new();
+        let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || metric(
+                &telemetry,
+                "source_connected",
+                &[r#"component_id="plant""#]
+            ) == 1.0)
+            .await,
+            "weir connects over TLS (mutual: {mutual})"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        publish(
+            &prefix,
+            (0..50)
+                .map(|i| {
+                    (
+                        format!("{prefix}/d1/t"),
+                        format!(r#"{{"seq": {i}}}"#).into_bytes(),
+                    )
+                })
+                .collect(),
+        )
+        .await;
+        assert!(
+            eventually(Duration::from_secs(10), || lines(&out).len() >= 50).await,
+            "readings arrive over TLS (mutual: {mutual})"
+        );
+        let _ = topology.stop(Duration::from_secs(10)).await;
+    }
+
+    // Without the client certificate, the mutual-TLS endpoint refuses weir.
+    let port = tls_proxy(&pki, true).await;
+    let text = format!(
+        "api: {{ enabled: false }}
+sources:
+  plant: {{ type: mqtt, url: 'mqtts://localhost:{port}', client_id: 'weir-tls-refused-{}', topics: ['x/+/t'], tls: {{ ca_file: '{}' }} }}
+sinks:
+  out: {{ type: blackhole, inputs: [plant] }}
+",
+        std::process::id(),
+        pki.ca.display()
+    );
+    let telemetry = Telemetry::new();
+    let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        metric(&telemetry, "source_connected", &[r#"component_id="plant""#]),
+        0.0
+    );
+    assert!(
+        metric(
+            &telemetry,
+            "component_errors_total",
+            &[r#"component_id="plant""#, r#"error_type="io_failed""#]
+        ) >= 1.0
+    );
+    let _ = topology.stop(Duration::from_secs(10)).await;
 }

@@ -25,6 +25,7 @@ use crate::event::{Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventM
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
 use crate::template::Template;
+use crate::tls::TlsConfig;
 use crate::topology::ComponentTask;
 
 const DEVICE_ID_PARAM: &str = "{device_id}";
@@ -33,7 +34,7 @@ const DEVICE_ID_PARAM: &str = "{device_id}";
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
-    /// e.g. `mqtt://127.0.0.1:1883`.
+    /// e.g. `mqtt://127.0.0.1:1883`, or `mqtts://broker:8883` (TLS).
     pub url: String,
     /// Topic filters, e.g. `devices/+/telemetry`.
     pub topics: Vec<String>,
@@ -63,6 +64,10 @@ pub struct MqttSourceConfig {
     /// Field holding the event time; default: arrival time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_time: Option<String>,
+    /// Certificates for `mqtts://`: `ca_file` to trust the broker (default: the system's
+    /// roots), `cert_file`/`key_file` for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 fn default_device_field() -> String {
@@ -84,23 +89,28 @@ enum DeviceIdRule {
 }
 
 impl MqttSourceConfig {
-    fn broker(&self) -> Result<(String, u16), String> {
-        let rest = self
-            .url
-            .strip_prefix("mqtt://")
-            .ok_or("expected an `mqtt://host:port` URL (`mqtts://` is not supported yet)")?;
+    /// Host, port, and whether the connection uses TLS.
+    fn broker(&self) -> Result<(String, u16, bool), String> {
+        let (rest, secure) = match (
+            self.url.strip_prefix("mqtt://"),
+            self.url.strip_prefix("mqtts://"),
+        ) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err("expected an `mqtt://host:port` or `mqtts://host:port` URL".into()),
+        };
         let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
             Some((host, port)) => (
                 host,
                 port.parse::<u16>()
                     .map_err(|_| format!("`{port}` is not a port"))?,
             ),
-            None => (rest.trim_end_matches('/'), 1883),
+            None => (rest.trim_end_matches('/'), if secure { 8883 } else { 1883 }),
         };
         if host.is_empty() {
             return Err("the URL has no host".into());
         }
-        Ok((host.to_owned(), port))
+        Ok((host.to_owned(), port, secure))
     }
 
     fn device_rule(&self) -> Result<DeviceIdRule, String> {
@@ -125,8 +135,12 @@ impl MqttSourceConfig {
 impl SourceComponent for MqttSourceConfig {
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = Vec::new();
-        if let Err(message) = self.broker() {
-            problems.push(FieldProblem::at(["url"], message));
+        match self.broker() {
+            Err(message) => problems.push(FieldProblem::at(["url"], message)),
+            Ok((_, _, false)) if self.tls.is_some() => {
+                problems.push(FieldProblem::at(["tls"], "`tls` needs an `mqtts://` URL"));
+            }
+            Ok(_) => {}
         }
         if self.topics.is_empty() || self.topics.iter().any(String::is_empty) {
             problems.push(FieldProblem::at(
@@ -150,12 +164,26 @@ impl SourceComponent for MqttSourceConfig {
     }
 
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
-        let (host, port) = self.broker().map_err(anyhow::Error::msg)?;
+        let (host, port, secure) = self.broker().map_err(anyhow::Error::msg)?;
         let rule = self.device_rule().map_err(anyhow::Error::msg)?;
+        // Certificates are read now, so a bad file fails the start (or rolls a reload back).
+        let tls = match secure {
+            true => Some(
+                self.tls
+                    .clone()
+                    .unwrap_or(TlsConfig {
+                        cert_file: None,
+                        key_file: None,
+                        ca_file: None,
+                    })
+                    .client_config()?,
+            ),
+            false => None,
+        };
         let config = self.clone();
-        Ok(Box::pin(
-            async move { run(config, host, port, rule, cx).await },
-        ))
+        Ok(Box::pin(async move {
+            run(config, host, port, tls, rule, cx).await
+        }))
     }
 }
 
@@ -163,6 +191,7 @@ async fn run(
     config: MqttSourceConfig,
     host: String,
     port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
     rule: DeviceIdRule,
     cx: SourceContext,
 ) -> anyhow::Result<()> {
@@ -176,6 +205,11 @@ async fn run(
         .set_clean_session(config.clean_session)
         .set_inflight(config.max_inflight)
         .set_ack_mode(MqttAckMode::Manual);
+    if let Some(tls) = tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     let (client, eventloop) = AsyncClient::builder(options).capacity(1024).build();
     let qos = if config.qos == 0 {
         QoS::AtMostOnce
