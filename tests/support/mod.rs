@@ -48,10 +48,12 @@ pub fn metric_in(exposition: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Lines of a file (0 if it does not exist).
+/// The complete JSON lines of a file (none if it does not exist). A last line without its
+/// newline is being written right now: it is left for the next look.
 pub fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
         .collect()
