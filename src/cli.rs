@@ -77,6 +77,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Entry point of the `weir` binary.
 pub fn main() -> ExitCode {
+    crate::tls::install_default_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Run {

@@ -119,6 +119,13 @@ impl TlsConfig {
     }
 }
 
+/// Makes aws-lc-rs the process-wide rustls provider, for libraries that build their TLS
+/// configuration from the default (lapin does). Several providers are compiled in, so
+/// without this those libraries could not choose one. Calling it again does nothing.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// The crypto provider of every TLS configuration weir builds.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())

@@ -181,3 +181,48 @@ sinks:
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_a_test_ca_and_client_certificates() {
+    let queue = format!("weir-test-tls-{}", std::process::id());
+    let payloads: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!(r#"{{"device_id": "d", "seq": {i}}}"#).into_bytes())
+        .collect();
+    let channel = publish(&queue, payloads).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::pki::generate(dir.path());
+    let port = support::pki::tls_proxy(&pki, true, 5672).await;
+    let text = format!(
+        "api: {{ enabled: false }}
+sources:
+  broker:
+    type: amqp
+    url: 'amqps://guest:guest@localhost:{port}/%2f'
+    queue: '{queue}'
+    tls: {{ ca_file: '{}', cert_file: '{}', key_file: '{}' }}
+sinks:
+  out: {{ type: file, inputs: [broker], path: '{}/out.ndjson' }}
+",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display(),
+        dir.path().display()
+    );
+    let telemetry = Telemetry::new();
+    let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
+    let out = dir.path().join("out.ndjson");
+    let arrived = eventually(Duration::from_secs(20), || lines(&out).len() >= 100).await;
+    let _ = topology.stop(Duration::from_secs(10)).await;
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    assert!(
+        arrived,
+        "messages arrive over TLS; errors: {}",
+        metric(
+            &telemetry,
+            "component_errors_total",
+            &[r#"component_id="broker""#]
+        )
+    );
+}

@@ -125,42 +125,13 @@ sinks:
     );
 }
 
-/// A TLS endpoint in front of Mosquitto (which listens in plain text here): each connection
-/// is terminated with a test-made certificate and forwarded to 127.0.0.1:1883.
-async fn tls_proxy(pki: &support::pki::Pki, require_client_certificate: bool) -> u16 {
-    let tls = weir::tls::TlsConfig {
-        cert_file: Some(pki.server_cert.clone()),
-        key_file: Some(pki.server_key.clone()),
-        ca_file: require_client_certificate.then(|| pki.ca.clone()),
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config().unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut client) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", 1883)).await
-                else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtts_with_a_test_ca_and_with_client_certificates() {
     services::mosquitto();
     let dir = tempfile::tempdir().unwrap();
     let pki = support::pki::generate(dir.path());
     for mutual in [false, true] {
-        let port = tls_proxy(&pki, mutual).await;
+        let port = support::pki::tls_proxy(&pki, mutual, 1883).await;
         let prefix = format!("weir-tls-{}-{mutual}", std::process::id());
         let client = if mutual {
             format!(
@@ -214,7 +185,7 @@ sinks:
     }
 
     // Without the client certificate, the mutual-TLS endpoint refuses weir.
-    let port = tls_proxy(&pki, true).await;
+    let port = support::pki::tls_proxy(&pki, true, 1883).await;
     let text = format!(
         "api: {{ enabled: false }}
 sources:

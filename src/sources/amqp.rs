@@ -18,6 +18,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use prometheus_client::metrics::gauge::Gauge;
@@ -32,6 +33,7 @@ use crate::event::{Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventM
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
 use crate::template::Template;
+use crate::tls::TlsConfig;
 use crate::topology::ComponentTask;
 
 /// Consumes an AMQP queue.
@@ -61,6 +63,10 @@ pub struct AmqpSourceConfig {
     /// What happens to a message that cannot be decoded (it also goes to `<id>.errors`).
     #[serde(default)]
     pub on_undecodable: Undecodable,
+    /// Certificates for `amqps://`: `ca_file` to trust the broker (default: the system's
+    /// roots), `cert_file`/`key_file` (PEM, PKCS#8 key) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 /// Queue (and binding) declaration.
@@ -133,21 +139,61 @@ impl SourceComponent for AmqpSourceConfig {
         if let Err(message) = self.decoding.check() {
             problems.push(FieldProblem::at(["decoding"], message));
         }
+        if self.tls.is_some() && !self.url.starts_with("amqps://") {
+            problems.push(FieldProblem::at(["tls"], "`tls` needs an `amqps://` URL"));
+        }
         problems
     }
 
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
+        // Certificates are read now, so a bad file fails the start (or rolls a reload back).
+        let tls = self.tls_config()?;
         let config = self.clone();
-        Ok(Box::pin(async move { run(config, cx).await }))
+        Ok(Box::pin(async move { run(config, tls, cx).await }))
     }
 }
 
-async fn run(config: AmqpSourceConfig, cx: SourceContext) -> anyhow::Result<()> {
+impl AmqpSourceConfig {
+    fn tls_config(&self) -> anyhow::Result<OwnedTLSConfig> {
+        use anyhow::Context as _;
+        let Some(tls) = &self.tls else {
+            return Ok(OwnedTLSConfig::default());
+        };
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let identity = match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read(cert)?,
+                key: read(key)?,
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("mutual TLS needs both `cert_file` and `key_file`"),
+        };
+        let cert_chain = match &tls.ca_file {
+            Some(ca) => Some(
+                String::from_utf8(read(ca)?)
+                    .with_context(|| format!("{} is not PEM text", ca.display()))?,
+            ),
+            None => None,
+        };
+        Ok(OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
+    }
+}
+
+async fn run(
+    config: AmqpSourceConfig,
+    tls: OwnedTLSConfig,
+    cx: SourceContext,
+) -> anyhow::Result<()> {
     let connected = cx.telemetry.connected();
     let decoder = config.decoding.decoder();
     let mut backoff = StdDuration::from_millis(200);
     while !cx.shutdown.is_cancelled() {
-        match consume(&config, &cx, &decoder, &mut backoff).await {
+        match consume(&config, &tls, &cx, &decoder, &mut backoff).await {
             Ok(()) => break,
             Err(err) => {
                 connected.set(0);
@@ -177,11 +223,20 @@ async fn run(config: AmqpSourceConfig, cx: SourceContext) -> anyhow::Result<()> 
 /// One connection's life: consume until shutdown (`Ok`) or a failure (`Err`).
 async fn consume(
     config: &AmqpSourceConfig,
+    tls: &OwnedTLSConfig,
     cx: &SourceContext,
     decoder: &Decoder,
     backoff: &mut StdDuration,
 ) -> anyhow::Result<()> {
-    let connection = Connection::connect(&config.url, ConnectionProperties::default()).await?;
+    crate::tls::install_default_provider();
+    let runtime = lapin::runtime::default_runtime()?;
+    let connection = Connection::connect_with_config(
+        &config.url,
+        ConnectionProperties::default(),
+        tls.clone(),
+        runtime,
+    )
+    .await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())

@@ -45,3 +45,35 @@ pub fn generate(dir: &Path) -> Pki {
         client_key: write("client.key", &client_key),
     }
 }
+
+/// A TLS endpoint in front of a local plain-text service on `upstream`: each connection is
+/// terminated with the test server certificate (requiring a client certificate signed by
+/// the test CA when asked) and forwarded. Returns the endpoint's port.
+pub async fn tls_proxy(pki: &Pki, require_client_certificate: bool, upstream: u16) -> u16 {
+    let tls = weir::tls::TlsConfig {
+        cert_file: Some(pki.server_cert.clone()),
+        key_file: Some(pki.server_key.clone()),
+        ca_file: require_client_certificate.then(|| pki.ca.clone()),
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config().expect("server TLS config"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut client) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut service) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut service).await;
+            });
+        }
+    });
+    port
+}
