@@ -38,6 +38,11 @@ pub fn mosquitto() -> &'static str {
     "mqtt://127.0.0.1:1883"
 }
 
+/// Starts Mosquitto again after a test stopped it.
+pub fn restart_mosquitto_if_down() {
+    ensure(&MOSQUITTO);
+}
+
 /// The AMQP URL of a running RabbitMQ (guest/guest).
 pub fn rabbitmq() -> &'static str {
     static READY: OnceLock<()> = OnceLock::new();
