@@ -21,6 +21,8 @@ pub struct ComponentTelemetry {
     pub(crate) received_events: Counter,
     pub(crate) received_bytes: Counter,
     pub(crate) sent_bytes: Counter,
+    /// Resolved once: sources touch it for every delivery.
+    pending_deliveries: Gauge,
     /// Unix second of the last error log line, so a flood of bad input logs once per interval.
     last_error_log: Arc<AtomicU64>,
     suppressed_errors: Arc<AtomicU64>,
@@ -32,6 +34,9 @@ impl ComponentTelemetry {
             received_events: metrics.received_events.get_or_create_owned(&labels),
             received_bytes: metrics.received_bytes.get_or_create_owned(&labels),
             sent_bytes: metrics.sent_bytes.get_or_create_owned(&labels),
+            pending_deliveries: metrics
+                .source_pending_deliveries
+                .get_or_create_owned(&labels),
             metrics,
             labels,
             last_error_log: Arc::new(AtomicU64::new(0)),
@@ -89,9 +94,7 @@ impl ComponentTelemetry {
 
     /// Deliveries a source accepted and waits to acknowledge.
     pub fn pending_deliveries(&self) -> Gauge {
-        self.metrics
-            .source_pending_deliveries
-            .get_or_create_owned(&self.labels)
+        self.pending_deliveries.clone()
     }
 
     /// Messages waiting in the broker for a source.
