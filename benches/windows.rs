@@ -78,6 +78,8 @@ fn engine(aggregates: &[(&str, &str)]) -> FixedWindows {
         emit: Emit::OnClose,
         max_open_windows: usize::MAX,
         shards: Some(1),
+        ack: weir::aggregators::window::WindowAck::OnReceive,
+        checkpoint_interval: config::Duration::from_secs(5),
     };
     let spec = WindowSpec::new("bench".into(), &common, Duration::from_secs(10));
     FixedWindows::new(

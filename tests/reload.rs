@@ -29,7 +29,7 @@ fn variant(n: usize, dir: &Path, ports: &Ports) -> String {
     );
     let window = |inputs: &str| {
         format!(
-            "aggregators:\n  per_device:\n    type: tumbling\n    inputs: [{inputs}]\n    size: 1h\n    idle_timeout: 1h\n    max_future: 1000d\n    aggregates: {{ n: count() }}\n"
+            "aggregators:\n  per_device:\n    type: tumbling\n    inputs: [{inputs}]\n    size: 1h\n    idle_timeout: 1h\n    max_future: 1000d\n    checkpoint_interval: 100ms\n    aggregates: {{ n: count() }}\n"
         )
     };
     let sinks = |extra: bool| {

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::engine::{Outcome, WindowEngine};
-use super::window::{Emit, GroupKey, LatePolicy, WindowCommon, WindowSpec, millis, timestamp};
+use super::window::{
+    Emit, GroupKey, LatePolicy, WindowAck, WindowCommon, WindowSpec, millis, timestamp,
+};
 use super::{AggregatorComponent, AggregatorContext, engine};
 use crate::config::{Duration, FieldProblem};
 use crate::event::{Event, EventMeta, Fields};
@@ -44,6 +46,12 @@ pub struct AbsenceConfig {
     /// Engines working in parallel, each owning a share of the groups; default: one per core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
+    /// When a watched event counts as handled for its source's acknowledgement.
+    #[serde(default)]
+    pub ack: WindowAck,
+    /// How often the groups' last-seen times are checkpointed to `data_dir` while running.
+    #[serde(default = "super::window::default_checkpoint_interval")]
+    pub checkpoint_interval: Duration,
 }
 
 impl AbsenceConfig {
@@ -59,6 +67,8 @@ impl AbsenceConfig {
             emit: Emit::OnClose,
             max_open_windows: usize::MAX,
             shards: self.shards,
+            ack: self.ack,
+            checkpoint_interval: self.checkpoint_interval,
         };
         WindowSpec::new(component, &common, self.timeout.get())
     }
@@ -93,7 +103,7 @@ impl AggregatorComponent for AbsenceConfig {
 }
 
 /// One group's last event and whether it is absent now.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Group {
     keys: Box<[Value]>,
     last_event: i64,
@@ -255,6 +265,13 @@ impl WindowEngine for AbsenceDetector {
     fn export(&mut self) -> Vec<(GroupKey, Group)> {
         self.absent = 0;
         self.groups.drain().collect()
+    }
+
+    fn snapshot(&self) -> Vec<(GroupKey, Group)> {
+        self.groups
+            .iter()
+            .map(|(k, g)| (k.clone(), g.clone()))
+            .collect()
     }
 
     fn import(&mut self, groups: Vec<(GroupKey, Group)>) {

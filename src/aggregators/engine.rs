@@ -11,6 +11,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 use super::window::{GroupKey, WindowSpec};
 use super::{AggregatorContext, LATE};
 use crate::config::{ComponentId, OutputName};
-use crate::event::{Event, EventBatch};
+use crate::event::{Delivery, Event, EventBatch};
 use crate::telemetry::events::{ComponentError, ErrorType, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent, WindowMetrics};
 use crate::topology::ComponentTask;
@@ -60,7 +61,7 @@ impl Bound {
 /// The state of one window type for many groups.
 pub trait WindowEngine: Send + 'static {
     /// One group's state, as checkpointed.
-    type Group: Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Group: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
 
     /// Folds one event; windows it closes go to `emitted`.
     fn add(
@@ -88,11 +89,16 @@ pub trait WindowEngine: Send + 'static {
     /// Removes and returns every group that holds state worth keeping.
     fn export(&mut self) -> Vec<(GroupKey, Self::Group)>;
 
+    /// A copy of every group that holds state worth keeping (periodic checkpoints).
+    fn snapshot(&self) -> Vec<(GroupKey, Self::Group)>;
+
     fn import(&mut self, groups: Vec<(GroupKey, Self::Group)>);
 }
 
-/// What a shard hands back when its input ends: its definition and its open groups.
-type ShardState<G> = (String, Vec<(GroupKey, G)>);
+/// What a shard hands back when its input ends: its definition, its open groups, and the
+/// deliveries of events folded since its last checkpoint (released once the final
+/// checkpoint is written).
+type ShardState<G> = (String, Vec<(GroupKey, G)>, Vec<Arc<Delivery>>);
 
 #[derive(Serialize, serde::Deserialize)]
 #[serde(bound(serialize = "G: Serialize", deserialize = "G: DeserializeOwned"))]
@@ -108,6 +114,8 @@ pub struct Runner {
     shards: usize,
     tick: Duration,
     emit_every: Option<Duration>,
+    hold: bool,
+    checkpoint_every: Duration,
 }
 
 impl Runner {
@@ -124,6 +132,8 @@ impl Runner {
             / 2)
         .max(Duration::from_millis(10));
         Self {
+            hold: spec.hold_deliveries,
+            checkpoint_every: spec.checkpoint_every,
             spec,
             shards,
             tick,
@@ -146,10 +156,14 @@ pub fn spawn<E: WindowEngine>(
     let metrics = cx.telemetry.window_metrics(&runner.spec.names);
     let mut senders = Vec::with_capacity(shards);
     let mut handles = Vec::with_capacity(shards);
-    for engine in engines {
+    for (n, engine) in engines.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<EventBatch>(4);
         senders.push(tx);
         let shard = Shard {
+            checkpoint: cx.checkpoint.as_ref().map(|path| shard_path(path, n)),
+            checkpoint_every: runner.checkpoint_every,
+            hold: runner.hold,
+            held: Vec::new(),
             engine,
             input: rx,
             out: cx.out.clone(),
@@ -192,12 +206,14 @@ async fn route<G: Serialize + Send + 'static>(
     drop(senders);
     let mut definition = String::new();
     let mut groups = Vec::new();
+    let mut held = Vec::new();
     for handle in handles {
-        let (def, shard_groups) = handle
+        let (def, shard_groups, shard_held) = handle
             .await
             .map_err(|err| anyhow::anyhow!("window shard failed: {err}"))?;
         definition = def;
         groups.extend(shard_groups);
+        held.extend(shard_held);
     }
     if cx.retired.load(std::sync::atomic::Ordering::Acquire) {
         if !groups.is_empty() {
@@ -206,9 +222,23 @@ async fn route<G: Serialize + Send + 'static>(
     } else if let Some(path) = &cx.checkpoint {
         let open = groups.len();
         write_checkpoint(path, &Checkpoint { definition, groups }).await?;
+        // The one file now holds everything the periodic shard files held.
+        for shard in 0..shards {
+            let _ = tokio::fs::remove_file(shard_path(path, shard)).await;
+        }
         tracing::info!(component_id = %cx.id, groups = open, path = %path.display(), "checkpointed open windows");
     }
+    // The state holding these events is on disk (or was given up by a reload): their
+    // sources may acknowledge them.
+    drop(held);
     Ok(())
+}
+
+/// The periodic checkpoint file of shard `n`: `<id>.json.shard-<n>`.
+fn shard_path(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".shard-{n}"));
+    PathBuf::from(name)
 }
 
 fn shard_of(key: &GroupKey, shards: usize) -> usize {
@@ -219,6 +249,12 @@ fn shard_of(key: &GroupKey, shards: usize) -> usize {
 
 struct Shard<E> {
     engine: E,
+    /// This shard's periodic checkpoint file, when the aggregator checkpoints.
+    checkpoint: Option<PathBuf>,
+    checkpoint_every: Duration,
+    /// Keep folded events' deliveries until the next checkpoint (`ack: on_checkpoint`).
+    hold: bool,
+    held: Vec<Arc<Delivery>>,
     input: mpsc::Receiver<EventBatch>,
     out: Outputs,
     id: ComponentId,
@@ -236,8 +272,11 @@ impl<E: WindowEngine> Shard<E> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_partial = Instant::now();
         let mut emitted = Vec::new();
+        let mut checkpoints = tokio::time::interval(self.checkpoint_every);
+        checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = checkpoints.tick(), if self.checkpoint.is_some() => self.checkpoint_now().await,
                 batch = self.input.recv() => match batch {
                     Some(batch) => self.fold(batch, &mut emitted).await,
                     None => break,
@@ -254,7 +293,36 @@ impl<E: WindowEngine> Shard<E> {
             }
         }
         self.metrics.open_windows.dec_by(self.reported_open);
-        (self.engine.definition(), self.engine.export())
+        (self.engine.definition(), self.engine.export(), self.held)
+    }
+
+    /// Writes this shard's open windows, then lets go of the deliveries they hold.
+    async fn checkpoint_now(&mut self) {
+        let Some(path) = &self.checkpoint else { return };
+        if self.held.is_empty() && self.engine.open_windows() == 0 {
+            return;
+        }
+        let checkpoint = Checkpoint {
+            definition: self.engine.definition(),
+            groups: self.engine.snapshot(),
+        };
+        match write_checkpoint(path, &checkpoint).await {
+            Ok(()) => self.held.clear(),
+            Err(err) => {
+                // The deliveries stay held: their sources wait, and the next tick tries again.
+                let message = format!(
+                    "cannot checkpoint open windows to {}: {err:#}",
+                    path.display()
+                );
+                ComponentError {
+                    error_type: ErrorType::Io,
+                    stage: Stage::Processing,
+                    message: &message,
+                    count: 1,
+                }
+                .emit(&self.telemetry);
+            }
+        }
     }
 
     async fn fold(&mut self, batch: EventBatch, emitted: &mut Vec<Event>) {
@@ -263,7 +331,18 @@ impl<E: WindowEngine> Shard<E> {
         let mut late = Vec::new();
         let mut errors = Vec::new();
         for event in batch {
-            match self.engine.add(&event, now_ms, now, emitted) {
+            let outcome = self.engine.add(&event, now_ms, now, emitted);
+            if self.hold
+                && matches!(outcome, Outcome::Folded | Outcome::Adjusted(_))
+                && let Some(delivery) = event.delivery()
+                && !self
+                    .held
+                    .last()
+                    .is_some_and(|last| Arc::ptr_eq(last, delivery))
+            {
+                self.held.push(Arc::clone(delivery));
+            }
+            match outcome {
                 Outcome::Folded => {}
                 Outcome::Dropped(bound) => {
                     self.metrics.out_of_bounds(bound.as_str(), "drop").inc();
@@ -347,46 +426,69 @@ async fn write_checkpoint<G: Serialize>(
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
-    let temp = path.with_extension("json.tmp");
+    // Next to the target, with a name of its own (shards write their files concurrently).
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".tmp");
+    let temp = PathBuf::from(temp);
     tokio::fs::write(&temp, &bytes).await?;
     tokio::fs::File::open(&temp).await?.sync_all().await?;
     tokio::fs::rename(&temp, path).await?;
     Ok(())
 }
 
-/// Spreads a checkpoint's groups over the shards, then removes the file so a crash later
-/// cannot replay it twice.
+/// Spreads the checkpointed groups over the shards, then removes the files so a crash
+/// later cannot replay them twice. After a graceful stop there is one file; after a crash,
+/// the periodic files of each shard.
 fn restore<E: WindowEngine>(
     engines: &mut [E],
-    path: &PathBuf,
+    path: &Path,
     id: &ComponentId,
 ) -> anyhow::Result<()> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => anyhow::bail!("cannot read checkpoint {}: {err}", path.display()),
-    };
-    match serde_json::from_slice::<Checkpoint<E::Group>>(&bytes) {
-        Ok(checkpoint) if checkpoint.definition == engines[0].definition() => {
-            let shards = engines.len();
-            let mut parts: Vec<Vec<(GroupKey, E::Group)>> =
-                (0..shards).map(|_| Vec::new()).collect();
-            let count = checkpoint.groups.len();
-            for (key, group) in checkpoint.groups {
-                parts[shard_of(&key, shards)].push((key, group));
-            }
-            for (engine, part) in engines.iter_mut().zip(parts) {
-                engine.import(part);
-            }
-            tracing::info!(component_id = %id, groups = count, "resumed open windows from the checkpoint");
-        }
-        Ok(_) => {
-            tracing::warn!(component_id = %id, "the window definition changed since the checkpoint; starting without its open windows")
-        }
-        Err(err) => {
-            tracing::warn!(component_id = %id, "checkpoint {} is unreadable ({err}); starting without open windows", path.display())
+    let mut files = vec![path.to_path_buf()];
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        let prefix = format!("{name}.shard-");
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            files.extend(
+                entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(&prefix) && !n.ends_with(".tmp"))
+                    }),
+            );
         }
     }
-    std::fs::remove_file(path)?;
+    let shards = engines.len();
+    let mut parts: Vec<Vec<(GroupKey, E::Group)>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut restored = 0;
+    for file in files {
+        let bytes = match std::fs::read(&file) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => anyhow::bail!("cannot read checkpoint {}: {err}", file.display()),
+        };
+        match serde_json::from_slice::<Checkpoint<E::Group>>(&bytes) {
+            Ok(checkpoint) if checkpoint.definition == engines[0].definition() => {
+                restored += checkpoint.groups.len();
+                for (key, group) in checkpoint.groups {
+                    parts[shard_of(&key, shards)].push((key, group));
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(component_id = %id, file = %file.display(), "the window definition changed since the checkpoint; starting without its open windows")
+            }
+            Err(err) => {
+                tracing::warn!(component_id = %id, "checkpoint {} is unreadable ({err}); starting without its open windows", file.display())
+            }
+        }
+        std::fs::remove_file(&file)?;
+    }
+    for (engine, part) in engines.iter_mut().zip(parts) {
+        engine.import(part);
+    }
+    if restored > 0 {
+        tracing::info!(component_id = %id, groups = restored, "resumed open windows from the checkpoint");
+    }
     Ok(())
 }

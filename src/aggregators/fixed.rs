@@ -69,7 +69,7 @@ impl Assigner {
 }
 
 /// One open window: its start (its end is `start + size`) and its accumulators.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Window {
     start: i64,
     accumulators: Box<[Accumulator]>,
@@ -79,7 +79,7 @@ pub struct Window {
 }
 
 /// One group's watermark and open windows.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Group {
     /// The values of the `group_by` fields; `None` when the group is just the device id,
     /// which the key already holds.
@@ -345,6 +345,15 @@ impl WindowEngine for FixedWindows {
             .drain()
             .map(|(key, slot)| (key, std::mem::take(&mut slots[slot as usize])))
             .filter(|(_, g)| !g.windows.is_empty())
+            .collect()
+    }
+
+    fn snapshot(&self) -> Vec<(GroupKey, Group)> {
+        self.index
+            .iter()
+            .map(|(key, slot)| (key, &self.slots[*slot as usize]))
+            .filter(|(_, group)| !group.windows.is_empty())
+            .map(|(key, group)| (key.clone(), group.clone()))
             .collect()
     }
 

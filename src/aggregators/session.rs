@@ -77,7 +77,7 @@ pub struct Session {
 }
 
 /// One group's watermark and open sessions.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Group {
     keys: Box<[Value]>,
     watermark: i64,
@@ -333,6 +333,14 @@ impl WindowEngine for SessionWindows {
         self.groups
             .drain()
             .filter(|(_, g)| !g.sessions.is_empty())
+            .collect()
+    }
+
+    fn snapshot(&self) -> Vec<(GroupKey, Group)> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| !g.sessions.is_empty())
+            .map(|(k, g)| (k.clone(), g.clone()))
             .collect()
     }
 

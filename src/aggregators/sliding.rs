@@ -64,7 +64,7 @@ impl AggregatorComponent for SlidingConfig {
 }
 
 /// One group's recent events and pending change points.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Group {
     keys: Box<[Value]>,
     watermark: i64,
@@ -236,6 +236,14 @@ impl WindowEngine for SlidingWindows {
         self.groups
             .drain()
             .filter(|(_, g)| !g.pending.is_empty())
+            .collect()
+    }
+
+    fn snapshot(&self) -> Vec<(GroupKey, Group)> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| !g.pending.is_empty())
+            .map(|(k, g)| (k.clone(), g.clone()))
             .collect()
     }
 

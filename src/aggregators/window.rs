@@ -28,6 +28,20 @@ pub enum LatePolicy {
     Route,
 }
 
+/// When an event folded into a window counts as handled, for the source waiting to
+/// acknowledge it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowAck {
+    /// Once the window state holding it is checkpointed to `data_dir`: a crash after the
+    /// acknowledgement loses nothing.
+    #[default]
+    OnCheckpoint,
+    /// As soon as it is folded (lower latency; a crash loses the open windows since the
+    /// last checkpoint).
+    OnReceive,
+}
+
 /// When windows emit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -87,6 +101,12 @@ macro_rules! window_config {
             /// per core.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub shards: Option<usize>,
+            /// When a folded event counts as handled for its source's acknowledgement.
+            #[serde(default)]
+            pub ack: crate::aggregators::window::WindowAck,
+            /// How often open windows are checkpointed to `data_dir` while running.
+            #[serde(default = "crate::aggregators::window::default_checkpoint_interval")]
+            pub checkpoint_interval: crate::config::Duration,
         }
 
         impl $name {
@@ -102,6 +122,8 @@ macro_rules! window_config {
                     emit: self.emit,
                     max_open_windows: self.max_open_windows,
                     shards: self.shards,
+                    ack: self.ack,
+                    checkpoint_interval: self.checkpoint_interval,
                 }
             }
         }
@@ -118,6 +140,9 @@ pub(crate) fn zero() -> Duration {
 }
 pub(crate) fn default_max_future() -> Duration {
     Duration::from_secs(3600)
+}
+pub(crate) fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
 }
 pub(crate) fn default_max_open_windows() -> usize {
     10_000_000
@@ -136,6 +161,8 @@ pub struct WindowCommon {
     pub emit: Emit,
     pub max_open_windows: usize,
     pub shards: Option<usize>,
+    pub ack: WindowAck,
+    pub checkpoint_interval: Duration,
 }
 
 impl WindowCommon {
@@ -171,6 +198,12 @@ impl WindowCommon {
         if self.shards == Some(0) {
             problems.push(FieldProblem::at(["shards"], "expected at least 1"));
         }
+        if self.checkpoint_interval.get() < std::time::Duration::from_millis(10) {
+            problems.push(FieldProblem::at(
+                ["checkpoint_interval"],
+                "expected at least 10ms",
+            ));
+        }
         if self.max_open_windows == 0 {
             problems.push(FieldProblem::at(
                 ["max_open_windows"],
@@ -196,6 +229,9 @@ pub struct WindowSpec {
     pub aggregates: Vec<Aggregate>,
     pub emit_every: Option<std::time::Duration>,
     pub max_open_windows: usize,
+    /// Keep folded events' deliveries until the next checkpoint (`ack: on_checkpoint`).
+    pub hold_deliveries: bool,
+    pub checkpoint_every: std::time::Duration,
 }
 
 impl WindowSpec {
@@ -222,6 +258,8 @@ impl WindowSpec {
                 Emit::Every(every) => Some(every.get()),
             },
             max_open_windows: common.max_open_windows,
+            hold_deliveries: common.ack == WindowAck::OnCheckpoint,
+            checkpoint_every: common.checkpoint_interval.get(),
         }
     }
 

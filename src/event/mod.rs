@@ -123,6 +123,11 @@ impl Event {
         self.delivery = Some(Arc::clone(delivery));
     }
 
+    /// The delivery the event belongs to, if its source waits for the outcome.
+    pub fn delivery(&self) -> Option<&Arc<Delivery>> {
+        self.delivery.as_ref()
+    }
+
     /// Records that this event is being lost (see [`ack`]); call before dropping it.
     pub fn fail_delivery(&self) {
         if let Some(delivery) = &self.delivery {

@@ -40,6 +40,8 @@ fn spec(lateness_ms: u64, policy: LatePolicy) -> WindowSpec {
         emit: Emit::OnClose,
         max_open_windows: 1_000_000,
         shards: Some(1),
+        ack: crate::aggregators::window::WindowAck::OnReceive,
+        checkpoint_interval: config::Duration::from_secs(5),
     };
     WindowSpec::new("w".into(), &common, Duration::ZERO)
 }

@@ -34,6 +34,8 @@ fn engine(lateness_ms: u64, gap: i64, max: Option<i64>) -> SessionWindows {
         emit: Emit::OnClose,
         max_open_windows: 1_000_000,
         shards: Some(1),
+        ack: crate::aggregators::window::WindowAck::OnReceive,
+        checkpoint_interval: config::Duration::from_secs(5),
     };
     SessionWindows::new(
         WindowSpec::new("s".into(), &common, Duration::ZERO),

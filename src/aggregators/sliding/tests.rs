@@ -34,6 +34,8 @@ fn engine(lateness_ms: u64, size: i64) -> SlidingWindows {
         emit: Emit::OnClose,
         max_open_windows: 1_000_000,
         shards: Some(1),
+        ack: crate::aggregators::window::WindowAck::OnReceive,
+        checkpoint_interval: config::Duration::from_secs(5),
     };
     SlidingWindows::new(WindowSpec::new("s".into(), &common, Duration::ZERO), size)
 }
