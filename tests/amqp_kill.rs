@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use support::{Weir, free_port, lines, services};
+use support::{Weir, free_port, services};
 
 const MESSAGES: u64 = 100_000;
 
@@ -61,28 +60,14 @@ async fn every_message_survives_two_kill_9s() {
     )
     .unwrap();
     let api_addr = format!("127.0.0.1:{api}").parse().unwrap();
-    let mut weir = Weir::start(dir.path(), &pipeline, api_addr).await;
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        weir.signal(libc::SIGKILL);
-        let _ = weir.child.wait();
-        weir = Weir::start(dir.path(), &pipeline, api_addr).await;
-    }
+    let weir = Weir::start(dir.path(), &pipeline, api_addr).await;
+    let weir = weir
+        .crash_and_restart(2, Duration::from_millis(1500), dir.path(), &pipeline)
+        .await;
 
     // Wait until every id is in the file, then stop.
     let out = dir.path().join("out.ndjson");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-    while Instant::now() < deadline {
-        seen.clear();
-        for event in lines(&out) {
-            *seen.entry(event["id"].as_u64().unwrap()).or_default() += 1;
-        }
-        if seen.len() as u64 == MESSAGES {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let seen = support::occurrences(&out, "id", MESSAGES as usize, Duration::from_secs(180)).await;
     let status = tokio::task::spawn_blocking(move || weir.terminate())
         .await
         .unwrap();

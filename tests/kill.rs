@@ -33,7 +33,7 @@ sinks:
     )
     .unwrap();
     let api_addr = format!("127.0.0.1:{api}").parse().unwrap();
-    let mut weir = Weir::start(dir.path(), &pipeline, api_addr).await;
+    let weir = Weir::start(dir.path(), &pipeline, api_addr).await;
 
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
     let running = Arc::new(AtomicBool::new(true));
@@ -74,12 +74,9 @@ sinks:
         }));
     }
 
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        weir.signal(libc::SIGKILL);
-        let _ = weir.child.wait();
-        weir = Weir::start(dir.path(), &pipeline, api_addr).await;
-    }
+    let weir = weir
+        .crash_and_restart(3, Duration::from_millis(700), dir.path(), &pipeline)
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     running.store(false, Ordering::Relaxed);
     for worker in workers {

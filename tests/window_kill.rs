@@ -40,7 +40,7 @@ sinks:
     )
     .unwrap();
     let api_addr = format!("127.0.0.1:{api}").parse().unwrap();
-    let mut weir = Weir::start(dir.path(), &pipeline, api_addr).await;
+    let weir = Weir::start(dir.path(), &pipeline, api_addr).await;
 
     let hour = 1_800_000_000_000i64 / 3_600_000 * 3_600_000;
     let acknowledged: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
@@ -77,12 +77,9 @@ sinks:
             }
         }));
     }
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        weir.signal(libc::SIGKILL);
-        let _ = weir.child.wait();
-        weir = Weir::start(dir.path(), &pipeline, api_addr).await;
-    }
+    let weir = weir
+        .crash_and_restart(2, Duration::from_millis(1500), dir.path(), &pipeline)
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     running.store(false, Ordering::Relaxed);
     for worker in workers {

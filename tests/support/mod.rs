@@ -132,6 +132,48 @@ impl Weir {
     }
 }
 
+impl Weir {
+    /// Kills weir with SIGKILL `times` times, `every` apart, starting it again after each.
+    pub async fn crash_and_restart(
+        mut self,
+        times: usize,
+        every: Duration,
+        dir: &Path,
+        pipeline: &Path,
+    ) -> Weir {
+        for _ in 0..times {
+            tokio::time::sleep(every).await;
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+            self = Weir::start(dir, pipeline, self.api).await;
+        }
+        self
+    }
+}
+
+/// How often each value of the numeric `field` occurs in the file's complete lines, polled
+/// until `expected` distinct values are there or `timeout` has passed.
+pub async fn occurrences(
+    path: &Path,
+    field: &str,
+    expected: usize,
+    timeout: Duration,
+) -> std::collections::BTreeMap<u64, usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut seen = std::collections::BTreeMap::new();
+        for event in lines(path) {
+            *seen
+                .entry(event[field].as_u64().expect("a numeric id"))
+                .or_default() += 1;
+        }
+        if seen.len() >= expected || Instant::now() >= deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 impl Drop for Weir {
     fn drop(&mut self) {
         let _ = self.child.kill();
