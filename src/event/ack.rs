@@ -42,6 +42,15 @@ impl Delivery {
         (std::sync::Arc::new(delivery), rx)
     }
 
+    /// Makes `events` one delivery; the receiver hears its outcome.
+    pub fn attach_all(events: &mut [super::Event]) -> oneshot::Receiver<DeliveryStatus> {
+        let (delivery, outcome) = Self::new();
+        for event in events {
+            event.attach(&delivery);
+        }
+        outcome
+    }
+
     /// Records that an event of this delivery was lost.
     pub fn fail(&self) {
         self.failed.store(true, Ordering::Release);

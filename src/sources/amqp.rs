@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
-use crate::config::{FieldProblem, OutputName};
+use crate::config::FieldProblem;
 use crate::event::{Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventMeta};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
@@ -360,28 +360,13 @@ async fn handle(
                 bytes: 0,
             }
             .emit(&cx.telemetry);
-            let (delivery, outcome) = Delivery::new();
-            for event in &mut events {
-                event.attach(&delivery);
-            }
-            drop(delivery);
+            let outcome = Delivery::attach_all(&mut events);
             batch.extend(events);
             cx.telemetry.pending_deliveries().inc();
             let _ = acks.send((message.acker, outcome));
         }
         Err(reason) => {
-            let text = format!("undecodable message on {}: {reason}", config.queue);
-            ComponentError {
-                error_type: ErrorType::Decode,
-                stage: Stage::Receiving,
-                message: &text,
-                count: 1,
-            }
-            .emit(&cx.telemetry);
-            let dead = reading::dead_letter(&message.data, None, meta, source, reason);
-            cx.out
-                .send_named(OutputName::ERRORS, EventBatch::new(vec![dead]))
-                .await;
+            reading::refuse(cx, &message.data, meta, &config.queue, reason).await;
             let _ = match config.on_undecodable {
                 Undecodable::Reject => {
                     message

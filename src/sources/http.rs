@@ -351,13 +351,7 @@ impl Handler {
         }
         .emit(&self.telemetry);
         let outcome = match self.ack {
-            AckMode::OnCommit => {
-                let (delivery, outcome) = Delivery::new();
-                for event in &mut events {
-                    event.attach(&delivery);
-                }
-                Some(outcome)
-            }
+            AckMode::OnCommit => Some(Delivery::attach_all(&mut events)),
             AckMode::OnReceive => None,
         };
         let send = self.out.send(EventBatch::new(events));

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
-use crate::config::{FieldProblem, OutputName};
+use crate::config::FieldProblem;
 use crate::event::{Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventMeta};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
@@ -409,28 +409,13 @@ async fn handle(
                 bytes: 0,
             }
             .emit(&cx.telemetry);
-            let (delivery, outcome) = Delivery::new();
-            for event in &mut events {
-                event.attach(&delivery);
-            }
-            drop(delivery);
+            let outcome = Delivery::attach_all(&mut events);
             batch.extend(events);
             cx.telemetry.pending_deliveries().inc();
             let _ = pending.send((publish, Some(outcome)));
         }
         Err(reason) => {
-            let text = format!("undecodable message on {topic}: {reason}");
-            ComponentError {
-                error_type: ErrorType::Decode,
-                stage: Stage::Receiving,
-                message: &text,
-                count: 1,
-            }
-            .emit(&cx.telemetry);
-            let dead = reading::dead_letter(&publish.payload, None, meta, source, reason);
-            cx.out
-                .send_named(OutputName::ERRORS, EventBatch::new(vec![dead]))
-                .await;
+            reading::refuse(cx, &publish.payload, meta, &topic, reason).await;
             // Kept on `<id>.errors`: acknowledge, or the broker would send it forever.
             let _ = pending.send((publish, None));
         }

@@ -4,7 +4,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::event::{DeviceId, Event, EventMeta, Fields, parse_event_time};
+use super::SourceContext;
+use crate::config::OutputName;
+use crate::event::{DeviceId, Event, EventBatch, EventMeta, Fields, parse_event_time};
+use crate::telemetry::InternalEvent;
+use crate::telemetry::events::{ComponentError, ErrorType, Stage};
 
 /// Most bytes of a refused payload kept on the dead-letter event.
 const KEEP: usize = 64 * 1024;
@@ -59,4 +63,27 @@ pub(crate) fn dead_letter(
     );
     fields.insert("body_bytes".into(), Value::from(payload.len()));
     Event::new(device_id, fields, meta).with_error(source, reason)
+}
+
+/// A broker message that could not become readings: counted, logged (throttled), and kept
+/// on `<id>.errors`. `origin` names where it came from (a queue, a topic).
+pub(crate) async fn refuse(
+    cx: &SourceContext,
+    payload: &[u8],
+    meta: Arc<EventMeta>,
+    origin: &str,
+    reason: String,
+) {
+    let message = format!("undecodable message on {origin}: {reason}");
+    ComponentError {
+        error_type: ErrorType::Decode,
+        stage: Stage::Receiving,
+        message: &message,
+        count: 1,
+    }
+    .emit(&cx.telemetry);
+    let dead = dead_letter(payload, None, meta, &cx.id.as_arc(), reason);
+    cx.out
+        .send_named(OutputName::ERRORS, EventBatch::new(vec![dead]))
+        .await;
 }
