@@ -111,7 +111,8 @@ impl ComponentConfig {
             Self::Source(c) => c.outputs(),
             Self::Transform(c) => c.outputs(),
             Self::Aggregator(c) => c.outputs(),
-            Self::Sink(_) | Self::Action(_) => Vec::new(),
+            // What a sink or an action could not deliver for good (a rejected write, a 4xx).
+            Self::Sink(_) | Self::Action(_) => vec![OutputName::errors()],
         }
     }
 

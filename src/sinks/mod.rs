@@ -16,7 +16,7 @@ use crate::config::component::component_types;
 use crate::config::{ComponentId, FieldProblem, Resource};
 use crate::telemetry::ComponentTelemetry;
 use crate::topology::ComponentTask;
-use crate::topology::channel::InputReceiver;
+use crate::topology::channel::{InputReceiver, Outputs};
 
 component_types! {
     /// Every sink type.
@@ -45,6 +45,9 @@ pub trait SinkComponent: Send + Sync {
 pub struct SinkContext {
     pub id: ComponentId,
     pub input: InputReceiver,
+    /// The sink's one output, `errors`: events its destination refused for good (a type
+    /// conflict, a rejected command). Transient failures are retried, never sent here.
+    pub out: Outputs,
     pub telemetry: ComponentTelemetry,
 }
 

@@ -498,6 +498,7 @@ fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<Com
         ComponentConfig::Sink(config) => config.component().build(SinkContext {
             id: id.clone(),
             input: receiver.ok_or_else(missing_input)?,
+            out: outputs,
             telemetry,
         }),
         ComponentConfig::Aggregator(config) => config.component().build(AggregatorContext {
