@@ -5,8 +5,10 @@
 //! is how a shutdown drains the graph.
 
 mod blackhole;
+pub mod buffer;
 mod console;
 mod file;
+pub mod retry;
 
 pub use blackhole::BlackholeConfig;
 pub use console::ConsoleConfig;

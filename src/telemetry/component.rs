@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::{
     AggregateLabels, BoundLabels, ComponentLabels, DiscardLabels, ErrorLabels, Metrics,
@@ -100,6 +101,28 @@ impl ComponentTelemetry {
     /// Messages waiting in the broker for a source.
     pub fn lag(&self) -> Gauge {
         self.metrics.source_lag.get_or_create_owned(&self.labels)
+    }
+
+    pub(crate) fn buffer_discarded(&self) -> Counter {
+        self.metrics
+            .buffer_discarded_events
+            .get_or_create_owned(&self.labels)
+    }
+
+    pub(crate) fn sink_retries(&self) -> Counter {
+        self.metrics.sink_retries.get_or_create_owned(&self.labels)
+    }
+
+    /// Resolves the batch-size and commit-latency histograms of a sink.
+    pub(crate) fn sink_batches(&self) -> (Histogram, Histogram) {
+        (
+            self.metrics
+                .sink_batch_events
+                .get_or_create_owned(&self.labels),
+            self.metrics
+                .sink_commit_duration
+                .get_or_create_owned(&self.labels),
+        )
     }
 
     /// Gauges for this component's input buffer.

@@ -129,6 +129,56 @@ impl InternalEvent for EventsDiscarded {
     }
 }
 
+/// Events a sink's full buffer dropped, as its `when_full` policy says.
+pub struct BufferDiscarded {
+    pub count: usize,
+}
+
+impl InternalEvent for BufferDiscarded {
+    fn emit(self, t: &ComponentTelemetry) {
+        if self.count > 0 {
+            t.buffer_discarded().inc_by(self.count as u64);
+            t.discarded(true).inc_by(self.count as u64);
+        }
+    }
+}
+
+/// A sink will retry a write that failed for a reason that may pass.
+pub struct WriteRetried<'a> {
+    pub message: &'a str,
+    pub delay: std::time::Duration,
+}
+
+impl InternalEvent for WriteRetried<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.sink_retries().inc();
+        ComponentError {
+            error_type: ErrorType::Io,
+            stage: Stage::Sending,
+            message: &format!("{}; retrying in {:?}", self.message, self.delay),
+            count: 1,
+        }
+        .emit(t);
+    }
+}
+
+/// A sink wrote and committed a batch.
+pub struct BatchCommitted {
+    pub events: usize,
+    pub bytes: usize,
+    /// From the first write attempt to the commit, retries included.
+    pub duration: std::time::Duration,
+}
+
+impl InternalEvent for BatchCommitted {
+    fn emit(self, t: &ComponentTelemetry) {
+        let (size, latency) = t.sink_batches();
+        size.observe(self.events as f64);
+        latency.observe(self.duration.as_secs_f64());
+        BytesSent { bytes: self.bytes }.emit(t);
+    }
+}
+
 /// An HTTP request a source answered.
 pub struct HttpResponse {
     pub status: u16,

@@ -104,6 +104,10 @@ pub struct Metrics {
     pub source_connected: Family<ComponentLabels, Gauge>,
     pub source_pending_deliveries: Family<ComponentLabels, Gauge>,
     pub source_lag: Family<ComponentLabels, Gauge>,
+    pub buffer_discarded_events: Family<ComponentLabels, Counter>,
+    pub sink_retries: Family<ComponentLabels, Counter>,
+    pub sink_batch_events: Family<ComponentLabels, Histogram>,
+    pub sink_commit_duration: Family<ComponentLabels, Histogram>,
     pub config_reloads: Counter,
     pub config_reload_failures: Family<ReasonLabels, Counter>,
     pub config_generation: Gauge,
@@ -133,6 +137,16 @@ impl Default for Metrics {
             source_connected: Family::default(),
             source_pending_deliveries: Family::default(),
             source_lag: Family::default(),
+            buffer_discarded_events: Family::default(),
+            sink_retries: Family::default(),
+            // 1 to ~1M events.
+            sink_batch_events: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1.0, 4.0, 11))
+            }),
+            // 1 ms to ~65 s.
+            sink_commit_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 17))
+            }),
             config_reloads: Counter::default(),
             config_reload_failures: Family::default(),
             config_generation: Gauge::default(),
@@ -240,6 +254,26 @@ impl Metrics {
             "source_lag_messages",
             "Messages waiting in the broker for this source (AMQP queue depth)",
             m.source_lag,
+        );
+        registry.register(
+            "buffer_discarded_events",
+            "Events a sink's full buffer dropped because of `when_full: drop_newest | drop_oldest`",
+            m.buffer_discarded_events,
+        );
+        registry.register(
+            "sink_retries",
+            "Writes a sink retried after a transient error",
+            m.sink_retries,
+        );
+        registry.register(
+            "sink_batch_events",
+            "Events per batch a sink wrote and committed",
+            m.sink_batch_events,
+        );
+        registry.register(
+            "sink_commit_duration_seconds",
+            "Time a sink took to write and commit one batch, retries included",
+            m.sink_commit_duration,
         );
         registry.register(
             "config_reloads",

@@ -30,6 +30,13 @@ pub struct InputSender {
 }
 
 impl InputSender {
+    /// Sends one batch straight into the channel, as an upstream output would.
+    #[cfg(test)]
+    pub(crate) async fn send_for_test(&self, batch: EventBatch) {
+        self.buffer.events.inc_by(batch.len() as i64);
+        let _ = self.tx.send(batch).await;
+    }
+
     /// A handle that does not keep the channel open: a channel closes when its last
     /// producer is gone, which is how a finished source drains the graph.
     pub fn downgrade(&self) -> WeakInputSender {
