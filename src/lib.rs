@@ -23,6 +23,7 @@ pub mod codecs;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod fault;
 pub mod sinks;
 pub mod sources;
 pub mod telemetry;

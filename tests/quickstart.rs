@@ -59,4 +59,27 @@ async fn quickstart_runs_counts_and_fills_the_file_sink() {
             "readings carry `{field}`: {sample}"
         );
     }
+
+    // The cold path: SIGTERM committed what the Delta sink held.
+    let lake = url::Url::from_directory_path(dir.path().join(".weir/quickstart/lake")).unwrap();
+    let table = deltalake::open_table(lake)
+        .await
+        .expect("the quickstart's Delta table");
+    let rows: i64 = table
+        .snapshot()
+        .unwrap()
+        .add_actions_table(true)
+        .ok()
+        .and_then(|actions| {
+            let column = actions.column_by_name("num_records")?;
+            let column = column
+                .as_any()
+                .downcast_ref::<deltalake::arrow::array::Int64Array>()?;
+            Some(column.iter().flatten().sum())
+        })
+        .unwrap_or(0);
+    assert!(
+        rows >= 200,
+        "the Delta table holds the raw readings ({rows})"
+    );
 }

@@ -151,7 +151,8 @@ fn push_readings(readings: &mut Vec<Fields>, value: Value, n: usize) -> Result<(
     Ok(())
 }
 
-fn kind(value: &Value) -> &'static str {
+/// "a number", "an object", ...: how error messages name a JSON value's type.
+pub(crate) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -139,6 +139,9 @@ macro_rules! component_types {
     ) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq)]
+        // Options are parsed once per (re)load and never copied on a hot path: variants
+        // of very different sizes cost nothing worth a box.
+        #[allow(clippy::large_enum_variant)]
         $vis enum $name {
             $($variant($config)),*
         }

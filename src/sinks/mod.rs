@@ -7,11 +7,13 @@
 mod blackhole;
 pub mod buffer;
 mod console;
+mod delta_lake;
 mod file;
 pub mod retry;
 
 pub use blackhole::BlackholeConfig;
 pub use console::ConsoleConfig;
+pub use delta_lake::DeltaLakeConfig;
 pub use file::FileConfig;
 
 use crate::config::component::component_types;
@@ -26,6 +28,7 @@ component_types! {
         "console" => Console(ConsoleConfig),
         "file" => File(FileConfig),
         "blackhole" => Blackhole(BlackholeConfig),
+        "delta_lake" => DeltaLake(DeltaLakeConfig),
     }
 }
 

@@ -57,7 +57,7 @@ impl RetryConfig {
         Vec::new()
     }
 
-    fn backoff(&self) -> impl Iterator<Item = Duration> {
+    fn backoff(&self) -> impl Iterator<Item = Duration> + Send + Sync + 'static {
         backon::ExponentialBuilder::new()
             .with_min_delay(self.initial_backoff.get())
             .with_max_delay(self.max_backoff.get())
@@ -87,22 +87,43 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, WriteError>>,
 {
-    let mut delays = policy.backoff();
+    let mut backoff = Backoff::new(policy, telemetry);
     loop {
         match attempt().await {
             Ok(value) => return Ok(value),
             Err(WriteError::Permanent(err)) => return Err(err),
-            Err(WriteError::Transient(err)) => {
-                // The builder has no limit on attempts; the fallback only satisfies the type.
-                let delay = delays.next().unwrap_or(policy.max_backoff.get());
-                WriteRetried {
-                    message: &format!("{err:#}"),
-                    delay,
-                }
-                .emit(telemetry);
-                tokio::time::sleep(delay).await;
-            }
+            Err(WriteError::Transient(err)) => backoff.wait(&err).await,
         }
+    }
+}
+
+/// The waiting half of [`with_retries`], for loops whose attempts borrow their caller's
+/// state mutably (a closure returning such a future cannot be written).
+pub struct Backoff<'a> {
+    delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+    policy: &'a RetryConfig,
+    telemetry: &'a ComponentTelemetry,
+}
+
+impl<'a> Backoff<'a> {
+    pub fn new(policy: &'a RetryConfig, telemetry: &'a ComponentTelemetry) -> Self {
+        Self {
+            delays: Box::new(policy.backoff()),
+            policy,
+            telemetry,
+        }
+    }
+
+    /// Reports `err` as retried and sleeps for the next delay.
+    pub async fn wait(&mut self, err: &anyhow::Error) {
+        // The builder has no limit on attempts; the fallback only satisfies the type.
+        let delay = self.delays.next().unwrap_or(self.policy.max_backoff.get());
+        WriteRetried {
+            message: &format!("{err:#}"),
+            delay,
+        }
+        .emit(self.telemetry);
+        tokio::time::sleep(delay).await;
     }
 }
 

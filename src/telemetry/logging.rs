@@ -11,10 +11,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Libraries that log routine work at INFO (the Delta kernel logs every snapshot load):
+/// weir's own lines are the ones an operator needs at INFO.
+const QUIET_LIBRARIES: &str =
+    "hyper=warn,h2=warn,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn,deltalake=warn";
+
 /// Installs the global subscriber. `RUST_LOG` overrides `level` when set.
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},hyper=warn,h2=warn")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},{QUIET_LIBRARIES}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

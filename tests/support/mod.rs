@@ -80,11 +80,22 @@ pub struct Weir {
 impl Weir {
     /// Starts `weir run <pipeline>` in `dir` and waits until `/ready` answers 200.
     pub async fn start(dir: &Path, pipeline: &Path, api: SocketAddr) -> Weir {
+        Self::start_with_env(dir, pipeline, api, &[]).await
+    }
+
+    /// Like [`Weir::start`], with extra environment variables (e.g. `WEIR_CRASH_AT`).
+    pub async fn start_with_env(
+        dir: &Path,
+        pipeline: &Path,
+        api: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Weir {
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .arg("run")
             .arg(pipeline)
             .current_dir(dir)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("start weir");

@@ -1,0 +1,158 @@
+//! The `delta_lake` sink end to end: `cargo bench --bench delta_sink`.
+//!
+//! A simulated fleet (10,000 devices, four measured fields, event time spread over three
+//! dates) emits `READINGS` readings as fast as the pipeline takes them into a `delta_lake`
+//! sink with **default settings** on local disk, partitioned by `date`. weir exits once the
+//! simulator is done and the sink has committed everything. Reported: readings/s from start
+//! to exit, weir's peak RSS, and the files of the table (read back from its Delta log):
+//! count and sizes.
+//!
+//! Target (issue 4): >= 300,000 readings/s, files >= 32 MiB at default settings.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const READINGS: u64 = 6_000_000;
+const TARGET_PER_S: f64 = 300_000.0;
+const TARGET_FILE_MIB: f64 = 32.0;
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"api: {{ enabled: false }}
+data_dir: {data}
+sources:
+  fleet:
+    type: simulator
+    devices: 10000
+    realtime: false
+    limit: {READINGS}
+    batch_size: 1000
+    # 3.5 million readings per simulated day: the run spans three dates.
+    rate: 40
+    start_time: "2026-11-25T12:00:00Z"
+    fields:
+      temperature: {{ base: 70, spread: 5, drift: 0.1, noise: 0.5, decimals: 2 }}
+      vibration: {{ base: 3, spread: 0.5, noise: 0.2, decimals: 3 }}
+      pressure: {{ base: 101.3, noise: 0.4, decimals: 2 }}
+      rpm: {{ base: 3000, spread: 200, noise: 20, decimals: 0 }}
+sinks:
+  lake:
+    type: delta_lake
+    inputs: [fleet]
+    uri: {lake}
+    partition_by: [date]
+"#,
+            data = dir.path().join("state").display(),
+            lake = dir.path().join("lake").display(),
+        ),
+    )
+    .expect("write pipeline");
+
+    let started = Instant::now();
+    let mut weir = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("run")
+        .arg(&pipeline)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start weir");
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(weir.id()) {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = weir.try_wait().expect("wait for weir") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(status.success(), "weir failed: {status}");
+
+    let files = table_files(&dir.path().join("lake"));
+    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    assert_eq!(rows, READINGS, "every reading is a row");
+    let per_s = rows as f64 / elapsed;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let smallest = files.iter().map(|f| f.bytes).min().unwrap_or(0);
+    let largest = files.iter().map(|f| f.bytes).max().unwrap_or(0);
+    let total: u64 = files.iter().map(|f| f.bytes).sum();
+    // A partition's last file of a run is whatever was left; judge the full ones.
+    let full: Vec<_> = files.iter().filter(|f| f.rows >= 1_000_000).collect();
+    let smallest_full = full.iter().map(|f| f.bytes).min().unwrap_or(0);
+    let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
+    println!("delta_lake sink, default settings, {READINGS} readings, local disk");
+    println!(
+        "  throughput  {per_s:>12.0} readings/s ({elapsed:.1} s, start to exit)   target >= {TARGET_PER_S:.0}: {}",
+        verdict(per_s >= TARGET_PER_S)
+    );
+    println!(
+        "  files       {:>12} in the log, {:.1} MiB in all; smallest {:.1} MiB, largest {:.1} MiB",
+        files.len(),
+        mib(total),
+        mib(smallest),
+        mib(largest)
+    );
+    println!(
+        "  full files  {:>12} (>= 1M rows), smallest {:.1} MiB   target >= {TARGET_FILE_MIB:.0} MiB: {}",
+        full.len(),
+        mib(smallest_full),
+        verdict(!full.is_empty() && mib(smallest_full) >= TARGET_FILE_MIB)
+    );
+    println!(
+        "  memory      {:>12.1} MiB peak RSS of weir (VmHWM)",
+        peak_kib as f64 / 1024.0
+    );
+}
+
+struct DataFile {
+    rows: u64,
+    bytes: u64,
+}
+
+/// The data files of the table's current version, from its log, with their row counts
+/// from the Parquet footers.
+fn table_files(root: &Path) -> Vec<DataFile> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let url = url::Url::from_directory_path(root).expect("table url");
+        let table = deltalake::open_table(url).await.expect("open the table");
+        table
+            .get_file_uris()
+            .expect("file list")
+            .map(|uri| {
+                let path = local_path(&uri);
+                let file = std::fs::File::open(&path).expect("open a data file");
+                let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let reader = deltalake::parquet::file::reader::SerializedFileReader::new(file)
+                    .expect("a Parquet file");
+                use deltalake::parquet::file::reader::FileReader as _;
+                DataFile {
+                    rows: reader.metadata().file_metadata().num_rows() as u64,
+                    bytes,
+                }
+            })
+            .collect()
+    })
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A data file's path: deltalake lists local files as plain paths or as `file://` URLs.
+fn local_path(uri: &str) -> PathBuf {
+    url::Url::parse(uri)
+        .ok()
+        .and_then(|url| url.to_file_path().ok())
+        .unwrap_or_else(|| PathBuf::from(uri))
+}

@@ -1,0 +1,450 @@
+//! `delta_lake`: the cold path. Every event becomes a row of a Delta Lake table, on local
+//! disk (`file://`, the default) or object storage (`s3://`, `az://`).
+//!
+//! Rows are gathered into large files: the sink commits when the open window holds
+//! `batch.max_events` rows or `batch.max_bytes` of encoded Parquet, or when its oldest row
+//! is `batch.timeout` old. Events are acknowledged upstream only once the commit that holds
+//! them is in the Delta log; each commit carries a transaction id, so one whose outcome was
+//! unclear is never written twice. See [`columns`] for how fields become columns and
+//! [`table`] for the commit protocol.
+
+mod columns;
+mod table;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use self::columns::{ColumnType, Columns, Derived};
+use self::table::{TableSpec, TableWriter};
+use super::buffer::{BufferConfig, SinkBuffer};
+use super::retry::{Backoff, RetryConfig, WriteError};
+use super::{SinkComponent, SinkContext};
+use crate::config::{self, ByteSize, FieldProblem, Resource};
+use crate::event::{Event, EventBatch};
+use crate::telemetry::events::{BatchCommitted, ComponentError, ErrorType, Stage};
+use crate::telemetry::{ComponentTelemetry, InternalEvent};
+use crate::topology::ComponentTask;
+use crate::topology::channel::Outputs;
+
+/// Appends events to a Delta Lake table.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaLakeConfig {
+    /// Where the table lives: `file:///var/lib/weir/lake/telemetry`, a local path,
+    /// `s3://bucket/prefix` or `az://container/prefix`. Created on the first commit if absent.
+    pub uri: String,
+    /// Options of the object store (credentials, region, endpoint), e.g. `AWS_REGION`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_options: BTreeMap<String, String>,
+    /// Partition columns: `date` or `hour` (derived from event time, UTC) or field names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
+    /// Declared column types for fields (`string`, `double`, `long`, `boolean`,
+    /// `timestamp`); other fields get a type from their first value.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub schema: IndexMap<String, ColumnType>,
+    /// Add a nullable column for a field the table does not have yet. Off: such events go
+    /// to the `errors` output.
+    #[serde(default = "default_true")]
+    pub evolve_schema: bool,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Write a Delta checkpoint every this many commits (new tables).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    /// Names this writer in the table's transaction log; default: the component id. Two
+    /// weir instances writing one table need different ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// When the open window is committed: whichever limit is reached first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Rows per commit.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Encoded Parquet bytes per commit (so files are large, not thousands of small ones).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// The longest a row waits for its commit (and its source for the acknowledgement).
+    #[serde(default = "default_timeout")]
+    pub timeout: config::Duration,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_checkpoint_interval() -> u64 {
+    10
+}
+
+fn default_max_events() -> usize {
+    2_000_000
+}
+
+fn default_max_bytes() -> ByteSize {
+    ByteSize::mib(64)
+}
+
+fn default_timeout() -> config::Duration {
+    config::Duration::from_secs(60)
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_events: default_max_events(),
+            max_bytes: default_max_bytes(),
+            timeout: default_timeout(),
+        }
+    }
+}
+
+/// Rows encoded per chunk: large enough for Arrow to be efficient, small enough that a
+/// chunk's events are not held long.
+const CHUNK_EVENTS: usize = 8192;
+
+impl DeltaLakeConfig {
+    /// The table's URL; a plain path is a local directory.
+    fn url(&self) -> Result<Url, String> {
+        match Url::parse(&self.uri) {
+            Ok(url) if url.scheme().len() > 1 => Ok(url),
+            // `C:\...` parses with a one-letter scheme; a path without a scheme fails.
+            _ => {
+                let path = PathBuf::from(&self.uri);
+                let path = match path.is_absolute() {
+                    true => path,
+                    false => std::env::current_dir()
+                        .map_err(|err| format!("cannot resolve a relative path: {err}"))?
+                        .join(path),
+                };
+                Url::from_directory_path(&path)
+                    .map_err(|()| format!("`{}` is not a usable directory path", self.uri))
+            }
+        }
+    }
+
+    fn derived(&self) -> Vec<Derived> {
+        self.partition_by
+            .iter()
+            .filter_map(|name| Derived::from_name(name))
+            .collect()
+    }
+
+    /// Field partitions must exist from the first commit: they are declared as strings
+    /// unless `schema` says otherwise.
+    fn declared(&self) -> IndexMap<String, ColumnType> {
+        let mut declared = self.schema.clone();
+        for name in &self.partition_by {
+            if Derived::from_name(name).is_none() {
+                declared.entry(name.clone()).or_insert(ColumnType::String);
+            }
+        }
+        declared
+    }
+}
+
+impl SinkComponent for DeltaLakeConfig {
+    fn check(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        match self.url() {
+            Ok(url)
+                if !matches!(
+                    url.scheme(),
+                    "file" | "s3" | "s3a" | "az" | "abfs" | "abfss"
+                ) =>
+            {
+                problems.push(FieldProblem::at(
+                    ["uri"],
+                    format!(
+                        "expected a file://, s3:// or az:// URI or a local path, found scheme `{}`",
+                        url.scheme()
+                    ),
+                ))
+            }
+            Ok(_) => {}
+            Err(message) => problems.push(FieldProblem::at(["uri"], message)),
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for name in &self.partition_by {
+            if !seen.insert(name) {
+                problems.push(FieldProblem::at(
+                    ["partition_by"],
+                    format!("`{name}` is listed twice"),
+                ));
+            }
+            if matches!(name.as_str(), "device_id" | "time" | "received_at") {
+                problems.push(FieldProblem::at(
+                    ["partition_by"],
+                    format!(
+                        "`{name}` has one value per device or per reading; expected `date`, `hour` or a low-cardinality field"
+                    ),
+                ));
+            }
+        }
+        for name in self.schema.keys() {
+            if matches!(name.as_str(), "device_id" | "time" | "received_at")
+                || Derived::from_name(name).is_some()
+            {
+                problems.push(FieldProblem::at(
+                    ["schema", name.as_str()],
+                    "this column is filled by the sink itself; expected a field name",
+                ));
+            }
+        }
+        if self.batch.max_events == 0 {
+            problems.push(FieldProblem::at(
+                ["batch", "max_events"],
+                "expected at least one event",
+            ));
+        }
+        if self.checkpoint_interval == 0 {
+            problems.push(FieldProblem::at(
+                ["checkpoint_interval"],
+                "expected at least one commit",
+            ));
+        }
+        problems.extend(self.buffer.check());
+        problems.extend(self.retry.check());
+        problems
+    }
+
+    fn resources(&self) -> Vec<Resource> {
+        // A local table is held like a file: one writer per process, and a reload starts
+        // the new instance only after the old one committed and stopped.
+        match self.url() {
+            Ok(url) if url.scheme() == "file" => url
+                .to_file_path()
+                .map(|path| vec![Resource::File(path)])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn build(&self, cx: SinkContext) -> anyhow::Result<ComponentTask> {
+        let url = self.url().map_err(|message| anyhow::anyhow!(message))?;
+        let config = self.clone();
+        let SinkContext {
+            id,
+            input,
+            out,
+            telemetry,
+        } = cx;
+        let columns = Columns::new(config.derived(), config.declared());
+        let spec = TableSpec {
+            url,
+            storage_options: config
+                .storage_options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>(),
+            partition_columns: columns.partition_columns(
+                &config
+                    .partition_by
+                    .iter()
+                    .filter(|name| Derived::from_name(name).is_none())
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
+            checkpoint_interval: config.checkpoint_interval,
+            app_id: config
+                .app_id
+                .clone()
+                .unwrap_or_else(|| format!("weir-{id}")),
+        };
+        let buffer = SinkBuffer::new(input, config.buffer, telemetry.clone());
+        let sink = DeltaSink {
+            component: Arc::from(id.as_str()),
+            config,
+            columns,
+            out,
+            telemetry,
+        };
+        Ok(Box::pin(sink.run(spec, buffer)))
+    }
+}
+
+/// The running sink.
+struct DeltaSink {
+    component: Arc<str>,
+    config: DeltaLakeConfig,
+    columns: Columns,
+    out: Outputs,
+    telemetry: ComponentTelemetry,
+}
+
+impl DeltaSink {
+    async fn run(mut self, spec: TableSpec, mut buffer: SinkBuffer) -> anyhow::Result<()> {
+        register_object_stores();
+        let mut table = {
+            let mut backoff = Backoff::new(&self.config.retry, &self.telemetry);
+            loop {
+                match TableWriter::open(spec.clone(), &mut self.columns).await {
+                    Ok(table) => break table,
+                    Err(WriteError::Permanent(err)) => return Err(err),
+                    Err(WriteError::Transient(err)) => backoff.wait(&err).await,
+                }
+            }
+        };
+        let timeout = self.config.batch.timeout.get();
+        let mut window_started: Option<Instant> = None;
+        loop {
+            let deadline = window_started.map(|t| tokio::time::Instant::from_std(t + timeout));
+            let events = tokio::select! {
+                events = buffer.next(CHUNK_EVENTS) => events,
+                () = sleep_until(deadline) => {
+                    self.commit(&mut table, &mut window_started).await;
+                    continue;
+                }
+            };
+            let Some(events) = events else { break };
+            self.write(&mut table, events).await;
+            if table.rows() > 0 && window_started.is_none() {
+                window_started = Some(Instant::now());
+            }
+            if table.rows() >= self.config.batch.max_events
+                || table.bytes() as u64 >= self.config.batch.max_bytes.get()
+            {
+                self.commit(&mut table, &mut window_started).await;
+            }
+        }
+        self.commit(&mut table, &mut window_started).await;
+        Ok(())
+    }
+
+    /// Encodes one chunk, sends misfits to `errors`, and streams the rest into the window.
+    async fn write(&mut self, table: &mut TableWriter, events: Vec<Event>) {
+        let encoded = match self.columns.encode(events, self.config.evolve_schema) {
+            Ok(encoded) => encoded,
+            Err(err) => {
+                // Building Arrow arrays from checked values does not fail; if it ever does,
+                // say so loudly rather than lose the chunk quietly.
+                ComponentError {
+                    error_type: ErrorType::Encode,
+                    stage: Stage::Processing,
+                    message: &format!("cannot encode events: {err:#}"),
+                    count: 1,
+                }
+                .emit(&self.telemetry);
+                return;
+            }
+        };
+        self.dead_letter(encoded.rejected).await;
+        if encoded.accepted.is_empty() {
+            return;
+        }
+        let mut backoff = Backoff::new(&self.config.retry, &self.telemetry);
+        while let Err(err) = table.ensure_columns(&mut self.columns).await {
+            backoff.wait(&err).await;
+        }
+        let deliveries = distinct_deliveries(&encoded.accepted);
+        let rows = encoded.accepted.len();
+        // The rows are in the writer now; the events themselves are no longer needed.
+        drop(encoded.accepted);
+        if let Err(err) = table.write(encoded.batch, deliveries).await {
+            ComponentError {
+                error_type: ErrorType::Io,
+                stage: Stage::Sending,
+                message: &format!(
+                    "cannot write {rows} rows: {err}; the open window is abandoned and its sources will deliver it again"
+                ),
+                count: rows,
+            }
+            .emit(&self.telemetry);
+            if let Err(err) = table.abandon() {
+                tracing::error!(component_id = %self.component, "cannot reopen the table writer: {err:#}");
+            }
+        }
+    }
+
+    /// Commits the open window, retrying until it lands.
+    async fn commit(&self, table: &mut TableWriter, window_started: &mut Option<Instant>) {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(&self.config.retry, &self.telemetry);
+        let committed = loop {
+            match table.commit().await {
+                Ok(committed) => break committed,
+                Err(err) => backoff.wait(&err).await,
+            }
+        };
+        *window_started = None;
+        if committed.rows > 0 {
+            BatchCommitted {
+                events: committed.rows,
+                bytes: committed.bytes,
+                duration: started.elapsed(),
+            }
+            .emit(&self.telemetry);
+            self.telemetry
+                .sent_events("default")
+                .inc_by(committed.rows as u64);
+        }
+    }
+
+    async fn dead_letter(&self, rejected: Vec<(Event, String)>) {
+        if rejected.is_empty() {
+            return;
+        }
+        ComponentError {
+            error_type: ErrorType::Encode,
+            stage: Stage::Processing,
+            message: &format!(
+                "{} events do not fit the table (first: {}); sent to `errors`",
+                rejected.len(),
+                rejected[0].1
+            ),
+            count: rejected.len(),
+        }
+        .emit(&self.telemetry);
+        let events = rejected
+            .into_iter()
+            .map(|(event, reason)| event.with_error(&self.component, reason))
+            .collect();
+        self.out.send_named("errors", EventBatch::new(events)).await;
+    }
+}
+
+/// The deliveries of `events`, each once (consecutive events mostly share one).
+fn distinct_deliveries(events: &[Event]) -> Vec<Arc<crate::event::Delivery>> {
+    let mut deliveries: Vec<Arc<crate::event::Delivery>> = Vec::new();
+    for delivery in events.iter().filter_map(Event::delivery) {
+        if deliveries
+            .last()
+            .is_none_or(|last| !Arc::ptr_eq(last, delivery))
+        {
+            deliveries.push(Arc::clone(delivery));
+        }
+    }
+    deliveries
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Teaches deltalake the `s3://` and `az://` schemes. Its crate registers them from a
+/// constructor at load time, which a linker may drop; registering again is harmless.
+fn register_object_stores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        deltalake::aws::register_handlers(None);
+        deltalake::azure::register_handlers(None);
+    });
+}

@@ -1,0 +1,277 @@
+//! One Delta table and the open write window into it.
+//!
+//! Rows are streamed into Parquet files as they arrive (`RecordBatchWriter` encodes and
+//! uploads incrementally); nothing is visible to readers until [`TableWriter::commit`]
+//! adds those files to the Delta log in one transaction. The commit carries an application
+//! transaction (`txn`: this sink's `app_id` and a version that grows by one per commit), so
+//! a commit whose outcome was lost (a timeout after the log entry was written) is recognised
+//! on retry instead of being written twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TableProperty;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use url::Url;
+
+use super::columns::Columns;
+use crate::event::Delivery;
+use crate::sinks::retry::WriteError;
+
+/// What to open and how to create it.
+#[derive(Clone, Debug)]
+pub struct TableSpec {
+    pub url: Url,
+    pub storage_options: HashMap<String, String>,
+    pub partition_columns: Vec<String>,
+    pub checkpoint_interval: u64,
+    pub app_id: String,
+}
+
+/// A table plus the rows written to it since the last commit.
+pub struct TableWriter {
+    spec: TableSpec,
+    /// The table, once it exists (it is created with the first rows' columns).
+    table: Option<DeltaTable>,
+    writer: Option<RecordBatchWriter>,
+    /// Field columns the table has in its log (the writer may know more after evolving).
+    committed_fields: usize,
+    /// The `txn` version of the next commit.
+    next_version: i64,
+    /// Rows written since the last commit.
+    rows: usize,
+    /// The deliveries of those rows: released (acknowledged) when the commit lands.
+    deliveries: Vec<Arc<Delivery>>,
+    /// Files finished for the open window but not yet in the log, with their size.
+    staged: Option<(Vec<Add>, usize)>,
+}
+
+impl TableWriter {
+    /// Opens the table at `spec.url` if it exists (without creating it), returning the
+    /// columns it has.
+    pub async fn open(spec: TableSpec, columns: &mut Columns) -> Result<Self, WriteError> {
+        let transient = |err: anyhow::Error| {
+            WriteError::Transient(err.context(format!("cannot open the table at {}", spec.url)))
+        };
+        // A local directory without a log is a table yet to be created: say so without
+        // asking deltalake, which logs a spurious error when it probes an empty directory.
+        let mut absent = false;
+        if spec.url.scheme() == "file"
+            && let Ok(path) = spec.url.to_file_path()
+        {
+            tokio::fs::create_dir_all(&path)
+                .await
+                .map_err(|err| transient(err.into()))?;
+            absent = !tokio::fs::try_exists(path.join("_delta_log"))
+                .await
+                .unwrap_or(false);
+        }
+        let mut table = DeltaTableBuilder::from_url(spec.url.clone())
+            .and_then(|builder| {
+                builder
+                    .with_storage_options(spec.storage_options.clone())
+                    .build()
+            })
+            .map_err(|err| WriteError::Permanent(err.into()))?;
+        let table = match absent {
+            true => None,
+            false => match table.load().await {
+                Ok(()) => Some(table),
+                Err(DeltaTableError::NotATable(_)) => None,
+                Err(err) => return Err(transient(err.into())),
+            },
+        };
+        let mut this = Self {
+            spec,
+            table: None,
+            writer: None,
+            committed_fields: 0,
+            next_version: 0,
+            rows: 0,
+            deliveries: Vec::new(),
+            staged: None,
+        };
+        if let Some(table) = table {
+            // A table that does not match the configuration will not start matching.
+            this.adopt(table, columns)
+                .await
+                .map_err(WriteError::Permanent)?;
+        }
+        Ok(this)
+    }
+
+    /// Takes an existing table: its columns, its partitioning, and where our `txn`
+    /// versions stand.
+    async fn adopt(&mut self, table: DeltaTable, columns: &mut Columns) -> anyhow::Result<()> {
+        let snapshot = table.snapshot()?;
+        let existing = snapshot.metadata().partition_columns();
+        if existing != self.spec.partition_columns {
+            anyhow::bail!(
+                "the table at {} is partitioned by {:?}, but `partition_by` asks for {:?}",
+                self.spec.url,
+                existing,
+                self.spec.partition_columns
+            );
+        }
+        let committed = snapshot
+            .transaction_version(table.log_store().as_ref(), &self.spec.app_id)
+            .await?;
+        self.next_version = committed.map_or(0, |v| v + 1);
+        let writer = RecordBatchWriter::for_table(&table)?;
+        self.committed_fields = columns.adopt_table(&writer.arrow_schema())?;
+        self.writer = Some(writer);
+        self.table = Some(table);
+        Ok(())
+    }
+
+    /// Makes sure the table exists and has every column of `columns`; columns added since
+    /// the last commit are committed first (after the rows written so far).
+    pub async fn ensure_columns(&mut self, columns: &mut Columns) -> anyhow::Result<()> {
+        match &self.table {
+            None => {
+                let table = DeltaTable::try_from_url_with_storage_options(
+                    self.spec.url.clone(),
+                    self.spec.storage_options.clone(),
+                )
+                .await?
+                .create()
+                .with_columns(columns.delta_fields())
+                .with_partition_columns(self.spec.partition_columns.clone())
+                .with_configuration_property(
+                    TableProperty::CheckpointInterval,
+                    Some(self.spec.checkpoint_interval.to_string()),
+                )
+                .await?;
+                self.adopt(table, columns).await
+            }
+            Some(_) if columns.field_count() > self.committed_fields => {
+                // The writer cannot widen a partitioned table's schema mid-window: commit
+                // what it has, add the columns, and start a new window.
+                self.commit().await?;
+                let added = columns.delta_fields_after(self.committed_fields);
+                let table = self
+                    .table
+                    .take()
+                    .ok_or_else(|| anyhow::anyhow!("table vanished while adding columns"))?;
+                let table = table.add_columns().with_fields(added).await?;
+                self.adopt(table, columns).await
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Streams `batch` into the open window; `deliveries` are held until the commit.
+    pub async fn write(
+        &mut self,
+        batch: deltalake::arrow::record_batch::RecordBatch,
+        deliveries: impl IntoIterator<Item = Arc<Delivery>>,
+    ) -> Result<(), DeltaTableError> {
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| DeltaTableError::Generic("the table is not open".into()))?;
+        let rows = batch.num_rows();
+        writer.write(batch).await?;
+        self.rows += rows;
+        self.deliveries.extend(deliveries);
+        Ok(())
+    }
+
+    /// Rows waiting for a commit.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Encoded bytes waiting for a commit.
+    pub fn bytes(&self) -> usize {
+        self.writer
+            .as_ref()
+            .map_or(0, RecordBatchWriter::buffer_len)
+    }
+
+    /// Commits the open window with `txn(app_id, next_version)`: finishes its Parquet files,
+    /// then adds them to the log in one transaction. A retry after an unclear failure first
+    /// asks the log whether that version already landed; files finished by an attempt that
+    /// failed are kept and committed by the next one.
+    pub async fn commit(&mut self) -> anyhow::Result<Committed> {
+        if self.rows == 0 {
+            return Ok(Committed::default());
+        }
+        let (Some(table), Some(writer)) = (self.table.as_mut(), self.writer.as_mut()) else {
+            anyhow::bail!("the table is not open");
+        };
+        if self.staged.is_none() {
+            let bytes = writer.buffer_len();
+            let adds = writer.flush().await?;
+            self.staged = Some((adds, bytes));
+        }
+        let Some((adds, bytes)) = self.staged.clone() else {
+            anyhow::bail!("no staged files");
+        };
+        crate::fault::crash_point("delta_lake.before_commit");
+        let version = self.next_version;
+        let partition_by =
+            Some(self.spec.partition_columns.clone()).filter(|columns| !columns.is_empty());
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&self.spec.app_id, version))
+            .with_create_checkpoint(true);
+        let outcome = CommitBuilder::from(properties)
+            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .build(
+                Some(table.snapshot()?),
+                table.log_store(),
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by,
+                    predicate: None,
+                },
+            )
+            .await;
+        match outcome {
+            Ok(finalized) => table.state = Some(finalized.snapshot()),
+            Err(err) => {
+                // The log may hold the commit even though we heard an error.
+                table.update_state().await?;
+                let landed = table
+                    .snapshot()?
+                    .transaction_version(table.log_store().as_ref(), &self.spec.app_id)
+                    .await?;
+                if landed < Some(version) {
+                    return Err(err.into());
+                }
+            }
+        }
+        let rows = self.rows;
+        self.next_version = version + 1;
+        self.rows = 0;
+        self.staged = None;
+        // Dropping the deliveries acknowledges the committed rows upstream.
+        self.deliveries.clear();
+        Ok(Committed { rows, bytes })
+    }
+
+    /// Gives up on the open window after a write error: the writer has discarded its
+    /// buffered rows, so their sources must deliver them again.
+    pub fn abandon(&mut self) -> anyhow::Result<()> {
+        for delivery in self.deliveries.drain(..) {
+            delivery.fail();
+        }
+        self.rows = 0;
+        self.staged = None;
+        if let Some(table) = &self.table {
+            self.writer = Some(RecordBatchWriter::for_table(table)?);
+        }
+        Ok(())
+    }
+}
+
+/// What one commit wrote.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Committed {
+    pub rows: usize,
+    pub bytes: usize,
+}
