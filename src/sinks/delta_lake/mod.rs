@@ -9,6 +9,7 @@
 //! [`table`] for the commit protocol.
 
 mod columns;
+mod compact;
 mod table;
 
 use std::collections::{BTreeMap, HashMap};
@@ -63,10 +64,58 @@ pub struct DeltaLakeConfig {
     /// weir instances writing one table need different ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
+    /// Rewrite small files into large ones now and then; default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimize: Option<OptimizeConfig>,
+    /// Delete unreferenced data files now and then; default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vacuum: Option<VacuumConfig>,
     #[serde(default)]
     pub buffer: BufferConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+}
+
+/// Scheduled `OPTIMIZE` (compaction): each partition's files smaller than `target_size`
+/// are rewritten into files of about that size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizeConfig {
+    /// How often to compact.
+    #[serde(default = "default_optimize_interval")]
+    pub interval: config::Duration,
+    /// The file size to aim for.
+    #[serde(default = "default_target_size")]
+    pub target_size: ByteSize,
+}
+
+fn default_optimize_interval() -> config::Duration {
+    config::Duration::from_secs(3600)
+}
+
+fn default_target_size() -> ByteSize {
+    ByteSize::mib(128)
+}
+
+/// Scheduled `VACUUM`: removes data files the table no longer refers to (replaced by a
+/// compaction, or written by a window that crashed before its commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VacuumConfig {
+    /// How often to vacuum.
+    #[serde(default = "default_vacuum_interval")]
+    pub interval: config::Duration,
+    /// Keep files younger than this, so readers of recent versions still find them.
+    #[serde(default = "default_vacuum_retention")]
+    pub retention: config::Duration,
+}
+
+fn default_vacuum_interval() -> config::Duration {
+    config::Duration::from_secs(24 * 3600)
+}
+
+fn default_vacuum_retention() -> config::Duration {
+    config::Duration::from_secs(7 * 24 * 3600)
 }
 
 /// When the open window is committed: whichever limit is reached first.
@@ -302,12 +351,24 @@ impl DeltaSink {
         };
         let timeout = self.config.batch.timeout.get();
         let mut window_started: Option<Instant> = None;
+        let mut next_vacuum = self.config.vacuum.map(|v| after(v.interval));
+        let mut next_optimize = self.config.optimize.map(|o| after(o.interval));
         loop {
             let deadline = window_started.map(|t| tokio::time::Instant::from_std(t + timeout));
             let events = tokio::select! {
                 events = buffer.next(CHUNK_EVENTS) => events,
                 () = sleep_until(deadline) => {
                     self.commit(&mut table, &mut window_started).await;
+                    continue;
+                }
+                () = sleep_until(next_vacuum) => {
+                    self.vacuum(&mut table).await;
+                    next_vacuum = self.config.vacuum.map(|v| after(v.interval));
+                    continue;
+                }
+                () = sleep_until(next_optimize) => {
+                    self.optimize(&mut table).await;
+                    next_optimize = self.config.optimize.map(|o| after(o.interval));
                     continue;
                 }
             };
@@ -395,6 +456,47 @@ impl DeltaSink {
         }
     }
 
+    /// One scheduled compaction; a failure is reported and waits for the next one.
+    async fn optimize(&self, table: &mut TableWriter) {
+        let Some(optimize) = self.config.optimize else {
+            return;
+        };
+        match table.compact(optimize.target_size.get()).await {
+            Ok(done) => tracing::info!(
+                component_id = %self.component,
+                files_removed = done.files_removed,
+                files_added = done.files_added,
+                "compacted the table"
+            ),
+            Err(err) => ComponentError {
+                error_type: ErrorType::Io,
+                stage: Stage::Sending,
+                message: &format!("compaction failed: {err:#}; trying again at the next interval"),
+                count: 1,
+            }
+            .emit(&self.telemetry),
+        }
+    }
+
+    /// One scheduled vacuum; a failure is reported and waits for the next one.
+    async fn vacuum(&self, table: &mut TableWriter) {
+        let Some(vacuum) = self.config.vacuum else {
+            return;
+        };
+        match table.vacuum(vacuum.retention.get()).await {
+            Ok(deleted) => {
+                tracing::info!(component_id = %self.component, deleted, "vacuumed the table")
+            }
+            Err(err) => ComponentError {
+                error_type: ErrorType::Io,
+                stage: Stage::Sending,
+                message: &format!("vacuum failed: {err:#}; trying again at the next interval"),
+                count: 1,
+            }
+            .emit(&self.telemetry),
+        }
+    }
+
     async fn dead_letter(&self, rejected: Vec<(Event, String)>) {
         if rejected.is_empty() {
             return;
@@ -430,6 +532,10 @@ fn distinct_deliveries(events: &[Event]) -> Vec<Arc<crate::event::Delivery>> {
         }
     }
     deliveries
+}
+
+fn after(interval: config::Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + interval.get()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -19,6 +19,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
 use super::columns::Columns;
+use super::compact::{Compacted, compact};
 use crate::event::Delivery;
 use crate::sinks::retry::WriteError;
 
@@ -133,19 +134,19 @@ impl TableWriter {
     pub async fn ensure_columns(&mut self, columns: &mut Columns) -> anyhow::Result<()> {
         match &self.table {
             None => {
-                let table = DeltaTable::try_from_url_with_storage_options(
-                    self.spec.url.clone(),
-                    self.spec.storage_options.clone(),
-                )
-                .await?
-                .create()
-                .with_columns(columns.delta_fields())
-                .with_partition_columns(self.spec.partition_columns.clone())
-                .with_configuration_property(
-                    TableProperty::CheckpointInterval,
-                    Some(self.spec.checkpoint_interval.to_string()),
-                )
-                .await?;
+                // `build` without `load`: probing a table that does not exist yet only
+                // makes deltalake log an error.
+                let table = DeltaTableBuilder::from_url(self.spec.url.clone())?
+                    .with_storage_options(self.spec.storage_options.clone())
+                    .build()?
+                    .create()
+                    .with_columns(columns.delta_fields())
+                    .with_partition_columns(self.spec.partition_columns.clone())
+                    .with_configuration_property(
+                        TableProperty::CheckpointInterval,
+                        Some(self.spec.checkpoint_interval.to_string()),
+                    )
+                    .await?;
                 self.adopt(table, columns).await
             }
             Some(_) if columns.field_count() > self.committed_fields => {
@@ -252,6 +253,34 @@ impl TableWriter {
         // Dropping the deliveries acknowledges the committed rows upstream.
         self.deliveries.clear();
         Ok(Committed { rows, bytes })
+    }
+
+    /// Deletes data files that no table version younger than `retention` refers to (the
+    /// files of a crashed window included); returns how many.
+    pub async fn vacuum(&mut self, retention: std::time::Duration) -> anyhow::Result<usize> {
+        let Some(table) = &self.table else {
+            return Ok(0);
+        };
+        let (table, metrics) = table
+            .clone()
+            .vacuum()
+            .with_retention_period(chrono::Duration::from_std(retention)?)
+            // Full: also files that never made it into the log (a crashed window's).
+            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+            // The retention is the user's explicit choice, shorter than Delta's default
+            // of 7 days or not.
+            .with_enforce_retention_duration(false)
+            .await?;
+        self.table = Some(table);
+        Ok(metrics.files_deleted.len())
+    }
+
+    /// Rewrites small files into files of about `target_size` bytes (see [`compact`]).
+    pub async fn compact(&mut self, target_size: u64) -> anyhow::Result<Compacted> {
+        match self.table.as_mut() {
+            Some(table) => compact(table, target_size).await,
+            None => Ok(Compacted::default()),
+        }
     }
 
     /// Gives up on the open window after a write error: the writer has discarded its
