@@ -8,11 +8,13 @@ mod blackhole;
 pub mod buffer;
 mod console;
 mod file;
+mod redis;
 pub mod retry;
 
 pub use blackhole::BlackholeConfig;
 pub use console::ConsoleConfig;
 pub use file::FileConfig;
+pub use redis::{RedisConfig, RedisMode};
 
 use crate::config::component::component_types;
 use crate::config::{ComponentId, FieldProblem, Resource};
@@ -26,6 +28,7 @@ component_types! {
         "console" => Console(ConsoleConfig),
         "file" => File(FileConfig),
         "blackhole" => Blackhole(BlackholeConfig),
+        "redis" => Redis(RedisConfig),
     }
 }
 
