@@ -249,7 +249,10 @@ enum Outcome {
     /// `only_newer` kept the stored, newer document.
     Skipped,
     /// Worth another attempt (the server is loading, the script cache is empty).
-    Retry(String),
+    Retry {
+        reason: String,
+        missing_script: bool,
+    },
     /// Refused for good (WRONGTYPE, ...).
     Refused(String),
 }
@@ -409,8 +412,11 @@ impl Sink {
                     progress.bytes += bytes;
                 }
                 Outcome::Skipped => progress.skipped += 1,
-                Outcome::Retry(reason) => {
-                    *load_scripts |= reason.starts_with("NOSCRIPT");
+                Outcome::Retry {
+                    reason,
+                    missing_script,
+                } => {
+                    *load_scripts |= missing_script;
                     retry_reason.get_or_insert(reason);
                     progress.pending.push(item);
                 }
@@ -451,7 +457,12 @@ fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
 fn outcome(replies: &[redis::RedisResult<redis::Value>], only_newer: bool) -> Outcome {
     for reply in replies {
         match reply {
-            Err(err) if is_transient(err) => return Outcome::Retry(err.to_string()),
+            Err(err) if is_transient(err) => {
+                return Outcome::Retry {
+                    reason: err.to_string(),
+                    missing_script: err.code() == Some("NOSCRIPT"),
+                };
+            }
             Err(err) => return Outcome::Refused(err.to_string()),
             Ok(redis::Value::Int(0)) if only_newer => return Outcome::Skipped,
             Ok(_) => {}
