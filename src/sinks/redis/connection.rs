@@ -64,6 +64,14 @@ pub(super) fn split_urls(url: &str) -> Vec<String> {
 
 /// Why a URL cannot be used, without connecting.
 pub(super) fn check_url(url: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+    if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
+        return Err(format!(
+            "`{}` is not a Redis URL: expected `redis://host:port/db`, `rediss://...` (TLS) \
+             or `redis+unix:///path`",
+            redact(url)
+        ));
+    }
     url.into_connection_info()
         .map(|_| ())
         .map_err(|err| format!("`{}` is not a Redis URL: {err}", redact(url)))
