@@ -233,14 +233,43 @@ struct Item {
     key: String,
 }
 
+/// Events Redis has not confirmed yet. Dropping them unconfirmed (the sink task is
+/// cancelled mid-write) marks their deliveries failed instead of acknowledging them.
+#[derive(Default)]
+struct Pending(Vec<Item>);
+
+impl Pending {
+    /// The events, for settling by their replies.
+    fn take(&mut self) -> Vec<Item> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        for item in &self.0 {
+            item.event.fail_delivery();
+        }
+    }
+}
+
 /// One batch on its way: what is still to be written and what came of the rest.
 #[derive(Default)]
 struct Progress {
-    pending: Vec<Item>,
+    pending: Pending,
+    /// Bound for `errors`; failed like `pending` if the sink stops before sending them.
     refused: Vec<Event>,
     written: usize,
     skipped: usize,
     bytes: usize,
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        for event in &self.refused {
+            event.fail_delivery();
+        }
+    }
 }
 
 /// What Redis made of one event's commands.
@@ -285,7 +314,7 @@ impl Sink {
         let mut progress = Progress::default();
         for event in events {
             match self.key.render(&event.view()) {
-                Ok(key) if !key.is_empty() => progress.pending.push(Item { event, key }),
+                Ok(key) if !key.is_empty() => progress.pending.0.push(Item { event, key }),
                 Ok(_) => self.refuse_key(&mut progress, event, "rendered an empty key"),
                 Err(err) => self.refuse_key(&mut progress, event, &err.to_string()),
             }
@@ -296,7 +325,7 @@ impl Sink {
             self.attempt(connection, &state)
         })
         .await;
-        let (progress, load_scripts) = state.into_inner().unwrap_or_else(|p| p.into_inner());
+        let (mut progress, load_scripts) = state.into_inner().unwrap_or_else(|p| p.into_inner());
         self.telemetry
             .sent_events("default")
             .inc_by(progress.written as u64);
@@ -312,8 +341,9 @@ impl Sink {
         }
         .emit(&self.telemetry);
         if !progress.refused.is_empty() {
+            let refused = std::mem::take(&mut progress.refused);
             self.out
-                .send_named("errors", EventBatch::new(progress.refused))
+                .send_named("errors", EventBatch::new(refused))
                 .await;
         }
         load_scripts
@@ -343,7 +373,7 @@ impl Sink {
             let mut state = lock(state);
             (std::mem::take(&mut state.0.pending), state.1)
         };
-        if pending.is_empty() {
+        if pending.0.is_empty() {
             return Ok(());
         }
         if load_scripts && let Err(err) = connection.load_scripts().await {
@@ -357,8 +387,8 @@ impl Sink {
         let per_event = self.commands.per_event();
         let mut pipe = redis::pipe();
         let mut keys: Vec<&str> = Vec::new();
-        let mut bytes = Vec::with_capacity(pending.len());
-        for item in &pending {
+        let mut bytes = Vec::with_capacity(pending.0.len());
+        for item in &pending.0 {
             bytes.push(self.commands.append(&mut pipe, &item.key, &item.event));
             if self.cluster {
                 keys.extend(std::iter::repeat_n(item.key.as_str(), per_event));
@@ -367,12 +397,12 @@ impl Sink {
         let replies = connection.send(pipe, &keys).await;
         drop(keys);
         let replies = match replies {
-            Ok(replies) if replies.len() == pending.len() * per_event => replies,
+            Ok(replies) if replies.len() == pending.0.len() * per_event => replies,
             Ok(replies) => {
                 let message = format!(
                     "Redis sent {} replies to {} commands",
                     replies.len(),
-                    pending.len() * per_event
+                    pending.0.len() * per_event
                 );
                 lock(state).0.pending = pending;
                 return Err(WriteError::Transient(anyhow::anyhow!(message)));
@@ -391,7 +421,7 @@ impl Sink {
     fn settle(
         &self,
         state: &Mutex<(Progress, bool)>,
-        pending: Vec<Item>,
+        mut pending: Pending,
         bytes: &[usize],
         replies: &Replies,
     ) -> Result<(), WriteError> {
@@ -402,6 +432,7 @@ impl Sink {
         let mut first_refusal = None;
         let per_event = self.commands.per_event();
         for ((item, bytes), replies) in pending
+            .take()
             .into_iter()
             .zip(bytes)
             .zip(replies.chunks(per_event))
@@ -418,7 +449,7 @@ impl Sink {
                 } => {
                     *load_scripts |= missing_script;
                     retry_reason.get_or_insert(reason);
-                    progress.pending.push(item);
+                    progress.pending.0.push(item);
                 }
                 Outcome::Refused(reason) => {
                     let message = format!("Redis refused the write to `{}`: {reason}", item.key);
@@ -443,7 +474,7 @@ impl Sink {
             None => Ok(()),
             Some(reason) => Err(WriteError::Transient(anyhow::anyhow!(
                 "Redis could not take {} events now: {reason}",
-                progress.pending.len()
+                progress.pending.0.len()
             ))),
         }
     }
