@@ -81,6 +81,18 @@ sinks:
         metric_in(&self.weir.metrics().await, name, labels)
     }
 
+    /// The sink's metric `name`, polled until it reaches `target` (or 5 s passed).
+    async fn metric_reaching(&self, name: &str, target: f64) -> f64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let value = self.metric(name, &[r#"component_id="warm""#]).await;
+            if value >= target || std::time::Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn dead_letters(&self) -> Vec<Value> {
         lines(&self.dir.path().join("dead.ndjson"))
     }
@@ -580,5 +592,41 @@ async fn writes_to_a_redis_cluster_across_slots() {
         assert!(!keys.is_empty(), "node {port} holds some of the documents");
         let seq: String = c.hget(&keys[0], "seq").unwrap();
         assert_eq!(keys[0], h.key(&format!("dev-{seq}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_drops_newest_while_redis_is_unreachable() {
+    // Nothing listens there: the sink keeps trying to connect, with backoff.
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let h = Harness::start(
+        "unreachable",
+        &url,
+        "    key: '{prefix}:{{ device_id }}'
+    buffer: { max_events: 10, when_full: drop_newest }
+    retry: { initial_backoff: 50ms, max_backoff: 200ms }",
+    )
+    .await;
+    let base = h.base.clone();
+    // The kept readings are never committed: their requests wait, so do not await them.
+    let posts: Vec<_> = (0..5)
+        .map(|i| {
+            let url = format!("{base}/v1/devices/dev-{i}/messages");
+            let body: Vec<Value> = (0..10).map(|n| json!({"ts": T0 + n, "n": n})).collect();
+            tokio::spawn(async move { reqwest::Client::new().post(url).json(&body).send().await })
+        })
+        .collect();
+    let discarded = h
+        .metric_reaching("buffer_discarded_events_total", 40.0)
+        .await;
+    assert_eq!(discarded, 40.0, "10 readings held, the other 40 dropped");
+    let retries = h.metric_reaching("sink_retries_total", 3.0).await;
+    assert!(retries >= 3.0, "the sink keeps reconnecting: {retries}");
+    let sent = h
+        .metric("component_sent_events_total", &[r#"component_id="warm""#])
+        .await;
+    assert_eq!(sent, 0.0);
+    for post in posts {
+        post.abort();
     }
 }

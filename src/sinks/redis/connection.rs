@@ -124,7 +124,10 @@ impl Target {
             Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
             None => redis::Client::open(url)?,
         };
+        // One quick retry inside the manager; longer outages are retried (with backoff,
+        // counted and logged) by the sink around each write.
         let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_min_delay(Duration::from_millis(50))
