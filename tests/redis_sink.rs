@@ -571,7 +571,7 @@ async fn writes_to_a_redis_cluster_across_slots() {
     let h = Harness::start(
         "cluster",
         &cluster.urls(),
-        "    key: '{prefix}:{{ device_id }}'\n    cluster: true\n    ttl: 1h",
+        "    key: '{prefix}:{{ device_id }}'\n    cluster: true\n    ttl: 1h\n    only_newer: true",
     )
     .await;
     // 200 devices spread over the three nodes, posted 20 at a time.
@@ -592,7 +592,20 @@ async fn writes_to_a_redis_cluster_across_slots() {
         assert!(!keys.is_empty(), "node {port} holds some of the documents");
         let seq: String = c.hget(&keys[0], "seq").unwrap();
         assert_eq!(keys[0], h.key(&format!("dev-{seq}")));
+        // A late reading for that device: the script (loaded on every node) keeps the
+        // stored one.
+        let device = format!("dev-{seq}");
+        assert_eq!(h.post(&device, json!({"ts": T0, "seq": -1})).await, 200);
+        let after: String = c.hget(&keys[0], "seq").unwrap();
+        assert_eq!(after, seq);
     }
+    let skipped = h
+        .metric(
+            "component_discarded_events_total",
+            &[r#"component_id="warm""#, r#"intentional="true""#],
+        )
+        .await;
+    assert_eq!(skipped, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
