@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{TICKS_PER_S, cpu_seconds, free_port, http_get, peak_rss_kib};
+use support::{cpu_seconds, free_port, http_get, machine_busy_seconds, peak_rss_kib};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const WEIR_LOAD: &str = env!("CARGO_BIN_EXE_weir-load");
@@ -372,27 +372,6 @@ fn sink_events(api: SocketAddr) -> Result<u64, String> {
         .and_then(|value| value.trim().parse::<f64>().ok())
         .map(|value| value as u64)
         .ok_or_else(|| "no component_sent_events_total for the blackhole in /metrics".into())
-}
-
-/// Busy CPU time of the whole machine (every core), from the `cpu` line of `/proc/stat`.
-fn machine_busy_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()?
-        .strip_prefix("cpu ")?
-        .split_whitespace()
-        .map(|t| t.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
-    let busy: u64 = ticks
-        .iter()
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, t)| t)
-        .sum();
-    Some(busy as f64 / TICKS_PER_S)
 }
 
 /// Stops weir with SIGTERM and waits for it to drain; SIGKILL after 30 s.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{cpu_seconds, free_port, http_get, peak_rss_kib};
+use support::{cpu_seconds, free_port, http_get, machine_busy_seconds, peak_rss_kib};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const TARGET_UPDATES_PER_S: f64 = 150_000.0;
@@ -126,6 +126,11 @@ sinks:
         m.weir_cpu / m.written as f64 * 1e6,
         m.redis_cpu / m.seconds,
     );
+    let others = (m.machine_cpu - m.weir_cpu - m.redis_cpu) / m.seconds;
+    println!("  everything else on the machine: {others:.2} cores");
+    if others > 0.2 {
+        println!("  WARNING: the machine was busy with other work; the numbers are pessimistic");
+    }
     Ok(())
 }
 
@@ -135,6 +140,8 @@ struct Measurement {
     peak_rss_kib: u64,
     weir_cpu: f64,
     redis_cpu: f64,
+    /// CPU seconds the whole machine was busy (every process, every core).
+    machine_cpu: f64,
 }
 
 /// From the first written update to the last: the simulator starts before `/ready`
@@ -146,7 +153,7 @@ fn measure(
     events: u64,
 ) -> Result<Measurement, String> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut start: Option<(Instant, u64, f64, f64)> = None;
+    let mut start: Option<(Instant, u64, [f64; 3])> = None;
     loop {
         if let Ok(Some(status)) = weir.try_wait() {
             return Err(format!("weir exited ({status}) before writing everything"));
@@ -155,20 +162,17 @@ fn measure(
         let now = Instant::now();
         match start {
             None if written > 0 => {
-                start = Some((
-                    now,
-                    written,
-                    cpu_seconds(weir.id()).unwrap_or(0.0),
-                    cpu_seconds(redis_pid).unwrap_or(0.0),
-                ));
+                start = Some((now, written, cpu(weir.id(), redis_pid)));
             }
-            Some((t0, w0, weir_cpu0, redis_cpu0)) if written >= events => {
+            Some((t0, w0, cpu0)) if written >= events => {
+                let cpu1 = cpu(weir.id(), redis_pid);
                 return Ok(Measurement {
                     written: written - w0,
                     seconds: now.duration_since(t0).as_secs_f64(),
                     peak_rss_kib: peak_rss_kib(weir.id()).unwrap_or(0),
-                    weir_cpu: cpu_seconds(weir.id()).unwrap_or(0.0) - weir_cpu0,
-                    redis_cpu: cpu_seconds(redis_pid).unwrap_or(0.0) - redis_cpu0,
+                    weir_cpu: cpu1[0] - cpu0[0],
+                    redis_cpu: cpu1[1] - cpu0[1],
+                    machine_cpu: cpu1[2] - cpu0[2],
                 });
             }
             _ => {}
@@ -178,6 +182,15 @@ fn measure(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// CPU seconds so far of weir, of redis-server and of the whole machine.
+fn cpu(weir: u32, redis: u32) -> [f64; 3] {
+    [
+        cpu_seconds(weir).unwrap_or(0.0),
+        cpu_seconds(redis).unwrap_or(0.0),
+        machine_busy_seconds().unwrap_or(0.0),
+    ]
 }
 
 fn redis_cli(args: &[&str]) -> Result<String, String> {
