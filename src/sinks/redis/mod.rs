@@ -521,3 +521,75 @@ fn is_transient(err: &redis::RedisError) -> bool {
         || err.is_connection_dropped()
         || err.code().is_some_and(|code| NOT_NOW.contains(&code))
 }
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
+
+    use super::*;
+
+    fn server(kind: ServerErrorKind) -> redis::RedisResult<Value> {
+        Err(RedisError::from((
+            ErrorKind::Server(kind),
+            "from the server",
+        )))
+    }
+
+    fn extension(code: &str) -> redis::RedisResult<Value> {
+        Err(redis::make_extension_error(
+            code.into(),
+            Some("detail".into()),
+        ))
+    }
+
+    #[test]
+    fn replies_decide_each_event() {
+        let ok = || Ok(Value::Okay);
+        assert!(matches!(outcome(&[ok(), ok()], false), Outcome::Written));
+        assert!(matches!(
+            outcome(&[Ok(Value::Int(0))], false),
+            Outcome::Written
+        ));
+        assert!(matches!(
+            outcome(&[Ok(Value::Int(0))], true),
+            Outcome::Skipped
+        ));
+        assert!(matches!(
+            outcome(&[Ok(Value::Int(1))], true),
+            Outcome::Written
+        ));
+        assert!(matches!(
+            outcome(&[ok(), extension("WRONGTYPE")], false),
+            Outcome::Refused(reason) if reason.contains("WRONGTYPE")
+        ));
+        assert!(matches!(
+            outcome(&[server(ServerErrorKind::NoScript)], true),
+            Outcome::Retry {
+                missing_script: true,
+                ..
+            }
+        ));
+        for kind in [
+            ServerErrorKind::BusyLoading,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::ReadOnly,
+        ] {
+            assert!(matches!(
+                outcome(&[server(kind)], false),
+                Outcome::Retry {
+                    missing_script: false,
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            outcome(&[extension("OOM")], false),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            outcome(&[server(ServerErrorKind::ResponseError)], false),
+            Outcome::Refused(_)
+        ));
+    }
+}
