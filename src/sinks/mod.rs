@@ -8,8 +8,8 @@ mod blackhole;
 pub mod buffer;
 mod console;
 mod file;
-mod redis;
 pub mod retry;
+mod redis;
 
 pub use blackhole::BlackholeConfig;
 pub use console::ConsoleConfig;
@@ -27,8 +27,8 @@ component_types! {
     pub enum SinkConfig: SinkComponent {
         "console" => Console(ConsoleConfig),
         "file" => File(FileConfig),
-        "blackhole" => Blackhole(BlackholeConfig),
         "redis" => Redis(RedisConfig),
+        "blackhole" => Blackhole(BlackholeConfig),
     }
 }
 
