@@ -458,6 +458,21 @@ async fn writes_over_mutual_tls() {
     assert_eq!(v, "7");
 }
 
+/// Starts a daemonized redis-server of a test's own (no persistence, files in `dir`) with
+/// `args` on top.
+fn start_redis_server(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("redis-server")
+        .args(args)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--daemonize", "yes", "--dir"])
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("log"))
+        .status()
+        .expect("run redis-server");
+    assert!(status.success(), "redis-server {args:?} did not start");
+}
+
 /// Three Redis Cluster nodes on free ports, stopped when dropped.
 struct Cluster {
     ports: Vec<u16>,
@@ -480,23 +495,8 @@ impl Cluster {
         for port in &cluster.ports {
             let node_dir = cluster.dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
-            let status = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args(["--daemonize", "yes", "--dir"])
-                .arg(&node_dir)
-                .arg("--logfile")
-                .arg(node_dir.join("log"))
-                .status()
-                .unwrap();
-            assert!(status.success(), "redis-server on {port}");
+            let port = port.to_string();
+            start_redis_server(&node_dir, &["--port", &port, "--cluster-enabled", "yes"]);
         }
         for port in &cluster.ports {
             let up = (0..100).any(|_| {
@@ -642,4 +642,94 @@ async fn a_full_buffer_drops_newest_while_redis_is_unreachable() {
     for post in posts {
         post.abort();
     }
+}
+
+/// A redis-server of its own listening only on a TLS port, requiring client certificates;
+/// shut down when dropped.
+struct TlsRedis {
+    port: u16,
+    pki: support::pki::Pki,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    fn start() -> TlsRedis {
+        services::redis(); // makes sure redis-server is installed
+        let dir = tempfile::tempdir().unwrap();
+        let pki = support::pki::generate(dir.path());
+        let port = free_port();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let (cert, key, ca) = (path(&pki.server_cert), path(&pki.server_key), path(&pki.ca));
+        start_redis_server(
+            dir.path(),
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "yes",
+            ],
+        );
+        let server = TlsRedis {
+            port,
+            pki,
+            _dir: dir,
+        };
+        let up = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            server.cli(&["ping"]) == "PONG"
+        });
+        assert!(up, "the TLS redis-server did not answer");
+        server
+    }
+
+    /// `redis-cli` over TLS with the test client certificate.
+    fn cli(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["--tls", "-h", "localhost", "-p", &self.port.to_string()])
+            .arg("--cacert")
+            .arg(&self.pki.ca)
+            .arg("--cert")
+            .arg(&self.pki.client_cert)
+            .arg("--key")
+            .arg(&self.pki.client_key)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.cli(&["shutdown", "nosave"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_redis_server_listening_on_tls() {
+    let server = TlsRedis::start();
+    let options = format!(
+        "    key: '{{prefix}}:{{{{ device_id }}}}'\n    mode: json\n    tls: {{ ca_file: '{}', cert_file: '{}', key_file: '{}' }}",
+        server.pki.ca.display(),
+        server.pki.client_cert.display(),
+        server.pki.client_key.display()
+    );
+    let h = Harness::start(
+        "tls-server",
+        &format!("rediss://localhost:{}/0", server.port),
+        &options,
+    )
+    .await;
+    assert_eq!(h.post("dev-1", json!({"ts": T0 + 1, "v": 7})).await, 200);
+    let text = server.cli(&["get", &h.key("dev-1")]);
+    let doc: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    assert_eq!(doc["v"], 7, "{text}");
 }

@@ -8,8 +8,8 @@ mod blackhole;
 pub mod buffer;
 mod console;
 mod file;
-pub mod retry;
 mod redis;
+pub mod retry;
 
 pub use blackhole::BlackholeConfig;
 pub use console::ConsoleConfig;
