@@ -26,19 +26,21 @@
 //! The targets (≥ 500,000 events/s, ≤ 100 MiB peak RSS) are reported as PASS/MISS; a miss
 //! does not fail the bench, a broken harness (weir not starting, no request accepted) does.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read as _;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
+
+use support::{cpu_seconds, free_port, http_get, machine_busy_seconds, peak_rss_kib};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const WEIR_LOAD: &str = env!("CARGO_BIN_EXE_weir-load");
 
 const TARGET_EVENTS_PER_S: f64 = 500_000.0;
 const TARGET_RSS_MIB: f64 = 100.0;
-/// Linux reports CPU time in `/proc/<pid>/stat` in ticks of 1/100 s (USER_HZ).
-const TICKS_PER_S: f64 = 100.0;
 
 struct Settings {
     duration: String,
@@ -326,12 +328,6 @@ sinks:
 }
 
 /// A port that was free a moment ago (weir binds it right after).
-fn free_port() -> Result<SocketAddr, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|e| format!("cannot find a free port: {e}"))
-}
-
 fn wait_ready(weir: &mut Child, api: SocketAddr) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -376,66 +372,6 @@ fn sink_events(api: SocketAddr) -> Result<u64, String> {
         .and_then(|value| value.trim().parse::<f64>().ok())
         .map(|value| value as u64)
         .ok_or_else(|| "no component_sent_events_total for the blackhole in /metrics".into())
-}
-
-/// A minimal HTTP/1.0 GET: status code and body.
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// User + system CPU time of a process, from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS_PER_S)
-}
-
-/// Busy CPU time of the whole machine (every core), from the `cpu` line of `/proc/stat`.
-fn machine_busy_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()?
-        .strip_prefix("cpu ")?
-        .split_whitespace()
-        .map(|t| t.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
-    let busy: u64 = ticks
-        .iter()
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, t)| t)
-        .sum();
-    Some(busy as f64 / TICKS_PER_S)
-}
-
-/// Peak resident set size (`VmHWM`) in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Stops weir with SIGTERM and waits for it to drain; SIGKILL after 30 s.

@@ -9,12 +9,14 @@ pub mod buffer;
 mod console;
 mod delta_lake;
 mod file;
+mod redis;
 pub mod retry;
 
 pub use blackhole::BlackholeConfig;
 pub use console::ConsoleConfig;
 pub use delta_lake::DeltaLakeConfig;
 pub use file::FileConfig;
+pub use redis::{RedisConfig, RedisMode};
 
 use crate::config::component::component_types;
 use crate::config::{ComponentId, FieldProblem, Resource};
@@ -27,6 +29,7 @@ component_types! {
     pub enum SinkConfig: SinkComponent {
         "console" => Console(ConsoleConfig),
         "file" => File(FileConfig),
+        "redis" => Redis(RedisConfig),
         "blackhole" => Blackhole(BlackholeConfig),
         "delta_lake" => DeltaLake(DeltaLakeConfig),
     }

@@ -31,6 +31,56 @@ const MOSQUITTO: Service = Service {
     start: &["mosquitto", "-d", "-c", "/etc/mosquitto/mosquitto.conf"],
 };
 
+/// How the shared Redis is started: no persistence, so tests start from what they write.
+pub const REDIS_START: &str = "mkdir -p /var/lib/redis /var/log/redis && redis-server --daemonize yes \
+    --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis \
+    --logfile /var/log/redis/ci.log";
+
+const REDIS: Service = Service {
+    name: "Redis",
+    port: 6379,
+    binary: "redis-server",
+    package: "redis-server",
+    start: &["sh", "-c", REDIS_START],
+};
+
+/// The URL of a running Redis (answering PING), without a database number.
+pub fn redis() -> &'static str {
+    ensure_redis();
+    "redis://127.0.0.1:6379"
+}
+
+/// Starts Redis (again) unless it answers PING, and waits until it does.
+pub fn ensure_redis() {
+    if redis_answers() {
+        return;
+    }
+    ensure(&REDIS);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !redis_answers() {
+        assert!(
+            Instant::now() < deadline,
+            "Redis listens on 127.0.0.1:6379 but does not answer PING"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether Redis on 127.0.0.1:6379 answers PING with PONG.
+pub fn redis_answers() -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], 6379).into(), Duration::from_millis(300))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
 /// The URL of a running Mosquitto.
 pub fn mosquitto() -> &'static str {
     static READY: OnceLock<()> = OnceLock::new();
