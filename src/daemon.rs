@@ -78,6 +78,9 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         generation: 1,
     };
     daemon.telemetry.metrics().config_generation.set(1);
+    if let Some(registry) = daemon.topology.registry() {
+        api_state.set_registry(std::sync::Arc::clone(registry));
+    }
     api_state.set_ready(true);
     tracing::info!(components = config.components.len(), "topology running");
 

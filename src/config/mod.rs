@@ -221,6 +221,9 @@ pub struct GlobalConfig {
     pub api: ApiConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The built-in device registry; absent: no registry (no `/v1/devices`, no gates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<crate::registry::RegistryConfig>,
     /// Reload when a pipeline file changes (as `weir run --watch`).
     #[serde(default)]
     pub watch: bool,
@@ -232,6 +235,7 @@ impl Default for GlobalConfig {
             data_dir: default_data_dir(),
             api: ApiConfig::default(),
             log: LogConfig::default(),
+            registry: None,
             watch: false,
         }
     }

@@ -65,4 +65,6 @@ pub struct SourceContext {
     /// Fires when the source must stop reading; it then returns, which drains the graph.
     pub shutdown: CancellationToken,
     pub telemetry: ComponentTelemetry,
+    /// The device registry, when the topology has a `registry:` section.
+    pub registry: Option<std::sync::Arc<crate::registry::Registry>>,
 }

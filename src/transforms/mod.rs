@@ -66,6 +66,15 @@ impl TransformConfig {
 /// What a transform may know about itself when it is built.
 pub struct TransformContext {
     pub id: ComponentId,
+    /// The device registry, when the topology has a `registry:` section.
+    pub registry: Option<Arc<crate::registry::Registry>>,
+}
+
+impl TransformContext {
+    /// A context without a registry (tests, benches).
+    pub fn new(id: ComponentId) -> Self {
+        Self { id, registry: None }
+    }
 }
 
 /// The runtime of a transform: turns each input batch into output events.
