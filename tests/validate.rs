@@ -57,6 +57,7 @@ golden!(
     port_conflict,
     unknown_top_level,
     several_errors,
+    registry_missing,
 );
 
 #[test]

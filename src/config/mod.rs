@@ -127,6 +127,16 @@ impl ComponentConfig {
         }
     }
 
+    /// The option that makes the component use the device registry (`type` for
+    /// components that always do), so `validate` can ask for the `registry:` section.
+    pub fn registry_option(&self) -> Option<&'static str> {
+        match self {
+            Self::Source(c) => c.component().registry_option(),
+            Self::Transform(c) => c.component().registry_option(),
+            Self::Aggregator(_) | Self::Sink(_) | Self::Action(_) => None,
+        }
+    }
+
     /// What the component holds exclusively.
     pub fn resources(&self) -> Vec<Resource> {
         match self {

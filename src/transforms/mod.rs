@@ -6,6 +6,7 @@
 //! all channel work. Every transform has an `errors` output for events it could not handle.
 
 mod decode;
+mod enrich;
 mod filter;
 mod remap;
 mod route;
@@ -13,6 +14,7 @@ mod route;
 use std::sync::Arc;
 
 pub use decode::DecodeConfig;
+pub use enrich::{Enrich, EnrichConfig, OnUnknownDevice};
 pub use filter::FilterConfig;
 pub use remap::RemapConfig;
 pub use route::RouteConfig;
@@ -31,6 +33,7 @@ component_types! {
         "remap" => Remap(RemapConfig),
         "filter" => Filter(FilterConfig),
         "route" => Route(RouteConfig),
+        "enrich" => Enrich(EnrichConfig),
     }
 }
 
@@ -49,6 +52,11 @@ pub trait TransformComponent: Send + Sync {
     /// Checks that serde cannot express; each problem names the field it is about.
     fn check(&self) -> Vec<FieldProblem> {
         Vec::new()
+    }
+
+    /// The option that makes the transform use the device registry, if any.
+    fn registry_option(&self) -> Option<&'static str> {
+        None
     }
 
     fn build(&self, cx: &TransformContext) -> anyhow::Result<Box<dyn FunctionTransform>>;
