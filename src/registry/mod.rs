@@ -8,6 +8,7 @@
 //! hash table of [`Entry`]s, updated in the same call that commits a change to disk);
 //! writes go to the redb file first ([`store`]), then to memory, then to the change feed.
 
+pub mod cli;
 pub mod device;
 pub mod keys;
 pub mod sas;
