@@ -55,7 +55,9 @@ sinks:
     );
     let telemetry = Telemetry::new();
     let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
-    let registry = topology.registry().expect("the topology opened the registry");
+    let registry = topology
+        .registry()
+        .expect("the topology opened the registry");
     for id in ["good", "bad"] {
         registry
             .create(DeviceSpec {
@@ -88,7 +90,10 @@ sinks:
         .collect();
     publish(&prefix, messages).await;
 
-    let (out, dead) = (dir.path().join("out.ndjson"), dir.path().join("dead.ndjson"));
+    let (out, dead) = (
+        dir.path().join("out.ndjson"),
+        dir.path().join("dead.ndjson"),
+    );
     assert!(
         eventually(Duration::from_secs(10), || lines(&out).len() == 2
             && lines(&dead).len() == 3)
