@@ -74,7 +74,7 @@ async fn kill_during_import_leaves_a_consistent_registry_and_a_rerun_completes_i
     let pipeline = pipeline(dir.path(), api);
     let weir = Weir::start(dir.path(), &pipeline, api).await;
 
-    let mut first = import(api, &file)
+    let first = import(api, &file)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
