@@ -17,7 +17,7 @@ mod store;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use arc_swap::ArcSwapOption;
@@ -194,6 +194,8 @@ pub struct Registry {
     groups: RwLock<BTreeMap<String, EnrollmentGroup>>,
     /// Serializes changes: each is read, checked (etag) and written as one step.
     writer: Mutex<()>,
+    /// Disabled devices, kept as devices come and go (the gauge must not scan the fleet).
+    disabled: AtomicUsize,
     feed: broadcast::Sender<Change>,
     metrics: ArcSwapOption<Metrics>,
 }
@@ -233,6 +235,7 @@ impl Registry {
             ordered: RwLock::default(),
             groups: RwLock::new(groups.into_iter().map(|g| (g.id.clone(), g)).collect()),
             writer: Mutex::new(()),
+            disabled: AtomicUsize::new(0),
             feed: broadcast::channel(FEED_CAPACITY).0,
             metrics: ArcSwapOption::empty(),
         };
@@ -303,13 +306,9 @@ impl Registry {
         let Some(m) = &*self.metrics.load() else {
             return;
         };
-        let ordered = self.ordered.read().unwrap_or_else(|p| p.into_inner());
-        let disabled = ordered
-            .values()
-            .filter(|e| e.device.status == Status::Disabled)
-            .count();
+        let disabled = self.disabled.load(Ordering::Relaxed);
         for (status, count) in [
-            (Status::Enabled, ordered.len() - disabled),
+            (Status::Enabled, self.len().saturating_sub(disabled)),
             (Status::Disabled, disabled),
         ] {
             m.registry_devices
@@ -326,10 +325,23 @@ impl Registry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(Arc::clone(&id), Arc::clone(&entry));
-        self.ordered
+        let disabled = entry.device.status == Status::Disabled;
+        let old = self
+            .ordered
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, entry);
+        self.uncount_disabled(old.as_deref());
+        if disabled {
+            self.disabled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes a replaced or removed device out of the disabled count.
+    fn uncount_disabled(&self, gone: Option<&Entry>) {
+        if gone.is_some_and(|e| e.device.status == Status::Disabled) {
+            self.disabled.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn remove(&self, id: &str) {
@@ -337,10 +349,12 @@ impl Registry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        self.ordered
+        let old = self
+            .ordered
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.uncount_disabled(old.as_deref());
     }
 
     fn announce(&self, kind: ChangeKind, device: Arc<Entry>) {
