@@ -341,6 +341,8 @@ pub struct Entry {
     pub device: Device,
     /// Last activity, Unix milliseconds (0: never), kept in memory between writes.
     pub(super) last_seen: std::sync::atomic::AtomicI64,
+    /// The last activity the store has.
+    pub(super) stored_seen: std::sync::atomic::AtomicI64,
     pub primary: Vec<u8>,
     pub secondary: Vec<u8>,
     pub enrichment: Value,
@@ -348,10 +350,10 @@ pub struct Entry {
 
 impl Entry {
     pub fn new(device: Device) -> Arc<Self> {
+        let seen = device.last_activity.map_or(0, |t| t.as_millisecond());
         Arc::new(Self {
-            last_seen: std::sync::atomic::AtomicI64::new(
-                device.last_activity.map_or(0, |t| t.as_millisecond()),
-            ),
+            last_seen: std::sync::atomic::AtomicI64::new(seen),
+            stored_seen: std::sync::atomic::AtomicI64::new(seen),
             primary: keys::decode(&device.primary_key).unwrap_or_default(),
             secondary: keys::decode(&device.secondary_key).unwrap_or_default(),
             enrichment: device.enrichment(),

@@ -264,3 +264,23 @@ fn listing_pages_in_id_order_and_filters_by_tag() {
     let one = registry.list(None, 100, &[("n".into(), "7".into())]);
     assert_eq!(one.devices.len(), 1);
 }
+
+#[test]
+fn activity_is_written_by_a_flush_without_a_new_etag() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.redb");
+    let etag = {
+        let registry = Registry::open(&path).unwrap();
+        let device = registry.create(spec("dev-1")).unwrap();
+        assert!(device.last_activity.is_none());
+        registry.admit("dev-1", false).unwrap();
+        assert!(registry.get("dev-1").unwrap().last_activity.is_some());
+        assert_eq!(registry.flush_activity().unwrap(), 1);
+        assert_eq!(registry.flush_activity().unwrap(), 0, "nothing new");
+        device.etag
+    };
+    let registry = Registry::open(&path).unwrap();
+    let device = registry.get("dev-1").unwrap();
+    assert!(device.last_activity.is_some());
+    assert_eq!(device.etag, etag);
+}
