@@ -9,7 +9,7 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use support::{eventually, lines, metric, pipeline, services};
+use support::{auth_failures, eventually, lines, metric, pipeline, services};
 use weir::registry::{DeviceSpec, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
@@ -108,14 +108,7 @@ sinks:
         .await,
         "every message was acknowledged"
     );
-    assert_eq!(
-        metric(
-            &telemetry,
-            "registry_auth_failures_total",
-            &[r#"reason="disabled""#]
-        ),
-        2.0
-    );
+    assert_eq!(auth_failures(&telemetry, "disabled"), 2.0);
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()

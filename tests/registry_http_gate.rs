@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{eventually, free_port, lines, metric, pipeline};
+use support::{auth_failures, eventually, free_port, lines, pipeline};
 use weir::registry::{DevicePatch, DeviceSpec, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
@@ -74,14 +74,7 @@ sinks:
         .collect();
     seen.sort();
     assert_eq!(seen, [1, 4]);
-    let failures = |reason: &str| {
-        metric(
-            &telemetry,
-            "registry_auth_failures_total",
-            &[&format!(r#"reason="{reason}""#)],
-        )
-    };
-    assert_eq!(failures("disabled"), 2.0);
-    assert_eq!(failures("unknown_device"), 1.0);
+    assert_eq!(auth_failures(&telemetry, "disabled"), 2.0);
+    assert_eq!(auth_failures(&telemetry, "unknown_device"), 1.0);
     topology.stop(Duration::from_secs(10)).await;
 }

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, PublishOptions};
-use support::{eventually, lines, metric, pipeline, services};
+use support::{auth_failures, eventually, lines, metric, pipeline, services};
 use weir::registry::{DeviceSpec, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
@@ -115,15 +115,8 @@ sinks:
             .unwrap()
             .contains("disabled")
     );
-    let failures = |reason: &str| {
-        metric(
-            &telemetry,
-            "registry_auth_failures_total",
-            &[&format!(r#"reason="{reason}""#)],
-        )
-    };
-    assert_eq!(failures("disabled"), 2.0);
-    assert_eq!(failures("unknown_device"), 1.0);
+    assert_eq!(auth_failures(&telemetry, "disabled"), 2.0);
+    assert_eq!(auth_failures(&telemetry, "unknown_device"), 1.0);
     assert_eq!(
         metric(
             &telemetry,
