@@ -56,6 +56,8 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Manage the device registry through the admin API.
+    Devices(crate::registry::cli::DevicesArgs),
     /// Print the topology as a graph.
     Graph {
         #[arg(required = true)]
@@ -89,6 +91,7 @@ pub fn main() -> ExitCode {
         } => run(&paths, log_format, log_level, drain_timeout, watch),
         Command::Validate { paths } => validate(&paths),
         Command::Schema { output } => schema(output),
+        Command::Devices(args) => crate::registry::cli::main(args),
         Command::Graph { paths, format } => match load(&paths) {
             Some(config) => {
                 let text = match format {

@@ -78,6 +78,13 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         generation: 1,
     };
     daemon.telemetry.metrics().config_generation.set(1);
+    let activity_stop = CancellationToken::new();
+    let activity = daemon.topology.registry().map(|registry| {
+        api_state.set_registry(Arc::clone(registry));
+        tokio::spawn(
+            Arc::clone(registry).keep_activity(Duration::from_secs(30), activity_stop.clone()),
+        )
+    });
     api_state.set_ready(true);
     tracing::info!(components = config.components.len(), "topology running");
 
@@ -121,6 +128,10 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         daemon.topology.stop(options.drain_timeout).await.len()
     };
     api_shutdown.cancel();
+    activity_stop.cancel();
+    if let Some(task) = activity {
+        let _ = task.await;
+    }
     if let Some(task) = api_task {
         let _ = task.await;
     }

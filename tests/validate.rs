@@ -58,6 +58,7 @@ golden!(
     unknown_top_level,
     several_errors,
     redis_options,
+    registry_missing,
 );
 
 #[test]

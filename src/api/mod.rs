@@ -1,12 +1,16 @@
 //! The HTTP API: `/health`, `/ready`, `/metrics`, `POST /v1/reload`.
 //!
+//! The registry's `/v1/devices` and `/v1/enrollment-groups` live in [`devices`].
+//!
 //! `/health` answers 200 while the process serves requests at all; `/ready` answers 200
 //! only while a topology is running (503 while starting or draining), for load balancers
 //! and systemd-style readiness checks.
 
+mod devices;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -18,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{ReloadOutcome, ReloadRequest};
+use crate::registry::Registry;
 use crate::telemetry::Telemetry;
 
 /// State the API reports on.
@@ -26,6 +31,8 @@ pub struct ApiState {
     pub ready: AtomicBool,
     /// Where reload requests go (the daemon loop); `None` where reloading is not offered.
     reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// The device registry behind `/v1/devices`, once the topology has opened it.
+    registry: OnceLock<Arc<Registry>>,
 }
 
 impl ApiState {
@@ -37,7 +44,17 @@ impl ApiState {
             telemetry,
             ready: AtomicBool::new(false),
             reload,
+            registry: OnceLock::new(),
         })
+    }
+
+    /// Serves `/v1/devices` from `registry` (set once; the registry outlives reloads).
+    pub fn set_registry(&self, registry: Arc<Registry>) {
+        let _ = self.registry.set(registry);
+    }
+
+    pub fn registry(&self) -> Option<Arc<Registry>> {
+        self.registry.get().cloned()
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -51,6 +68,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/reload", post(reload))
+        .merge(devices::routes())
         .with_state(state)
 }
 

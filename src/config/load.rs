@@ -27,7 +27,7 @@ use crate::sources::SourceConfig;
 use crate::transforms::TransformConfig;
 
 /// Top-level keys that are not sections.
-const GLOBALS: &[&str] = &["data_dir", "api", "log", "watch"];
+const GLOBALS: &[&str] = &["data_dir", "api", "log", "registry", "watch"];
 
 /// Loads and validates the pipeline files and directories in `paths`.
 ///

@@ -127,6 +127,16 @@ impl ComponentConfig {
         }
     }
 
+    /// The option that makes the component use the device registry (`type` for
+    /// components that always do), so `validate` can ask for the `registry:` section.
+    pub fn registry_option(&self) -> Option<&'static str> {
+        match self {
+            Self::Source(c) => c.component().registry_option(),
+            Self::Transform(c) => c.component().registry_option(),
+            Self::Aggregator(_) | Self::Sink(_) | Self::Action(_) => None,
+        }
+    }
+
     /// What the component holds exclusively.
     pub fn resources(&self) -> Vec<Resource> {
         match self {
@@ -221,6 +231,9 @@ pub struct GlobalConfig {
     pub api: ApiConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The built-in device registry; absent: no registry (no `/v1/devices`, no gates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<crate::registry::RegistryConfig>,
     /// Reload when a pipeline file changes (as `weir run --watch`).
     #[serde(default)]
     pub watch: bool,
@@ -232,6 +245,7 @@ impl Default for GlobalConfig {
             data_dir: default_data_dir(),
             api: ApiConfig::default(),
             log: LogConfig::default(),
+            registry: None,
             watch: false,
         }
     }

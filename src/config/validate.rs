@@ -99,11 +99,40 @@ pub(super) fn resolve(
 
     check_cycles(&components, diagnostics);
     check_resources(&components, globals, diagnostics);
+    check_registry(&components, globals, diagnostics);
     // With errors, a consumer may be missing only because it failed: warnings would be noise.
     if !diagnostics.has_errors() {
         check_unread_outputs(&components, diagnostics);
     }
     components
+}
+
+/// Components that use the device registry need the `registry:` section.
+fn check_registry(
+    components: &BTreeMap<ComponentId, Component>,
+    globals: &GlobalConfig,
+    diagnostics: &mut Diagnostics,
+) {
+    if globals.registry.is_some() {
+        return;
+    }
+    for component in components.values() {
+        if let Some(option) = component.config.registry_option() {
+            let what = match option {
+                "type" => format!("`{}`", component.config.type_name()),
+                option => format!("`{option}` of `{}`", component.config.type_name()),
+            };
+            diagnostics.push(
+                Diagnostic::error(
+                    Some(component.location.clone()),
+                    format!(
+                        "{what} uses the device registry: add a `registry:` section (e.g. `registry: {{ path: registry.redb }}`)"
+                    ),
+                )
+                .in_component(component.id.as_str()),
+            );
+        }
+    }
 }
 
 fn resolve_input(

@@ -26,6 +26,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::gate::{DeviceGate, UnknownDevices};
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
 use crate::config::FieldProblem;
@@ -67,6 +68,10 @@ pub struct AmqpSourceConfig {
     /// roots), `cert_file`/`key_file` (PEM, PKCS#8 key) for mutual TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Devices the registry does not know: `accept` or `refuse` (to `<id>.errors`).
+    /// Disabled devices are always refused when the pipeline has a `registry:`.
+    #[serde(default, skip_serializing_if = "UnknownDevices::is_accept")]
+    pub unknown_devices: UnknownDevices,
 }
 
 /// Queue (and binding) declaration.
@@ -145,11 +150,16 @@ impl SourceComponent for AmqpSourceConfig {
         problems
     }
 
+    fn registry_option(&self) -> Option<&'static str> {
+        (!self.unknown_devices.is_accept()).then_some("unknown_devices")
+    }
+
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
         // Certificates are read now, so a bad file fails the start (or rolls a reload back).
         let tls = self.tls_config()?;
+        let gate = DeviceGate::new(cx.registry.clone(), self.unknown_devices)?;
         let config = self.clone();
-        Ok(Box::pin(async move { run(config, tls, cx).await }))
+        Ok(Box::pin(async move { run(config, tls, gate, cx).await }))
     }
 }
 
@@ -187,13 +197,14 @@ impl AmqpSourceConfig {
 async fn run(
     config: AmqpSourceConfig,
     tls: OwnedTLSConfig,
+    gate: DeviceGate,
     cx: SourceContext,
 ) -> anyhow::Result<()> {
     let connected = cx.telemetry.connected();
     let decoder = config.decoding.decoder();
     let mut backoff = StdDuration::from_millis(200);
     while !cx.shutdown.is_cancelled() {
-        match consume(&config, &tls, &cx, &decoder, &mut backoff).await {
+        match consume(&config, &tls, &cx, &decoder, &gate, &mut backoff).await {
             Ok(()) => break,
             Err(err) => {
                 connected.set(0);
@@ -226,6 +237,7 @@ async fn consume(
     tls: &OwnedTLSConfig,
     cx: &SourceContext,
     decoder: &Decoder,
+    gate: &DeviceGate,
     backoff: &mut StdDuration,
 ) -> anyhow::Result<()> {
     crate::tls::install_default_provider();
@@ -309,8 +321,12 @@ async fn consume(
                             _ => break,
                         }
                     }
+                    // Disabled (and, if asked, unknown) devices go to `errors`, acked with their message.
+                    let admitted = gate.screen(cx, batch).await;
                     // Waits for room downstream: the broker stops delivering at `prefetch`.
-                    cx.out.send(EventBatch::new(batch)).await;
+                    if !admitted.is_empty() {
+                        cx.out.send(EventBatch::new(admitted)).await;
+                    }
                 }
             },
             _ = lag_ticker.tick() => {

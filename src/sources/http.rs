@@ -7,6 +7,8 @@
 //! | --- | --- |
 //! | 200 `{"accepted": n}` | with `ack: on_commit` (the default): every sink on the readings' path has committed them (a file written, ...), so a 200 means durable; with `ack: on_receive`: the readings entered the pipeline |
 //! | 400 `{"error": ...}` | the body or device id is malformed; the body goes to `<id>.errors` |
+//! | 401 | `auth: sas` and the `Authorization` token is missing, malformed, expired, for another device or signed with neither key; or the device is unknown (to the registry) |
+//! | 403 | the device is disabled in the registry |
 //! | 404 / 405 | wrong path or method |
 //! | 413 | the body is larger than `max_body` |
 //! | 429 + `Retry-After` | the device sent more than its `rate_limit` allows |
@@ -29,8 +31,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::gate::{DeviceGate, UnknownDevices};
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
+use crate::registry::Registry;
 use std::num::NonZeroU32;
 
 use axum_server::tls_rustls::RustlsConfig;
@@ -88,6 +92,24 @@ pub struct HttpSourceConfig {
     /// Request headers copied into `meta.headers` (case-insensitive names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<String>,
+    /// `sas`: every request carries `Authorization: SharedAccessSignature sr=…&sig=…&se=…`
+    /// signed with a key of the device in the path (needs `registry:` and `{device_id}` in
+    /// `path`). `none`: no token; the registry (if any) still refuses disabled devices.
+    #[serde(default)]
+    pub auth: HttpAuth,
+    /// With `auth: none`, devices the registry does not know: `accept` or `refuse` (401).
+    #[serde(default, skip_serializing_if = "UnknownDevices::is_accept")]
+    pub unknown_devices: UnknownDevices,
+}
+
+/// How the `http` source authenticates devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpAuth {
+    #[default]
+    None,
+    /// Shared access signatures checked against the device's keys in the registry.
+    Sas,
 }
 
 fn default_path() -> String {
@@ -169,6 +191,18 @@ impl SourceComponent for HttpSourceConfig {
         if let Some(tls) = &self.tls {
             problems.extend(tls.check_server("tls"));
         }
+        if self.auth == HttpAuth::Sas && !has_device {
+            problems.push(FieldProblem::at(
+                ["auth"],
+                "`auth: sas` checks the token against the device in the path: put `{device_id}` in `path`",
+            ));
+        }
+        if self.auth == HttpAuth::Sas && !self.unknown_devices.is_accept() {
+            problems.push(FieldProblem::at(
+                ["unknown_devices"],
+                "with `auth: sas` unknown devices are always refused; remove `unknown_devices`",
+            ));
+        }
         if let Some(limit) = &self.rate_limit
             && (limit.per_second == 0 || limit.burst == Some(0))
         {
@@ -184,12 +218,29 @@ impl SourceComponent for HttpSourceConfig {
         vec![Resource::TcpPort(self.listen)]
     }
 
+    fn registry_option(&self) -> Option<&'static str> {
+        match (self.auth, self.unknown_devices) {
+            (HttpAuth::Sas, _) => Some("auth"),
+            (_, UnknownDevices::Refuse) => Some("unknown_devices"),
+            _ => None,
+        }
+    }
+
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
         let listener = std::net::TcpListener::bind(self.listen)
             .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", self.listen))?;
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let sas = match (self.auth, &cx.registry) {
+            (HttpAuth::None, _) => None,
+            (HttpAuth::Sas, Some(registry)) => Some(Arc::clone(registry)),
+            (HttpAuth::Sas, None) => {
+                anyhow::bail!("`auth: sas` needs the device registry: add a `registry:` section")
+            }
+        };
         let state = Arc::new(Handler {
+            sas,
+            gate: DeviceGate::new(cx.registry.clone(), self.unknown_devices)?,
             id: cx.id.clone(),
             source: cx.id.as_arc(),
             decoder: self.decoding.decoder(),
@@ -249,6 +300,9 @@ impl SourceComponent for HttpSourceConfig {
 }
 
 struct Handler {
+    /// With `auth: sas`, the registry that checks tokens.
+    sas: Option<Arc<Registry>>,
+    gate: DeviceGate,
     id: ComponentId,
     source: Arc<str>,
     decoder: Decoder,
@@ -312,6 +366,10 @@ impl Handler {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<usize, Rejection> {
+        // Who is sending comes first: an unauthenticated body is not even read.
+        if let Some(device) = params.get("device_id") {
+            self.authorize(device.trim(), headers)?;
+        }
         let body = axum::body::to_bytes(body, self.max_body)
             .await
             .map_err(|_| {
@@ -343,6 +401,13 @@ impl Handler {
                 return Err(self.reject(StatusCode::BAD_REQUEST, ErrorType::Decode, reason));
             }
         };
+        if !params.contains_key("device_id") {
+            for event in &events {
+                if let Some(device) = &event.device_id {
+                    self.authorize(device, headers)?;
+                }
+            }
+        }
         self.check_rate(&events)?;
         let accepted = events.len();
         EventsReceived {
@@ -391,6 +456,27 @@ impl Handler {
                 ),
             )),
         }
+    }
+
+    /// Checks the device's token (`auth: sas`) or that the registry lets it in: 401 for a
+    /// bad token or an unknown device, 403 for a disabled one; counted by reason.
+    fn authorize(&self, device_id: &str, headers: &HeaderMap) -> Result<(), Rejection> {
+        let verdict = match &self.sas {
+            Some(registry) => {
+                let token = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                registry.authenticate(device_id, token).map(drop)
+            }
+            None => self.gate.admit(device_id),
+        };
+        verdict.map_err(|refusal| {
+            let status = match refusal.is_forbidden() {
+                true => StatusCode::FORBIDDEN,
+                false => StatusCode::UNAUTHORIZED,
+            };
+            self.reject(status, ErrorType::Unauthorized, refusal.to_string())
+        })
     }
 
     /// Takes each device's readings from its bucket; refuses the request (429) if any

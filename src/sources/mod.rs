@@ -7,12 +7,16 @@
 //! Every source has an `errors` output for payloads it could not turn into events.
 
 mod amqp;
+mod device_registry;
+mod gate;
 mod http;
 mod mqtt;
 mod reading;
 mod simulator;
 
 pub use amqp::AmqpSourceConfig;
+pub use device_registry::DeviceRegistrySourceConfig;
+pub use gate::UnknownDevices;
 pub use http::HttpSourceConfig;
 pub use mqtt::MqttSourceConfig;
 pub use simulator::SimulatorConfig;
@@ -32,6 +36,7 @@ component_types! {
         "http" => Http(HttpSourceConfig),
         "mqtt" => Mqtt(MqttSourceConfig),
         "amqp" => Amqp(AmqpSourceConfig),
+        "device_registry" => DeviceRegistry(DeviceRegistrySourceConfig),
     }
 }
 
@@ -45,6 +50,11 @@ pub trait SourceComponent: Send + Sync {
     /// before another component takes it, and `validate` can catch two owners.
     fn resources(&self) -> Vec<Resource> {
         Vec::new()
+    }
+
+    /// The option that makes the source use the device registry, if any.
+    fn registry_option(&self) -> Option<&'static str> {
+        None
     }
 
     /// Prepares the source (binding its port) and returns its task.
@@ -65,4 +75,6 @@ pub struct SourceContext {
     /// Fires when the source must stop reading; it then returns, which drains the graph.
     pub shutdown: CancellationToken,
     pub telemetry: ComponentTelemetry,
+    /// The device registry, when the topology has a `registry:` section.
+    pub registry: Option<std::sync::Arc<crate::registry::Registry>>,
 }

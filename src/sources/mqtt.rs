@@ -18,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::gate::{DeviceGate, UnknownDevices};
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
 use crate::config::FieldProblem;
@@ -68,6 +69,10 @@ pub struct MqttSourceConfig {
     /// roots), `cert_file`/`key_file` for mutual TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Devices the registry does not know: `accept` or `refuse` (to `<id>.errors`).
+    /// Disabled devices are always refused when the pipeline has a `registry:`.
+    #[serde(default, skip_serializing_if = "UnknownDevices::is_accept")]
+    pub unknown_devices: UnknownDevices,
 }
 
 fn default_device_field() -> String {
@@ -163,6 +168,10 @@ impl SourceComponent for MqttSourceConfig {
         problems
     }
 
+    fn registry_option(&self) -> Option<&'static str> {
+        (!self.unknown_devices.is_accept()).then_some("unknown_devices")
+    }
+
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
         let (host, port, secure) = self.broker().map_err(anyhow::Error::msg)?;
         let rule = self.device_rule().map_err(anyhow::Error::msg)?;
@@ -180,9 +189,10 @@ impl SourceComponent for MqttSourceConfig {
             ),
             false => None,
         };
+        let gate = DeviceGate::new(cx.registry.clone(), self.unknown_devices)?;
         let config = self.clone();
         Ok(Box::pin(async move {
-            run(config, host, port, tls, rule, cx).await
+            run(config, host, port, tls, rule, gate, cx).await
         }))
     }
 }
@@ -193,6 +203,7 @@ async fn run(
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
     rule: DeviceIdRule,
+    gate: DeviceGate,
     cx: SourceContext,
 ) -> anyhow::Result<()> {
     let client_id = config
@@ -296,10 +307,10 @@ async fn run(
                 Err(_) => break,
             }
         }
-        if !batch.is_empty() {
-            cx.out
-                .send(EventBatch::new(std::mem::take(&mut batch)))
-                .await;
+        // Disabled (and, if asked, unknown) devices go to `errors`, still acked with their message.
+        let admitted = gate.screen(&cx, std::mem::take(&mut batch)).await;
+        if !admitted.is_empty() {
+            cx.out.send(EventBatch::new(admitted)).await;
         }
     }
     // Publishes not taken are not acked: the session redelivers them. Let the acks of what

@@ -19,6 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::gate::{DeviceGate, UnknownDevices};
 use super::{SourceComponent, SourceContext};
 use crate::config::{Duration, FieldProblem};
 use crate::event::{DeviceId, Event, EventBatch, EventMeta, Fields};
@@ -209,6 +210,8 @@ impl SourceComponent for SimulatorConfig {
 
 async fn run(config: SimulatorConfig, cx: SourceContext) -> anyhow::Result<()> {
     let mut fleet = Fleet::new(&config, config.start_time.unwrap_or_else(Timestamp::now));
+    // Simulated devices are usually not registered; ones the registry disables are refused.
+    let gate = DeviceGate::new(cx.registry.clone(), UnknownDevices::Accept)?;
     let source = cx.id.as_arc();
     let started = tokio::time::Instant::now();
     let limit = config.limit.unwrap_or(u64::MAX);
@@ -237,6 +240,7 @@ async fn run(config: SimulatorConfig, cx: SourceContext) -> anyhow::Result<()> {
                 bytes: 0,
             }
             .emit(&cx.telemetry);
+            let events = gate.screen(&cx, events).await;
             tokio::select! {
                 _ = cx.out.send(EventBatch::new(events)) => {}
                 _ = cx.shutdown.cancelled() => return Ok(()),

@@ -73,6 +73,8 @@ pub enum ErrorType {
     Encode,
     /// A device sent more than its rate limit allows.
     RateLimited,
+    /// A device the registry refused (bad token, unknown, disabled).
+    Unauthorized,
 }
 
 impl ErrorType {
@@ -84,6 +86,7 @@ impl ErrorType {
             Self::Io => "io_failed",
             Self::Encode => "encode_failed",
             Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
         }
     }
 }

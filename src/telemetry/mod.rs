@@ -75,6 +75,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Devices in the registry, by `status` (enabled, disabled).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceStatusLabels {
+    pub status: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     #[prometheus(flatten)]
@@ -113,6 +119,9 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub config_reload_duration: Histogram,
     pub started_at: Gauge,
+    pub registry_devices: Family<DeviceStatusLabels, Gauge>,
+    pub registry_auth_failures: Family<ReasonLabels, Counter>,
+    pub registry_lookups: Counter,
 }
 
 impl Default for Metrics {
@@ -153,6 +162,9 @@ impl Default for Metrics {
             // 1 ms to ~16 s.
             config_reload_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             started_at: Gauge::default(),
+            registry_devices: Family::default(),
+            registry_auth_failures: Family::default(),
+            registry_lookups: Counter::default(),
         }
     }
 }
@@ -299,6 +311,21 @@ impl Metrics {
             "process_started_at_seconds",
             "Unix time at which weir started",
             m.started_at,
+        );
+        registry.register(
+            "registry_devices",
+            "Devices in the device registry, by status",
+            m.registry_devices,
+        );
+        registry.register(
+            "registry_auth_failures",
+            "Devices refused at a source, by reason (bad token, unknown, disabled, ...)",
+            m.registry_auth_failures,
+        );
+        registry.register(
+            "registry_lookups",
+            "Device lookups served from the registry's memory (enrich, gates)",
+            m.registry_lookups,
         );
     }
 }

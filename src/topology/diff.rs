@@ -76,6 +76,9 @@ pub fn fixed_globals_changed(old: &TopologyConfig, new: &TopologyConfig) -> Opti
     if a.log != b.log {
         changed.push("`log`");
     }
+    if a.registry != b.registry {
+        changed.push("`registry`");
+    }
     if a.watch != b.watch {
         changed.push("`watch`");
     }

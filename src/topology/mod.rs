@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregators::{AggregatorContext, checkpoint_path};
 use crate::config::{Component, ComponentConfig, ComponentId, OutputRef, TopologyConfig};
+use crate::registry::Registry;
 use crate::sinks::SinkContext;
 use crate::sources::SourceContext;
 use crate::telemetry::{ComponentTelemetry, Telemetry};
@@ -58,6 +59,8 @@ pub enum ReloadError {
         component: ComponentId,
         error: anyhow::Error,
     },
+    #[error("the device registry could not be opened: {0}")]
+    Registry(String),
 }
 
 impl ReloadError {
@@ -66,6 +69,7 @@ impl ReloadError {
         match self {
             Self::NotReloadable(_) => "not_reloadable",
             Self::Build { .. } => "build_failed",
+            Self::Registry(_) => "registry_unavailable",
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct RunningTopology {
     instances: BTreeMap<ComponentId, Instance>,
     tasks: JoinSet<TaskOutcome>,
     failures: Vec<TaskOutcome>,
+    /// The device registry of `registry:`, shared with every component that uses it.
+    registry: Option<Arc<Registry>>,
 }
 
 impl RunningTopology {
@@ -117,12 +123,22 @@ impl RunningTopology {
             globals: config.globals.clone(),
             components: BTreeMap::new(),
         };
+        let registry = match &config.globals.registry {
+            Some(registry) => {
+                let opened = Registry::open(&registry.file(&config.globals.data_dir))
+                    .map_err(|e| ReloadError::Registry(e.to_string()))?;
+                opened.attach_metrics(telemetry.metrics());
+                Some(opened)
+            }
+            None => None,
+        };
         let mut topology = Self {
             config: empty,
             telemetry: Arc::clone(telemetry),
             instances: BTreeMap::new(),
             tasks: JoinSet::new(),
             failures: Vec::new(),
+            registry,
         };
         topology.build_and_swap(
             config.clone(),
@@ -130,6 +146,11 @@ impl RunningTopology {
             Vec::new(),
         )?;
         Ok(topology)
+    }
+
+    /// The device registry, when the topology has a `registry:` section.
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
     }
 
     /// The configuration running now.
@@ -334,6 +355,7 @@ impl RunningTopology {
             stop: stop.clone(),
             retired: Arc::clone(&retired),
             data_dir: &config.globals.data_dir,
+            registry: self.registry.clone(),
         };
         let mut task = build_task(component, context)?;
         if let Some(previous) = previous.filter(|_| {
@@ -381,6 +403,7 @@ impl RunningTopology {
                 stop: stop.clone(),
                 retired: Arc::new(AtomicBool::new(false)),
                 data_dir: &self.config.globals.data_dir,
+                registry: self.registry.clone(),
             };
             match build_task(&component, context) {
                 Ok(task) => {
@@ -467,6 +490,7 @@ struct BuildContext<'a> {
     stop: CancellationToken,
     retired: Arc<AtomicBool>,
     data_dir: &'a std::path::Path,
+    registry: Option<Arc<Registry>>,
 }
 
 fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<ComponentTask> {
@@ -479,6 +503,7 @@ fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<Com
         stop,
         retired,
         data_dir,
+        registry,
     } = cx;
     match &component.config {
         ComponentConfig::Source(config) => config.component().build(SourceContext {
@@ -486,11 +511,13 @@ fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<Com
             out: outputs,
             shutdown: stop,
             telemetry,
+            registry,
         }),
         ComponentConfig::Transform(config) => {
-            let transform = config
-                .component()
-                .build(&TransformContext { id: id.clone() })?;
+            let transform = config.component().build(&TransformContext {
+                id: id.clone(),
+                registry,
+            })?;
             let output = TransformOutput::new(&id, telemetry, &config.outputs());
             let input = receiver.ok_or_else(missing_input)?;
             Ok(Box::pin(run_transform(transform, input, output, outputs)))

@@ -6,6 +6,7 @@
 //! all channel work. Every transform has an `errors` output for events it could not handle.
 
 mod decode;
+mod enrich;
 mod filter;
 mod remap;
 mod route;
@@ -13,6 +14,7 @@ mod route;
 use std::sync::Arc;
 
 pub use decode::DecodeConfig;
+pub use enrich::{Enrich, EnrichConfig, OnUnknownDevice};
 pub use filter::FilterConfig;
 pub use remap::RemapConfig;
 pub use route::RouteConfig;
@@ -31,6 +33,7 @@ component_types! {
         "remap" => Remap(RemapConfig),
         "filter" => Filter(FilterConfig),
         "route" => Route(RouteConfig),
+        "enrich" => Enrich(EnrichConfig),
     }
 }
 
@@ -51,6 +54,11 @@ pub trait TransformComponent: Send + Sync {
         Vec::new()
     }
 
+    /// The option that makes the transform use the device registry, if any.
+    fn registry_option(&self) -> Option<&'static str> {
+        None
+    }
+
     fn build(&self, cx: &TransformContext) -> anyhow::Result<Box<dyn FunctionTransform>>;
 }
 
@@ -66,6 +74,15 @@ impl TransformConfig {
 /// What a transform may know about itself when it is built.
 pub struct TransformContext {
     pub id: ComponentId,
+    /// The device registry, when the topology has a `registry:` section.
+    pub registry: Option<Arc<crate::registry::Registry>>,
+}
+
+impl TransformContext {
+    /// A context without a registry (tests, benches).
+    pub fn new(id: ComponentId) -> Self {
+        Self { id, registry: None }
+    }
 }
 
 /// The runtime of a transform: turns each input batch into output events.

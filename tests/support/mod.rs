@@ -35,6 +35,15 @@ pub fn metric(telemetry: &Arc<Telemetry>, name: &str, labels: &[&str]) -> f64 {
     metric_in(&telemetry.encode(), name, labels)
 }
 
+/// Devices the registry refused for `reason` (`registry_auth_failures_total`).
+pub fn auth_failures(telemetry: &Arc<Telemetry>, reason: &str) -> f64 {
+    metric(
+        telemetry,
+        "registry_auth_failures_total",
+        &[&format!(r#"reason="{reason}""#)],
+    )
+}
+
 pub fn metric_in(exposition: &str, name: &str, labels: &[&str]) -> f64 {
     exposition
         .lines()

@@ -1,0 +1,133 @@
+//! The registry as a gate at the `mqtt` source, against the real Mosquitto: a device the
+//! registry knows as disabled is refused to `<id>.errors` (counted), an enabled one passes,
+//! and with `unknown_devices: refuse` an unregistered one is refused too.
+
+mod support;
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, PublishOptions};
+use support::{auth_failures, eventually, lines, metric, pipeline, services};
+use weir::registry::{DeviceSpec, Status};
+use weir::telemetry::Telemetry;
+use weir::topology::RunningTopology;
+
+/// Publishes with QoS 1 and waits for every PUBACK.
+async fn publish(prefix: &str, messages: Vec<(String, Vec<u8>)>) {
+    let mut options = MqttOptions::new(format!("{prefix}-publisher"), ("127.0.0.1", 1883));
+    options.set_keep_alive(30);
+    let (client, mut eventloop) = AsyncClient::builder(options).capacity(64).build();
+    let total = messages.len();
+    let sender = tokio::spawn(async move {
+        for (topic, payload) in messages {
+            client
+                .publish(topic, payload, PublishOptions::at_least_once())
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < total {
+        if let Event::Incoming(Incoming::PubAck(_)) = eventloop.poll().await.unwrap() {
+            acked += 1;
+        }
+    }
+    let _ = sender.await.unwrap().disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_and_unknown_devices_are_refused_at_mqtt() {
+    let url = services::mosquitto();
+    let prefix = format!("weir-registry-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "api: {{ enabled: false }}
+data_dir: '{d}'
+registry: {{ path: registry.redb }}
+sources:
+  plant: {{ type: mqtt, url: '{url}', client_id: '{prefix}', topics: ['{prefix}/+/telemetry'], device_id: '{prefix}/{{device_id}}/telemetry', unknown_devices: refuse }}
+sinks:
+  out: {{ type: file, inputs: [plant], path: '{d}/out.ndjson' }}
+  dead: {{ type: file, inputs: [plant.errors], path: '{d}/dead.ndjson' }}
+",
+        d = dir.path().display()
+    );
+    let telemetry = Telemetry::new();
+    let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
+    let registry = topology
+        .registry()
+        .expect("the topology opened the registry");
+    for id in ["good", "bad"] {
+        registry
+            .create(DeviceSpec {
+                id: id.into(),
+                ..DeviceSpec::default()
+            })
+            .unwrap();
+    }
+    registry.set_status("bad", Status::Disabled, None).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &telemetry,
+            "source_connected",
+            &[r#"component_id="plant""#]
+        ) == 1.0)
+        .await,
+        "weir connects and subscribes"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let messages = ["good", "bad", "ghost", "good", "bad"]
+        .iter()
+        .enumerate()
+        .map(|(seq, device)| {
+            (
+                format!("{prefix}/{device}/telemetry"),
+                format!(r#"{{"seq": {seq}}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    publish(&prefix, messages).await;
+
+    let (out, dead) = (
+        dir.path().join("out.ndjson"),
+        dir.path().join("dead.ndjson"),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || lines(&out).len() == 2
+            && lines(&dead).len() == 3)
+        .await,
+        "out: {:?}\ndead: {:?}",
+        lines(&out),
+        lines(&dead)
+    );
+    assert!(lines(&out).iter().all(|e| e["device_id"] == "good"));
+    let dead = lines(&dead);
+    let refused: Vec<&str> = dead
+        .iter()
+        .map(|e| e["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(refused, ["bad", "ghost", "bad"]);
+    assert!(
+        dead[0]["meta"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disabled")
+    );
+    assert_eq!(auth_failures(&telemetry, "disabled"), 2.0);
+    assert_eq!(auth_failures(&telemetry, "unknown_device"), 1.0);
+    assert_eq!(
+        metric(
+            &telemetry,
+            "component_errors_total",
+            &[r#"component_id="plant""#, r#"error_type="unauthorized""#]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(&telemetry, "registry_devices", &[r#"status="disabled""#]),
+        1.0
+    );
+    topology.stop(Duration::from_secs(10)).await;
+}
