@@ -82,7 +82,7 @@ impl Stage {
     fn new(id: &str, type_name: &str, config: &dyn TransformComponent) -> Self {
         let id = ComponentId::new(id);
         let transform = config
-            .build(&TransformContext { id: id.clone() })
+            .build(&TransformContext::new(id.clone()))
             .expect("the bench transform builds");
         let telemetry = Telemetry::new().component(&id, ComponentKind::Transform, type_name);
         let out = TransformOutput::new(&id, telemetry, &[OutputName::errors()]);

@@ -78,6 +78,7 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         generation: 1,
     };
     daemon.telemetry.metrics().config_generation.set(1);
+    api_state.set_alarm_board(daemon.topology.alarms());
     api_state.set_ready(true);
     tracing::info!(components = config.components.len(), "topology running");
 

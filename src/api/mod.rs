@@ -1,12 +1,14 @@
-//! The HTTP API: `/health`, `/ready`, `/metrics`, `POST /v1/reload`.
+//! The HTTP API: `/health`, `/ready`, `/metrics`, `POST /v1/reload`, `/v1/alarms`.
 //!
 //! `/health` answers 200 while the process serves requests at all; `/ready` answers 200
 //! only while a topology is running (503 while starting or draining), for load balancers
 //! and systemd-style readiness checks.
 
+mod alarms;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{ReloadOutcome, ReloadRequest};
 use crate::telemetry::Telemetry;
+use crate::transforms::AlarmBoard;
 
 /// State the API reports on.
 pub struct ApiState {
@@ -26,6 +29,8 @@ pub struct ApiState {
     pub ready: AtomicBool,
     /// Where reload requests go (the daemon loop); `None` where reloading is not offered.
     reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// The running topology's alarm board, once it runs.
+    alarms: OnceLock<Arc<AlarmBoard>>,
 }
 
 impl ApiState {
@@ -37,11 +42,21 @@ impl ApiState {
             telemetry,
             ready: AtomicBool::new(false),
             reload,
+            alarms: OnceLock::new(),
         })
     }
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Serves `/v1/alarms` from `board` (the topology's; set once).
+    pub fn set_alarm_board(&self, board: Arc<AlarmBoard>) {
+        let _ = self.alarms.set(board);
+    }
+
+    pub fn alarm_board(&self) -> Option<&Arc<AlarmBoard>> {
+        self.alarms.get()
     }
 }
 
@@ -51,6 +66,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/reload", post(reload))
+        .merge(alarms::routes())
         .with_state(state)
 }
 

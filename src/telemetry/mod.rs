@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-pub use component::{BufferMetrics, ComponentTelemetry, WindowMetrics};
+pub use component::{ActionMetrics, BufferMetrics, ComponentTelemetry, WindowMetrics};
 pub use events::InternalEvent;
 
 use crate::config::{ComponentId, ComponentKind};
@@ -82,6 +82,31 @@ pub struct StatusLabels {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlarmLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    /// `raised`, `severity_changed`, `cleared` or `acknowledged`.
+    pub state: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    /// `sent`, `failed`, `throttled`, `deduplicated` or `dropped`.
+    pub outcome: String,
+}
+
+/// A histogram family of one bucket layout.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn action_latency_histogram() -> Histogram {
+    // 1 ms to ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 /// Every metric family weir exports. Cloning shares the underlying series.
 #[derive(Clone)]
 pub struct Metrics {
@@ -109,6 +134,12 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub config_reload_duration: Histogram,
     pub started_at: Gauge,
+    pub alarm_transitions: Family<AlarmLabels, Counter>,
+    pub alarm_active: Family<ComponentLabels, Gauge>,
+    pub action_notifications: Family<OutcomeLabels, Counter>,
+    pub action_retries: Family<ComponentLabels, Counter>,
+    pub action_queue_events: Family<ComponentLabels, Gauge>,
+    pub action_latency: HistogramFamily<ComponentLabels>,
 }
 
 impl Default for Metrics {
@@ -139,6 +170,12 @@ impl Default for Metrics {
             // 1 ms to ~16 s.
             config_reload_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             started_at: Gauge::default(),
+            alarm_transitions: Family::default(),
+            alarm_active: Family::default(),
+            action_notifications: Family::default(),
+            action_retries: Family::default(),
+            action_queue_events: Family::default(),
+            action_latency: Family::new_with_constructor(action_latency_histogram),
         }
     }
 }
@@ -265,6 +302,32 @@ impl Metrics {
             "process_started_at_seconds",
             "Unix time at which weir started",
             m.started_at,
+        );
+        registry.register(
+            "alarm_transitions",
+            "Alarm transitions emitted, by state (raised, severity_changed, cleared, acknowledged) and severity",
+            m.alarm_transitions,
+        );
+        registry.register("alarm_active", "Alarms active right now", m.alarm_active);
+        registry.register(
+            "action_notifications",
+            "Notifications an action handled, by outcome (sent, failed: dead-lettered, throttled, deduplicated, dropped: queue full)",
+            m.action_notifications,
+        );
+        registry.register(
+            "action_retries",
+            "Attempts an action repeated after a transient failure (5xx, timeout, broker error)",
+            m.action_retries,
+        );
+        registry.register(
+            "action_queue_events",
+            "Notifications waiting in an action's queue",
+            m.action_queue_events,
+        );
+        registry.register(
+            "action_latency_seconds",
+            "Time from a notification entering an action's queue to its destination accepting it",
+            m.action_latency,
         );
     }
 }

@@ -38,7 +38,7 @@ use crate::config::{Component, ComponentConfig, ComponentId, OutputRef, Topology
 use crate::sinks::SinkContext;
 use crate::sources::SourceContext;
 use crate::telemetry::{ComponentTelemetry, Telemetry};
-use crate::transforms::{FunctionTransform, TransformContext, TransformOutput};
+use crate::transforms::{AlarmBoard, FunctionTransform, TransformContext, TransformOutput};
 use channel::{
     DEFAULT_BUFFER_BATCHES, Fanout, InputReceiver, InputSender, Outputs, Targets, WeakInputSender,
     input_channel, targets,
@@ -108,6 +108,8 @@ pub struct RunningTopology {
     instances: BTreeMap<ComponentId, Instance>,
     tasks: JoinSet<TaskOutcome>,
     failures: Vec<TaskOutcome>,
+    /// The alarms of every `alarm` transform, for `/v1/alarms`.
+    alarms: Arc<AlarmBoard>,
 }
 
 impl RunningTopology {
@@ -123,6 +125,7 @@ impl RunningTopology {
             instances: BTreeMap::new(),
             tasks: JoinSet::new(),
             failures: Vec::new(),
+            alarms: AlarmBoard::new(),
         };
         topology.build_and_swap(
             config.clone(),
@@ -135,6 +138,11 @@ impl RunningTopology {
     /// The configuration running now.
     pub fn config(&self) -> &TopologyConfig {
         &self.config
+    }
+
+    /// The alarm board of this topology's `alarm` transforms.
+    pub fn alarms(&self) -> Arc<AlarmBoard> {
+        Arc::clone(&self.alarms)
     }
 
     /// Applies `new`: only what changed is rebuilt; see the module documentation.
@@ -334,6 +342,7 @@ impl RunningTopology {
             stop: stop.clone(),
             retired: Arc::clone(&retired),
             data_dir: &config.globals.data_dir,
+            alarms: &self.alarms,
         };
         let mut task = build_task(component, context)?;
         if let Some(previous) = previous.filter(|_| {
@@ -381,6 +390,7 @@ impl RunningTopology {
                 stop: stop.clone(),
                 retired: Arc::new(AtomicBool::new(false)),
                 data_dir: &self.config.globals.data_dir,
+                alarms: &self.alarms,
             };
             match build_task(&component, context) {
                 Ok(task) => {
@@ -467,6 +477,7 @@ struct BuildContext<'a> {
     stop: CancellationToken,
     retired: Arc<AtomicBool>,
     data_dir: &'a std::path::Path,
+    alarms: &'a Arc<AlarmBoard>,
 }
 
 fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<ComponentTask> {
@@ -479,6 +490,7 @@ fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<Com
         stop,
         retired,
         data_dir,
+        alarms,
     } = cx;
     match &component.config {
         ComponentConfig::Source(config) => config.component().build(SourceContext {
@@ -488,9 +500,11 @@ fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<Com
             telemetry,
         }),
         ComponentConfig::Transform(config) => {
-            let transform = config
-                .component()
-                .build(&TransformContext { id: id.clone() })?;
+            let transform = config.component().build(&TransformContext {
+                id: id.clone(),
+                data_dir: data_dir.to_path_buf(),
+                alarms: Arc::clone(alarms),
+            })?;
             let output = TransformOutput::new(&id, telemetry, &config.outputs());
             let input = receiver.ok_or_else(missing_input)?;
             Ok(Box::pin(run_transform(transform, input, output, outputs)))
@@ -520,9 +534,24 @@ async fn run_transform(
     mut output: TransformOutput,
     outputs: Outputs,
 ) -> anyhow::Result<()> {
-    while let Some(batch) = input.recv().await {
-        transform.transform_batch(batch, &mut output);
+    let wake = transform.wake_signal();
+    loop {
+        tokio::select! {
+            batch = input.recv() => {
+                let Some(batch) = batch else { break };
+                transform.transform_batch(batch, &mut output);
+            }
+            () = woken(wake.as_deref()) => transform.on_wake(&mut output),
+        }
         outputs.flush(&mut output.ports).await;
     }
     Ok(())
+}
+
+/// Resolves when `wake` fires; never without one.
+async fn woken(wake: Option<&tokio::sync::Notify>) {
+    match wake {
+        Some(wake) => wake.notified().await,
+        None => std::future::pending().await,
+    }
 }

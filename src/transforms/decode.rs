@@ -166,7 +166,7 @@ mod tests {
         let config: DecodeConfig = serde_json::from_str(config).unwrap();
         assert!(config.check().is_empty());
         let id = ComponentId::new("dec");
-        let mut transform = config.build(&TransformContext { id: id.clone() }).unwrap();
+        let mut transform = config.build(&TransformContext::new(id.clone())).unwrap();
         let telemetry = Telemetry::new().component(&id, ComponentKind::Transform, "decode");
         let mut out = TransformOutput::new(&id, telemetry, &[crate::config::OutputName::errors()]);
         let mut fields = Fields::new();

@@ -5,6 +5,7 @@
 //! output. Keeping transforms synchronous keeps them easy to test and lets the runner batch
 //! all channel work. Every transform has an `errors` output for events it could not handle.
 
+pub mod alarm;
 mod decode;
 mod filter;
 mod remap;
@@ -12,6 +13,8 @@ mod route;
 
 use std::sync::Arc;
 
+pub use alarm::AlarmConfig;
+pub use alarm::board::AlarmBoard;
 pub use decode::DecodeConfig;
 pub use filter::FilterConfig;
 pub use remap::RemapConfig;
@@ -31,6 +34,7 @@ component_types! {
         "remap" => Remap(RemapConfig),
         "filter" => Filter(FilterConfig),
         "route" => Route(RouteConfig),
+        "alarm" => Alarm(AlarmConfig),
     }
 }
 
@@ -66,6 +70,21 @@ impl TransformConfig {
 /// What a transform may know about itself when it is built.
 pub struct TransformContext {
     pub id: ComponentId,
+    /// Where state that outlives the process goes (`alarm` keeps its alarms there).
+    pub data_dir: std::path::PathBuf,
+    /// The running topology's alarm board, shared with `/v1/alarms`.
+    pub alarms: Arc<AlarmBoard>,
+}
+
+impl TransformContext {
+    /// A context with the default data directory and a board of its own (tests, benches).
+    pub fn new(id: ComponentId) -> Self {
+        Self {
+            id,
+            data_dir: crate::config::GlobalConfig::default().data_dir,
+            alarms: AlarmBoard::new(),
+        }
+    }
 }
 
 /// The runtime of a transform: turns each input batch into output events.
@@ -77,6 +96,15 @@ pub trait FunctionTransform: Send {
             self.transform(event, out);
         }
     }
+
+    /// A transform that also acts on requests from outside the graph (an alarm
+    /// acknowledged through the API) returns what signals them; the runner then calls
+    /// [`Self::on_wake`] whenever it fires, between batches.
+    fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    fn on_wake(&mut self, _out: &mut TransformOutput) {}
 }
 
 /// Where a transform puts its results while handling one batch.
@@ -96,6 +124,11 @@ impl TransformOutput {
                 named: outputs.iter().map(|o| (o.0.clone(), Vec::new())).collect(),
             },
         }
+    }
+
+    /// The metrics handle of the transform.
+    pub fn telemetry(&self) -> &ComponentTelemetry {
+        &self.telemetry
     }
 
     /// Emits to the default output.
