@@ -33,6 +33,7 @@ use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::ActionContext;
 use crate::aggregators::{AggregatorContext, checkpoint_path};
 use crate::config::{Component, ComponentConfig, ComponentId, OutputRef, TopologyConfig};
 use crate::sinks::SinkContext;
@@ -523,7 +524,12 @@ fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<Com
             checkpoint: Some(checkpoint_path(data_dir, &id)),
             retired,
         }),
-        ComponentConfig::Action(config) => match *config {},
+        ComponentConfig::Action(config) => config.component().build(ActionContext {
+            id: id.clone(),
+            input: receiver.ok_or_else(missing_input)?,
+            out: outputs,
+            telemetry,
+        }),
     }
 }
 
