@@ -99,7 +99,11 @@ actions:
     assert_eq!(listed.len(), 1, "the alarm is still active after a crash");
     assert_eq!(listed[0]["id"], id.as_str());
     assert_eq!(post(port, &[(2, 107.0), (3, 104.0)]).await, 200);
-    assert_eq!(webhook.accepted().len(), 1, "an active alarm is not raised again");
+    assert_eq!(
+        webhook.accepted().len(),
+        1,
+        "an active alarm is not raised again"
+    );
 
     // Acknowledge through the API: the transition reaches the action.
     let (status, body) = acknowledge(&weir, &id).await;

@@ -163,24 +163,14 @@ impl Notifier for AmqpPublish {
 
     fn prepare(&self, event: &Event) -> Result<Message, String> {
         let view = event.view();
-        let routing_key = self
-            .config
-            .routing_key
-            .render(&view)
-            .map_err(|err| format!("`routing_key` failed: {err}"))?;
+        let routing_key = runner::render(&self.config.routing_key, &view, "routing_key")?;
         if routing_key.len() > 255 {
             return Err(format!(
                 "the routing key is {} bytes long; AMQP allows 255",
                 routing_key.len()
             ));
         }
-        let payload = match &self.config.payload {
-            Some(payload) => payload
-                .render(&view)
-                .map_err(|err| format!("`payload` failed: {err}"))?
-                .into_bytes(),
-            None => serde_json::to_vec(event).map_err(|err| format!("cannot encode: {err}"))?,
-        };
+        let payload = runner::body_or_event(self.config.payload.as_ref(), event, &view, "payload")?;
         Ok(Message {
             routing_key,
             payload,

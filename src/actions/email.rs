@@ -168,25 +168,15 @@ impl Notifier for Email {
         let view = event.view();
         let mut to = Vec::with_capacity(self.config.to.len());
         for (i, recipient) in self.config.to.iter().enumerate() {
-            let address = recipient
-                .render(&view)
-                .map_err(|err| format!("`to[{i}]` failed: {err}"))?;
+            let address = runner::render(recipient, &view, &format!("to[{i}]"))?;
             to.push(
                 address
                     .parse::<Mailbox>()
                     .map_err(|err| format!("`{address}` (`to[{i}]`) is not an address: {err}"))?,
             );
         }
-        let subject = self
-            .config
-            .subject
-            .render(&view)
-            .map_err(|err| format!("`subject` failed: {err}"))?;
-        let body = self
-            .config
-            .body
-            .render(&view)
-            .map_err(|err| format!("`body` failed: {err}"))?;
+        let subject = runner::render(&self.config.subject, &view, "subject")?;
+        let body = runner::render(&self.config.body, &view, "body")?;
         Ok(Mail { to, subject, body })
     }
 

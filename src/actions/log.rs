@@ -73,11 +73,9 @@ impl Notifier for LogNotifier {
     type Message = Record;
 
     fn prepare(&self, event: &Event) -> Result<Record, String> {
-        let message = self
-            .message
-            .render(&event.view())
-            .map_err(|err| format!("`message` failed: {err}"))?;
-        let json = serde_json::to_string(event).map_err(|err| format!("cannot encode: {err}"))?;
+        let message = runner::render(&self.message, &event.view(), "message")?;
+        let json = serde_json::to_string(event)
+            .map_err(|err| format!("cannot encode the event: {err}"))?;
         Ok(Record {
             message,
             device_id: event.device_id.as_deref().map(str::to_owned),

@@ -167,23 +167,13 @@ impl Notifier for MqttPublish {
 
     fn prepare(&self, event: &Event) -> Result<Message, String> {
         let view = event.view();
-        let topic = self
-            .config
-            .topic
-            .render(&view)
-            .map_err(|err| format!("`topic` failed: {err}"))?;
+        let topic = runner::render(&self.config.topic, &view, "topic")?;
         if topic.is_empty() || topic.contains(['+', '#']) {
             return Err(format!(
                 "`{topic}` is not a topic to publish to (empty, or with a wildcard)"
             ));
         }
-        let payload = match &self.config.payload {
-            Some(payload) => payload
-                .render(&view)
-                .map_err(|err| format!("`payload` failed: {err}"))?
-                .into_bytes(),
-            None => serde_json::to_vec(event).map_err(|err| format!("cannot encode: {err}"))?,
-        };
+        let payload = runner::body_or_event(self.config.payload.as_ref(), event, &view, "payload")?;
         Ok(Message { topic, payload })
     }
 

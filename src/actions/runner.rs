@@ -49,6 +49,30 @@ pub trait Notifier: Send + Sync + 'static {
     fn send(&self, message: &Self::Message) -> impl Future<Output = Result<(), SendError>> + Send;
 }
 
+/// Renders `template` for one event; the error names the option.
+pub fn render(
+    template: &Template,
+    view: &minijinja::Value,
+    option: &str,
+) -> Result<String, String> {
+    template
+        .render(view)
+        .map_err(|err| format!("`{option}` failed: {err}"))
+}
+
+/// The rendered `template`, or the whole event as JSON when there is none.
+pub fn body_or_event(
+    template: Option<&Template>,
+    event: &Event,
+    view: &minijinja::Value,
+    option: &str,
+) -> Result<Vec<u8>, String> {
+    match template {
+        Some(template) => render(template, view, option).map(String::into_bytes),
+        None => serde_json::to_vec(event).map_err(|err| format!("cannot encode the event: {err}")),
+    }
+}
+
 /// One notification on its way: the message and the event whose delivery waits for it.
 struct Job<M> {
     event: Event,

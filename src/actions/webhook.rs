@@ -135,26 +135,14 @@ impl Notifier for Webhook {
 
     fn prepare(&self, event: &Event) -> Result<Request, String> {
         let view = event.view();
-        let url = self
-            .config
-            .url
-            .render(&view)
-            .map_err(|err| format!("`url` failed: {err}"))?;
+        let url = runner::render(&self.config.url, &view, "url")?;
         reqwest::Url::parse(&url).map_err(|err| format!("`{url}` is not a URL: {err}"))?;
         let mut headers = Vec::with_capacity(self.config.headers.len());
         for (name, value) in &self.config.headers {
-            let value = value
-                .render(&view)
-                .map_err(|err| format!("`headers.{name}` failed: {err}"))?;
+            let value = runner::render(value, &view, &format!("headers.{name}"))?;
             headers.push((name.clone(), value));
         }
-        let body = match &self.config.body {
-            Some(body) => body
-                .render(&view)
-                .map_err(|err| format!("`body` failed: {err}"))?
-                .into_bytes(),
-            None => serde_json::to_vec(event).map_err(|err| format!("cannot encode: {err}"))?,
-        };
+        let body = runner::body_or_event(self.config.body.as_ref(), event, &view, "body")?;
         Ok(Request { url, headers, body })
     }
 
