@@ -8,10 +8,8 @@ use std::hash::{Hash, Hasher};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
-use super::policy::{DedupeConfig, QueueConfig, RetryConfig, ThrottleConfig, action_policies};
+use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
 use crate::config::{Duration, FieldProblem};
@@ -20,40 +18,32 @@ use crate::template::Template;
 use crate::tls::TlsConfig;
 use crate::topology::ComponentTask;
 
-/// Publishes one AMQP message per event.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpPublishConfig {
-    /// e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`, or `amqps://…` (TLS).
-    pub url: String,
-    /// The exchange; default: the default exchange (routing key = queue name).
-    #[serde(default)]
-    pub exchange: String,
-    /// e.g. `alarms.{{ severity }}.{{ device_id }}`.
-    pub routing_key: Template,
-    /// The message body; default: the event as JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<Template>,
-    /// Ask the broker to return messages no queue takes (they go to `<id>.errors`).
-    #[serde(default = "default_true")]
-    pub mandatory: bool,
-    /// Persistent messages (delivery mode 2) survive a broker restart.
-    #[serde(default = "default_true")]
-    pub persistent: bool,
-    /// How long to wait for the broker's confirm; a timeout is retried.
-    #[serde(default = "default_timeout")]
-    pub timeout: Duration,
-    /// Certificates for `amqps://`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle: Option<ThrottleConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedupe: Option<DedupeConfig>,
-    #[serde(default)]
-    pub queue: QueueConfig,
-    #[serde(default)]
-    pub retry: RetryConfig,
+action_config! {
+    /// Publishes one AMQP message per event.
+    pub struct AmqpPublishConfig {
+        /// e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`, or `amqps://…` (TLS).
+        pub url: String,
+        /// The exchange; default: the default exchange (routing key = queue name).
+        #[serde(default)]
+        pub exchange: String,
+        /// e.g. `alarms.{{ severity }}.{{ device_id }}`.
+        pub routing_key: Template,
+        /// The message body; default: the event as JSON.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub payload: Option<Template>,
+        /// Ask the broker to return messages no queue takes (they go to `<id>.errors`).
+        #[serde(default = "default_true")]
+        pub mandatory: bool,
+        /// Persistent messages (delivery mode 2) survive a broker restart.
+        #[serde(default = "default_true")]
+        pub persistent: bool,
+        /// How long to wait for the broker's confirm; a timeout is retried.
+        #[serde(default = "default_timeout")]
+        pub timeout: Duration,
+        /// Certificates for `amqps://`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tls: Option<TlsConfig>,
+    }
 }
 
 fn default_true() -> bool {
@@ -63,8 +53,6 @@ fn default_true() -> bool {
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
-
-action_policies!(AmqpPublishConfig);
 
 impl ActionComponent for AmqpPublishConfig {
     fn check(&self) -> Vec<FieldProblem> {

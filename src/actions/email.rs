@@ -12,7 +12,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::policy::{DedupeConfig, QueueConfig, RetryConfig, ThrottleConfig, action_policies};
+use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
 use crate::config::{Duration, FieldProblem};
@@ -20,44 +20,36 @@ use crate::event::Event;
 use crate::template::Template;
 use crate::topology::ComponentTask;
 
-/// Sends an e-mail per event.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EmailConfig {
-    /// The SMTP server's host name (also the name its certificate must carry).
-    pub host: String,
-    /// Default: 587 with `starttls`/`opportunistic`, 465 with `tls`, 25 with `none`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub security: SmtpSecurity,
-    /// PEM CA certificates to trust the server with; default: the system's roots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// e.g. `${SMTP_PASSWORD}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-    /// e.g. `weir <alarms@example.com>`.
-    pub from: String,
-    /// Recipients; each may be a template, e.g. `{{ device.owner_email }}`.
-    pub to: Vec<Template>,
-    /// e.g. `[{{ severity }}] {{ alarm }} {{ state }} on {{ device_id }}`.
-    pub subject: Template,
-    /// Plain text.
-    pub body: Template,
-    /// Per attempt (connect and send).
-    #[serde(default = "default_timeout")]
-    pub timeout: Duration,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle: Option<ThrottleConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedupe: Option<DedupeConfig>,
-    #[serde(default)]
-    pub queue: QueueConfig,
-    #[serde(default)]
-    pub retry: RetryConfig,
+action_config! {
+    /// Sends an e-mail per event.
+    pub struct EmailConfig {
+        /// The SMTP server's host name (also the name its certificate must carry).
+        pub host: String,
+        /// Default: 587 with `starttls`/`opportunistic`, 465 with `tls`, 25 with `none`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub port: Option<u16>,
+        #[serde(default)]
+        pub security: SmtpSecurity,
+        /// PEM CA certificates to trust the server with; default: the system's roots.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ca_file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub username: Option<String>,
+        /// e.g. `${SMTP_PASSWORD}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub password: Option<String>,
+        /// e.g. `weir <alarms@example.com>`.
+        pub from: String,
+        /// Recipients; each may be a template, e.g. `{{ device.owner_email }}`.
+        pub to: Vec<Template>,
+        /// e.g. `[{{ severity }}] {{ alarm }} {{ state }} on {{ device_id }}`.
+        pub subject: Template,
+        /// Plain text.
+        pub body: Template,
+        /// Per attempt (connect and send).
+        #[serde(default = "default_timeout")]
+        pub timeout: Duration,
+    }
 }
 
 fn default_timeout() -> Duration {
@@ -78,8 +70,6 @@ pub enum SmtpSecurity {
     /// Plain text only (a local relay).
     None,
 }
-
-action_policies!(EmailConfig);
 
 impl ActionComponent for EmailConfig {
     fn check(&self) -> Vec<FieldProblem> {

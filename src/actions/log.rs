@@ -5,7 +5,7 @@ use std::hash::{Hash, Hasher};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::policy::{DedupeConfig, QueueConfig, RetryConfig, ThrottleConfig, action_policies};
+use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
 use crate::config::FieldProblem;
@@ -13,22 +13,14 @@ use crate::event::Event;
 use crate::template::Template;
 use crate::topology::ComponentTask;
 
-/// Writes one log record per event: the rendered `message` plus the event as a JSON field.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LogActionConfig {
-    /// e.g. `{{ alarm }} {{ state }} on {{ device_id }} ({{ severity }})`.
-    pub message: Template,
-    #[serde(default)]
-    pub level: LogLevel,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle: Option<ThrottleConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedupe: Option<DedupeConfig>,
-    #[serde(default)]
-    pub queue: QueueConfig,
-    #[serde(default)]
-    pub retry: RetryConfig,
+action_config! {
+    /// Writes one log record per event: the rendered `message` plus the event as a JSON field.
+    pub struct LogActionConfig {
+        /// e.g. `{{ alarm }} {{ state }} on {{ device_id }} ({{ severity }})`.
+        pub message: Template,
+        #[serde(default)]
+        pub level: LogLevel,
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -39,8 +31,6 @@ pub enum LogLevel {
     Warn,
     Error,
 }
-
-action_policies!(LogActionConfig);
 
 impl ActionComponent for LogActionConfig {
     fn check(&self) -> Vec<FieldProblem> {

@@ -5,11 +5,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, PublishOptions, QoS};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::policy::{DedupeConfig, QueueConfig, RetryConfig, ThrottleConfig, action_policies};
+use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
 use crate::config::{Duration, FieldProblem};
@@ -18,39 +16,31 @@ use crate::template::Template;
 use crate::tls::TlsConfig;
 use crate::topology::ComponentTask;
 
-/// Publishes one MQTT message per event.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MqttPublishConfig {
-    /// e.g. `mqtt://127.0.0.1:1883`, or `mqtts://broker:8883` (TLS).
-    pub url: String,
-    /// e.g. `devices/{{ device_id }}/commands`.
-    pub topic: Template,
-    /// e.g. `{"command":"reduce_load"}`; default: the event as JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<Template>,
-    /// 1 (the broker acknowledges; the default) or 0 (fire and forget).
-    #[serde(default = "default_qos")]
-    pub qos: u8,
-    #[serde(default)]
-    pub retain: bool,
-    /// Default: `weir-<component id>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
-    /// How long to wait for the broker's acknowledgement; a timeout is retried.
-    #[serde(default = "default_timeout")]
-    pub timeout: Duration,
-    /// Certificates for `mqtts://`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle: Option<ThrottleConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedupe: Option<DedupeConfig>,
-    #[serde(default)]
-    pub queue: QueueConfig,
-    #[serde(default)]
-    pub retry: RetryConfig,
+action_config! {
+    /// Publishes one MQTT message per event.
+    pub struct MqttPublishConfig {
+        /// e.g. `mqtt://127.0.0.1:1883`, or `mqtts://broker:8883` (TLS).
+        pub url: String,
+        /// e.g. `devices/{{ device_id }}/commands`.
+        pub topic: Template,
+        /// e.g. `{"command":"reduce_load"}`; default: the event as JSON.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub payload: Option<Template>,
+        /// 1 (the broker acknowledges; the default) or 0 (fire and forget).
+        #[serde(default = "default_qos")]
+        pub qos: u8,
+        #[serde(default)]
+        pub retain: bool,
+        /// Default: `weir-<component id>`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub client_id: Option<String>,
+        /// How long to wait for the broker's acknowledgement; a timeout is retried.
+        #[serde(default = "default_timeout")]
+        pub timeout: Duration,
+        /// Certificates for `mqtts://`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tls: Option<TlsConfig>,
+    }
 }
 
 fn default_qos() -> u8 {
@@ -60,8 +50,6 @@ fn default_qos() -> u8 {
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
-
-action_policies!(MqttPublishConfig);
 
 impl ActionComponent for MqttPublishConfig {
     fn check(&self) -> Vec<FieldProblem> {

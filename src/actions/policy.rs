@@ -186,10 +186,33 @@ impl Policies<'_> {
     }
 }
 
-/// Gives an action config with the four policy fields its [`Policies`].
-macro_rules! action_policies {
-    ($config:ty) => {
-        impl $config {
+/// Declares an action's config struct: its own fields, then the four policy fields every
+/// action shares (`throttle`, `dedupe`, `queue`, `retry`), and its [`Policies`].
+macro_rules! action_config {
+    ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $(#[$meta])*
+        #[derive(
+            Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+        )]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($fields)*
+            /// At most `max` notifications per key per `period`, e.g.
+            /// `{ key: "{{ device_id }}", max: 1, period: 10m }`.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub throttle: Option<$crate::actions::policy::ThrottleConfig>,
+            /// Drops a notification identical to one sent within `window`.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub dedupe: Option<$crate::actions::policy::DedupeConfig>,
+            /// The bounded queue in front of the sender, and `when_full`.
+            #[serde(default)]
+            pub queue: $crate::actions::policy::QueueConfig,
+            /// Retries of transient failures, with exponential backoff and jitter.
+            #[serde(default)]
+            pub retry: $crate::actions::policy::RetryConfig,
+        }
+
+        impl $name {
             fn policies(&self) -> $crate::actions::policy::Policies<'_> {
                 $crate::actions::policy::Policies {
                     throttle: self.throttle.as_ref(),
@@ -201,7 +224,7 @@ macro_rules! action_policies {
         }
     };
 }
-pub(crate) use action_policies;
+pub(crate) use action_config;
 
 /// How often idle keys are forgotten, so state stays bounded by recent activity.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);

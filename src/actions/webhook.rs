@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::policy::{DedupeConfig, QueueConfig, RetryConfig, ThrottleConfig, action_policies};
+use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
 use crate::config::{Duration, FieldProblem};
@@ -16,36 +16,28 @@ use crate::template::Template;
 use crate::tls::TlsConfig;
 use crate::topology::ComponentTask;
 
-/// Calls an HTTP endpoint for every event.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// e.g. `https://ops.example.com/hooks/iot`; may be a template.
-    pub url: Template,
-    #[serde(default)]
-    pub method: HttpMethod,
-    /// Header name to template, e.g. `Authorization: "Bearer ${OPS_TOKEN}"`.
-    #[serde(default)]
-    pub headers: IndexMap<String, Template>,
-    /// The request body, e.g. `{"device":"{{ device_id }}","state":"{{ state }}"}`.
-    /// Default: the event as JSON. `Content-Type` defaults to `application/json`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<Template>,
-    /// Per attempt; a timeout is retried.
-    #[serde(default = "default_timeout")]
-    pub timeout: Duration,
-    /// For `https://`: `ca_file` to trust the server (default: the system's roots),
-    /// `cert_file`/`key_file` for mutual TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle: Option<ThrottleConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedupe: Option<DedupeConfig>,
-    #[serde(default)]
-    pub queue: QueueConfig,
-    #[serde(default)]
-    pub retry: RetryConfig,
+action_config! {
+    /// Calls an HTTP endpoint for every event.
+    pub struct WebhookConfig {
+        /// e.g. `https://ops.example.com/hooks/iot`; may be a template.
+        pub url: Template,
+        #[serde(default)]
+        pub method: HttpMethod,
+        /// Header name to template, e.g. `Authorization: "Bearer ${OPS_TOKEN}"`.
+        #[serde(default)]
+        pub headers: IndexMap<String, Template>,
+        /// The request body, e.g. `{"device":"{{ device_id }}","state":"{{ state }}"}`.
+        /// Default: the event as JSON. `Content-Type` defaults to `application/json`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub body: Option<Template>,
+        /// Per attempt; a timeout is retried.
+        #[serde(default = "default_timeout")]
+        pub timeout: Duration,
+        /// For `https://`: `ca_file` to trust the server (default: the system's roots),
+        /// `cert_file`/`key_file` for mutual TLS.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tls: Option<TlsConfig>,
+    }
 }
 
 fn default_timeout() -> Duration {
@@ -74,8 +66,6 @@ impl HttpMethod {
         }
     }
 }
-
-action_policies!(WebhookConfig);
 
 impl ActionComponent for WebhookConfig {
     fn check(&self) -> Vec<FieldProblem> {
