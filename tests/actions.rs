@@ -349,3 +349,51 @@ sinks:
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_over_mutual_tls_and_email_over_starttls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::pki::generate(dir.path());
+    let webhook = HttpReceiver::start(vec![]).await;
+    let https = support::pki::tls_proxy(&pki, true, webhook.addr.port()).await;
+    let smtp = SmtpServer::start_starttls(dir.path(), &pki.server_cert, &pki.server_key);
+    let actions = r#"
+  page:
+    type: webhook
+    inputs: [hot]
+    url: 'https://localhost:HTTPS/hook'
+    tls: { ca_file: 'CA', cert_file: 'CLIENT_CERT', key_file: 'CLIENT_KEY' }
+  mail:
+    type: email
+    inputs: [hot]
+    host: localhost
+    port: SMTP_PORT
+    security: starttls
+    ca_file: 'CA'
+    from: 'weir@example.com'
+    to: ['ops@example.com', '{{ device_id }}@devices.example.com']
+    subject: '{{ device_id }} {{ state }}'
+    body: 'avg {{ temperature }}'
+"#
+    .replace("HTTPS", &https.to_string())
+    .replace("SMTP_PORT", &smtp.port.to_string())
+    .replace("CLIENT_CERT", &pki.client_cert.display().to_string())
+    .replace("CLIENT_KEY", &pki.client_key.display().to_string())
+    .replace("CA", &pki.ca.display().to_string());
+    let h = Harness::start(dir, "", &actions);
+    assert_eq!(h.post("engine-1", &[(0, 105.0)]).await, 200);
+    assert_eq!(states(&webhook.accepted(), "state"), ["raised"]);
+    let mails = smtp.received();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(
+        mails[0]["to"],
+        json!(["ops@example.com", "engine-1@devices.example.com"])
+    );
+    assert!(
+        mails[0]["data"]
+            .as_str()
+            .unwrap()
+            .contains("engine-1 raised")
+    );
+    h.stop().await;
+}

@@ -67,7 +67,7 @@ impl HttpReceiver {
 }
 
 const SMTP_SERVER: &str = r#"
-import json, sys, time
+import json, ssl, sys, time
 from aiosmtpd.controller import Controller
 
 class Recorder:
@@ -80,7 +80,13 @@ class Recorder:
             }) + "\n")
         return "250 OK"
 
-controller = Controller(Recorder(), hostname="127.0.0.1", port=int(sys.argv[1]))
+tls = {}
+if len(sys.argv) > 3:
+    # STARTTLS required, with the test server certificate.
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+    tls = {"tls_context": context, "require_starttls": True}
+controller = Controller(Recorder(), hostname="127.0.0.1", port=int(sys.argv[1]), **tls)
 controller.start()
 print("ready", flush=True)
 while True:
@@ -120,15 +126,26 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub fn start(dir: &Path) -> SmtpServer {
+        Self::start_with(dir, None)
+    }
+
+    /// A server that requires STARTTLS with `cert` and `key` (PEM files).
+    pub fn start_starttls(dir: &Path, cert: &Path, key: &Path) -> SmtpServer {
+        Self::start_with(dir, Some((cert, key)))
+    }
+
+    fn start_with(dir: &Path, tls: Option<(&Path, &Path)>) -> SmtpServer {
         ensure_aiosmtpd();
         let port = super::free_port();
         let script = dir.join("smtp_server.py");
         std::fs::write(&script, SMTP_SERVER).unwrap();
         let mails = dir.join("mails.ndjson");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .arg(port.to_string())
-            .arg(&mails)
+        let mut command = Command::new("python3");
+        command.arg(&script).arg(port.to_string()).arg(&mails);
+        if let Some((cert, key)) = tls {
+            command.arg(cert).arg(key);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the SMTP server");
