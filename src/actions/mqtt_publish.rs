@@ -133,6 +133,8 @@ impl MqttPublish {
                 };
                 match event {
                     Ok(_) => logged = false,
+                    // The client is gone: the action has finished.
+                    Err(rumqttc::ConnectionError::RequestsDone) => return,
                     Err(err) => {
                         // Publishes waiting meanwhile time out and are retried.
                         if !logged {

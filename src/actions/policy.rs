@@ -122,12 +122,15 @@ impl RetryConfig {
     /// The delays between attempts (jittered), one fewer than `attempts`.
     pub fn delays(&self) -> impl Iterator<Item = std::time::Duration> + use<> {
         use backon::BackoffBuilder;
+        let max = self.max_backoff.get();
         backon::ExponentialBuilder::default()
             .with_min_delay(self.initial_backoff.get())
-            .with_max_delay(self.max_backoff.get())
+            .with_max_delay(max)
             .with_max_times(self.attempts.saturating_sub(1) as usize)
             .with_jitter()
             .build()
+            // backon's jitter adds up to the delay again; the cap is the cap.
+            .map(move |delay| delay.min(max))
     }
 }
 
@@ -360,9 +363,9 @@ mod tests {
         };
         let delays: Vec<_> = retry.delays().collect();
         assert_eq!(delays.len(), 3);
-        // Jitter adds up to one initial delay.
+        // Jitter never takes a delay past `max_backoff`.
         assert!(
-            delays.iter().all(|d| *d <= Std::from_millis(350)),
+            delays.iter().all(|d| *d <= Std::from_millis(250)),
             "{delays:?}"
         );
         assert!(delays[0] >= Std::from_millis(100));

@@ -75,9 +75,20 @@ pub fn body_or_event(
 
 /// One notification on its way: the message and the event whose delivery waits for it.
 struct Job<M> {
-    event: Event,
+    /// Taken out when the notification was sent or dead-lettered.
+    event: Option<Event>,
     message: M,
     queued_at: Instant,
+}
+
+impl<M> Drop for Job<M> {
+    /// A job dropped with its event still in it was abandoned (a drain that ran out of
+    /// time): its source must not take that as done.
+    fn drop(&mut self) {
+        if let Some(event) = &self.event {
+            event.fail_delivery();
+        }
+    }
 }
 
 /// Runs `notifier` under the action's policies.
@@ -212,13 +223,15 @@ impl<N: Notifier> Intake<N> {
                 }
             }
             let job = Job {
-                event,
+                event: Some(event),
                 message,
                 queued_at: now,
             };
-            if let Some(lost) = self.queue.push(job, self.when_full).await {
+            if let Some(mut lost) = self.queue.push(job, self.when_full).await {
                 self.reporter.metrics.dropped.inc();
-                dropped.push((lost.event, "the action's queue was full".to_owned()));
+                if let Some(event) = lost.event.take() {
+                    dropped.push((event, "the action's queue was full".to_owned()));
+                }
             }
         }
         // Throttled and duplicate notifications are dropped on purpose.
@@ -242,21 +255,26 @@ struct Sender<N: Notifier> {
 
 impl<N: Notifier> Sender<N> {
     async fn run(self) {
-        while let Some(job) = self.queue.pop().await {
-            match self.send_with_retry(&job.message).await {
+        let sent = self.reporter.telemetry.sent_events("default");
+        while let Some(mut job) = self.queue.pop().await {
+            let outcome = self.send_with_retry(&job.message).await;
+            let Some(event) = job.event.take() else {
+                continue;
+            };
+            match outcome {
                 Ok(()) => {
                     self.reporter.metrics.sent.inc();
                     self.reporter
                         .metrics
                         .latency
                         .observe(job.queued_at.elapsed().as_secs_f64());
-                    self.reporter.telemetry.sent_events("default").inc();
+                    sent.inc();
                     // Dropping the event acknowledges its delivery.
-                    drop(job);
+                    drop(event);
                 }
                 Err(message) => {
                     self.reporter
-                        .dead_letter(vec![(job.event, message)], ErrorType::Io)
+                        .dead_letter(vec![(event, message)], ErrorType::Io)
                         .await;
                 }
             }
@@ -391,6 +409,35 @@ mod tests {
 
     fn queue(capacity: usize) -> JobQueue<u32> {
         JobQueue::new(capacity, Default::default())
+    }
+
+    #[test]
+    fn an_abandoned_job_fails_its_delivery_and_a_finished_one_commits() {
+        use crate::event::{Delivery, DeliveryStatus, EventMeta, Fields};
+        let job = |delivery: &Arc<Delivery>| {
+            let mut event = Event::new(
+                None,
+                Fields::new(),
+                Arc::new(EventMeta::received_by("s".into())),
+            );
+            event.attach(delivery);
+            Job {
+                event: Some(event),
+                message: (),
+                queued_at: Instant::now(),
+            }
+        };
+        let (delivery, mut abandoned) = Delivery::new();
+        drop(job(&delivery));
+        drop(delivery);
+        assert_eq!(abandoned.try_recv().unwrap(), DeliveryStatus::Failed);
+
+        let (delivery, mut finished) = Delivery::new();
+        let mut done = job(&delivery);
+        drop(delivery);
+        drop(done.event.take());
+        drop(done);
+        assert_eq!(finished.try_recv().unwrap(), DeliveryStatus::Committed);
     }
 
     #[tokio::test]
