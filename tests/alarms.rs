@@ -145,3 +145,47 @@ actions:
     );
     assert!(weir.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_active_alarms_whether_the_alarm_changed_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = HttpReceiver::start(vec![]).await;
+    let port = free_port();
+    let config = |clear: u32, timeout: &str| {
+        support::pipeline(&format!(
+            "data_dir: '{d}'
+api: {{ enabled: false }}
+sources:
+  devices: {{ type: http, listen: '127.0.0.1:{port}', event_time: ts }}
+transforms:
+  hot: {{ type: alarm, inputs: [devices], raise: 'temperature > 100', clear: 'temperature < {clear}' }}
+actions:
+  page: {{ type: webhook, inputs: [hot], url: '{url}', timeout: {timeout} }}
+",
+            d = dir.path().display(),
+            url = webhook.url()
+        ))
+    };
+    let telemetry = weir::telemetry::Telemetry::new();
+    let mut topology =
+        weir::topology::RunningTopology::start(&config(90, "5s"), &telemetry).unwrap();
+    assert_eq!(post(port, &[(0, 105.0)]).await, 200);
+    assert_eq!(webhook.accepted().len(), 1);
+
+    // The action changes, the alarm keeps running with its state.
+    topology.reload(config(90, "6s")).await.unwrap();
+    assert_eq!(post(port, &[(1, 106.0)]).await, 200);
+    assert_eq!(webhook.accepted().len(), 1, "not raised again");
+
+    // The alarm changes: its new instance starts from the state file.
+    topology.reload(config(85, "6s")).await.unwrap();
+    assert_eq!(topology.alarms().list().len(), 1);
+    assert_eq!(post(port, &[(2, 107.0), (3, 88.0)]).await, 200);
+    assert_eq!(webhook.accepted().len(), 1, "88 is not below the new clear threshold");
+    assert_eq!(post(port, &[(4, 80.0)]).await, 200);
+    let sent = webhook.accepted();
+    let states: Vec<&str> = sent.iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["raised", "cleared"]);
+    assert_eq!(sent[0]["alarm_id"], sent[1]["alarm_id"]);
+    assert!(topology.stop(Duration::from_secs(10)).await.is_empty());
+}
