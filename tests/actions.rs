@@ -397,3 +397,66 @@ async fn webhook_over_mutual_tls_and_email_over_starttls() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_with_drop_newest_dead_letters_what_it_refuses() {
+    // The receiver keeps failing, so the first notification stays in its retries.
+    let webhook = HttpReceiver::start(vec![500; 1000]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.ndjson");
+    let actions = r#"
+  page:
+    type: webhook
+    inputs: [hot]
+    url: 'WEBHOOK'
+    queue: { max_events: 1, when_full: drop_newest }
+    retry: { attempts: 1000, initial_backoff: 50ms, max_backoff: 50ms }
+sinks:
+  dead_letters: { type: file, inputs: [page.errors], path: 'DEAD' }
+"#
+    .replace("WEBHOOK", &webhook.url())
+    .replace("DEAD", &dead.display().to_string());
+    let h = Harness::start(dir, "", &actions);
+    // Four transitions: one being sent (or still queued), one queued, the newest refused.
+    let readings = [(0, 105.0), (1, 80.0), (2, 105.0), (3, 80.0)];
+    let port = h.port;
+    let posting = tokio::spawn(async move {
+        let body: Vec<Value> = readings
+            .iter()
+            .map(|(s, t)| json!({ "ts": T0 + s * 1000, "temperature": t }))
+            .collect();
+        reqwest::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{port}/v1/devices/engine-1/messages"
+            ))
+            .json(&body)
+            .send()
+            .await
+    });
+    wait_for(Duration::from_secs(10), || {
+        (lines(&dead).len() >= 2).then_some(())
+    })
+    .await
+    .expect("dead letters");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let letters = lines(&dead);
+    // Whether the sender took the first one off the queue before the rest arrived decides
+    // if two or three were refused; the refused are always the newest.
+    assert!((2..=3).contains(&letters.len()), "{letters:?}");
+    assert!(states(&letters, "state").ends_with(&["raised".to_owned(), "cleared".to_owned()]));
+    let error = letters[0]["meta"]["error"]["message"].as_str().unwrap();
+    assert!(error.contains("queue was full"), "{error}");
+    assert_eq!(
+        h.metric(
+            "action_notifications_total",
+            &["component_id=\"page\"", "outcome=\"dropped\""]
+        ),
+        letters.len() as f64
+    );
+    assert!(webhook.attempts() >= 1);
+    assert!(webhook.accepted().is_empty());
+    // The request still waits for the notifications in flight.
+    assert!(!posting.is_finished());
+    posting.abort();
+    let _ = h.topology.stop(Duration::from_millis(500)).await;
+}

@@ -181,7 +181,11 @@ actions:
     topology.reload(config(85, "6s")).await.unwrap();
     assert_eq!(topology.alarms().list().len(), 1);
     assert_eq!(post(port, &[(2, 107.0), (3, 88.0)]).await, 200);
-    assert_eq!(webhook.accepted().len(), 1, "88 is not below the new clear threshold");
+    assert_eq!(
+        webhook.accepted().len(),
+        1,
+        "88 is not below the new clear threshold"
+    );
     assert_eq!(post(port, &[(4, 80.0)]).await, 200);
     let sent = webhook.accepted();
     let states: Vec<&str> = sent.iter().map(|s| s["state"].as_str().unwrap()).collect();
