@@ -6,9 +6,9 @@
 //! a copy of the reading that caused it with the alarm's fields added (`alarm`,
 //! `alarm_id`, `state`, `severity`, `started_at`, ...), so an action's template can use
 //! both. Active alarms are listed and acknowledged through `/v1/alarms` (see [`board`]),
-//! and the state of every key is written to `data_dir/alarms/<id>.json` whenever an alarm
-//! changes and at shutdown, so a restart neither raises an active alarm again nor forgets
-//! it.
+//! and the state of every key is written to `data_dir/alarms/<id>.json` after every batch
+//! in which an alarm changed (before that batch's transitions leave) and at shutdown, so a
+//! restart neither raises an active alarm again nor forgets it.
 
 pub mod board;
 pub mod machine;
@@ -162,6 +162,7 @@ impl TransformComponent for AlarmConfig {
             keys: snapshot.keys,
             path,
             dirty: false,
+            transitioned: false,
             board: Arc::clone(&cx.alarms),
             inbox,
             telemetry: None,
@@ -189,8 +190,11 @@ pub struct Alarm {
     /// Keys with an active alarm or a streak towards one; idle keys are removed.
     keys: HashMap<String, KeyState>,
     path: PathBuf,
-    /// Streaks changed since the last snapshot (transitions are written at once).
+    /// Streaks changed since the last snapshot.
     dirty: bool,
+    /// A transition happened in this batch: the snapshot is written before the batch's
+    /// output leaves, so what was emitted is on disk.
+    transitioned: bool,
     board: Arc<AlarmBoard>,
     inbox: BoardInbox,
     /// Set by the first batch (the runner owns the handle).
@@ -300,7 +304,7 @@ impl Alarm {
             _ => Some(self.summary(&key, &active)),
         };
         self.inbox.entry.publish(&key, published);
-        self.persist();
+        self.transitioned = true;
         if let Some(telemetry) = &self.telemetry {
             AlarmTransition {
                 state: state_name,
@@ -437,9 +441,8 @@ fn new_alarm_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-impl FunctionTransform for Alarm {
-    fn transform(&mut self, event: Event, out: &mut TransformOutput) {
-        self.attach(out);
+impl Alarm {
+    fn one(&mut self, event: Event, out: &mut TransformOutput) {
         match self.judge(&event) {
             Ok(judged) => match self.apply(event, judged) {
                 Some(transition) => out.push(transition),
@@ -448,6 +451,29 @@ impl FunctionTransform for Alarm {
             },
             Err(message) => out.error(event, ErrorType::Expression, message),
         }
+    }
+
+    /// Writes the snapshot once for all the transitions of a batch.
+    fn commit(&mut self) {
+        if std::mem::take(&mut self.transitioned) {
+            self.persist();
+        }
+    }
+}
+
+impl FunctionTransform for Alarm {
+    fn transform(&mut self, event: Event, out: &mut TransformOutput) {
+        self.attach(out);
+        self.one(event, out);
+        self.commit();
+    }
+
+    fn transform_batch(&mut self, batch: crate::event::EventBatch, out: &mut TransformOutput) {
+        self.attach(out);
+        for event in batch {
+            self.one(event, out);
+        }
+        self.commit();
     }
 
     fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {

@@ -1,5 +1,5 @@
 //! The alarm state on disk: `data_dir/alarms/<id>.json`, written atomically (temp file,
-//! fsync, rename) whenever an alarm changes and at shutdown.
+//! fsync, rename) after each batch in which an alarm changed, and at shutdown.
 
 use std::collections::HashMap;
 use std::io::Write as _;
