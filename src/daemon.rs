@@ -85,6 +85,7 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
             Arc::clone(registry).keep_activity(Duration::from_secs(30), activity_stop.clone()),
         )
     });
+    api_state.set_alarm_board(daemon.topology.alarms());
     api_state.set_ready(true);
     tracing::info!(components = config.components.len(), "topology running");
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::FieldProblem;
 
 /// Certificates and keys for TLS.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain weir presents (a server's own; a client's for mutual TLS).

@@ -1,4 +1,4 @@
-//! The HTTP API: `/health`, `/ready`, `/metrics`, `POST /v1/reload`.
+//! The HTTP API: `/health`, `/ready`, `/metrics`, `POST /v1/reload`, `/v1/alarms`.
 //!
 //! The registry's `/v1/devices` and `/v1/enrollment-groups` live in [`devices`].
 //!
@@ -6,6 +6,7 @@
 //! only while a topology is running (503 while starting or draining), for load balancers
 //! and systemd-style readiness checks.
 
+mod alarms;
 mod devices;
 
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::daemon::{ReloadOutcome, ReloadRequest};
 use crate::registry::Registry;
 use crate::telemetry::Telemetry;
+use crate::transforms::AlarmBoard;
 
 /// State the API reports on.
 pub struct ApiState {
@@ -33,6 +35,8 @@ pub struct ApiState {
     reload: Option<mpsc::Sender<ReloadRequest>>,
     /// The device registry behind `/v1/devices`, once the topology has opened it.
     registry: OnceLock<Arc<Registry>>,
+    /// The running topology's alarm board, once it runs.
+    alarms: OnceLock<Arc<AlarmBoard>>,
 }
 
 impl ApiState {
@@ -45,6 +49,7 @@ impl ApiState {
             ready: AtomicBool::new(false),
             reload,
             registry: OnceLock::new(),
+            alarms: OnceLock::new(),
         })
     }
 
@@ -60,6 +65,15 @@ impl ApiState {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
+
+    /// Serves `/v1/alarms` from `board` (the topology's; set once).
+    pub fn set_alarm_board(&self, board: Arc<AlarmBoard>) {
+        let _ = self.alarms.set(board);
+    }
+
+    pub fn alarm_board(&self) -> Option<&Arc<AlarmBoard>> {
+        self.alarms.get()
+    }
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -69,6 +83,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/reload", post(reload))
         .merge(devices::routes())
+        .merge(alarms::routes())
         .with_state(state)
 }
 

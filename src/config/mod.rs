@@ -123,7 +123,7 @@ impl ComponentConfig {
             Self::Transform(c) => c.component().check(),
             Self::Sink(c) => c.component().check(),
             Self::Aggregator(c) => c.component().check(),
-            Self::Action(_) => Vec::new(),
+            Self::Action(c) => c.component().check(),
         }
     }
 

@@ -165,33 +165,38 @@ impl SourceComponent for AmqpSourceConfig {
 
 impl AmqpSourceConfig {
     fn tls_config(&self) -> anyhow::Result<OwnedTLSConfig> {
-        use anyhow::Context as _;
-        let Some(tls) = &self.tls else {
-            return Ok(OwnedTLSConfig::default());
-        };
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-        };
-        let identity = match (&tls.cert_file, &tls.key_file) {
-            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
-                pem: read(cert)?,
-                key: read(key)?,
-            }),
-            (None, None) => None,
-            _ => anyhow::bail!("mutual TLS needs both `cert_file` and `key_file`"),
-        };
-        let cert_chain = match &tls.ca_file {
-            Some(ca) => Some(
-                String::from_utf8(read(ca)?)
-                    .with_context(|| format!("{} is not PEM text", ca.display()))?,
-            ),
-            None => None,
-        };
-        Ok(OwnedTLSConfig {
-            identity,
-            cert_chain,
-        })
+        amqp_tls(self.tls.as_ref())
     }
+}
+
+/// lapin's TLS settings from weir's: PEM files read now, so a bad file fails the build.
+pub(crate) fn amqp_tls(tls: Option<&TlsConfig>) -> anyhow::Result<OwnedTLSConfig> {
+    use anyhow::Context as _;
+    let Some(tls) = tls else {
+        return Ok(OwnedTLSConfig::default());
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let identity = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: read(cert)?,
+            key: read(key)?,
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("mutual TLS needs both `cert_file` and `key_file`"),
+    };
+    let cert_chain = match &tls.ca_file {
+        Some(ca) => Some(
+            String::from_utf8(read(ca)?)
+                .with_context(|| format!("{} is not PEM text", ca.display()))?,
+        ),
+        None => None,
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
 }
 
 async fn run(

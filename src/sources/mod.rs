@@ -21,6 +21,9 @@ pub use http::HttpSourceConfig;
 pub use mqtt::MqttSourceConfig;
 pub use simulator::SimulatorConfig;
 
+pub(crate) use amqp::amqp_tls;
+pub(crate) use mqtt::broker_address;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::component::component_types;

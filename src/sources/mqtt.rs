@@ -85,6 +85,27 @@ fn default_inflight() -> u16 {
     100
 }
 
+/// Host, port, and whether the connection uses TLS, from an `mqtt://` or `mqtts://` URL.
+pub(crate) fn broker_address(url: &str) -> Result<(String, u16, bool), String> {
+    let (rest, secure) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err("expected an `mqtt://host:port` or `mqtts://host:port` URL".into()),
+    };
+    let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("`{port}` is not a port"))?,
+        ),
+        None => (rest.trim_end_matches('/'), if secure { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err("the URL has no host".into());
+    }
+    Ok((host.to_owned(), port, secure))
+}
+
 /// How the device id is found.
 enum DeviceIdRule {
     /// The topic segment at this index.
@@ -96,26 +117,7 @@ enum DeviceIdRule {
 impl MqttSourceConfig {
     /// Host, port, and whether the connection uses TLS.
     fn broker(&self) -> Result<(String, u16, bool), String> {
-        let (rest, secure) = match (
-            self.url.strip_prefix("mqtt://"),
-            self.url.strip_prefix("mqtts://"),
-        ) {
-            (Some(rest), _) => (rest, false),
-            (_, Some(rest)) => (rest, true),
-            _ => return Err("expected an `mqtt://host:port` or `mqtts://host:port` URL".into()),
-        };
-        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| format!("`{port}` is not a port"))?,
-            ),
-            None => (rest.trim_end_matches('/'), if secure { 8883 } else { 1883 }),
-        };
-        if host.is_empty() {
-            return Err("the URL has no host".into());
-        }
-        Ok((host.to_owned(), port, secure))
+        broker_address(&self.url)
     }
 
     fn device_rule(&self) -> Result<DeviceIdRule, String> {
@@ -177,16 +179,7 @@ impl SourceComponent for MqttSourceConfig {
         let rule = self.device_rule().map_err(anyhow::Error::msg)?;
         // Certificates are read now, so a bad file fails the start (or rolls a reload back).
         let tls = match secure {
-            true => Some(
-                self.tls
-                    .clone()
-                    .unwrap_or(TlsConfig {
-                        cert_file: None,
-                        key_file: None,
-                        ca_file: None,
-                    })
-                    .client_config()?,
-            ),
+            true => Some(self.tls.clone().unwrap_or_default().client_config()?),
             false => None,
         };
         let gate = DeviceGate::new(cx.registry.clone(), self.unknown_devices)?;

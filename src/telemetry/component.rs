@@ -8,8 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::{
-    AggregateLabels, BoundLabels, ComponentLabels, DiscardLabels, ErrorLabels, Metrics,
-    OutputLabels, StatusLabels,
+    AggregateLabels, AlarmLabels, BoundLabels, ComponentLabels, DiscardLabels, ErrorLabels,
+    Metrics, OutcomeLabels, OutputLabels, StatusLabels,
 };
 
 /// A component's view of [`Metrics`], with its labels already applied.
@@ -169,6 +169,53 @@ impl ComponentTelemetry {
         }
     }
 
+    /// The transition counter of an alarm in `state` with `severity`.
+    pub(crate) fn alarm_transitions(&self, state: &str, severity: &str) -> Counter {
+        self.metrics
+            .alarm_transitions
+            .get_or_create_owned(&AlarmLabels {
+                component: self.labels.clone(),
+                state: state.to_owned(),
+                severity: severity.to_owned(),
+            })
+    }
+
+    /// The gauge of alarms active in an alarm transform.
+    pub(crate) fn alarm_active(&self) -> Gauge {
+        self.metrics.alarm_active.get_or_create_owned(&self.labels)
+    }
+
+    /// The series of an action.
+    pub fn action_metrics(&self) -> ActionMetrics {
+        let outcome = |outcome: &str| {
+            self.metrics
+                .action_notifications
+                .get_or_create_owned(&OutcomeLabels {
+                    component: self.labels.clone(),
+                    outcome: outcome.to_owned(),
+                })
+        };
+        ActionMetrics {
+            sent: outcome("sent"),
+            failed: outcome("failed"),
+            throttled: outcome("throttled"),
+            deduplicated: outcome("deduplicated"),
+            dropped: outcome("dropped"),
+            retries: self
+                .metrics
+                .action_retries
+                .get_or_create_owned(&self.labels),
+            queued: self
+                .metrics
+                .action_queue_events
+                .get_or_create_owned(&self.labels),
+            latency: self
+                .metrics
+                .action_latency
+                .get_or_create_owned(&self.labels),
+        }
+    }
+
     /// Whether an error may be logged now (at most one line per 10 s per component);
     /// returns how many were held back since the last line.
     pub(crate) fn error_log_permit(&self) -> Option<u64> {
@@ -187,6 +234,19 @@ impl ComponentTelemetry {
             None
         }
     }
+}
+
+/// Series of one action.
+#[derive(Clone)]
+pub struct ActionMetrics {
+    pub sent: Counter,
+    pub failed: Counter,
+    pub throttled: Counter,
+    pub deduplicated: Counter,
+    pub dropped: Counter,
+    pub retries: Counter,
+    pub queued: Gauge,
+    pub latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Gauges of one input buffer: events queued and fill ratio.

@@ -182,6 +182,29 @@ impl InternalEvent for BatchCommitted {
     }
 }
 
+/// An alarm changed state.
+pub struct AlarmTransition<'a> {
+    pub state: &'a str,
+    pub severity: &'a str,
+    /// +1 when an alarm became active, -1 when one cleared.
+    pub active_change: i64,
+}
+
+impl InternalEvent for AlarmTransition<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.alarm_transitions(self.state, self.severity).inc();
+        if self.active_change != 0 {
+            t.alarm_active().inc_by(self.active_change);
+        }
+        tracing::info!(
+            component_id = t.component_id(),
+            state = self.state,
+            severity = self.severity,
+            "alarm transition"
+        );
+    }
+}
+
 /// An HTTP request a source answered.
 pub struct HttpResponse {
     pub status: u16,

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-pub use component::{BufferMetrics, ComponentTelemetry, WindowMetrics};
+pub use component::{ActionMetrics, BufferMetrics, ComponentTelemetry, WindowMetrics};
 pub use events::InternalEvent;
 
 use crate::config::{ComponentId, ComponentKind};
@@ -88,6 +88,31 @@ pub struct StatusLabels {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlarmLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    /// `raised`, `severity_changed`, `cleared` or `acknowledged`.
+    pub state: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    /// `sent`, `failed`, `throttled`, `deduplicated` or `dropped`.
+    pub outcome: String,
+}
+
+/// A histogram family of one bucket layout.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn action_latency_histogram() -> Histogram {
+    // 1 ms to ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 /// Every metric family weir exports. Cloning shares the underlying series.
 #[derive(Clone)]
 pub struct Metrics {
@@ -122,6 +147,12 @@ pub struct Metrics {
     pub registry_devices: Family<DeviceStatusLabels, Gauge>,
     pub registry_auth_failures: Family<ReasonLabels, Counter>,
     pub registry_lookups: Counter,
+    pub alarm_transitions: Family<AlarmLabels, Counter>,
+    pub alarm_active: Family<ComponentLabels, Gauge>,
+    pub action_notifications: Family<OutcomeLabels, Counter>,
+    pub action_retries: Family<ComponentLabels, Counter>,
+    pub action_queue_events: Family<ComponentLabels, Gauge>,
+    pub action_latency: HistogramFamily<ComponentLabels>,
 }
 
 impl Default for Metrics {
@@ -165,6 +196,12 @@ impl Default for Metrics {
             registry_devices: Family::default(),
             registry_auth_failures: Family::default(),
             registry_lookups: Counter::default(),
+            alarm_transitions: Family::default(),
+            alarm_active: Family::default(),
+            action_notifications: Family::default(),
+            action_retries: Family::default(),
+            action_queue_events: Family::default(),
+            action_latency: Family::new_with_constructor(action_latency_histogram),
         }
     }
 }
@@ -326,6 +363,32 @@ impl Metrics {
             "registry_lookups",
             "Device lookups served from the registry's memory (enrich, gates)",
             m.registry_lookups,
+        );
+        registry.register(
+            "alarm_transitions",
+            "Alarm transitions emitted, by state (raised, severity_changed, cleared, acknowledged) and severity",
+            m.alarm_transitions,
+        );
+        registry.register("alarm_active", "Alarms active right now", m.alarm_active);
+        registry.register(
+            "action_notifications",
+            "Notifications an action handled, by outcome (sent, failed: dead-lettered, throttled, deduplicated, dropped: queue full)",
+            m.action_notifications,
+        );
+        registry.register(
+            "action_retries",
+            "Attempts an action repeated after a transient failure (5xx, timeout, broker error)",
+            m.action_retries,
+        );
+        registry.register(
+            "action_queue_events",
+            "Notifications waiting in an action's queue",
+            m.action_queue_events,
+        );
+        registry.register(
+            "action_latency_seconds",
+            "Time from a notification entering an action's queue to its destination accepting it",
+            m.action_latency,
         );
     }
 }

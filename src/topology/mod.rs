@@ -33,13 +33,14 @@ use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::ActionContext;
 use crate::aggregators::{AggregatorContext, checkpoint_path};
 use crate::config::{Component, ComponentConfig, ComponentId, OutputRef, TopologyConfig};
 use crate::registry::Registry;
 use crate::sinks::SinkContext;
 use crate::sources::SourceContext;
 use crate::telemetry::{ComponentTelemetry, Telemetry};
-use crate::transforms::{FunctionTransform, TransformContext, TransformOutput};
+use crate::transforms::{AlarmBoard, FunctionTransform, TransformContext, TransformOutput};
 use channel::{
     DEFAULT_BUFFER_BATCHES, Fanout, InputReceiver, InputSender, Outputs, Targets, WeakInputSender,
     input_channel, targets,
@@ -114,6 +115,8 @@ pub struct RunningTopology {
     failures: Vec<TaskOutcome>,
     /// The device registry of `registry:`, shared with every component that uses it.
     registry: Option<Arc<Registry>>,
+    /// The alarms of every `alarm` transform, for `/v1/alarms`.
+    alarms: Arc<AlarmBoard>,
 }
 
 impl RunningTopology {
@@ -139,6 +142,7 @@ impl RunningTopology {
             tasks: JoinSet::new(),
             failures: Vec::new(),
             registry,
+            alarms: AlarmBoard::new(),
         };
         topology.build_and_swap(
             config.clone(),
@@ -156,6 +160,11 @@ impl RunningTopology {
     /// The configuration running now.
     pub fn config(&self) -> &TopologyConfig {
         &self.config
+    }
+
+    /// The alarm board of this topology's `alarm` transforms.
+    pub fn alarms(&self) -> Arc<AlarmBoard> {
+        Arc::clone(&self.alarms)
     }
 
     /// Applies `new`: only what changed is rebuilt; see the module documentation.
@@ -356,6 +365,7 @@ impl RunningTopology {
             retired: Arc::clone(&retired),
             data_dir: &config.globals.data_dir,
             registry: self.registry.clone(),
+            alarms: &self.alarms,
         };
         let mut task = build_task(component, context)?;
         if let Some(previous) = previous.filter(|_| {
@@ -404,6 +414,7 @@ impl RunningTopology {
                 retired: Arc::new(AtomicBool::new(false)),
                 data_dir: &self.config.globals.data_dir,
                 registry: self.registry.clone(),
+                alarms: &self.alarms,
             };
             match build_task(&component, context) {
                 Ok(task) => {
@@ -491,6 +502,7 @@ struct BuildContext<'a> {
     retired: Arc<AtomicBool>,
     data_dir: &'a std::path::Path,
     registry: Option<Arc<Registry>>,
+    alarms: &'a Arc<AlarmBoard>,
 }
 
 fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<ComponentTask> {
@@ -504,6 +516,7 @@ fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<Com
         retired,
         data_dir,
         registry,
+        alarms,
     } = cx;
     match &component.config {
         ComponentConfig::Source(config) => config.component().build(SourceContext {
@@ -517,6 +530,8 @@ fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<Com
             let transform = config.component().build(&TransformContext {
                 id: id.clone(),
                 registry,
+                data_dir: data_dir.to_path_buf(),
+                alarms: Arc::clone(alarms),
             })?;
             let output = TransformOutput::new(&id, telemetry, &config.outputs());
             let input = receiver.ok_or_else(missing_input)?;
@@ -536,7 +551,12 @@ fn build_task(component: &Component, cx: BuildContext<'_>) -> anyhow::Result<Com
             checkpoint: Some(checkpoint_path(data_dir, &id)),
             retired,
         }),
-        ComponentConfig::Action(config) => match *config {},
+        ComponentConfig::Action(config) => config.component().build(ActionContext {
+            id: id.clone(),
+            input: receiver.ok_or_else(missing_input)?,
+            out: outputs,
+            telemetry,
+        }),
     }
 }
 
@@ -547,9 +567,24 @@ async fn run_transform(
     mut output: TransformOutput,
     outputs: Outputs,
 ) -> anyhow::Result<()> {
-    while let Some(batch) = input.recv().await {
-        transform.transform_batch(batch, &mut output);
+    let wake = transform.wake_signal();
+    loop {
+        tokio::select! {
+            batch = input.recv() => {
+                let Some(batch) = batch else { break };
+                transform.transform_batch(batch, &mut output);
+            }
+            () = woken(wake.as_deref()) => transform.on_wake(&mut output),
+        }
         outputs.flush(&mut output.ports).await;
     }
     Ok(())
+}
+
+/// Resolves when `wake` fires; never without one.
+async fn woken(wake: Option<&tokio::sync::Notify>) {
+    match wake {
+        Some(wake) => wake.notified().await,
+        None => std::future::pending().await,
+    }
 }

@@ -5,6 +5,7 @@
 //! output. Keeping transforms synchronous keeps them easy to test and lets the runner batch
 //! all channel work. Every transform has an `errors` output for events it could not handle.
 
+pub mod alarm;
 mod decode;
 mod enrich;
 mod filter;
@@ -13,6 +14,8 @@ mod route;
 
 use std::sync::Arc;
 
+pub use alarm::AlarmConfig;
+pub use alarm::board::AlarmBoard;
 pub use decode::DecodeConfig;
 pub use enrich::{Enrich, EnrichConfig, OnUnknownDevice};
 pub use filter::FilterConfig;
@@ -34,6 +37,7 @@ component_types! {
         "filter" => Filter(FilterConfig),
         "route" => Route(RouteConfig),
         "enrich" => Enrich(EnrichConfig),
+        "alarm" => Alarm(AlarmConfig),
     }
 }
 
@@ -76,12 +80,22 @@ pub struct TransformContext {
     pub id: ComponentId,
     /// The device registry, when the topology has a `registry:` section.
     pub registry: Option<Arc<crate::registry::Registry>>,
+    /// Where state that outlives the process goes (`alarm` keeps its alarms there).
+    pub data_dir: std::path::PathBuf,
+    /// The running topology's alarm board, shared with `/v1/alarms`.
+    pub alarms: Arc<AlarmBoard>,
 }
 
 impl TransformContext {
-    /// A context without a registry (tests, benches).
+    /// A context without a registry, with the default data directory and a board of its
+    /// own (tests, benches).
     pub fn new(id: ComponentId) -> Self {
-        Self { id, registry: None }
+        Self {
+            id,
+            registry: None,
+            data_dir: crate::config::GlobalConfig::default().data_dir,
+            alarms: AlarmBoard::new(),
+        }
     }
 }
 
@@ -94,6 +108,15 @@ pub trait FunctionTransform: Send {
             self.transform(event, out);
         }
     }
+
+    /// A transform that also acts on requests from outside the graph (an alarm
+    /// acknowledged through the API) returns what signals them; the runner then calls
+    /// [`Self::on_wake`] whenever it fires, between batches.
+    fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    fn on_wake(&mut self, _out: &mut TransformOutput) {}
 }
 
 /// Where a transform puts its results while handling one batch.
@@ -113,6 +136,11 @@ impl TransformOutput {
                 named: outputs.iter().map(|o| (o.0.clone(), Vec::new())).collect(),
             },
         }
+    }
+
+    /// The metrics handle of the transform.
+    pub fn telemetry(&self) -> &ComponentTelemetry {
+        &self.telemetry
     }
 
     /// Emits to the default output.

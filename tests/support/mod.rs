@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod receivers;
 pub mod services;
 
 use std::net::{SocketAddr, TcpListener};

@@ -1,0 +1,87 @@
+//! `/v1/alarms`: list the active alarms of every `alarm` transform and acknowledge them.
+//!
+//! - `GET /v1/alarms` — every active alarm (`?severity=major` narrows it down).
+//! - `GET /v1/alarms/{id}` — one alarm.
+//! - `POST /v1/alarms/{id}/ack` — acknowledge it (optional JSON body `{"by": "name"}`);
+//!   the alarm transform emits an `acknowledged` transition. 200 with the alarm, 404 when
+//!   no such alarm is active, 409 when it was acknowledged already.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::ApiState;
+use crate::transforms::alarm::board::AckOutcome;
+use crate::transforms::alarm::machine::Severity;
+
+pub fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/v1/alarms", get(list))
+        .route("/v1/alarms/{id}", get(one))
+        .route("/v1/alarms/{id}/ack", post(acknowledge))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    severity: Option<Severity>,
+}
+
+async fn list(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<ListQuery>,
+) -> impl IntoResponse {
+    let mut alarms = state.alarm_board().map(|b| b.list()).unwrap_or_default();
+    if let Some(severity) = query.severity {
+        alarms.retain(|a| a.severity == severity);
+    }
+    alarms.sort_by(|a, b| (&a.component, &a.key).cmp(&(&b.component, &b.key)));
+    axum::Json(json!({ "alarms": alarms }))
+}
+
+async fn one(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> impl IntoResponse {
+    let found = state
+        .alarm_board()
+        .and_then(|b| b.list().into_iter().find(|a| a.id == id));
+    match found {
+        Some(alarm) => (StatusCode::OK, axum::Json(json!(alarm))),
+        None => not_found(&id),
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    by: Option<String>,
+}
+
+async fn acknowledge(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Option<axum::Json<AckBody>>,
+) -> impl IntoResponse {
+    let by = body.and_then(|b| b.0.by);
+    let Some(board) = state.alarm_board() else {
+        return not_found(&id);
+    };
+    match board.acknowledge(&id, by).await {
+        Some(AckOutcome::Acknowledged(alarm)) => (StatusCode::OK, axum::Json(json!(alarm))),
+        Some(AckOutcome::AlreadyAcknowledged(alarm)) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({ "error": "the alarm was acknowledged already", "alarm": alarm })),
+        ),
+        Some(AckOutcome::NotFound) | None => not_found(&id),
+    }
+}
+
+fn not_found(id: &str) -> (StatusCode, axum::Json<serde_json::Value>) {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({ "error": format!("no active alarm has id `{id}`") })),
+    )
+}
