@@ -104,6 +104,33 @@ fn shipped_pipelines_validate_without_warnings() {
 }
 
 #[test]
+fn a_sink_slower_to_commit_than_an_http_source_waits_is_a_warning() {
+    let pipeline = |timeout: &str| {
+        format!(
+            "sources:
+  devices: {{ type: http, listen: 127.0.0.1:9999, ack_timeout: 30s }}
+transforms:
+  valid: {{ type: filter, inputs: [devices], condition: 'true' }}
+sinks:
+  lake: {{ type: delta_lake, inputs: [valid], uri: /tmp/lake, batch: {{ timeout: {timeout} }} }}
+"
+        )
+    };
+    let (_, warnings) = weir::config::load_str("slow.yaml", &pipeline("60s"), &|_| None)
+        .unwrap_or_else(|errors| panic!("valid:\n{errors}"));
+    let text = warnings.to_string();
+    assert!(
+        text.contains("slow.yaml:6:3")
+            && text.contains("`lake`")
+            && text.contains("after 30s (`ack_timeout`)"),
+        "{text}"
+    );
+    let (_, warnings) = weir::config::load_str("fast.yaml", &pipeline("10s"), &|_| None)
+        .unwrap_or_else(|errors| panic!("valid:\n{errors}"));
+    assert!(warnings.0.is_empty(), "{warnings}");
+}
+
+#[test]
 fn committed_schema_is_current() {
     let committed = std::fs::read_to_string("schemas/pipeline.schema.json").unwrap_or_default();
     let generated = weir::config::schema::pipeline_schema_json();

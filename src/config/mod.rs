@@ -137,6 +137,24 @@ impl ComponentConfig {
         }
     }
 
+    /// How long a source waits for the commit of what it delivered (see
+    /// [`crate::sources::SourceComponent::ack_timeout`]).
+    pub fn ack_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Source(c) => c.component().ack_timeout(),
+            _ => None,
+        }
+    }
+
+    /// How long a sink may hold an event before its commit (see
+    /// [`crate::sinks::SinkComponent::commit_delay`]).
+    pub fn commit_delay(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Sink(c) => c.component().commit_delay(),
+            _ => None,
+        }
+    }
+
     /// What the component holds exclusively.
     pub fn resources(&self) -> Vec<Resource> {
         match self {

@@ -6,7 +6,9 @@ use globset::Glob;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Location};
 use super::load::{did_you_mean, list};
-use super::{Component, ComponentConfig, ComponentId, GlobalConfig, OutputRef, Resource};
+use super::{
+    Component, ComponentConfig, ComponentId, ComponentKind, GlobalConfig, OutputRef, Resource,
+};
 
 /// An input as written: `id`, `id.output` or a glob such as `plant_*`.
 pub(super) struct RawInput {
@@ -103,8 +105,54 @@ pub(super) fn resolve(
     // With errors, a consumer may be missing only because it failed: warnings would be noise.
     if !diagnostics.has_errors() {
         check_unread_outputs(&components, diagnostics);
+        check_commit_delays(&components, diagnostics);
     }
     components
+}
+
+/// A sink that may hold events longer than a source upstream waits for their commit makes
+/// that source give up on events that will be committed (HTTP 503, then a client's retry
+/// and a duplicate): warn. Windows acknowledge on their own checkpoint, so the walk up the
+/// graph stops at aggregators.
+fn check_commit_delays(
+    components: &BTreeMap<ComponentId, Component>,
+    diagnostics: &mut Diagnostics,
+) {
+    for sink in components.values() {
+        let Some(delay) = sink.config.commit_delay() else {
+            continue;
+        };
+        let mut seen = BTreeSet::new();
+        let mut upstream: Vec<&ComponentId> = sink.inputs.iter().map(|i| &i.component).collect();
+        while let Some(id) = upstream.pop() {
+            let Some(component) = components.get(id).filter(|_| seen.insert(id)) else {
+                continue;
+            };
+            match component.config.kind() {
+                ComponentKind::Transform => {
+                    upstream.extend(component.inputs.iter().map(|i| &i.component))
+                }
+                ComponentKind::Source => {
+                    if let Some(timeout) = component.config.ack_timeout()
+                        && timeout <= delay
+                    {
+                        diagnostics.push(
+                            Diagnostic::warning(
+                                Some(sink.location.clone()),
+                                format!(
+                                    "this sink may hold an event {} before committing it, but source `{id}` stops waiting for the commit after {} (`ack_timeout`): lower the sink's `batch.timeout` or raise the source's `ack_timeout`",
+                                    humantime::format_duration(delay),
+                                    humantime::format_duration(timeout)
+                                ),
+                            )
+                            .in_component(sink.id.as_str()),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Components that use the device registry need the `registry:` section.

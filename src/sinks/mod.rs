@@ -46,6 +46,12 @@ pub trait SinkComponent: Send + Sync {
         Vec::new()
     }
 
+    /// The longest the sink may hold an event before committing it (a batch timeout),
+    /// when that is long enough to matter to a source waiting for the commit.
+    fn commit_delay(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     fn build(&self, cx: SinkContext) -> anyhow::Result<ComponentTask>;
 }
 

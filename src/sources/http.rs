@@ -218,6 +218,10 @@ impl SourceComponent for HttpSourceConfig {
         vec![Resource::TcpPort(self.listen)]
     }
 
+    fn ack_timeout(&self) -> Option<std::time::Duration> {
+        (self.ack == AckMode::OnCommit).then(|| self.ack_timeout.get())
+    }
+
     fn registry_option(&self) -> Option<&'static str> {
         match (self.auth, self.unknown_devices) {
             (HttpAuth::Sas, _) => Some("auth"),

@@ -60,6 +60,12 @@ pub trait SourceComponent: Send + Sync {
         None
     }
 
+    /// How long the source waits for its events' commit before it gives up on them (an
+    /// HTTP request answered 503), if it waits at all.
+    fn ack_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Prepares the source (binding its port) and returns its task.
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask>;
 }

@@ -272,6 +272,10 @@ impl SinkComponent for DeltaLakeConfig {
         problems
     }
 
+    fn commit_delay(&self) -> Option<std::time::Duration> {
+        Some(self.batch.timeout.get())
+    }
+
     fn resources(&self) -> Vec<Resource> {
         // A local table is held like a file: one writer per process, and a reload starts
         // the new instance only after the old one committed and stopped.
