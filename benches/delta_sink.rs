@@ -1,8 +1,8 @@
 //! The `delta_lake` sink end to end: `cargo bench --bench delta_sink`.
 //!
-//! A simulated fleet (10,000 devices, four measured fields, event time spread over three
-//! dates) emits `READINGS` readings as fast as the pipeline takes them into a `delta_lake`
-//! sink with **default settings** on local disk, partitioned by `date`. weir exits once the
+//! A simulated fleet (10,000 devices, four measured fields, eight hours of event time)
+//! emits `READINGS` readings as fast as the pipeline takes them into a `delta_lake` sink
+//! with **default settings** on local disk, partitioned by `date`. weir exits once the
 //! simulator is done and the sink has committed everything. Reported: readings/s from start
 //! to exit, weir's peak RSS, and the files of the table (read back from its Delta log):
 //! count and sizes.
@@ -32,9 +32,10 @@ sources:
     realtime: false
     limit: {READINGS}
     batch_size: 1000
-    # 3.5 million readings per simulated day: the run spans three dates.
-    rate: 40
-    start_time: "2026-11-25T12:00:00Z"
+    # 200 readings per simulated second: the run covers 8 hours of one date, as a plant
+    # does between midnights (the first and last file of each date hold what was left).
+    rate: 200
+    start_time: "2026-11-25T00:00:00Z"
     fields:
       temperature: {{ base: 70, spread: 5, drift: 0.1, noise: 0.5, decimals: 2 }}
       vibration: {{ base: 3, spread: 0.5, noise: 0.2, decimals: 3 }}

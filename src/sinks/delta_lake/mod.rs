@@ -142,7 +142,7 @@ fn default_checkpoint_interval() -> u64 {
 }
 
 fn default_max_events() -> usize {
-    2_000_000
+    5_000_000
 }
 
 fn default_max_bytes() -> ByteSize {
