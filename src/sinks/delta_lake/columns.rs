@@ -322,7 +322,12 @@ impl Columns {
                 Err(reason) => rejected.push((event, reason)),
             }
         }
-        let batch = self.rows(&accepted)?;
+        let batch = self.rows(&accepted).inspect_err(|_| {
+            // The events go no further: their sources must hear they were not written.
+            for event in &accepted {
+                event.fail_delivery();
+            }
+        })?;
         Ok(Encoded {
             batch,
             rejected,

@@ -397,7 +397,7 @@ impl DeltaSink {
             Ok(encoded) => encoded,
             Err(err) => {
                 // Building Arrow arrays from checked values does not fail; if it ever does,
-                // say so loudly rather than lose the chunk quietly.
+                // say so loudly (`encode` has failed the chunk's deliveries).
                 ComponentError {
                     error_type: ErrorType::Encode,
                     stage: Stage::Processing,
