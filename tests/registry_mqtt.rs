@@ -6,35 +6,11 @@ mod support;
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, PublishOptions};
+use support::mqtt::publish;
 use support::{auth_failures, eventually, lines, metric, pipeline, services};
 use weir::registry::{DeviceSpec, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
-
-/// Publishes with QoS 1 and waits for every PUBACK.
-async fn publish(prefix: &str, messages: Vec<(String, Vec<u8>)>) {
-    let mut options = MqttOptions::new(format!("{prefix}-publisher"), ("127.0.0.1", 1883));
-    options.set_keep_alive(30);
-    let (client, mut eventloop) = AsyncClient::builder(options).capacity(64).build();
-    let total = messages.len();
-    let sender = tokio::spawn(async move {
-        for (topic, payload) in messages {
-            client
-                .publish(topic, payload, PublishOptions::at_least_once())
-                .await
-                .unwrap();
-        }
-        client
-    });
-    let mut acked = 0;
-    while acked < total {
-        if let Event::Incoming(Incoming::PubAck(_)) = eventloop.poll().await.unwrap() {
-            acked += 1;
-        }
-    }
-    let _ = sender.await.unwrap().disconnect().await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_and_unknown_devices_are_refused_at_mqtt() {

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod mqtt;
 pub mod pki;
 pub mod receivers;
 pub mod services;
