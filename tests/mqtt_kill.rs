@@ -1,5 +1,5 @@
-//! `kill -9` while consuming MQTT QoS 1 with a persistent session: every message id is in
-//! the file sink at least once; duplicates are counted and reported.
+//! `kill -9` while consuming MQTT QoS 1 with a persistent session, over MQTT 5 and 3.1.1:
+//! every message id is in the file sink at least once; duplicates are counted and reported.
 
 mod support;
 
@@ -11,16 +11,29 @@ use support::{Weir, free_port, services};
 const MESSAGES: u64 = 10_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_publish_survives_two_kill_9s() {
+async fn every_mqtt5_publish_survives_two_kill_9s() {
+    survives_two_kill_9s("5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mqtt311_publish_survives_two_kill_9s() {
+    survives_two_kill_9s("3.1.1").await;
+}
+
+async fn survives_two_kill_9s(protocol: &str) {
     let url = services::mosquitto();
-    let prefix = format!("weir-kill-{}", std::process::id());
+    let prefix = format!(
+        "weir-kill-{}-{}",
+        std::process::id(),
+        protocol.replace('.', "")
+    );
     let dir = tempfile::tempdir().unwrap();
     let api = free_port();
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(
         &pipeline,
         format!(
-            "api: {{ listen: 127.0.0.1:{api} }}\ndata_dir: state\nsources:\n  plant: {{ type: mqtt, url: '{url}', topics: ['{prefix}/+/telemetry'], device_id: '{prefix}/{{device_id}}/telemetry', client_id: '{prefix}-weir' }}\nsinks:\n  out: {{ type: file, inputs: [plant], path: out.ndjson, fsync: true }}\n"
+            "api: {{ listen: 127.0.0.1:{api} }}\ndata_dir: state\nsources:\n  plant: {{ type: mqtt, url: '{url}', topics: ['{prefix}/+/telemetry'], device_id: '{prefix}/{{device_id}}/telemetry', client_id: '{prefix}-weir', protocol: '{protocol}' }}\nsinks:\n  out: {{ type: file, inputs: [plant], path: out.ndjson, fsync: true }}\n"
         ),
     )
     .unwrap();
@@ -75,7 +88,7 @@ async fn every_publish_survives_two_kill_9s() {
     assert!(status.success());
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     println!(
-        "kill -9 x2 on MQTT QoS 1: {} of {MESSAGES} ids written, {duplicates} duplicates",
+        "kill -9 x2 on MQTT {protocol} QoS 1: {} of {MESSAGES} ids written, {duplicates} duplicates",
         seen.len()
     );
     assert_eq!(seen.len() as u64, MESSAGES, "every publish is in the sink");

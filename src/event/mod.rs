@@ -208,10 +208,21 @@ impl Serialize for Event {
                 if let Some(trace_id) = &meta.trace_id {
                     map.serialize_entry("trace_id", trace_id)?;
                 }
+                if !meta.headers.is_empty() {
+                    map.serialize_entry("headers", &Headers(&meta.headers))?;
+                }
                 if let Some(error) = &meta.error {
                     map.serialize_entry("error", error)?;
                 }
                 map.end()
+            }
+        }
+
+        /// Transport headers as one object (a repeated name: the last one wins on reading).
+        struct Headers<'a>(&'a [(String, String)]);
+        impl Serialize for Headers<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
             }
         }
 

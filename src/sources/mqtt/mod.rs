@@ -1,27 +1,33 @@
-//! `mqtt`: subscribes to topics on an MQTT broker (3.1.1), acknowledging each QoS 1
+//! `mqtt`: subscribes to topics on an MQTT broker (5 or 3.1.1), acknowledging each QoS 1
 //! publish only after every sink on its path has committed it.
 //!
 //! Acknowledgements are manual and go out in arrival order (MQTT requires PUBACKs in the
 //! order publishes arrived): a queue of outcomes is worked from its head. With a persistent
 //! session (`clean_session: false`, the default) the broker keeps what weir has not acked
 //! across disconnects and crashes, and delivers it again. `max_inflight` bounds the
-//! unacknowledged publishes. The device id comes from the topic — a pattern such as
+//! unacknowledged publishes; under MQTT 5 it is the receive maximum weir announces, so the
+//! broker honours it, while a 3.1.1 broker uses its own setting (Mosquitto's
+//! `max_inflight_messages`, 20 by default — the window that bounds throughput, since every
+//! publish waits for its commit). The device id comes from the topic — a pattern such as
 //! `devices/{device_id}/telemetry` or a template over `topic` — or from a field.
+//!
+//! [`session`] hides which protocol version a session speaks; this module is the part
+//! that is the same for both.
+
+mod session;
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use rumqttc::{
-    AckMode as MqttAckMode, AsyncClient, Event as MqttEvent, Incoming, MqttOptions, QoS,
-};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use self::session::{Ack, Client, EventLoop, Message, PollError, Polled, Settings};
 use super::gate::{DeviceGate, UnknownDevices};
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
-use crate::config::FieldProblem;
+use crate::config::{ByteSize, Duration, FieldProblem};
 use crate::event::{Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventMeta};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
@@ -54,9 +60,22 @@ pub struct MqttSourceConfig {
     /// Subscribe as `$share/<group>/<topic>`, so instances split the traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_group: Option<String>,
+    /// `5` (the default) or `"3.1.1"`.
+    #[serde(default)]
+    pub protocol: MqttVersion,
     /// Start without the broker's stored session (drops what weir had not acked).
     #[serde(default)]
     pub clean_session: bool,
+    /// MQTT 5, persistent sessions: how long the broker keeps the session, and what weir
+    /// has not acknowledged, after weir disconnects. Default: for as long as it will.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_expiry: Option<Duration>,
+    /// Largest packet weir takes: a message's payload with its topic and properties
+    /// (default `1MiB`). MQTT 5 announces it as the maximum packet size, so the broker
+    /// keeps larger messages back (Mosquitto drops them and logs it); a 3.1.1 broker sends
+    /// them, and the connection breaks on each.
+    #[serde(default = "default_max_packet")]
+    pub max_packet: ByteSize,
     /// Publishes the broker may have unacknowledged with weir at once.
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
@@ -83,6 +102,61 @@ fn default_qos() -> u8 {
 }
 fn default_inflight() -> u16 {
     100
+}
+fn default_max_packet() -> ByteSize {
+    ByteSize::mib(1)
+}
+
+/// The MQTT protocol version a source speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1 (protocol level 4), for brokers without 5 (Azure IoT Hub, older ones).
+    V3_1_1,
+    /// MQTT 5: receive maximum, session expiry, reason codes, user properties.
+    #[default]
+    V5,
+}
+
+impl MqttVersion {
+    const NAMES: &str = "expected `5` or `\"3.1.1\"`";
+}
+
+impl<'de> Deserialize<'de> for MqttVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // YAML reads `5` as a number and `3.1.1` as text; take either spelling.
+        let value = serde_json::Value::deserialize(deserializer)?;
+        match &value {
+            serde_json::Value::Number(n) if n.as_u64() == Some(5) => Ok(Self::V5),
+            serde_json::Value::String(s) if s == "5" => Ok(Self::V5),
+            serde_json::Value::String(s) if s == "3.1.1" => Ok(Self::V3_1_1),
+            other => Err(serde::de::Error::custom(format!(
+                "`{other}` is not an MQTT version: {}",
+                Self::NAMES
+            ))),
+        }
+    }
+}
+
+impl Serialize for MqttVersion {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::V3_1_1 => serializer.serialize_str("3.1.1"),
+            Self::V5 => serializer.serialize_u8(5),
+        }
+    }
+}
+
+impl JsonSchema for MqttVersion {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MqttVersion".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "MQTT protocol version: 5 or \"3.1.1\".",
+            "enum": [5, "5", "3.1.1"]
+        })
+    }
 }
 
 /// Host, port, and whether the connection uses TLS, from an `mqtt://` or `mqtts://` URL.
@@ -118,6 +192,23 @@ impl MqttSourceConfig {
     /// Host, port, and whether the connection uses TLS.
     fn broker(&self) -> Result<(String, u16, bool), String> {
         broker_address(&self.url)
+    }
+
+    /// The packet size limit in bytes: at least a small packet, at most what MQTT's
+    /// length field can say (256 MiB).
+    fn max_packet_bytes(&self) -> Result<u32, String> {
+        const MQTT_MAX: u64 = 268_435_455;
+        match self.max_packet.get() {
+            n if n < 128 => Err(format!(
+                "{} is too small for an MQTT packet: expected at least 128B",
+                self.max_packet
+            )),
+            n if n > MQTT_MAX => Err(format!(
+                "{} is more than MQTT can carry (256MiB)",
+                self.max_packet
+            )),
+            n => Ok(n as u32),
+        }
     }
 
     fn device_rule(&self) -> Result<DeviceIdRule, String> {
@@ -161,6 +252,21 @@ impl SourceComponent for MqttSourceConfig {
         if self.max_inflight == 0 {
             problems.push(FieldProblem::at(["max_inflight"], "expected at least 1"));
         }
+        if self.session_expiry.is_some() && self.protocol != MqttVersion::V5 {
+            problems.push(FieldProblem::at(
+                ["session_expiry"],
+                "`session_expiry` needs MQTT 5 (`protocol: 5`); a 3.1.1 broker decides itself",
+            ));
+        }
+        if self.session_expiry.is_some() && self.clean_session {
+            problems.push(FieldProblem::at(
+                ["session_expiry"],
+                "a clean session is not kept: drop `session_expiry` or `clean_session`",
+            ));
+        }
+        if let Err(message) = self.max_packet_bytes() {
+            problems.push(FieldProblem::at(["max_packet"], message));
+        }
         if let Err(message) = self.device_rule() {
             problems.push(FieldProblem::at(["device_id"], message));
         }
@@ -177,85 +283,69 @@ impl SourceComponent for MqttSourceConfig {
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
         let (host, port, secure) = self.broker().map_err(anyhow::Error::msg)?;
         let rule = self.device_rule().map_err(anyhow::Error::msg)?;
+        let max_packet_bytes = self.max_packet_bytes().map_err(anyhow::Error::msg)?;
         // Certificates are read now, so a bad file fails the start (or rolls a reload back).
         let tls = match secure {
             true => Some(self.tls.clone().unwrap_or_default().client_config()?),
             false => None,
         };
         let gate = DeviceGate::new(cx.registry.clone(), self.unknown_devices)?;
+        let settings = Settings {
+            version: self.protocol,
+            client_id: self
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("weir-{}", cx.id)),
+            host,
+            port,
+            tls,
+            clean: self.clean_session,
+            session_expiry: self
+                .session_expiry
+                .map(|expiry| u32::try_from(expiry.get().as_secs()).unwrap_or(u32::MAX)),
+            max_inflight: self.max_inflight,
+            max_packet_bytes,
+        };
         let config = self.clone();
         Ok(Box::pin(async move {
-            run(config, host, port, tls, rule, gate, cx).await
+            run(config, settings, rule, gate, cx).await
         }))
     }
 }
 
+/// A QoS 1 publish waiting for its outcome, in arrival order. `None`: nothing to wait for
+/// (it went to `<id>.errors`).
+type Pending = (Ack, Option<oneshot::Receiver<DeliveryStatus>>);
+
 async fn run(
     config: MqttSourceConfig,
-    host: String,
-    port: u16,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    settings: Settings,
     rule: DeviceIdRule,
     gate: DeviceGate,
     cx: SourceContext,
 ) -> anyhow::Result<()> {
-    let client_id = config
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("weir-{}", cx.id));
-    let mut options = MqttOptions::new(client_id, (host, port));
-    options
-        .set_keep_alive(30)
-        .set_clean_session(config.clean_session)
-        .set_inflight(config.max_inflight)
-        .set_ack_mode(MqttAckMode::Manual);
-    if let Some(tls) = tls {
-        options.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls),
-        ));
-    }
-    let (client, eventloop) = AsyncClient::builder(options).capacity(1024).build();
-    let qos = if config.qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    };
+    let (client, eventloop) = session::open(settings);
 
     // Acks go out in arrival order: the head waits for its outcome before the next.
-    let (pending_tx, mut pending_rx) =
-        mpsc::unbounded_channel::<(rumqttc::Publish, Option<oneshot::Receiver<DeliveryStatus>>)>();
-    let acker = client.clone();
-    let pending = cx.telemetry.pending_deliveries();
-    let acks = tokio::spawn(async move {
-        while let Some((publish, outcome)) = pending_rx.recv().await {
-            let committed = match outcome {
-                Some(outcome) => {
-                    let committed = outcome.await == Ok(DeliveryStatus::Committed);
-                    pending.dec();
-                    committed
-                }
-                None => true,
-            };
-            if committed && acker.ack(&publish).await.is_err() {
-                break;
-            }
-            // A lost reading is not acked: the persistent session redelivers it.
-        }
-    });
+    let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
+    let acks = tokio::spawn(acknowledge(
+        pending_rx,
+        client.clone(),
+        cx.telemetry.pending_deliveries(),
+    ));
 
     // The event loop is polled by its own task, so keep-alives and acks flow even while
     // the pipeline holds the source back; the broker's in-flight window (publishes not yet
     // acked) is what bounds the publishes waiting here.
-    let (publishes_tx, mut publishes) = mpsc::channel::<rumqttc::Publish>(1024);
+    let (messages_tx, mut messages) = mpsc::channel::<Message>(1024);
     let stop_polling = tokio_util::sync::CancellationToken::new();
     let poller = tokio::spawn(poll(
         eventloop,
         client.clone(),
         config.clone(),
-        qos,
         cx.id.clone(),
         cx.telemetry.clone(),
-        publishes_tx,
+        messages_tx,
         stop_polling.clone(),
     ));
 
@@ -263,42 +353,31 @@ async fn run(
     let source = cx.id.as_arc();
     let mut batch = Vec::new();
     loop {
-        let publish = tokio::select! {
+        let message = tokio::select! {
             _ = cx.shutdown.cancelled() => break,
-            publish = publishes.recv() => match publish {
-                Some(publish) => publish,
+            message = messages.recv() => match message {
+                Some(message) => message,
                 None => break,
             },
         };
-        handle(
-            publish,
-            &config,
-            &rule,
-            &decoder,
-            &source,
-            &cx,
-            &pending_tx,
-            &mut batch,
-        )
-        .await;
+        let mut next = Some(message);
         // Take what else has arrived, so publishes travel in batches.
-        while batch.len() < MAX_BATCH {
-            match publishes.try_recv() {
-                Ok(publish) => {
-                    handle(
-                        publish,
-                        &config,
-                        &rule,
-                        &decoder,
-                        &source,
-                        &cx,
-                        &pending_tx,
-                        &mut batch,
-                    )
-                    .await
-                }
-                Err(_) => break,
-            }
+        while let Some(message) = next {
+            handle(
+                message,
+                &config,
+                &rule,
+                &decoder,
+                &source,
+                &cx,
+                &pending_tx,
+                &mut batch,
+            )
+            .await;
+            next = match batch.len() < MAX_BATCH {
+                true => messages.try_recv().ok(),
+                false => None,
+            };
         }
         // Disabled (and, if asked, unknown) devices go to `errors`, still acked with their message.
         let admitted = gate.screen(&cx, std::mem::take(&mut batch)).await;
@@ -308,10 +387,10 @@ async fn run(
     }
     // Publishes not taken are not acked: the session redelivers them. Let the acks of what
     // was accepted go out, then leave.
-    drop(publishes);
+    drop(messages);
     drop(pending_tx);
     let _ = tokio::time::timeout(StdDuration::from_secs(10), acks).await;
-    let _ = client.disconnect().await;
+    client.disconnect().await;
     tokio::time::sleep(StdDuration::from_millis(100)).await;
     stop_polling.cancel();
     let _ = poller.await;
@@ -321,27 +400,56 @@ async fn run(
 /// Most publishes gathered into one batch.
 const MAX_BATCH: usize = 512;
 
+/// Sends each publish's acknowledgement once its outcome is known, in arrival order. A
+/// lost publish is not acked: the persistent session delivers it again.
+async fn acknowledge(
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    client: Client,
+    waiting: prometheus_client::metrics::gauge::Gauge,
+) {
+    while let Some((ack, outcome)) = pending.recv().await {
+        let committed = match outcome {
+            Some(outcome) => {
+                let committed = outcome.await == Ok(DeliveryStatus::Committed);
+                waiting.dec();
+                committed
+            }
+            None => true,
+        };
+        if committed && client.ack(ack).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Drives the connection: (re)connects with backoff, subscribes, hands publishes over.
-#[allow(clippy::too_many_arguments)]
 async fn poll(
-    mut eventloop: rumqttc::EventLoop,
-    client: AsyncClient,
+    mut eventloop: EventLoop,
+    client: Client,
     config: MqttSourceConfig,
-    qos: QoS,
     id: crate::config::ComponentId,
     telemetry: crate::telemetry::ComponentTelemetry,
-    publishes: mpsc::Sender<rumqttc::Publish>,
+    messages: mpsc::Sender<Message>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let connected = telemetry.connected();
     let mut backoff = StdDuration::from_millis(200);
+    let report = |message: &str| {
+        ComponentError {
+            error_type: ErrorType::Io,
+            stage: Stage::Receiving,
+            message,
+            count: 1,
+        }
+        .emit(&telemetry)
+    };
     loop {
-        let event = tokio::select! {
+        let polled = tokio::select! {
             _ = stop.cancelled() => break,
-            event = eventloop.poll() => event,
+            polled = eventloop.poll() => polled,
         };
-        match event {
-            Ok(MqttEvent::Incoming(Incoming::ConnAck(_))) => {
+        match polled {
+            Ok(Polled::Connected { resumed }) => {
                 connected.set(1);
                 backoff = StdDuration::from_millis(200);
                 for topic in &config.topics {
@@ -349,32 +457,34 @@ async fn poll(
                         Some(group) => format!("$share/{group}/{topic}"),
                         None => topic.clone(),
                     };
-                    if client.subscribe(filter, qos).await.is_err() {
+                    if client.subscribe(filter, config.qos).await.is_err() {
                         return;
                     }
                 }
-                tracing::info!(component_id = %id, topics = ?config.topics, "subscribed over MQTT");
+                tracing::info!(component_id = %id, topics = ?config.topics, resumed, protocol = ?config.protocol, "subscribed over MQTT");
             }
-            Ok(MqttEvent::Incoming(Incoming::Publish(publish))) => {
+            Ok(Polled::Message(message)) => {
                 // Closed: the source is stopping; the publish stays unacked for redelivery.
-                let _ = publishes.send(publish).await;
+                let _ = messages.send(message).await;
             }
-            Ok(_) => {}
-            // The client disconnected on purpose: the source is stopping.
-            Err(rumqttc::ConnectionError::RequestsDone) => break,
-            Err(err) => {
+            Ok(Polled::Refused(why)) => report(&format!("MQTT broker {}: {why}", config.url)),
+            Ok(Polled::Nothing) => {}
+            Err(PollError::Stopped) => break,
+            Err(PollError::Failed(err)) => {
                 connected.set(0);
-                let message = format!(
-                    "MQTT connection to {} failed: {err}; retrying in {backoff:?}",
+                let hint = match (
+                    config.protocol,
+                    err.contains("protocol version") || err.contains("ProtocolVersion"),
+                ) {
+                    (MqttVersion::V5, true) => {
+                        " (a broker without MQTT 5 needs `protocol: \"3.1.1\"`)"
+                    }
+                    _ => "",
+                };
+                report(&format!(
+                    "MQTT connection to {} failed: {err}{hint}; retrying in {backoff:?}",
                     config.url
-                );
-                ComponentError {
-                    error_type: ErrorType::Io,
-                    stage: Stage::Receiving,
-                    message: &message,
-                    count: 1,
-                }
-                .emit(&telemetry);
+                ));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.cancelled() => break,
@@ -388,40 +498,56 @@ async fn poll(
 
 #[allow(clippy::too_many_arguments)]
 async fn handle(
-    publish: rumqttc::Publish,
+    message: Message,
     config: &MqttSourceConfig,
     rule: &DeviceIdRule,
     decoder: &Decoder,
     source: &Arc<str>,
     cx: &SourceContext,
-    pending: &mpsc::UnboundedSender<(rumqttc::Publish, Option<oneshot::Receiver<DeliveryStatus>>)>,
+    pending: &mpsc::UnboundedSender<Pending>,
     batch: &mut Vec<Event>,
 ) {
+    let Message {
+        topic,
+        payload,
+        properties,
+        ack,
+    } = message;
     EventsReceived {
         count: 0,
-        bytes: publish.payload.len(),
+        bytes: payload.len(),
     }
     .emit(&cx.telemetry);
-    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+    let topic = String::from_utf8_lossy(&topic).into_owned();
     let mut meta = EventMeta::received_by(Arc::clone(source));
-    meta.topic = Some(topic.clone());
-    let meta = Arc::new(meta);
-    match events_of(&publish.payload, &topic, config, rule, decoder, &meta) {
+    meta.headers = properties;
+    let meta = Arc::new(EventMeta {
+        topic: Some(topic),
+        ..meta
+    });
+    let topic = meta.topic.as_deref().unwrap_or_default();
+    match events_of(&payload, topic, config, rule, decoder, &meta) {
         Ok(mut events) => {
             EventsReceived {
                 count: events.len(),
                 bytes: 0,
             }
             .emit(&cx.telemetry);
-            let outcome = Delivery::attach_all(&mut events);
+            // At QoS 0 there is nobody to answer: the events travel without a delivery.
+            if let Some(ack) = ack {
+                let outcome = Delivery::attach_all(&mut events);
+                cx.telemetry.pending_deliveries().inc();
+                let _ = pending.send((ack, Some(outcome)));
+            }
             batch.extend(events);
-            cx.telemetry.pending_deliveries().inc();
-            let _ = pending.send((publish, Some(outcome)));
         }
         Err(reason) => {
-            reading::refuse(cx, &publish.payload, meta, &topic, reason).await;
+            let origin = topic.to_owned();
+            reading::refuse(cx, &payload, Arc::clone(&meta), &origin, reason).await;
             // Kept on `<id>.errors`: acknowledge, or the broker would send it forever.
-            let _ = pending.send((publish, None));
+            if let Some(ack) = ack {
+                let _ = pending.send((ack, None));
+            }
         }
     }
 }
