@@ -3,9 +3,9 @@
 //!
 //! - AMQP: a queue pre-filled with 200,000 messages is drained by `amqp → blackhole` (every
 //!   message acked after the blackhole took it); messages/s from the first to the last.
-//! - MQTT, once per protocol version: a publisher sends QoS 1 as fast as it can for 10 s
-//!   into `mqtt → blackhole`; messages/s weir committed (the blackhole counted them, and
-//!   each was acknowledged after that).
+//! - MQTT, once per protocol version: 200,000 QoS 1 messages queued in weir's persistent
+//!   session on a private Mosquitto (see [`Mosquitto`]) are drained by `mqtt → blackhole`
+//!   (each acknowledged after the blackhole took it); messages/s from the first to the last.
 //! - Latency: 10,000 msg/s for 10 s through `mqtt (5) → redis` in `stream` mode. Each
 //!   reading carries its publish time; Redis stamps each stream entry with its own clock
 //!   when it stores it, which is the sink's commit (the sink acknowledges on Redis's reply).
@@ -212,19 +212,58 @@ async fn amqp(dir: &Path) -> f64 {
     rate
 }
 
-/// Publishes QoS 1 to `topic` at `rate` per second (0: as fast as possible) for `seconds`.
-async fn publish(topic: String, rate: u64, seconds: u64) -> u64 {
+/// A QoS 1 publisher with 1000 publishes in flight, on the broker at `port`.
+fn publisher(name: &str, port: u16) -> (AsyncClient, rumqttc::EventLoop) {
     let mut options = MqttOptions::new(
-        format!("weir-bench-pub-{}", std::process::id()),
-        ("127.0.0.1", 1883),
+        format!("weir-bench-{name}-{}", std::process::id()),
+        ("127.0.0.1", port),
     );
     options.set_keep_alive(30).set_inflight(1000);
-    let (client, mut eventloop) = AsyncClient::builder(options).capacity(10_000).build();
+    AsyncClient::builder(options).capacity(10_000).build()
+}
+
+/// Publishes `count` QoS 1 readings to `topic` on the broker at `port`, and returns when
+/// the broker has acknowledged every one. (`mosquitto_pub -l` would be faster, but it
+/// drops lines it has not sent when its input ends.)
+async fn fill(port: u16, topic: &str, count: u64) {
+    let (client, mut eventloop) = publisher("fill", port);
+    let topic = topic.to_owned();
+    let sender = tokio::spawn(async move {
+        for i in 0..count {
+            let payload = format!(
+                r#"{{"device_id": "d{}", "seq": {i}, "temperature": 21.5}}"#,
+                i % 1000
+            );
+            client
+                .publish(
+                    topic.clone(),
+                    payload.into_bytes(),
+                    PublishOptions::at_least_once(),
+                )
+                .await
+                .expect("publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < count {
+        if let rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_)) =
+            eventloop.poll().await.expect("fill the broker")
+        {
+            acked += 1;
+        }
+    }
+    let _ = sender.await.expect("publisher").disconnect().await;
+}
+
+/// Publishes QoS 1 to `topic` at `rate` per second for `seconds`.
+async fn publish(topic: String, rate: u64, seconds: u64) -> u64 {
+    let (client, mut eventloop) = publisher("pub", 1883);
     let driver = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let started = Instant::now();
     let mut sent = 0u64;
     while started.elapsed() < Duration::from_secs(seconds) {
-        if rate > 0 && sent >= rate * started.elapsed().as_millis() as u64 / 1000 {
+        if sent >= rate * started.elapsed().as_millis() as u64 / 1000 {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }
@@ -249,21 +288,90 @@ async fn publish(topic: String, rate: u64, seconds: u64) -> u64 {
     sent
 }
 
-/// Messages/s weir committed, and messages/s the publisher sent, over 10 s at full speed.
-async fn mqtt(dir: &Path, protocol: &str) -> (f64, f64) {
-    let topic = format!("weir-bench-{}/t", std::process::id());
-    let weir = Weir::start(dir, &format!("sources:\n  plant: {{ type: mqtt, url: 'mqtt://127.0.0.1:1883', topics: ['{topic}'], protocol: '{protocol}', max_inflight: 1000, clean_session: true }}\nsinks:\n  hole: {{ type: blackhole, inputs: [plant] }}\n")).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let seconds = 10;
-    let sent = publish(topic, 0, seconds).await;
-    let committed = weir.count("hole").await;
-    (
-        committed as f64 / seconds as f64,
-        sent as f64 / seconds as f64,
-    )
+const MQTT_MESSAGES: u64 = 200_000;
+
+/// A private Mosquitto for the throughput run, configured like a broker meant for it:
+/// every queued message kept (`max_queued_messages 0`; the machine's broker keeps 1000 per
+/// subscriber and drops the rest) and 1000 in flight per subscriber under 3.1.1 too (its
+/// `max_inflight_messages` is 20; MQTT 5 subscribers announce their own).
+struct Mosquitto(Child, u16);
+
+impl Mosquitto {
+    async fn start(dir: &Path) -> Mosquitto {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 1000\n"),
+        )
+        .expect("write mosquitto.conf");
+        let broker = Mosquitto(
+            Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto (package mosquitto)"),
+            port,
+        );
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return broker;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("mosquitto did not start on port {port}");
+    }
 }
 
-async fn latency(dir: &Path) -> (f64, f64, usize) {
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What `mqtt → blackhole` drains: weir's persistent session is set up, weir stops,
+/// [`MQTT_MESSAGES`] QoS 1 readings are queued for it, weir starts again and takes them
+/// all; msg/s committed from its first message to its last. The publisher is done before
+/// weir starts, so it takes no CPU from weir or the broker.
+async fn mqtt(dir: &Path, protocol: &str) -> f64 {
+    let broker = Mosquitto::start(dir).await;
+    let topic = format!("weir-bench-{}/t", std::process::id());
+    let pipeline = format!(
+        "sources:\n  plant: {{ type: mqtt, url: 'mqtt://127.0.0.1:{}', client_id: weir-bench, topics: ['{topic}'], protocol: '{protocol}', max_inflight: 1000 }}\nsinks:\n  hole: {{ type: blackhole, inputs: [plant] }}\n",
+        broker.1
+    );
+    let weir = Weir::start(dir, &pipeline).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(weir);
+
+    fill(broker.1, &topic, MQTT_MESSAGES).await;
+
+    let weir = Weir::start(dir, &pipeline).await;
+    let (mut first, mut last, mut count) = (None, Instant::now(), 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count < MQTT_MESSAGES {
+        assert!(
+            Instant::now() < deadline,
+            "MQTT drain did not finish ({count} of {MQTT_MESSAGES})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = weir.count("hole").await;
+        if n > count {
+            first.get_or_insert(last);
+            (last, count) = (Instant::now(), n);
+        }
+    }
+    drop(weir);
+    MQTT_MESSAGES as f64 / first.map_or(1.0, |first| (last - first).as_secs_f64())
+}
+
+async fn latency(dir: &Path) -> (f64, f64, usize, u64) {
     let topic = format!("weir-bench-lat-{}/t", std::process::id());
     let key = format!("weir-bench-lat-{}", std::process::id());
     let redis = redis::Client::open("redis://127.0.0.1:6379/").expect("redis url");
@@ -278,8 +386,19 @@ async fn latency(dir: &Path) -> (f64, f64, usize) {
         .expect("DEL");
     let weir = Weir::start(dir, &format!("sources:\n  plant: {{ type: mqtt, url: 'mqtt://127.0.0.1:1883', topics: ['{topic}'], max_inflight: 1000, clean_session: true }}\nsinks:\n  warm: {{ type: redis, inputs: [plant], url: 'redis://127.0.0.1:6379/', key: '{key}', mode: stream, maxlen: 1000000 }}\n")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    publish(topic, 10_000, 10).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = publish(topic, 10_000, 10).await;
+    // Until every reading is committed (or clearly will not be).
+    for _ in 0..100 {
+        let stored: u64 = redis::cmd("XLEN")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .expect("XLEN");
+        if stored >= sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(weir);
     let mut latencies = Vec::new();
     let mut from = "-".to_owned();
@@ -321,7 +440,7 @@ async fn latency(dir: &Path) -> (f64, f64, usize) {
             .copied()
             .unwrap_or(f64::NAN)
     };
-    (at(0.5), at(0.99), latencies.len())
+    (at(0.5), at(0.99), latencies.len(), sent)
 }
 
 fn main() {
@@ -343,13 +462,13 @@ fn main() {
         }
         for protocol in ["5", "3.1.1"] {
             if wanted(&format!("mqtt{protocol}")) {
-                let (committed, sent) = mqtt(dir.path(), protocol).await;
-                println!("mqtt {protocol:<5} QoS 1 → blackhole {committed:>8.0} msg/s committed, {sent:.0} msg/s published  (target >= 50,000: {}; the publisher shares the cores)", verdict(committed >= 50_000.0));
+                let rate = mqtt(dir.path(), protocol).await;
+                println!("mqtt {protocol:<5} QoS 1 → blackhole {rate:>8.0} msg/s  (target >= 50,000: {})", verdict(rate >= 50_000.0));
             }
         }
         if wanted("latency") {
-            let (p50, p99, n) = latency(dir.path()).await;
-            println!("mqtt 5 at 10k msg/s → redis: p50 {p50:.1} ms, p99 {p99:.1} ms publish → commit over {n} readings (target p99 <= 20 ms: {})", verdict(p99 <= 20.0));
+            let (p50, p99, n, sent) = latency(dir.path()).await;
+            println!("mqtt 5 at 10k msg/s → redis: p50 {p50:.1} ms, p99 {p99:.1} ms publish → commit over {n} of {sent} readings (target p99 <= 20 ms: {})", verdict(p99 <= 20.0));
         }
     });
 }

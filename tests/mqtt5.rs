@@ -179,3 +179,56 @@ sinks:
         .collect();
     assert_eq!(seqs.len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_mqtt5_session_delivers_what_was_kept_and_subscribes_new_topics() {
+    let url = services::mosquitto();
+    let prefix = format!("weir-resume-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let config = |topics: &str| {
+        format!(
+            "api: {{ enabled: false }}
+sources:
+  plant: {{ type: mqtt, url: '{url}', client_id: '{prefix}', topics: [{topics}], device_id: '{prefix}/{{device_id}}/t', session_expiry: 1h }}
+sinks:
+  out: {{ type: file, inputs: [plant], path: '{d}/out.ndjson' }}
+",
+            d = dir.path().display()
+        )
+    };
+    let readings = |device: &str| {
+        (0..5)
+            .map(|seq| {
+                (
+                    format!("{prefix}/{device}/t"),
+                    format!(r#"{{"seq": {seq}}}"#).into_bytes(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // The first run makes the session, then weir is away while `a` publishes.
+    let (topology, _) = start(&config(&format!("'{prefix}/a/t'")), &["plant"]).await;
+    let _ = topology.stop(Duration::from_secs(10)).await;
+    publish(&prefix, readings("a")).await;
+
+    // The second run resumes the session and adds a topic.
+    let (topology, _) = start(
+        &config(&format!("'{prefix}/a/t', '{prefix}/b/t'")),
+        &["plant"],
+    )
+    .await;
+    publish(&prefix, readings("b")).await;
+    let out = dir.path().join("out.ndjson");
+    assert!(
+        eventually(Duration::from_secs(10), || lines(&out).len() >= 10).await,
+        "the kept readings of `a` and the new topic's readings of `b` arrive: {:?}",
+        lines(&out)
+    );
+    let _ = topology.stop(Duration::from_secs(10)).await;
+    let devices: BTreeSet<String> = lines(&out)
+        .iter()
+        .map(|e| e["device_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(devices, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+}

@@ -75,16 +75,15 @@ pub(super) fn open(settings: Settings) -> (Client, EventLoop) {
                     true => v5::SessionMode::Clean,
                     false => v5::SessionMode::Persistent,
                 })
-                // The session worth resuming lives in the broker: weir only subscribes (at
-                // QoS 1 at most), so the client holds no in-flight state of its own that a
-                // resumed session would have to match, and a restarted weir must take the
-                // publishes the broker kept for it rather than refuse the session.
-                .set_broker_session_resume_policy(v5::BrokerSessionResumePolicy::AllowBrokerOnly)
                 .set_receive_maximum(Some(max_inflight))
                 .set_max_packet_size(Some(max_packet_bytes))
                 .set_ack_mode(v5::AckMode::Manual);
             if !clean && session_expiry.is_some() {
                 options.set_session_expiry_interval(session_expiry);
+            }
+            if !clean {
+                let store = SubscriberSession::of(&options);
+                options.set_session_store(store);
             }
             if let Some(tls) = tls {
                 options.set_transport(v5::Transport::tls_with_config(
@@ -96,6 +95,66 @@ pub(super) fn open(settings: Settings) -> (Client, EventLoop) {
                 .build();
             (Client::V5(client), EventLoop::V5(Box::new(eventloop)))
         }
+    }
+}
+
+/// rumqttc's record of an MQTT 5 session's client side, for a client that only
+/// subscribes: always empty, so it needs no storage.
+///
+/// rumqttc resumes a session the broker kept only if it can also restore the client's
+/// half — the packet identifiers of the client's own unacknowledged PUBLISH, PUBREL,
+/// SUBSCRIBE and UNSUBSCRIBE packets, and incoming QoS 2 flows — because new packets must
+/// not reuse an identifier still in flight. Without it, it takes the broker's publishes but
+/// refuses to send a SUBSCRIBE, so a topic added to the pipeline would never be subscribed.
+/// The source publishes nothing, receives at QoS 1 at most, and a broker keeps no
+/// SUBSCRIBE in a session (it answers them at once), so the client half of every session
+/// it resumes is exactly this empty record, whether weir stopped cleanly or crashed.
+#[derive(Debug)]
+struct SubscriberSession(v5::PersistedSession);
+
+/// What a [`v5::SessionStore`] method returns (rumqttc does not export the alias).
+type StoreFuture<'a, T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<T, v5::SessionStoreError>> + Send + 'a>,
+>;
+
+impl SubscriberSession {
+    fn of(options: &v5::MqttOptions) -> Self {
+        Self(v5::PersistedSession {
+            format_version: 1,
+            client_id: options.client_id(),
+            clean_start: options.clean_start(),
+            session_expiry_interval: options.session_expiry_interval(),
+            outgoing_inflight_upper_limit: options.get_outgoing_inflight_upper_limit(),
+            ack_mode: match options.ack_mode() {
+                v5::AckMode::Manual => v5::PersistedAckMode::Manual,
+                _ => v5::PersistedAckMode::Automatic,
+            },
+            last_pkid: 0,
+            last_puback: 0,
+            replay: Vec::new(),
+            incoming_qos2: Vec::new(),
+        })
+    }
+}
+
+impl v5::SessionStore for SubscriberSession {
+    fn load<'a>(
+        &'a self,
+        _: &'a v5::SessionStoreKey,
+    ) -> StoreFuture<'a, Option<v5::PersistedSession>> {
+        Box::pin(std::future::ready(Ok(Some(self.0.clone()))))
+    }
+
+    fn save<'a>(
+        &'a self,
+        _: &'a v5::SessionStoreKey,
+        _: &'a v5::PersistedSession,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn clear<'a>(&'a self, _: &'a v5::SessionStoreKey) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
