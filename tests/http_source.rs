@@ -109,7 +109,12 @@ async fn accepts_an_object_an_array_and_ndjson() {
         &[r#"component_id="devices""#],
     );
     assert_eq!(received, 5.0);
+    let listening =
+        |t: &Arc<Telemetry>| metric(t, "source_connected", &[r#"component_id="devices""#]);
+    assert_eq!(listening(&h.telemetry), 1.0, "listening shows as connected");
+    let telemetry = Arc::clone(&h.telemetry);
     let (readings, rejected) = h.finish().await;
+    assert_eq!(listening(&telemetry), 0.0, "a stopped source is not");
     assert_eq!(readings.len(), 5);
     assert!(rejected.is_empty());
     assert!(readings.iter().all(|r| r["device_id"] == "engine-7"));

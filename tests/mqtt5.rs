@@ -1,7 +1,9 @@
 //! The `mqtt` source's two protocol versions against the real Mosquitto: both deliver
 //! (including messages larger than the 10 KiB rumqttc takes by default), MQTT 5 user
-//! properties arrive as headers, and a message over `max_packet` does not stall the
-//! session under MQTT 5 (the broker learns the limit and keeps such messages back).
+//! properties arrive as headers, a message over `max_packet` does not stall the session
+//! under MQTT 5 (the broker learns the limit and keeps such messages back), a resumed
+//! MQTT 5 session delivers what the broker kept and still subscribes new topics, and a
+//! shared subscription splits the traffic between its members.
 
 mod support;
 
@@ -231,4 +233,54 @@ sinks:
         .map(|e| e["device_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(devices, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_splits_the_traffic_between_instances() {
+    let url = services::mosquitto();
+    let prefix = format!("weir-shared-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    // Two sources stand for two weir instances; one speaks 3.1.1, so the group mixes both.
+    let text = format!(
+        "api: {{ enabled: false }}
+sources:
+  one: {{ type: mqtt, url: '{url}', client_id: '{prefix}-1', topics: ['{prefix}/+/t'], device_id: '{prefix}/{{device_id}}/t', shared_group: ingest, clean_session: true }}
+  two: {{ type: mqtt, url: '{url}', client_id: '{prefix}-2', topics: ['{prefix}/+/t'], device_id: '{prefix}/{{device_id}}/t', shared_group: ingest, clean_session: true, protocol: '3.1.1' }}
+sinks:
+  out: {{ type: file, inputs: [one, two], path: '{d}/out.ndjson' }}
+",
+        d = dir.path().display()
+    );
+    let (topology, _telemetry) = start(&text, &["one", "two"]).await;
+    let messages = (0..200)
+        .map(|seq| {
+            (
+                format!("{prefix}/d{}/t", seq % 7),
+                format!(r#"{{"seq": {seq}}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    publish(&prefix, messages).await;
+    let out = dir.path().join("out.ndjson");
+    assert!(
+        eventually(Duration::from_secs(10), || lines(&out).len() >= 200).await,
+        "every publish arrives: {} of 200",
+        lines(&out).len()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = topology.stop(Duration::from_secs(10)).await;
+    let events = lines(&out);
+    assert_eq!(events.len(), 200, "each publish went to one member only");
+    let by_source = |source: &str| {
+        events
+            .iter()
+            .filter(|e| e["meta"]["source"] == source)
+            .count()
+    };
+    assert!(
+        by_source("one") > 0 && by_source("two") > 0,
+        "both members take a share: one {}, two {}",
+        by_source("one"),
+        by_source("two")
+    );
 }

@@ -242,6 +242,7 @@ impl SourceComponent for HttpSourceConfig {
                 anyhow::bail!("`auth: sas` needs the device registry: add a `registry:` section")
             }
         };
+        let listening = cx.telemetry.connected();
         let state = Arc::new(Handler {
             sas,
             gate: DeviceGate::new(cx.registry.clone(), self.unknown_devices)?,
@@ -273,7 +274,11 @@ impl SourceComponent for HttpSourceConfig {
             .transpose()?;
         let shutdown = cx.shutdown;
         let listen = self.listen;
+        // `source_connected` reads 1 while the port is open, as a broker source's does while
+        // it is connected; the guard lowers it however serving ends.
+        let listening = ListeningGauge::raise(listening);
         Ok(Box::pin(async move {
+            let _listening = listening;
             tracing::info!(component_id = %cx.id, %listen, tls = tls.is_some(), "http source listening");
             match tls {
                 None => {
@@ -300,6 +305,22 @@ impl SourceComponent for HttpSourceConfig {
             }
             Ok(())
         }))
+    }
+}
+
+/// Holds `source_connected` at 1 while it lives.
+struct ListeningGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl ListeningGauge {
+    fn raise(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.set(1);
+        Self(gauge)
+    }
+}
+
+impl Drop for ListeningGauge {
+    fn drop(&mut self) {
+        self.0.set(0);
     }
 }
 
