@@ -267,15 +267,10 @@ async fn publish(topic: String, rate: u64, seconds: u64) -> u64 {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }
-        let now = jiff::Timestamp::now().as_microsecond();
-        let payload = format!(
-            r#"{{"device_id": "d{}", "seq": {sent}, "sent_us": {now}}}"#,
-            sent % 1000
-        );
         client
             .publish(
                 topic.clone(),
-                payload.into_bytes(),
+                stamped(sent).into_bytes(),
                 PublishOptions::at_least_once(),
             )
             .await
@@ -371,7 +366,92 @@ async fn mqtt(dir: &Path, protocol: &str) -> f64 {
     MQTT_MESSAGES as f64 / first.map_or(1.0, |first| (last - first).as_secs_f64())
 }
 
-async fn latency(dir: &Path) -> (f64, f64, usize, u64) {
+/// Milliseconds, sorted, read at quantiles.
+struct Percentiles(Vec<f64>);
+
+impl Percentiles {
+    fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self(values)
+    }
+
+    fn at(&self, q: f64) -> f64 {
+        self.0
+            .get(((self.0.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+}
+
+/// A latency run: publish → commit, and its first part, publish → weir's receipt.
+struct Latency {
+    commit: Percentiles,
+    receipt: Percentiles,
+    sent: u64,
+}
+
+/// Which broker source the latency run goes through.
+#[derive(Clone, Copy)]
+enum Transport {
+    Mqtt5,
+    Amqp,
+}
+
+/// A reading stamped with the time it is published.
+fn stamped(seq: u64) -> String {
+    let now = jiff::Timestamp::now().as_microsecond();
+    format!(
+        r#"{{"device_id": "d{}", "seq": {seq}, "sent_us": {now}}}"#,
+        seq % 1000
+    )
+}
+
+/// Publishes to `queue` at `rate` per second for `seconds`; how many the broker confirmed.
+///
+/// With publisher confirms, as a device that must not lose readings publishes. (Without
+/// them the broker sends nothing back, so its TCP acknowledgements wait for the delayed-ACK
+/// timer, and the publisher's small writes wait for those under Nagle's algorithm: 40 ms
+/// stalls that would be measured as weir's latency.)
+async fn publish_amqp(queue: &str, rate: u64, seconds: u64) -> u64 {
+    let connection = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mut confirms = Vec::new();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        if sent >= rate * started.elapsed().as_millis() as u64 / 1000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                stamped(sent).as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+        confirms.push(confirm);
+        sent += 1;
+    }
+    let mut confirmed = 0;
+    for confirm in confirms {
+        if confirm.await.is_ok_and(|c| c.is_ack()) {
+            confirmed += 1;
+        }
+    }
+    confirmed
+}
+
+async fn latency(dir: &Path, transport: Transport) -> Latency {
     let topic = format!("weir-bench-lat-{}/t", std::process::id());
     let key = format!("weir-bench-lat-{}", std::process::id());
     let redis = redis::Client::open("redis://127.0.0.1:6379/").expect("redis url");
@@ -384,9 +464,20 @@ async fn latency(dir: &Path) -> (f64, f64, usize, u64) {
         .query_async(&mut redis)
         .await
         .expect("DEL");
-    let weir = Weir::start(dir, &format!("sources:\n  plant: {{ type: mqtt, url: 'mqtt://127.0.0.1:1883', topics: ['{topic}'], max_inflight: 1000, clean_session: true }}\nsinks:\n  warm: {{ type: redis, inputs: [plant], url: 'redis://127.0.0.1:6379/', key: '{key}', mode: stream, maxlen: 1000000 }}\n")).await;
+    let source = match transport {
+        Transport::Mqtt5 => format!(
+            "{{ type: mqtt, url: 'mqtt://127.0.0.1:1883', topics: ['{topic}'], max_inflight: 1000, clean_session: true }}"
+        ),
+        Transport::Amqp => format!(
+            "{{ type: amqp, url: '{AMQP}', queue: '{key}', prefetch: 1000, declare: {{ durable: false }} }}"
+        ),
+    };
+    let weir = Weir::start(dir, &format!("sources:\n  plant: {source}\nsinks:\n  warm: {{ type: redis, inputs: [plant], url: 'redis://127.0.0.1:6379/', key: '{key}', mode: stream, maxlen: 1000000 }}\n")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let sent = publish(topic, 10_000, 10).await;
+    let sent = match transport {
+        Transport::Mqtt5 => publish(topic, 10_000, 10).await,
+        Transport::Amqp => publish_amqp(&key, 10_000, 10).await,
+    };
     // Until every reading is committed (or clearly will not be).
     for _ in 0..100 {
         let stored: u64 = redis::cmd("XLEN")
@@ -400,7 +491,16 @@ async fn latency(dir: &Path) -> (f64, f64, usize, u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(weir);
-    let mut latencies = Vec::new();
+    if let Transport::Amqp = transport {
+        let connection = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        let _ = channel
+            .queue_delete(key.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let (mut commit, mut receipt) = (Vec::new(), Vec::new());
     let mut from = "-".to_owned();
     loop {
         let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
@@ -425,7 +525,10 @@ async fn latency(dir: &Path) -> (f64, f64, usize, u64) {
                 .and_then(|ms| ms.parse().ok())
                 .expect("stream id");
             let sent_us: i64 = entry.get("sent_us").expect("sent_us");
-            latencies.push((committed_ms * 1000 - sent_us) as f64 / 1000.0);
+            // The reading has no time of its own, so its event time is weir's receipt.
+            let received_ms: i64 = entry.get("event_time_ms").expect("event_time_ms");
+            commit.push((committed_ms * 1000 - sent_us) as f64 / 1000.0);
+            receipt.push((received_ms * 1000 - sent_us) as f64 / 1000.0);
         }
     }
     let _: () = redis::cmd("DEL")
@@ -433,14 +536,68 @@ async fn latency(dir: &Path) -> (f64, f64, usize, u64) {
         .query_async(&mut redis)
         .await
         .expect("DEL");
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| {
+    Latency {
+        commit: Percentiles::of(commit),
+        receipt: Percentiles::of(receipt),
+        sent,
+    }
+}
+
+/// Publish → receipt at a bare lapin consumer (in this process, beside the publisher) at
+/// `rate` msg/s: how long RabbitMQ itself takes here.
+async fn amqp_bare_latency(rate: u64) -> Percentiles {
+    let queue = format!("weir-bench-barelat-{}", std::process::id());
+    let connection = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bare".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let reader = tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        let mut n = 0u64;
+        while let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
+        {
+            let now = jiff::Timestamp::now().as_microsecond();
+            let value: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+            latencies.push((now - value["sent_us"].as_i64().expect("sent_us")) as f64 / 1000.0);
+            n += 1;
+            if n.is_multiple_of(256) {
+                delivery
+                    .acker
+                    .ack(BasicAckOptions { multiple: true })
+                    .await
+                    .expect("ack");
+            }
+        }
         latencies
-            .get(((latencies.len() as f64 - 1.0) * q) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    (at(0.5), at(0.99), latencies.len(), sent)
+    });
+    publish_amqp(&queue, rate, 10).await;
+    let latencies = reader.await.expect("reader");
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    Percentiles::of(latencies)
 }
 
 fn main() {
@@ -467,8 +624,23 @@ fn main() {
             }
         }
         if wanted("latency") {
-            let (p50, p99, n, sent) = latency(dir.path()).await;
-            println!("mqtt 5 at 10k msg/s → redis: p50 {p50:.1} ms, p99 {p99:.1} ms publish → commit over {n} of {sent} readings (target p99 <= 20 ms: {})", verdict(p99 <= 20.0));
+            for (name, transport) in [("mqtt 5", Transport::Mqtt5), ("amqp", Transport::Amqp)] {
+                let Latency { commit, receipt, sent } = latency(dir.path(), transport).await;
+                println!(
+                    "{name} at 10k msg/s → redis: publish → commit p50 {:.1} ms, p99 {:.1} ms over {} of {sent} readings (target p99 <= 20 ms: {}); publish → receipt p99 {:.1} ms",
+                    commit.at(0.5),
+                    commit.at(0.99),
+                    commit.0.len(),
+                    verdict(commit.at(0.99) <= 20.0),
+                    receipt.at(0.99),
+                );
+            }
+            let bare = amqp_bare_latency(10_000).await;
+            println!(
+                "amqp at 10k msg/s, bare lapin consumer: publish → receipt p50 {:.1} ms, p99 {:.1} ms (the broker's share, for scale)",
+                bare.at(0.5),
+                bare.at(0.99)
+            );
         }
     });
 }

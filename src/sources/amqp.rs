@@ -308,8 +308,9 @@ async fn consume(
     let source = cx.id.as_arc();
     let (acks, pending) = mpsc::unbounded_channel();
     let acknowledger = tokio::spawn(acknowledge(pending, cx.telemetry.pending_deliveries()));
-    let lag = cx.telemetry.lag();
-    let mut lag_ticker = tokio::time::interval(StdDuration::from_secs(5));
+    // The queue depth is asked on a channel of its own: an RPC on the consuming channel
+    // would hold up the deliveries behind its reply.
+    let lag_probe = LagProbe::spawn(&connection, config.queue.clone(), cx.telemetry.lag()).await?;
     let result = loop {
         tokio::select! {
             _ = cx.shutdown.cancelled() => break Ok(()),
@@ -334,14 +335,9 @@ async fn consume(
                     }
                 }
             },
-            _ = lag_ticker.tick() => {
-                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                if let Ok(queue) = channel.queue_declare(config.queue.as_str().into(), passive, FieldTable::default()).await {
-                    lag.set(i64::from(queue.message_count()));
-                }
-            }
         }
     };
+    drop(lag_probe);
     // Messages in flight are acked as their readings are committed; wait for them (a crash
     // here would only mean redelivery).
     drop(acks);
@@ -398,6 +394,45 @@ async fn handle(
                 Undecodable::Ack => message.acker.ack(BasicAckOptions::default()).await,
             };
         }
+    }
+}
+
+/// Reads the queue depth every few seconds into `source_lag_messages`, on a channel of its
+/// own, until dropped.
+struct LagProbe(tokio::task::JoinHandle<()>);
+
+impl LagProbe {
+    const EVERY: StdDuration = StdDuration::from_secs(5);
+
+    async fn spawn(connection: &Connection, queue: String, lag: Gauge) -> lapin::Result<Self> {
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        Ok(Self(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Self::EVERY);
+            loop {
+                ticker.tick().await;
+                // A failed probe ends with the channel; the consumer notices a dead
+                // connection on its own and reconnects.
+                match channel
+                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                    .await
+                {
+                    Ok(queue) => {
+                        lag.set(i64::from(queue.message_count()));
+                    }
+                    Err(_) => break,
+                }
+            }
+        })))
+    }
+}
+
+impl Drop for LagProbe {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
