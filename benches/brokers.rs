@@ -141,27 +141,42 @@ async fn filled_queue(name: &str) -> (Connection, lapin::Channel, String) {
     (connection, channel, queue)
 }
 
-/// What the broker can deliver to one consumer here: a bare lapin consumer (prefetch
-/// 2000, one `multiple` ack per 256 messages, nothing else) drains the queue; msg/s.
-async fn amqp_ceiling() -> f64 {
-    let (_connection, channel, queue) = filled_queue("ceiling").await;
-    let consumer_connection = Connection::connect(AMQP, ConnectionProperties::default())
+/// A plain lapin consumer of `queue` (declared if missing) with `prefetch`, on a
+/// connection of its own.
+async fn bare_consumer(queue: &str, prefetch: u16) -> (lapin::Channel, lapin::Consumer) {
+    let connection = Connection::connect(AMQP, ConnectionProperties::default())
         .await
-        .expect("RabbitMQ");
-    let consumer_channel = consumer_connection.create_channel().await.expect("channel");
-    consumer_channel
-        .basic_qos(2000, BasicQosOptions::default())
+        .expect("RabbitMQ on 127.0.0.1:5672");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .expect("qos");
-    let mut consumer = consumer_channel
+    let consumer = channel
         .basic_consume(
-            queue.as_str().into(),
-            "ceiling".into(),
+            queue.into(),
+            "bare".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
         .expect("consume");
+    (channel, consumer)
+}
+
+/// What the broker can deliver to one consumer here: a bare lapin consumer (prefetch
+/// 2000, one `multiple` ack per 256 messages, nothing else) drains the queue; msg/s.
+async fn amqp_ceiling() -> f64 {
+    let (_connection, channel, queue) = filled_queue("ceiling").await;
+    let (_consumer_channel, mut consumer) = bare_consumer(&queue, 2000).await;
     let mut started = None;
     let mut received = 0u64;
     while let Some(Ok(delivery)) = consumer.next().await {
@@ -547,31 +562,7 @@ async fn latency(dir: &Path, transport: Transport) -> Latency {
 /// `rate` msg/s: how long RabbitMQ itself takes here.
 async fn amqp_bare_latency(rate: u64) -> Percentiles {
     let queue = format!("weir-bench-barelat-{}", std::process::id());
-    let connection = Connection::connect(AMQP, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
-    channel
-        .basic_qos(1000, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "bare".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let (channel, mut consumer) = bare_consumer(&queue, 1000).await;
     let reader = tokio::spawn(async move {
         let mut latencies = Vec::new();
         let mut n = 0u64;
