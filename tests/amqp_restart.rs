@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use support::{lines, metric, pipeline, services};
+use support::{eventually, lines, metric, pipeline, services};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
@@ -100,14 +100,23 @@ sinks:
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(
+    // Connected now, or soon: a broker that is still starting may close the first
+    // connection again, and weir then retries after its backoff.
+    let connected = || {
         metric(
             &telemetry,
             "source_connected",
+            &[r#"component_id="broker""#],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || connected() == 1.0).await,
+        "weir reconnected; its errors: {}",
+        metric(
+            &telemetry,
+            "component_errors_total",
             &[r#"component_id="broker""#]
-        ),
-        1.0,
-        "weir reconnected"
+        )
     );
     let _ = topology.stop(Duration::from_secs(20)).await;
     assert_eq!(

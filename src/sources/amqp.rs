@@ -411,7 +411,9 @@ impl LagProbe {
             ..Default::default()
         };
         Ok(Self(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Self::EVERY);
+            // Not at once: a broker that has just started may still be recovering the queue.
+            let first = tokio::time::Instant::now() + Self::EVERY;
+            let mut ticker = tokio::time::interval_at(first, Self::EVERY);
             loop {
                 ticker.tick().await;
                 // A failed probe ends with the channel; the consumer notices a dead
