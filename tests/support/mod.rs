@@ -15,12 +15,24 @@ use std::time::{Duration, Instant};
 use weir::config::TopologyConfig;
 use weir::telemetry::Telemetry;
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and not handed out before in this test binary.
+///
+/// The kernel may give the same free port to two `bind(0)` calls in a row once the first
+/// listener is closed, and a test that asks for several ports (a source, the API, a
+/// destination nobody serves) then starts weir with two components on one port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Loads a pipeline from text; panics with the diagnostics if it is invalid.
