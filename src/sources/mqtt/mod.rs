@@ -592,3 +592,62 @@ fn events_of(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<MqttSourceConfig, serde_json::Error> {
+        let json = format!(r#"{{"url": "mqtt://127.0.0.1:1883", "topics": ["t/+"]{extra}}}"#);
+        serde_json::from_str(&json)
+    }
+
+    fn problems(extra: &str) -> Vec<String> {
+        config(extra)
+            .expect("parses")
+            .check()
+            .into_iter()
+            .map(|p| format!("{p:?}"))
+            .collect()
+    }
+
+    #[test]
+    fn the_protocol_is_5_by_default_and_takes_either_spelling() {
+        assert_eq!(config("").unwrap().protocol, MqttVersion::V5);
+        assert_eq!(
+            config(r#", "protocol": 5"#).unwrap().protocol,
+            MqttVersion::V5
+        );
+        assert_eq!(
+            config(r#", "protocol": "5""#).unwrap().protocol,
+            MqttVersion::V5
+        );
+        assert_eq!(
+            config(r#", "protocol": "3.1.1""#).unwrap().protocol,
+            MqttVersion::V3_1_1
+        );
+        let err = config(r#", "protocol": 4"#).unwrap_err().to_string();
+        assert!(err.contains("not an MQTT version"), "{err}");
+    }
+
+    #[test]
+    fn session_expiry_needs_mqtt5_and_a_persistent_session() {
+        assert!(problems(r#", "session_expiry": "1h""#).is_empty());
+        let v3 = problems(r#", "session_expiry": "1h", "protocol": "3.1.1""#);
+        assert!(v3.iter().any(|p| p.contains("needs MQTT 5")), "{v3:?}");
+        let clean = problems(r#", "session_expiry": "1h", "clean_session": true"#);
+        assert!(clean.iter().any(|p| p.contains("not kept")), "{clean:?}");
+    }
+
+    #[test]
+    fn max_packet_fits_what_mqtt_can_carry() {
+        assert!(problems(r#", "max_packet": "64KiB""#).is_empty());
+        let small = problems(r#", "max_packet": "16B""#);
+        assert!(small.iter().any(|p| p.contains("too small")), "{small:?}");
+        let large = problems(r#", "max_packet": "1GiB""#);
+        assert!(
+            large.iter().any(|p| p.contains("more than MQTT")),
+            "{large:?}"
+        );
+    }
+}
