@@ -104,8 +104,10 @@ pub(super) fn open(settings: Settings) -> (Client, EventLoop) {
 /// rumqttc resumes a session the broker kept only if it can also restore the client's
 /// half — the packet identifiers of the client's own unacknowledged PUBLISH, PUBREL,
 /// SUBSCRIBE and UNSUBSCRIBE packets, and incoming QoS 2 flows — because new packets must
-/// not reuse an identifier still in flight. Without it, it takes the broker's publishes but
-/// refuses to send a SUBSCRIBE, so a topic added to the pipeline would never be subscribed.
+/// not reuse an identifier still in flight. Without it, rumqttc either refuses the kept
+/// session (its strict default: a restarted weir would never connect) or takes the
+/// broker's publishes but rejects every SUBSCRIBE (its broker-only mode: a topic added to
+/// the pipeline would never be subscribed).
 /// The source publishes nothing, receives at QoS 1 at most, and a broker keeps no
 /// SUBSCRIBE in a session (it answers them at once), so the client half of every session
 /// it resumes is exactly this empty record, whether weir stopped cleanly or crashed.
