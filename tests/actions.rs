@@ -443,7 +443,10 @@ sinks:
     // Whether the sender took the first one off the queue before the rest arrived decides
     // if two or three were refused; the refused are always the newest.
     assert!((2..=3).contains(&letters.len()), "{letters:?}");
-    assert!(states(&letters, "state").ends_with(&["raised".to_owned(), "cleared".to_owned()]));
+    assert!(
+        states(&letters, "state").ends_with(&["raised".to_owned(), "cleared".to_owned()]),
+        "{letters:#?}"
+    );
     let error = letters[0]["meta"]["error"]["message"].as_str().unwrap();
     assert!(error.contains("queue was full"), "{error}");
     assert_eq!(
