@@ -96,10 +96,8 @@ impl Drop for Weir {
 
 const AMQP_MESSAGES: u64 = 200_000;
 
-/// A queue holding [`AMQP_MESSAGES`] readings (publisher-confirmed), and the channel that
-/// declared it.
-async fn filled_queue(name: &str) -> (Connection, lapin::Channel, String) {
-    let queue = format!("weir-bench-{name}-{}", std::process::id());
+/// A channel in confirm mode, on a connection of its own.
+async fn confirming_channel() -> (Connection, lapin::Channel) {
     let connection = Connection::connect(AMQP, ConnectionProperties::default())
         .await
         .expect("RabbitMQ on 127.0.0.1:5672");
@@ -108,6 +106,14 @@ async fn filled_queue(name: &str) -> (Connection, lapin::Channel, String) {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
+    (connection, channel)
+}
+
+/// A queue holding [`AMQP_MESSAGES`] readings (publisher-confirmed), and the channel that
+/// declared it.
+async fn filled_queue(name: &str) -> (Connection, lapin::Channel, String) {
+    let queue = format!("weir-bench-{name}-{}", std::process::id());
+    let (connection, channel) = confirming_channel().await;
     channel
         .queue_declare(
             queue.as_str().into(),
@@ -422,20 +428,9 @@ fn stamped(seq: u64) -> String {
 }
 
 /// Publishes to `queue` at `rate` per second for `seconds`; how many the broker confirmed.
-///
-/// With publisher confirms, as a device that must not lose readings publishes. (Without
-/// them the broker sends nothing back, so its TCP acknowledgements wait for the delayed-ACK
-/// timer, and the publisher's small writes wait for those under Nagle's algorithm: 40 ms
-/// stalls that would be measured as weir's latency.)
+/// With publisher confirms, as a device that must not lose readings publishes.
 async fn publish_amqp(queue: &str, rate: u64, seconds: u64) -> u64 {
-    let connection = Connection::connect(AMQP, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ on 127.0.0.1:5672");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
+    let (_connection, channel) = confirming_channel().await;
     let mut confirms = Vec::new();
     let started = Instant::now();
     let mut sent = 0u64;
