@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::mqtt::publish;
+use support::mqtt::{publish, start_subscribed};
 use support::{eventually, lines, metric, pipeline, services};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
@@ -26,18 +26,7 @@ sinks:
 ",
         d = dir.path().display()
     );
-    let telemetry = Telemetry::new();
-    let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || metric(
-            &telemetry,
-            "source_connected",
-            &[r#"component_id="plant""#]
-        ) == 1.0)
-        .await,
-        "weir connects and subscribes"
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (topology, telemetry) = start_subscribed(&text, &["plant"]).await;
 
     let mut messages: Vec<(String, Vec<u8>)> = (0..2000)
         .map(|i| {
@@ -129,18 +118,7 @@ sinks:
             pki.ca.display(),
             out.display()
         );
-        let telemetry = Telemetry::new();
-        let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
-        assert!(
-            eventually(Duration::from_secs(10), || metric(
-                &telemetry,
-                "source_connected",
-                &[r#"component_id="plant""#]
-            ) == 1.0)
-            .await,
-            "weir connects over TLS (mutual: {mutual})"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (topology, _telemetry) = start_subscribed(&text, &["plant"]).await;
         publish(
             &prefix,
             (0..50)

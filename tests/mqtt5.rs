@@ -10,31 +10,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::mqtt::{Publish5, publish, publish_v5};
-use support::{eventually, lines, metric, pipeline, services};
-use weir::telemetry::Telemetry;
-use weir::topology::RunningTopology;
-
-/// Starts `text` and waits until every source named in `sources` is connected.
-async fn start(text: &str, sources: &[&str]) -> (RunningTopology, std::sync::Arc<Telemetry>) {
-    let telemetry = Telemetry::new();
-    let topology = RunningTopology::start(&pipeline(text), &telemetry).unwrap();
-    for source in sources {
-        let label = format!(r#"component_id="{source}""#);
-        assert!(
-            eventually(Duration::from_secs(10), || metric(
-                &telemetry,
-                "source_connected",
-                &[&label]
-            ) == 1.0)
-            .await,
-            "{source} connects and subscribes"
-        );
-    }
-    // The SUBACK comes after the CONNACK the gauge reports.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    (topology, telemetry)
-}
+use support::mqtt::{Publish5, publish, publish_v5, start_subscribed};
+use support::{eventually, lines, metric, services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_protocol_versions_deliver_large_messages() {
@@ -51,7 +28,7 @@ sinks:
 ",
         d = dir.path().display()
     );
-    let (topology, _telemetry) = start(&text, &["v3", "v5"]).await;
+    let (topology, _telemetry) = start_subscribed(&text, &["v3", "v5"]).await;
 
     // 40 KiB of readings in one message: four times what rumqttc takes by default.
     let large = |seq: usize| {
@@ -105,7 +82,7 @@ sinks:
 ",
         d = dir.path().display()
     );
-    let (topology, _telemetry) = start(&text, &["plant"]).await;
+    let (topology, _telemetry) = start_subscribed(&text, &["plant"]).await;
     publish_v5(
         &prefix,
         vec![Publish5 {
@@ -149,7 +126,7 @@ sinks:
 ",
         d = dir.path().display()
     );
-    let (topology, telemetry) = start(&text, &["plant"]).await;
+    let (topology, telemetry) = start_subscribed(&text, &["plant"]).await;
     let oversized = format!(r#"{{"blob": "{}"}}"#, "y".repeat(4 * 1024));
     let mut messages = vec![(format!("{prefix}/d1"), oversized.into_bytes())];
     messages.extend((0..20).map(|seq| {
@@ -210,12 +187,12 @@ sinks:
     };
 
     // The first run makes the session, then weir is away while `a` publishes.
-    let (topology, _) = start(&config(&format!("'{prefix}/a/t'")), &["plant"]).await;
+    let (topology, _) = start_subscribed(&config(&format!("'{prefix}/a/t'")), &["plant"]).await;
     let _ = topology.stop(Duration::from_secs(10)).await;
     publish(&prefix, readings("a")).await;
 
     // The second run resumes the session and adds a topic.
-    let (topology, _) = start(
+    let (topology, _) = start_subscribed(
         &config(&format!("'{prefix}/a/t', '{prefix}/b/t'")),
         &["plant"],
     )
@@ -251,7 +228,7 @@ sinks:
 ",
         d = dir.path().display()
     );
-    let (topology, _telemetry) = start(&text, &["one", "two"]).await;
+    let (topology, _telemetry) = start_subscribed(&text, &["one", "two"]).await;
     let messages = (0..200)
         .map(|seq| {
             (

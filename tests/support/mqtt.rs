@@ -1,6 +1,34 @@
-//! Publishing to the local Mosquitto as a device would.
+//! Publishing to the local Mosquitto as a device would, and starting pipelines that
+//! subscribe to it.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, PublishOptions};
+use weir::telemetry::Telemetry;
+use weir::topology::RunningTopology;
+
+/// Starts the pipeline `text` and waits until every source named in `sources` is
+/// connected and subscribed.
+pub async fn start_subscribed(text: &str, sources: &[&str]) -> (RunningTopology, Arc<Telemetry>) {
+    let telemetry = Telemetry::new();
+    let topology = RunningTopology::start(&super::pipeline(text), &telemetry).unwrap();
+    for source in sources {
+        let label = format!(r#"component_id="{source}""#);
+        assert!(
+            super::eventually(Duration::from_secs(10), || super::metric(
+                &telemetry,
+                "source_connected",
+                &[&label]
+            ) == 1.0)
+            .await,
+            "{source} connects and subscribes"
+        );
+    }
+    // The SUBACK comes after the CONNACK the gauge reports.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (topology, telemetry)
+}
 
 /// Publishes `messages` (topic, payload) with QoS 1 as client `<prefix>-publisher` and
 /// returns once every PUBACK has arrived.
