@@ -1,4 +1,5 @@
 use super::*;
+use jiff::Timestamp;
 
 fn open() -> (tempfile::TempDir, Arc<Registry>) {
     let dir = tempfile::tempdir().unwrap();
