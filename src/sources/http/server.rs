@@ -1,0 +1,146 @@
+//! Serving the `http` source: the listener (plain or TLS), the route, graceful shutdown,
+//! and the answer each request gets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum_server::tls_rustls::RustlsConfig;
+use serde_json::json;
+
+use super::{Handler, HttpAuth, HttpSourceConfig, RateLimit};
+use crate::sources::SourceContext;
+use crate::sources::gate::DeviceGate;
+use crate::telemetry::InternalEvent;
+use crate::telemetry::events::HttpResponse;
+use crate::tls::TlsConfig;
+use crate::topology::ComponentTask;
+
+/// Binds the port now (so a taken port fails the start) and returns the task that serves it.
+pub(super) fn build(config: &HttpSourceConfig, cx: SourceContext) -> anyhow::Result<ComponentTask> {
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let sas = match (config.auth, &cx.registry) {
+        (HttpAuth::None, _) => None,
+        (HttpAuth::Sas, Some(registry)) => Some(Arc::clone(registry)),
+        (HttpAuth::Sas, None) => {
+            anyhow::bail!("`auth: sas` needs the device registry: add a `registry:` section")
+        }
+    };
+    let listening = cx.telemetry.connected();
+    let state = Arc::new(Handler {
+        sas,
+        gate: DeviceGate::new(cx.registry.clone(), config.unknown_devices)?,
+        id: cx.id.clone(),
+        source: cx.id.as_arc(),
+        decoder: config.decoding.decoder(),
+        device_id_field: config.device_id_field.clone(),
+        event_time: config.event_time.clone(),
+        max_body: config.max_body.get() as usize,
+        queue_timeout: config.queue_timeout.get(),
+        ack: config.ack,
+        ack_timeout: config.ack_timeout.get(),
+        limiter: config.rate_limit.as_ref().and_then(RateLimit::limiter),
+        headers: config
+            .headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        out: cx.out,
+        telemetry: cx.telemetry,
+    });
+    let router = Router::new()
+        .route(&config.path, post(receive))
+        .with_state(state);
+    let tls = config
+        .tls
+        .as_ref()
+        .map(TlsConfig::server_config)
+        .transpose()?;
+    let shutdown = cx.shutdown;
+    let listen = config.listen;
+    // `source_connected` reads 1 while the port is open, as a broker source's does while
+    // it is connected; the guard lowers it however serving ends.
+    let listening = ListeningGauge::raise(listening);
+    Ok(Box::pin(async move {
+        let _listening = listening;
+        tracing::info!(component_id = %cx.id, %listen, tls = tls.is_some(), "http source listening");
+        match tls {
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await?;
+            }
+            Some(tls) => {
+                // Graceful: stop accepting, let requests in flight (and their acks) finish.
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                tokio::spawn(async move {
+                    shutdown.cancelled().await;
+                    stopper.graceful_shutdown(None);
+                });
+                axum_server::from_tcp_rustls(listener.into_std()?, RustlsConfig::from_config(tls))?
+                    .handle(handle)
+                    .serve(router.into_make_service())
+                    .await?;
+            }
+        }
+        Ok(())
+    }))
+}
+
+/// Holds `source_connected` at 1 while it lives.
+struct ListeningGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl ListeningGauge {
+    fn raise(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.set(1);
+        Self(gauge)
+    }
+}
+
+impl Drop for ListeningGauge {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
+}
+
+async fn receive(
+    State(handler): State<Arc<Handler>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let outcome = handler.handle(params, &headers, body).await;
+    let (status, response) = match outcome {
+        Ok(accepted) => (
+            StatusCode::OK,
+            (StatusCode::OK, axum::Json(json!({ "accepted": accepted }))).into_response(),
+        ),
+        Err(rejection) => {
+            let mut response = (
+                rejection.status,
+                axum::Json(json!({ "error": rejection.reason })),
+            )
+                .into_response();
+            if let Some(seconds) = rejection.retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            (rejection.status, response)
+        }
+    };
+    HttpResponse {
+        status: status.as_u16(),
+    }
+    .emit(&handler.telemetry);
+    response
+}
