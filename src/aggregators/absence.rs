@@ -13,7 +13,6 @@
 //! `last_seen + timeout`, or, for `returned`, the returning event's time), and for
 //! `returned` the `silence_seconds`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::engine::{Outcome, WindowEngine};
+use super::engine::{GroupState, Groups, Outcome, WindowEngine};
 use super::window::{
     Emit, GroupKey, LatePolicy, WindowAck, WindowCommon, WindowSpec, millis, timestamp,
 };
@@ -110,13 +109,25 @@ pub struct Group {
     absent: bool,
 }
 
+/// An absence is the one window a group holds open; a checkpoint keeps every group, absent
+/// or not, since each one's last event is what a later absence is measured from.
+impl GroupState for Group {
+    fn open_windows(&self) -> usize {
+        usize::from(self.absent)
+    }
+
+    fn worth_keeping(&self) -> bool {
+        true
+    }
+}
+
 pub struct AbsenceDetector {
     spec: WindowSpec,
     timeout: i64,
-    groups: HashMap<GroupKey, Group>,
+    /// Their open windows are the groups absent now.
+    groups: Groups<Group>,
     /// The latest event time seen from any group, and when it was seen.
     clock: Option<(i64, Instant)>,
-    absent: usize,
 }
 
 impl AbsenceDetector {
@@ -124,9 +135,8 @@ impl AbsenceDetector {
         Self {
             spec,
             timeout,
-            groups: HashMap::new(),
+            groups: Groups::default(),
             clock: None,
-            absent: 0,
         }
     }
 
@@ -190,9 +200,9 @@ impl WindowEngine for AbsenceDetector {
             self.clock = Some((time, now));
         }
         let key = self.spec.key_of(event);
-        let Some(group) = self.groups.get_mut(&key) else {
+        let Some(group) = self.groups.by_key.get_mut(&key) else {
             let keys = self.spec.key_values(event);
-            self.groups.insert(
+            self.groups.by_key.insert(
                 key,
                 Group {
                     keys,
@@ -211,7 +221,7 @@ impl WindowEngine for AbsenceDetector {
         group.absent = false;
         let keys = group.keys.clone();
         if was_absent {
-            self.absent -= 1;
+            self.groups.open -= 1;
         } else if gap >= self.timeout {
             // A silence inside the group's own events: report it now, then the return.
             emitted.push(self.output(&keys, "absent", last, last + self.timeout, None));
@@ -230,25 +240,26 @@ impl WindowEngine for AbsenceDetector {
             i64::try_from(now.saturating_duration_since(seen_at).as_millis()).unwrap_or(i64::MAX);
         let clock = latest.saturating_add(quiet);
         let mut newly_absent = Vec::new();
-        for group in self.groups.values_mut() {
+        for group in self.groups.by_key.values_mut() {
             if !group.absent && clock - group.last_event >= self.timeout {
                 group.absent = true;
                 newly_absent.push((group.keys.clone(), group.last_event));
             }
         }
-        self.absent += newly_absent.len();
+        self.groups.open += newly_absent.len();
         for (keys, last) in newly_absent {
             emitted.push(self.output(&keys, "absent", last, last + self.timeout, None));
         }
     }
 
     fn open_windows(&self) -> usize {
-        self.absent
+        self.groups.open
     }
 
     fn state_bytes(&self) -> usize {
-        let keys: usize = self.groups.keys().map(|k| k.0.len()).sum();
-        self.groups.len() * (std::mem::size_of::<(GroupKey, Group)>() + 16) + keys
+        let groups = &self.groups.by_key;
+        let keys: usize = groups.keys().map(|k| k.0.len()).sum();
+        groups.len() * (std::mem::size_of::<(GroupKey, Group)>() + 16) + keys
     }
 
     fn take_invalid_values(&mut self) -> Vec<u64> {
@@ -263,22 +274,15 @@ impl WindowEngine for AbsenceDetector {
     }
 
     fn export(&mut self) -> Vec<(GroupKey, Group)> {
-        self.absent = 0;
-        self.groups.drain().collect()
+        self.groups.export()
     }
 
     fn snapshot(&self) -> Vec<(GroupKey, Group)> {
-        self.groups
-            .iter()
-            .map(|(k, g)| (k.clone(), g.clone()))
-            .collect()
+        self.groups.snapshot()
     }
 
     fn import(&mut self, groups: Vec<(GroupKey, Group)>) {
-        for (key, group) in groups {
-            self.absent += usize::from(group.absent);
-            self.groups.insert(key, group);
-        }
+        self.groups.import(groups);
     }
 }
 

@@ -8,6 +8,10 @@
 //! hands back its open groups and the router writes them to one checkpoint file, which the
 //! next start reads back and spreads over its shards again.
 
+mod groups;
+
+pub use groups::{GroupState, Groups};
+
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -83,10 +87,12 @@ pub trait WindowEngine: Send + 'static {
     /// Non-numeric values skipped per aggregate since the last call.
     fn take_invalid_values(&mut self) -> Vec<u64>;
 
-    /// Identifies the window definition; a checkpoint from another definition is ignored.
+    /// Identifies the window definition; a checkpoint from another definition is ignored
+    /// (see [`WindowSpec::definition`]).
     fn definition(&self) -> String;
 
-    /// Removes and returns every group that holds state worth keeping.
+    /// Removes and returns every group that holds state worth keeping (engines that keep
+    /// their groups in a hash map hand this and the next two to [`Groups`]).
     fn export(&mut self) -> Vec<(GroupKey, Self::Group)>;
 
     /// A copy of every group that holds state worth keeping (periodic checkpoints).

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 use super::aggregate::Accumulator;
 use super::engine::{Outcome, WindowEngine};
-use super::window::{Admitted, GroupKey, WindowSpec};
+use super::window::{Admitted, GroupKey, InvalidValues, WindowSpec};
 use crate::event::Event;
 
 /// How long a group without open windows keeps its watermark, at least.
@@ -104,14 +104,13 @@ pub struct FixedWindows {
     open_windows: usize,
     /// The wall-clock origin of `Group::last_seen`.
     epoch: Instant,
-    /// Non-numeric values met by a numeric aggregate, per aggregate (reported, then reset).
-    invalid_values: Vec<u64>,
+    invalid_values: InvalidValues,
 }
 
 impl FixedWindows {
     pub fn new(spec: WindowSpec, assigner: Assigner) -> Self {
-        let aggregates = spec.aggregates.len();
         Self {
+            invalid_values: spec.invalid_values(),
             spec,
             assigner,
             index: HashMap::default(),
@@ -119,28 +118,11 @@ impl FixedWindows {
             free: Vec::new(),
             open_windows: 0,
             epoch: Instant::now(),
-            invalid_values: vec![0; aggregates],
         }
     }
 
     fn millis_since_epoch(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Approximate bytes of state: groups, windows and accumulators.
-    pub fn state_bytes(&self) -> usize {
-        let table = self.index.capacity() * (std::mem::size_of::<(GroupKey, u32)>() + 1) * 8 / 7;
-        let slots = self.slots.capacity() * std::mem::size_of::<Group>();
-        let keys: usize = self.index.keys().map(|k| k.0.len() + 16).sum();
-        let per_window = self.spec.aggregates.len() * std::mem::size_of::<Accumulator>();
-        let heap: usize = self
-            .slots
-            .iter()
-            .flat_map(|g| g.windows.iter())
-            .flat_map(|w| w.accumulators.iter())
-            .map(Accumulator::heap_bytes)
-            .sum();
-        table + slots + keys + self.open_windows * per_window + heap
     }
 
     /// The slot of a new group.
@@ -156,9 +138,13 @@ impl FixedWindows {
             }
         }
     }
+}
+
+impl WindowEngine for FixedWindows {
+    type Group = Group;
 
     /// Folds one event into its group's windows and emits the windows it closes.
-    pub fn add(
+    fn add(
         &mut self,
         event: &Event,
         now_ms: i64,
@@ -241,7 +227,7 @@ impl FixedWindows {
 
     /// Closes the windows of groups silent for `idle_timeout`; with `emit: every`, emits
     /// the open windows that changed as partial results.
-    pub fn tick(&mut self, now: Instant, emit_partial: bool, emitted: &mut Vec<Event>) {
+    fn tick(&mut self, _now_ms: i64, now: Instant, emit_partial: bool, emitted: &mut Vec<Event>) {
         let now_ms = self.millis_since_epoch(now);
         let idle = u64::try_from(self.spec.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         let size = self.assigner.size();
@@ -295,46 +281,33 @@ impl FixedWindows {
             keep
         });
     }
-}
-
-impl WindowEngine for FixedWindows {
-    type Group = Group;
-
-    fn add(
-        &mut self,
-        event: &Event,
-        now_ms: i64,
-        now: Instant,
-        emitted: &mut Vec<Event>,
-    ) -> Outcome {
-        FixedWindows::add(self, event, now_ms, now, emitted)
-    }
-
-    fn tick(&mut self, _now_ms: i64, now: Instant, partial: bool, emitted: &mut Vec<Event>) {
-        FixedWindows::tick(self, now, partial, emitted);
-    }
 
     fn open_windows(&self) -> usize {
         self.open_windows
     }
 
+    /// Approximate bytes of state: groups, windows and accumulators.
     fn state_bytes(&self) -> usize {
-        FixedWindows::state_bytes(self)
+        let table = self.index.capacity() * (std::mem::size_of::<(GroupKey, u32)>() + 1) * 8 / 7;
+        let slots = self.slots.capacity() * std::mem::size_of::<Group>();
+        let keys: usize = self.index.keys().map(|k| k.0.len() + 16).sum();
+        let per_window = self.spec.aggregates.len() * std::mem::size_of::<Accumulator>();
+        let heap: usize = self
+            .slots
+            .iter()
+            .flat_map(|g| g.windows.iter())
+            .flat_map(|w| w.accumulators.iter())
+            .map(Accumulator::heap_bytes)
+            .sum();
+        table + slots + keys + self.open_windows * per_window + heap
     }
 
     fn take_invalid_values(&mut self) -> Vec<u64> {
-        let zeros = vec![0; self.invalid_values.len()];
-        std::mem::replace(&mut self.invalid_values, zeros)
+        self.invalid_values.take()
     }
 
     fn definition(&self) -> String {
-        let aggregates: Vec<String> = self
-            .spec
-            .aggregates
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        format!("{:?} {}", self.assigner, aggregates.join(","))
+        self.spec.definition(format_args!("{:?}", self.assigner))
     }
 
     fn export(&mut self) -> Vec<(GroupKey, Group)> {

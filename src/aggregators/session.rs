@@ -7,15 +7,14 @@
 //! at `start + max_duration`) plus `allowed_lateness`; its output has `window_start` = the
 //! first event's time and `window_end` = that end.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::aggregate::Accumulator;
-use super::engine::{Outcome, WindowEngine};
-use super::window::{Admitted, GroupKey, WindowSpec, millis, window_config};
+use super::engine::{GroupState, Groups, Outcome, WindowEngine};
+use super::window::{Admitted, GroupKey, InvalidValues, WindowSpec, millis, window_config};
 use super::{AggregatorComponent, AggregatorContext, engine};
 use crate::config::{Duration, FieldProblem, OutputName};
 use crate::event::Event;
@@ -87,25 +86,32 @@ pub struct Group {
     sessions: Vec<Session>,
 }
 
+impl GroupState for Group {
+    fn open_windows(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn resume(&mut self, now: Instant) {
+        self.last_seen = now;
+    }
+}
+
 pub struct SessionWindows {
     spec: WindowSpec,
     gap: i64,
     max_duration: Option<i64>,
-    groups: HashMap<GroupKey, Group>,
-    open: usize,
-    invalid_values: Vec<u64>,
+    groups: Groups<Group>,
+    invalid_values: InvalidValues,
 }
 
 impl SessionWindows {
     pub fn new(spec: WindowSpec, gap: i64, max_duration: Option<i64>) -> Self {
-        let aggregates = spec.aggregates.len();
         Self {
+            invalid_values: spec.invalid_values(),
             spec,
             gap,
             max_duration,
-            groups: HashMap::new(),
-            open: 0,
-            invalid_values: vec![0; aggregates],
+            groups: Groups::default(),
         }
     }
 
@@ -121,7 +127,7 @@ impl SessionWindows {
 
     /// Emits and removes the sessions of `group` that its watermark has closed.
     fn close_ready(&mut self, key: &GroupKey, emitted: &mut Vec<Event>) {
-        let Some(group) = self.groups.get_mut(key) else {
+        let Some(group) = self.groups.by_key.get_mut(key) else {
             return;
         };
         let horizon = group.watermark.saturating_sub(self.spec.lateness_ms);
@@ -134,7 +140,7 @@ impl SessionWindows {
         while index < group.sessions.len() {
             if end_of(&group.sessions[index]) <= horizon {
                 let session = group.sessions.remove(index);
-                self.open -= 1;
+                self.groups.open -= 1;
                 let end = end_of(&session);
                 emitted.push(self.spec.output(
                     &group.keys,
@@ -160,7 +166,7 @@ impl WindowEngine for SessionWindows {
         now: Instant,
         emitted: &mut Vec<Event>,
     ) -> Outcome {
-        let groups = &self.groups;
+        let groups = &self.groups.by_key;
         let Admitted { key, time, outcome } = match self.spec.admit(event, now_ms, |key| {
             groups.get(key).map_or(i64::MIN, |g| g.watermark)
         }) {
@@ -170,7 +176,11 @@ impl WindowEngine for SessionWindows {
 
         // Sessions the event touches: closer than `gap` to their span.
         let gap = self.gap;
-        let sessions = self.groups.get(&key).map_or(&[][..], |g| &g.sessions[..]);
+        let sessions = self
+            .groups
+            .by_key
+            .get(&key)
+            .map_or(&[][..], |g| &g.sessions[..]);
         let touching: Vec<usize> = sessions
             .iter()
             .enumerate()
@@ -201,17 +211,21 @@ impl WindowEngine for SessionWindows {
                 .find(|&&i| sessions[i].start <= time && self.within_max(sessions[i].start, time))
                 .map(|&i| vec![i])
         };
-        if target.is_none() && self.open >= self.spec.max_open_windows {
+        if target.is_none() && self.groups.open >= self.spec.max_open_windows {
             return Outcome::Overflow;
         }
 
         let spec = &self.spec;
-        let group = self.groups.entry(key.clone()).or_insert_with(|| Group {
-            keys: spec.key_values(event),
-            watermark: i64::MIN,
-            last_seen: now,
-            sessions: Vec::new(),
-        });
+        let group = self
+            .groups
+            .by_key
+            .entry(key.clone())
+            .or_insert_with(|| Group {
+                keys: spec.key_values(event),
+                watermark: i64::MIN,
+                last_seen: now,
+                sessions: Vec::new(),
+            });
         group.last_seen = now;
         let index = match target {
             None => {
@@ -224,7 +238,7 @@ impl WindowEngine for SessionWindows {
                         accumulators: spec.accumulators(),
                     },
                 );
-                self.open += 1;
+                self.groups.open += 1;
                 at
             }
             Some(indexes) => {
@@ -232,7 +246,7 @@ impl WindowEngine for SessionWindows {
                 let first = indexes[0];
                 for &i in indexes[1..].iter().rev() {
                     let other = group.sessions.remove(i);
-                    self.open -= 1;
+                    self.groups.open -= 1;
                     let into = &mut group.sessions[first];
                     into.start = into.start.min(other.start);
                     into.last = into.last.max(other.last);
@@ -268,6 +282,7 @@ impl WindowEngine for SessionWindows {
         let idle = self.spec.idle_timeout;
         let idle_keys: Vec<GroupKey> = self
             .groups
+            .by_key
             .iter()
             .filter(|(_, g)| !g.sessions.is_empty() && now.duration_since(g.last_seen) >= idle)
             .map(|(k, _)| k.clone())
@@ -275,9 +290,10 @@ impl WindowEngine for SessionWindows {
         for key in idle_keys {
             let ends: Option<i64> = self
                 .groups
+                .by_key
                 .get(&key)
                 .and_then(|g| g.sessions.iter().map(|s| self.end_of(s)).max());
-            if let (Some(end), Some(group)) = (ends, self.groups.get_mut(&key)) {
+            if let (Some(end), Some(group)) = (ends, self.groups.by_key.get_mut(&key)) {
                 group.watermark = group
                     .watermark
                     .max(end.saturating_add(self.spec.lateness_ms));
@@ -286,11 +302,12 @@ impl WindowEngine for SessionWindows {
         }
         let retention = (idle * 4).max(std::time::Duration::from_secs(600));
         self.groups
+            .by_key
             .retain(|_, g| !g.sessions.is_empty() || now.duration_since(g.last_seen) < retention);
     }
 
     fn open_windows(&self) -> usize {
-        self.open
+        self.groups.open
     }
 
     fn state_bytes(&self) -> usize {
@@ -298,59 +315,38 @@ impl WindowEngine for SessionWindows {
             + self.spec.aggregates.len() * std::mem::size_of::<Accumulator>();
         let heap: usize = self
             .groups
+            .by_key
             .values()
             .flat_map(|g| &g.sessions)
             .flat_map(|s| s.accumulators.iter())
             .map(Accumulator::heap_bytes)
             .sum();
-        self.groups.len() * (std::mem::size_of::<(GroupKey, Group)>() + 16)
-            + self.open * per_session
+        self.groups.by_key.len() * (std::mem::size_of::<(GroupKey, Group)>() + 16)
+            + self.groups.open * per_session
             + heap
     }
 
     fn take_invalid_values(&mut self) -> Vec<u64> {
-        let zeros = vec![0; self.invalid_values.len()];
-        std::mem::replace(&mut self.invalid_values, zeros)
+        self.invalid_values.take()
     }
 
     fn definition(&self) -> String {
-        let aggregates: Vec<String> = self
-            .spec
-            .aggregates
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        format!(
-            "session gap={} max={:?} {}",
-            self.gap,
-            self.max_duration,
-            aggregates.join(",")
-        )
+        self.spec.definition(format_args!(
+            "session gap={} max={:?}",
+            self.gap, self.max_duration
+        ))
     }
 
     fn export(&mut self) -> Vec<(GroupKey, Group)> {
-        self.open = 0;
-        self.groups
-            .drain()
-            .filter(|(_, g)| !g.sessions.is_empty())
-            .collect()
+        self.groups.export()
     }
 
     fn snapshot(&self) -> Vec<(GroupKey, Group)> {
-        self.groups
-            .iter()
-            .filter(|(_, g)| !g.sessions.is_empty())
-            .map(|(k, g)| (k.clone(), g.clone()))
-            .collect()
+        self.groups.snapshot()
     }
 
     fn import(&mut self, groups: Vec<(GroupKey, Group)>) {
-        let now = Instant::now();
-        for (key, mut group) in groups {
-            group.last_seen = now;
-            self.open += group.sessions.len();
-            self.groups.insert(key, group);
-        }
+        self.groups.import(groups);
     }
 }
 

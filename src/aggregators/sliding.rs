@@ -9,14 +9,14 @@
 //! keep the events of the last `size` (plus lateness) per group, since each output is
 //! computed afresh from them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::engine::{Outcome, WindowEngine};
-use super::window::{Admitted, GroupKey, WindowSpec, millis, window_config};
+use super::engine::{GroupState, Groups, Outcome, WindowEngine};
+use super::window::{Admitted, GroupKey, InvalidValues, WindowSpec, millis, window_config};
 use super::{AggregatorComponent, AggregatorContext, engine};
 use crate::config::{Duration, FieldProblem, OutputName};
 use crate::event::Event;
@@ -76,23 +76,31 @@ pub struct Group {
     pending: BTreeSet<i64>,
 }
 
+impl GroupState for Group {
+    fn open_windows(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn resume(&mut self, now: Instant) {
+        self.last_seen = now;
+    }
+}
+
 pub struct SlidingWindows {
     spec: WindowSpec,
     size: i64,
-    groups: HashMap<GroupKey, Group>,
-    pending: usize,
-    invalid_values: Vec<u64>,
+    /// Their open windows are their pending change points.
+    groups: Groups<Group>,
+    invalid_values: InvalidValues,
 }
 
 impl SlidingWindows {
     pub fn new(spec: WindowSpec, size: i64) -> Self {
-        let aggregates = spec.aggregates.len();
         Self {
+            invalid_values: spec.invalid_values(),
             spec,
             size,
-            groups: HashMap::new(),
-            pending: 0,
-            invalid_values: vec![0; aggregates],
+            groups: Groups::default(),
         }
     }
 }
@@ -145,19 +153,19 @@ impl WindowEngine for SlidingWindows {
         now: Instant,
         emitted: &mut Vec<Event>,
     ) -> Outcome {
-        let groups = &self.groups;
+        let groups = &self.groups.by_key;
         let Admitted { key, time, outcome } = match self.spec.admit(event, now_ms, |key| {
             groups.get(key).map_or(i64::MIN, |g| g.watermark)
         }) {
             Ok(admitted) => admitted,
             Err(outcome) => return outcome,
         };
-        if self.pending + 2 > self.spec.max_open_windows {
+        if self.groups.open + 2 > self.spec.max_open_windows {
             return Outcome::Overflow;
         }
 
         let spec = &self.spec;
-        let group = self.groups.entry(key).or_insert_with(|| Group {
+        let group = self.groups.by_key.entry(key).or_insert_with(|| Group {
             keys: spec.key_values(event),
             watermark: i64::MIN,
             last_seen: now,
@@ -170,90 +178,72 @@ impl WindowEngine for SlidingWindows {
         group.events.insert(at, (time, values));
         for point in [time, time.saturating_add(self.size)] {
             if group.pending.insert(point) {
-                self.pending += 1;
+                self.groups.open += 1;
             }
         }
         group.watermark = group.watermark.max(time);
         let horizon = group.watermark.saturating_sub(spec.lateness_ms);
-        emit_ready(spec, self.size, group, horizon, &mut self.pending, emitted);
+        emit_ready(
+            spec,
+            self.size,
+            group,
+            horizon,
+            &mut self.groups.open,
+            emitted,
+        );
         outcome
     }
 
     fn tick(&mut self, _now_ms: i64, now: Instant, _partial: bool, emitted: &mut Vec<Event>) {
         let idle = self.spec.idle_timeout;
-        for group in self.groups.values_mut() {
+        let Groups { by_key, open } = &mut self.groups;
+        for group in by_key.values_mut() {
             if !group.pending.is_empty() && now.duration_since(group.last_seen) >= idle {
                 let last = group.pending.last().copied().unwrap_or(group.watermark);
                 group.watermark = group
                     .watermark
                     .max(last.saturating_add(self.spec.lateness_ms).saturating_add(1));
                 let horizon = group.watermark.saturating_sub(self.spec.lateness_ms);
-                emit_ready(
-                    &self.spec,
-                    self.size,
-                    group,
-                    horizon,
-                    &mut self.pending,
-                    emitted,
-                );
+                emit_ready(&self.spec, self.size, group, horizon, open, emitted);
             }
         }
         let retention = (idle * 4).max(std::time::Duration::from_secs(600));
-        self.groups
-            .retain(|_, g| !g.pending.is_empty() || now.duration_since(g.last_seen) < retention);
+        by_key.retain(|_, g| !g.pending.is_empty() || now.duration_since(g.last_seen) < retention);
     }
 
     fn open_windows(&self) -> usize {
-        self.pending
+        self.groups.open
     }
 
     fn state_bytes(&self) -> usize {
         let per_event = std::mem::size_of::<(i64, Box<[Value]>)>()
             + self.spec.aggregates.len() * std::mem::size_of::<Value>();
-        let events: usize = self.groups.values().map(|g| g.events.len()).sum();
-        self.groups.len() * (std::mem::size_of::<(GroupKey, Group)>() + 16)
+        let groups = &self.groups.by_key;
+        let events: usize = groups.values().map(|g| g.events.len()).sum();
+        groups.len() * (std::mem::size_of::<(GroupKey, Group)>() + 16)
             + events * per_event
-            + self.pending * 40
+            + self.groups.open * 40
     }
 
     fn take_invalid_values(&mut self) -> Vec<u64> {
-        let zeros = vec![0; self.invalid_values.len()];
-        std::mem::replace(&mut self.invalid_values, zeros)
+        self.invalid_values.take()
     }
 
     fn definition(&self) -> String {
-        let aggregates: Vec<String> = self
-            .spec
-            .aggregates
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        format!("sliding size={} {}", self.size, aggregates.join(","))
+        self.spec
+            .definition(format_args!("sliding size={}", self.size))
     }
 
     fn export(&mut self) -> Vec<(GroupKey, Group)> {
-        self.pending = 0;
-        self.groups
-            .drain()
-            .filter(|(_, g)| !g.pending.is_empty())
-            .collect()
+        self.groups.export()
     }
 
     fn snapshot(&self) -> Vec<(GroupKey, Group)> {
-        self.groups
-            .iter()
-            .filter(|(_, g)| !g.pending.is_empty())
-            .map(|(k, g)| (k.clone(), g.clone()))
-            .collect()
+        self.groups.snapshot()
     }
 
     fn import(&mut self, groups: Vec<(GroupKey, Group)>) {
-        let now = Instant::now();
-        for (key, mut group) in groups {
-            group.last_seen = now;
-            self.pending += group.pending.len();
-            self.groups.insert(key, group);
-        }
+        self.groups.import(groups);
     }
 }
 

@@ -323,6 +323,20 @@ impl WindowSpec {
         }
     }
 
+    /// Identifies a window definition in its checkpoints: `shape` (what sets the window
+    /// type's windows apart, e.g. `sliding size=60000`), then the aggregates. A checkpoint
+    /// written under another definition is ignored, so changing this text for the same
+    /// options would drop the open windows of every checkpoint written before.
+    pub fn definition(&self, shape: impl std::fmt::Display) -> String {
+        let aggregates: Vec<String> = self.aggregates.iter().map(ToString::to_string).collect();
+        format!("{shape} {}", aggregates.join(","))
+    }
+
+    /// Fresh counts of skipped values, one per aggregate.
+    pub fn invalid_values(&self) -> InvalidValues {
+        InvalidValues(vec![0; self.aggregates.len()])
+    }
+
     /// Fresh accumulators, one per aggregate.
     pub fn accumulators(&self) -> Box<[Accumulator]> {
         self.aggregates.iter().map(Aggregate::accumulator).collect()
@@ -334,7 +348,7 @@ impl WindowSpec {
         accumulators: &mut [Accumulator],
         event: &Event,
         time: i64,
-        invalid: &mut [u64],
+        invalid: &mut InvalidValues,
     ) {
         for (i, (aggregate, accumulator)) in self
             .aggregates
@@ -354,14 +368,14 @@ impl WindowSpec {
                 Some(field) => accumulator.add(event.get(field), time),
             };
             if result == Err(Skip::NotANumber) {
-                invalid[i] += 1;
+                invalid.count(i);
             }
         }
     }
 
     /// The values an event gives each aggregate (null where it has none), and how many of
     /// them a numeric aggregate cannot use; for engines that keep events, not accumulators.
-    pub fn values_of(&self, event: &Event, invalid: &mut [u64]) -> Box<[Value]> {
+    pub fn values_of(&self, event: &Event, invalid: &mut InvalidValues) -> Box<[Value]> {
         self.aggregates
             .iter()
             .enumerate()
@@ -375,7 +389,7 @@ impl WindowSpec {
                     Some(field) => event.get(field).cloned().unwrap_or(Value::Null),
                 };
                 if aggregate.function.is_numeric() && !value.is_null() && !value.is_number() {
-                    invalid[i] += 1;
+                    invalid.count(i);
                 }
                 value
             })
@@ -472,6 +486,22 @@ fn group_value(event: &Event, field: &str) -> Value {
             .map_or(Value::Null, |id| Value::String(id.to_owned()));
     }
     event.get(field).cloned().unwrap_or(Value::Null)
+}
+
+/// Non-numeric values a numeric aggregate met and skipped, per aggregate, since the
+/// engine last reported them (to `aggregator_invalid_values_total`).
+pub struct InvalidValues(Vec<u64>);
+
+impl InvalidValues {
+    fn count(&mut self, aggregate: usize) {
+        self.0[aggregate] += 1;
+    }
+
+    /// The counts so far; counting starts again from zero.
+    pub fn take(&mut self) -> Vec<u64> {
+        let zeros = vec![0; self.0.len()];
+        std::mem::replace(&mut self.0, zeros)
+    }
 }
 
 /// An event a window engine takes: its group, the time to fold it at, and whether it was

@@ -207,7 +207,7 @@ fn an_idle_group_closes_its_windows_and_later_events_for_them_are_late() {
     let mut out = Vec::new();
     let now = Instant::now();
     engine.add(&event("d", NOW_MS + 10, 5), NOW_MS, now, &mut out);
-    engine.tick(now + Duration::from_millis(1), false, &mut out);
+    engine.tick(NOW_MS, now + Duration::from_millis(1), false, &mut out);
     assert_eq!(out.len(), 1, "idle timeout (0s here) closes the window");
     assert_eq!(
         engine.add(&event("d", NOW_MS + 20, 5), NOW_MS, now, &mut out),
@@ -256,6 +256,11 @@ fn snapshots_restore_open_windows() {
         other.definition(),
         definition,
         "a changed window size refuses the checkpoint"
+    );
+    // Checkpoints on disk hold this text: a new spelling would drop their open windows.
+    assert_eq!(
+        definition,
+        "Tumbling { size: 1000, offset: 0 } count(),sum(x),min(x),max(x),avg(x)"
     );
 }
 
@@ -345,7 +350,7 @@ proptest! {
         }
         // Flush what is still open (idle timeout is zero).
         let mut rest = Vec::new();
-        engine.tick(now + Duration::from_millis(1), false, &mut rest);
+        engine.tick(NOW_MS, now + Duration::from_millis(1), false, &mut rest);
         collect(&rest, &mut results);
         prop_assert_eq!(engine.open_windows(), 0);
 

@@ -74,6 +74,19 @@ fn bounds(e: &Event) -> (String, i64, i64) {
 }
 
 #[test]
+fn the_definition_is_spelled_as_checkpoints_hold_it() {
+    // Checkpoints on disk hold this text: a new spelling would drop their open windows.
+    assert_eq!(
+        engine(0, 1000, Some(5000)).definition(),
+        "session gap=1000 max=Some(5000) count(),sum(x)"
+    );
+    assert_eq!(
+        engine(0, 1000, None).definition(),
+        "session gap=1000 max=None count(),sum(x)"
+    );
+}
+
+#[test]
 fn a_pause_of_gap_ends_a_session_and_max_duration_splits_one() {
     let mut e = engine(0, 1000, Some(2500));
     let mut out = Vec::new();

@@ -63,6 +63,15 @@ fn end_of(e: &Event) -> i64 {
 }
 
 #[test]
+fn the_definition_is_spelled_as_checkpoints_hold_it() {
+    // Checkpoints on disk hold this text: a new spelling would drop their open windows.
+    assert_eq!(
+        engine(0, 60_000).definition(),
+        "sliding size=60000 count(),sum(x)"
+    );
+}
+
+#[test]
 fn emits_when_an_event_enters_and_when_it_leaves() {
     let mut e = engine(0, 1000);
     let mut out = Vec::new();
