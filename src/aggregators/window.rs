@@ -523,3 +523,6 @@ pub fn millis(duration: Duration) -> i64 {
 pub fn timestamp(ms: i64) -> Timestamp {
     Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
 }
+
+#[cfg(test)]
+pub(crate) mod testing;

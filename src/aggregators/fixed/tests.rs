@@ -2,60 +2,28 @@
 //! reference written independently of it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indexmap::IndexMap;
 use proptest::prelude::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{Assigner, FixedWindows};
-use crate::aggregators::aggregate::Aggregate;
 use crate::aggregators::engine::{Bound, Outcome, WindowEngine};
-use crate::aggregators::window::{Emit, LatePolicy, WindowCommon, WindowSpec, timestamp};
-use crate::config;
-use crate::event::{Event, EventMeta, Fields};
+use crate::aggregators::window::testing::{self, event};
+use crate::aggregators::window::{LatePolicy, WindowSpec, timestamp};
+use crate::event::Event;
 
 const NOW_MS: i64 = 1_800_000_000_000;
 
 fn spec(lateness_ms: u64, policy: LatePolicy) -> WindowSpec {
-    let aggregates: IndexMap<String, Aggregate> = [
+    let aggregates = [
         ("n", "count()"),
         ("sum", "sum(x)"),
         ("min", "min(x)"),
         ("max", "max(x)"),
         ("avg", "avg(x)"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), Aggregate::parse(v).unwrap()))
-    .collect();
-    let common = WindowCommon {
-        group_by: vec!["device_id".into()],
-        event_time: None,
-        allowed_lateness: config::Duration::from_millis(lateness_ms),
-        late_events: policy,
-        max_future: config::Duration::from_secs(3600),
-        idle_timeout: Some(config::Duration::from_secs(0)),
-        aggregates,
-        emit: Emit::OnClose,
-        max_open_windows: 1_000_000,
-        shards: Some(1),
-        ack: crate::aggregators::window::WindowAck::OnReceive,
-        checkpoint_interval: config::Duration::from_secs(5),
-    };
-    WindowSpec::new("w".into(), &common, Duration::ZERO)
-}
-
-fn event(device: &str, t: i64, x: i64) -> Event {
-    let mut fields = Fields::new();
-    fields.insert("x".into(), Value::from(x));
-    let mut event = Event::new(
-        Some(device.into()),
-        fields,
-        Arc::new(EventMeta::received_by("s".into())),
-    );
-    event.time = timestamp(t);
-    event
+    ];
+    testing::spec(&aggregates, lateness_ms, policy)
 }
 
 /// (device, start ms, end ms) -> (n, sum, min, max)

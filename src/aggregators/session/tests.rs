@@ -2,58 +2,23 @@
 //! raw event and recomputes each session from them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indexmap::IndexMap;
 use proptest::prelude::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::SessionWindows;
-use crate::aggregators::aggregate::Aggregate;
 use crate::aggregators::engine::{Outcome, WindowEngine};
-use crate::aggregators::window::{Emit, LatePolicy, WindowCommon, WindowSpec, timestamp};
-use crate::config;
-use crate::event::{Event, EventMeta, Fields};
+use crate::aggregators::window::LatePolicy;
+use crate::aggregators::window::testing::{self, event};
+use crate::event::Event;
 
 const T0: i64 = 1_800_000_000_000;
 
 fn engine(lateness_ms: u64, gap: i64, max: Option<i64>) -> SessionWindows {
-    let aggregates: IndexMap<String, Aggregate> = [("n", "count()"), ("sum", "sum(x)")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), Aggregate::parse(v).unwrap()))
-        .collect();
-    let common = WindowCommon {
-        group_by: vec!["device_id".into()],
-        event_time: None,
-        allowed_lateness: config::Duration::from_millis(lateness_ms),
-        late_events: LatePolicy::Drop,
-        max_future: config::Duration::from_secs(3600),
-        idle_timeout: Some(config::Duration::from_secs(0)),
-        aggregates,
-        emit: Emit::OnClose,
-        max_open_windows: 1_000_000,
-        shards: Some(1),
-        ack: crate::aggregators::window::WindowAck::OnReceive,
-        checkpoint_interval: config::Duration::from_secs(5),
-    };
-    SessionWindows::new(
-        WindowSpec::new("s".into(), &common, Duration::ZERO),
-        gap,
-        max,
-    )
-}
-
-fn event(device: &str, t: i64, x: i64) -> Event {
-    let mut fields = Fields::new();
-    fields.insert("x".into(), Value::from(x));
-    let mut event = Event::new(
-        Some(device.into()),
-        fields,
-        Arc::new(EventMeta::received_by("s".into())),
-    );
-    event.time = timestamp(t);
-    event
+    let aggregates = [("n", "count()"), ("sum", "sum(x)")];
+    let spec = testing::spec(&aggregates, lateness_ms, LatePolicy::Drop);
+    SessionWindows::new(spec, gap, max)
 }
 
 fn bounds(e: &Event) -> (String, i64, i64) {

@@ -2,54 +2,23 @@
 //! events, each aggregated over all accepted events in `(p - size, p]`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indexmap::IndexMap;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::SlidingWindows;
-use crate::aggregators::aggregate::Aggregate;
 use crate::aggregators::engine::WindowEngine;
-use crate::aggregators::window::{Emit, LatePolicy, WindowCommon, WindowSpec, timestamp};
-use crate::config;
-use crate::event::{Event, EventMeta, Fields};
+use crate::aggregators::window::LatePolicy;
+use crate::aggregators::window::testing::{self, event};
+use crate::event::Event;
 
 const T0: i64 = 1_800_000_000_000;
 
 fn engine(lateness_ms: u64, size: i64) -> SlidingWindows {
-    let aggregates: IndexMap<String, Aggregate> = [("n", "count()"), ("sum", "sum(x)")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), Aggregate::parse(v).unwrap()))
-        .collect();
-    let common = WindowCommon {
-        group_by: vec!["device_id".into()],
-        event_time: None,
-        allowed_lateness: config::Duration::from_millis(lateness_ms),
-        late_events: LatePolicy::Drop,
-        max_future: config::Duration::from_secs(3600),
-        idle_timeout: Some(config::Duration::from_secs(0)),
-        aggregates,
-        emit: Emit::OnClose,
-        max_open_windows: 1_000_000,
-        shards: Some(1),
-        ack: crate::aggregators::window::WindowAck::OnReceive,
-        checkpoint_interval: config::Duration::from_secs(5),
-    };
-    SlidingWindows::new(WindowSpec::new("s".into(), &common, Duration::ZERO), size)
-}
-
-fn event(device: &str, t: i64, x: i64) -> Event {
-    let mut fields = Fields::new();
-    fields.insert("x".into(), Value::from(x));
-    let mut event = Event::new(
-        Some(device.into()),
-        fields,
-        Arc::new(EventMeta::received_by("s".into())),
-    );
-    event.time = timestamp(t);
-    event
+    let aggregates = [("n", "count()"), ("sum", "sum(x)")];
+    let spec = testing::spec(&aggregates, lateness_ms, LatePolicy::Drop);
+    SlidingWindows::new(spec, size)
 }
 
 fn end_of(e: &Event) -> i64 {
