@@ -12,6 +12,7 @@ pub mod cli;
 pub mod device;
 pub mod keys;
 pub mod sas;
+mod service;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,7 @@ pub use device::{
     Device, DevicePatch, DeviceSpec, EnrollmentGroup, GroupPatch, GroupSpec, Properties, Status,
 };
 pub use sas::{SasError, SasToken};
+pub use service::{SERVICE, used_by};
 pub use store::StoreError;
 
 use crate::telemetry::Metrics;

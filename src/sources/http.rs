@@ -34,7 +34,8 @@ use serde_json::json;
 use super::gate::{DeviceGate, UnknownDevices};
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
-use crate::registry::Registry;
+use crate::config::ServiceUse;
+use crate::registry::{self, Registry};
 use std::num::NonZeroU32;
 
 use axum_server::tls_rustls::RustlsConfig;
@@ -222,11 +223,11 @@ impl SourceComponent for HttpSourceConfig {
         (self.ack == AckMode::OnCommit).then(|| self.ack_timeout.get())
     }
 
-    fn registry_option(&self) -> Option<&'static str> {
+    fn services(&self) -> Vec<ServiceUse> {
         match (self.auth, self.unknown_devices) {
-            (HttpAuth::Sas, _) => Some("auth"),
-            (_, UnknownDevices::Refuse) => Some("unknown_devices"),
-            _ => None,
+            (HttpAuth::Sas, _) => vec![registry::used_by("auth")],
+            (_, UnknownDevices::Refuse) => vec![registry::used_by("unknown_devices")],
+            _ => Vec::new(),
         }
     }
 
@@ -235,7 +236,8 @@ impl SourceComponent for HttpSourceConfig {
             .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", self.listen))?;
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let sas = match (self.auth, &cx.registry) {
+        let registry = cx.services.get::<Registry>();
+        let sas = match (self.auth, &registry) {
             (HttpAuth::None, _) => None,
             (HttpAuth::Sas, Some(registry)) => Some(Arc::clone(registry)),
             (HttpAuth::Sas, None) => {
@@ -245,7 +247,7 @@ impl SourceComponent for HttpSourceConfig {
         let listening = cx.telemetry.connected();
         let state = Arc::new(Handler {
             sas,
-            gate: DeviceGate::new(cx.registry.clone(), self.unknown_devices)?,
+            gate: DeviceGate::new(registry, self.unknown_devices)?,
             id: cx.id.clone(),
             source: cx.id.as_arc(),
             decoder: self.decoding.decoder(),

@@ -27,7 +27,7 @@ use self::session::{Ack, Client, EventLoop, Message, PollError, Polled, Settings
 use super::gate::{DeviceGate, UnknownDevices};
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
-use crate::config::{ByteSize, Duration, FieldProblem};
+use crate::config::{ByteSize, Duration, FieldProblem, ServiceUse};
 use crate::event::{Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventMeta};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
@@ -276,8 +276,8 @@ impl SourceComponent for MqttSourceConfig {
         problems
     }
 
-    fn registry_option(&self) -> Option<&'static str> {
-        (!self.unknown_devices.is_accept()).then_some("unknown_devices")
+    fn services(&self) -> Vec<ServiceUse> {
+        self.unknown_devices.services()
     }
 
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
@@ -289,7 +289,7 @@ impl SourceComponent for MqttSourceConfig {
             true => Some(self.tls.clone().unwrap_or_default().client_config()?),
             false => None,
         };
-        let gate = DeviceGate::new(cx.registry.clone(), self.unknown_devices)?;
+        let gate = DeviceGate::new(cx.services.get(), self.unknown_devices)?;
         let settings = Settings {
             version: self.protocol,
             client_id: self
