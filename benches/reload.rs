@@ -51,7 +51,8 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("pipeline.yaml");
         std::fs::write(&file, pipeline(dir.path(), 0)).expect("write");
-        let (config, _) = weir::config::load(std::slice::from_ref(&file)).expect("valid pipeline");
+        let (config, _) = weir::config::load(&weir::CATALOGUE, std::slice::from_ref(&file))
+            .expect("valid pipeline");
         println!(
             "reload latency: {} components, one changes per reload",
             config.components.len()
@@ -64,8 +65,8 @@ fn main() {
         for round in 1..=30 {
             std::fs::write(&file, pipeline(dir.path(), round)).expect("write");
             let started = Instant::now();
-            let (config, _) =
-                weir::config::load(std::slice::from_ref(&file)).expect("valid pipeline");
+            let (config, _) = weir::config::load(&weir::CATALOGUE, std::slice::from_ref(&file))
+                .expect("valid pipeline");
             let diff = topology.reload(config).await.expect("reload");
             latencies.push(started.elapsed());
             assert_eq!(diff.changed.len(), 1);

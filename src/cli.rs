@@ -108,7 +108,7 @@ pub fn main() -> ExitCode {
 
 /// Loads and validates; prints diagnostics to stderr.
 fn load(paths: &[PathBuf]) -> Option<TopologyConfig> {
-    match config::load(paths) {
+    match config::load(&crate::CATALOGUE, paths) {
         Ok((config, warnings)) => {
             print_diagnostics(&warnings);
             Some(config)
@@ -147,7 +147,7 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
 }
 
 fn schema(output: Option<PathBuf>) -> ExitCode {
-    let text = config::schema::pipeline_schema_json();
+    let text = config::schema::pipeline_schema_json(&crate::CATALOGUE);
     match output {
         Some(path) => match std::fs::write(&path, text) {
             Ok(()) => ExitCode::SUCCESS,

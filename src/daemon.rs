@@ -78,14 +78,7 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         generation: 1,
     };
     daemon.telemetry.metrics().config_generation.set(1);
-    let activity_stop = CancellationToken::new();
-    let activity = daemon.topology.registry().map(|registry| {
-        api_state.set_registry(Arc::clone(registry));
-        tokio::spawn(
-            Arc::clone(registry).keep_activity(Duration::from_secs(30), activity_stop.clone()),
-        )
-    });
-    api_state.set_alarm_board(daemon.topology.alarms());
+    api_state.set_services(Arc::clone(daemon.topology.services()));
     api_state.set_ready(true);
     tracing::info!(components = config.components.len(), "topology running");
 
@@ -121,18 +114,14 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
     };
 
     api_state.set_ready(false);
-    let failures = if finished_by_itself {
+    if finished_by_itself {
         tracing::info!("every source has finished and the topology is drained");
-        daemon.topology.wait().await.len()
     } else {
         tracing::info!(drain_timeout = ?options.drain_timeout, "stopping: draining the topology");
-        daemon.topology.stop(options.drain_timeout).await.len()
-    };
-    api_shutdown.cancel();
-    activity_stop.cancel();
-    if let Some(task) = activity {
-        let _ = task.await;
     }
+    // Drains what is left (nothing, when every source finished), then stops the services.
+    let failures = daemon.topology.stop(options.drain_timeout).await.len();
+    api_shutdown.cancel();
     if let Some(task) = api_task {
         let _ = task.await;
     }
@@ -156,7 +145,8 @@ impl Daemon {
     async fn reload(&mut self, trigger: &str) -> ReloadOutcome {
         let started = Instant::now();
         let paths = self.paths.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&paths)).await;
+        let loaded =
+            tokio::task::spawn_blocking(move || config::load(&crate::CATALOGUE, &paths)).await;
         let config = match loaded {
             Ok(Ok((config, warnings))) => {
                 for warning in warnings.warnings() {

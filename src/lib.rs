@@ -18,7 +18,11 @@
 
 pub mod actions;
 pub mod aggregators;
+pub mod alarms;
 pub mod api;
+#[cfg(test)]
+mod boundary;
+mod catalogue;
 pub mod cli;
 pub mod codecs;
 pub mod config;
@@ -33,3 +37,5 @@ pub mod template;
 pub mod tls;
 pub mod topology;
 pub mod transforms;
+
+pub use catalogue::CATALOGUE;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::receivers::{HttpReceiver, wait_for};
 use support::{Weir, free_port};
+use weir::alarms::AlarmBoard;
 
 const T0: i64 = 1_767_225_600_000;
 
@@ -179,7 +180,15 @@ actions:
 
     // The alarm changes: its new instance starts from the state file.
     topology.reload(config(85, "6s")).await.unwrap();
-    assert_eq!(topology.alarms().list().len(), 1);
+    assert_eq!(
+        topology
+            .services()
+            .get::<AlarmBoard>()
+            .unwrap()
+            .list()
+            .len(),
+        1
+    );
     assert_eq!(post(port, &[(2, 107.0), (3, 88.0)]).await, 200);
     assert_eq!(
         webhook.accepted().len(),

@@ -10,7 +10,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use support::{auth_failures, eventually, lines, metric, pipeline, services};
-use weir::registry::{DeviceSpec, Status};
+use weir::registry::{DeviceSpec, Registry, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
@@ -50,7 +50,7 @@ sinks:
     );
     let telemetry = Telemetry::new();
     let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
-    let registry = topology.registry().unwrap();
+    let registry = topology.services().get::<Registry>().unwrap();
     registry
         .create(DeviceSpec {
             id: "off".into(),

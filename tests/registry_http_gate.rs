@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::{auth_failures, eventually, free_port, lines, pipeline};
-use weir::registry::{DevicePatch, DeviceSpec, Status};
+use weir::registry::{DevicePatch, DeviceSpec, Registry, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
@@ -29,7 +29,7 @@ sinks:
     );
     let telemetry = Telemetry::new();
     let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
-    let registry = topology.registry().unwrap();
+    let registry = topology.services().get::<Registry>().unwrap();
     for (id, status) in [("on", Status::Enabled), ("off", Status::Disabled)] {
         registry
             .create(DeviceSpec {

@@ -29,7 +29,8 @@ sinks:
     );
     let (topology, telemetry) = start_subscribed(&text, &["plant"]).await;
     let registry = topology
-        .registry()
+        .services()
+        .get::<weir::registry::Registry>()
         .expect("the topology opened the registry");
     for id in ["good", "bad"] {
         registry

@@ -49,7 +49,7 @@ sinks:
     let telemetry = Telemetry::new();
     let mut topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
     assert!(std::sync::Arc::ptr_eq(
-        topology.registry().unwrap(),
+        &topology.services().get::<Registry>().unwrap(),
         &registry
     ));
     topology.wait().await;

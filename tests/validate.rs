@@ -8,7 +8,7 @@ const FIXTURES: &str = "tests/fixtures/invalid";
 
 fn check_golden(fixture: &Path) {
     let expected_path = fixture.with_extension("expected");
-    let errors = match weir::config::load(&[fixture.to_path_buf()]) {
+    let errors = match weir::config::load(&weir::CATALOGUE, &[fixture.to_path_buf()]) {
         Ok(_) => panic!("{} should not validate", fixture.display()),
         Err(errors) => errors,
     };
@@ -86,7 +86,7 @@ fn shipped_pipelines_validate_without_warnings() {
     for entry in std::fs::read_dir("pipelines").unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let (_, warnings) = weir::config::load(std::slice::from_ref(&path))
+            let (_, warnings) = weir::config::load(&weir::CATALOGUE, std::slice::from_ref(&path))
                 .unwrap_or_else(|errors| panic!("{} is invalid:\n{errors}", path.display()));
             assert!(
                 warnings.0.is_empty(),
@@ -116,8 +116,9 @@ sinks:
 "
         )
     };
-    let (_, warnings) = weir::config::load_str("slow.yaml", &pipeline("60s"), &|_| None)
-        .unwrap_or_else(|errors| panic!("valid:\n{errors}"));
+    let (_, warnings) =
+        weir::config::load_str(&weir::CATALOGUE, "slow.yaml", &pipeline("60s"), &|_| None)
+            .unwrap_or_else(|errors| panic!("valid:\n{errors}"));
     let text = warnings.to_string();
     assert!(
         text.contains("slow.yaml:6:3")
@@ -125,15 +126,16 @@ sinks:
             && text.contains("after 30s (`ack_timeout`)"),
         "{text}"
     );
-    let (_, warnings) = weir::config::load_str("fast.yaml", &pipeline("10s"), &|_| None)
-        .unwrap_or_else(|errors| panic!("valid:\n{errors}"));
+    let (_, warnings) =
+        weir::config::load_str(&weir::CATALOGUE, "fast.yaml", &pipeline("10s"), &|_| None)
+            .unwrap_or_else(|errors| panic!("valid:\n{errors}"));
     assert!(warnings.0.is_empty(), "{warnings}");
 }
 
 #[test]
 fn committed_schema_is_current() {
     let committed = std::fs::read_to_string("schemas/pipeline.schema.json").unwrap_or_default();
-    let generated = weir::config::schema::pipeline_schema_json();
+    let generated = weir::config::schema::pipeline_schema_json(&weir::CATALOGUE);
     assert!(
         committed == generated,
         "schemas/pipeline.schema.json is stale: run `cargo run -- schema -o schemas/pipeline.schema.json`"
@@ -148,6 +150,6 @@ fn env_vars_are_substituted_with_their_yaml_type() {
         "MAX_BODY" => Some("2MiB".to_owned()),
         _ => None,
     };
-    let (config, _) = weir::config::load_str("env.yaml", text, &env).unwrap();
+    let (config, _) = weir::config::load_str(&weir::CATALOGUE, "env.yaml", text, &env).unwrap();
     assert_eq!(config.globals.api.listen.port(), 9401);
 }

@@ -20,39 +20,14 @@ pub use log::LogActionConfig;
 pub use mqtt_publish::MqttPublishConfig;
 pub use webhook::WebhookConfig;
 
-use crate::config::component::component_types;
-use crate::config::{ComponentId, FieldProblem};
-use crate::telemetry::ComponentTelemetry;
-use crate::topology::ComponentTask;
-use crate::topology::channel::{InputReceiver, Outputs};
+use crate::config::ComponentType;
+pub use crate::config::action::{ActionComponent, ActionContext};
 
-component_types! {
-    /// Every action type.
-    pub enum ActionConfig: ActionComponent {
-        "webhook" => Webhook(WebhookConfig),
-        "mqtt_publish" => MqttPublish(MqttPublishConfig),
-        "amqp_publish" => AmqpPublish(AmqpPublishConfig),
-        "email" => Email(EmailConfig),
-        "log" => Log(LogActionConfig),
-    }
-}
-
-/// What every action type provides.
-pub trait ActionComponent: Send + Sync {
-    /// Checks that serde cannot express; each problem names the field it is about.
-    fn check(&self) -> Vec<FieldProblem> {
-        Vec::new()
-    }
-
-    fn build(&self, cx: ActionContext) -> anyhow::Result<ComponentTask>;
-}
-
-/// What an action is given when it is built.
-pub struct ActionContext {
-    pub id: ComponentId,
-    pub input: InputReceiver,
-    /// The action's one output, `errors`: notifications that failed for good (a 4xx, a
-    /// template that cannot render, retries exhausted, a full queue that drops).
-    pub out: Outputs,
-    pub telemetry: ComponentTelemetry,
-}
+/// Every action type.
+pub const TYPES: &[ComponentType<dyn ActionComponent>] = &[
+    ComponentType::of::<WebhookConfig>("webhook"),
+    ComponentType::of::<MqttPublishConfig>("mqtt_publish"),
+    ComponentType::of::<AmqpPublishConfig>("amqp_publish"),
+    ComponentType::of::<EmailConfig>("email"),
+    ComponentType::of::<LogActionConfig>("log"),
+];

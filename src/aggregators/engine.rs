@@ -156,9 +156,8 @@ pub fn spawn<E: WindowEngine>(
 ) -> anyhow::Result<ComponentTask> {
     let shards = runner.shards.max(1);
     let mut engines: Vec<E> = (0..shards).map(|_| make()).collect();
-    if let Some(path) = &cx.checkpoint {
-        restore(&mut engines, path, &cx.id)?;
-    }
+    let checkpoint = super::checkpoint_path(&cx.data_dir, &cx.id);
+    restore(&mut engines, &checkpoint, &cx.id)?;
     let metrics = cx.telemetry.window_metrics(&runner.spec.names);
     let mut senders = Vec::with_capacity(shards);
     let mut handles = Vec::with_capacity(shards);
@@ -166,7 +165,7 @@ pub fn spawn<E: WindowEngine>(
         let (tx, rx) = mpsc::channel::<EventBatch>(4);
         senders.push(tx);
         let shard = Shard {
-            checkpoint: cx.checkpoint.as_ref().map(|path| shard_path(path, n)),
+            checkpoint: Some(shard_path(&checkpoint, n)),
             checkpoint_every: runner.checkpoint_every,
             hold: runner.hold,
             held: Vec::new(),
@@ -182,12 +181,19 @@ pub fn spawn<E: WindowEngine>(
         };
         handles.push(tokio::spawn(shard.run()));
     }
-    Ok(Box::pin(route(cx, runner.spec, senders, handles)))
+    Ok(Box::pin(route(
+        cx,
+        checkpoint,
+        runner.spec,
+        senders,
+        handles,
+    )))
 }
 
 /// Reads the input, splits each batch by shard, and writes the checkpoint at the end.
 async fn route<G: Serialize + Send + 'static>(
     mut cx: AggregatorContext,
+    checkpoint: PathBuf,
     spec: WindowSpec,
     senders: Vec<mpsc::Sender<EventBatch>>,
     handles: Vec<tokio::task::JoinHandle<ShardState<G>>>,
@@ -225,7 +231,8 @@ async fn route<G: Serialize + Send + 'static>(
         if !groups.is_empty() {
             tracing::warn!(component_id = %cx.id, groups = groups.len(), "replaced by a reload: its open windows are discarded");
         }
-    } else if let Some(path) = &cx.checkpoint {
+    } else {
+        let path = &checkpoint;
         let open = groups.len();
         write_checkpoint(path, &Checkpoint { definition, groups }).await?;
         // The one file now holds everything the periodic shard files held.

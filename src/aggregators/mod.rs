@@ -17,8 +17,6 @@ mod tumbling;
 pub mod window;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub use absence::AbsenceConfig;
@@ -27,47 +25,21 @@ pub use session::SessionConfig;
 pub use sliding::SlidingConfig;
 pub use tumbling::TumblingConfig;
 
-use crate::config::component::component_types;
-use crate::config::{ComponentId, FieldProblem, OutputName};
-use crate::telemetry::ComponentTelemetry;
+use crate::config::ComponentType;
+pub use crate::config::aggregator::{AggregatorComponent, AggregatorContext};
+use crate::config::{ComponentId, OutputName};
 use crate::topology::ComponentTask;
-use crate::topology::channel::{InputReceiver, Outputs};
 use fixed::{Assigner, FixedWindows};
 use window::{LatePolicy, WindowCommon, WindowSpec};
 
-component_types! {
-    /// Every aggregator type.
-    pub enum AggregatorConfig: AggregatorComponent {
-        "tumbling" => Tumbling(TumblingConfig),
-        "hopping" => Hopping(HoppingConfig),
-        "sliding" => Sliding(SlidingConfig),
-        "session" => Session(SessionConfig),
-        "absence" => Absence(AbsenceConfig),
-    }
-}
-
-/// What every aggregator type provides.
-pub trait AggregatorComponent: Send + Sync {
-    /// Named outputs besides the default one and `errors`.
-    fn named_outputs(&self) -> Vec<OutputName> {
-        Vec::new()
-    }
-
-    fn check(&self) -> Vec<FieldProblem> {
-        Vec::new()
-    }
-
-    fn build(&self, cx: AggregatorContext) -> anyhow::Result<ComponentTask>;
-}
-
-impl AggregatorConfig {
-    /// Every named output, including `errors` (events without a readable event time).
-    pub fn outputs(&self) -> Vec<OutputName> {
-        let mut outputs = self.component().named_outputs();
-        outputs.push(OutputName::errors());
-        outputs
-    }
-}
+/// Every aggregator type.
+pub const TYPES: &[ComponentType<dyn AggregatorComponent>] = &[
+    ComponentType::of::<TumblingConfig>("tumbling"),
+    ComponentType::of::<HoppingConfig>("hopping"),
+    ComponentType::of::<SlidingConfig>("sliding"),
+    ComponentType::of::<SessionConfig>("session"),
+    ComponentType::of::<AbsenceConfig>("absence"),
+];
 
 /// The output for late and future events, when they are routed.
 pub const LATE: &str = "late";
@@ -77,19 +49,6 @@ fn late_outputs(policy: LatePolicy) -> Vec<OutputName> {
         LatePolicy::Route => vec![OutputName(LATE.into())],
         LatePolicy::Drop | LatePolicy::Adjust => Vec::new(),
     }
-}
-
-/// What an aggregator is given when it is built.
-pub struct AggregatorContext {
-    pub id: ComponentId,
-    pub input: InputReceiver,
-    pub out: Outputs,
-    pub telemetry: ComponentTelemetry,
-    /// Where open windows are checkpointed on shutdown (`<data_dir>/aggregators/<id>.json`).
-    pub checkpoint: Option<PathBuf>,
-    /// Set when a reload replaced this instance: its open windows are not checkpointed
-    /// (the new definition would not accept them).
-    pub retired: Arc<AtomicBool>,
 }
 
 /// Runs fixed windows (tumbling or hopping) of `size` placed by `assigner`.

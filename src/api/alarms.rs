@@ -17,8 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiState;
-use crate::transforms::alarm::board::AckOutcome;
-use crate::transforms::alarm::machine::Severity;
+use crate::alarms::{AckOutcome, Severity};
 
 pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()

@@ -22,10 +22,11 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::alarms::AlarmBoard;
 use crate::daemon::{ReloadOutcome, ReloadRequest};
 use crate::registry::Registry;
 use crate::telemetry::Telemetry;
-use crate::transforms::AlarmBoard;
+use crate::topology::Services;
 
 /// State the API reports on.
 pub struct ApiState {
@@ -33,10 +34,9 @@ pub struct ApiState {
     pub ready: AtomicBool,
     /// Where reload requests go (the daemon loop); `None` where reloading is not offered.
     reload: Option<mpsc::Sender<ReloadRequest>>,
-    /// The device registry behind `/v1/devices`, once the topology has opened it.
-    registry: OnceLock<Arc<Registry>>,
-    /// The running topology's alarm board, once it runs.
-    alarms: OnceLock<Arc<AlarmBoard>>,
+    /// The running topology's shared services (the registry behind `/v1/devices`, the
+    /// alarm board behind `/v1/alarms`), once it runs.
+    services: OnceLock<Arc<Services>>,
 }
 
 impl ApiState {
@@ -48,31 +48,31 @@ impl ApiState {
             telemetry,
             ready: AtomicBool::new(false),
             reload,
-            registry: OnceLock::new(),
-            alarms: OnceLock::new(),
+            services: OnceLock::new(),
         })
     }
 
-    /// Serves `/v1/devices` from `registry` (set once; the registry outlives reloads).
-    pub fn set_registry(&self, registry: Arc<Registry>) {
-        let _ = self.registry.set(registry);
+    /// Serves `/v1/devices`, `/v1/alarms`, ... from the topology's `services` (set once;
+    /// the services outlive reloads).
+    pub fn set_services(&self, services: Arc<Services>) {
+        let _ = self.services.set(services);
+    }
+
+    /// The service of type `T`, once the topology runs and if it has one.
+    pub fn service<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.services.get()?.get::<T>()
     }
 
     pub fn registry(&self) -> Option<Arc<Registry>> {
-        self.registry.get().cloned()
+        self.service::<Registry>()
     }
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Serves `/v1/alarms` from `board` (the topology's; set once).
-    pub fn set_alarm_board(&self, board: Arc<AlarmBoard>) {
-        let _ = self.alarms.set(board);
-    }
-
-    pub fn alarm_board(&self) -> Option<&Arc<AlarmBoard>> {
-        self.alarms.get()
+    pub fn alarm_board(&self) -> Option<Arc<AlarmBoard>> {
+        self.service::<AlarmBoard>()
     }
 }
 

@@ -1,4 +1,4 @@
-//! Component identity and the macro that declares each section's closed set of types.
+//! Component identity: ids, sections and output names.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -123,68 +123,3 @@ impl OutputName {
         Self(Self::ERRORS.into())
     }
 }
-
-/// Declares the closed set of component types of one section.
-///
-/// For `enum SourceConfig { "http" => Http(HttpSourceConfig) }` this generates the enum plus:
-/// `TYPES` (every accepted `type`), `type_name()`, `from_options()` (deserializes a type's
-/// options with the path of any error, for positions), `option_schemas()` (for
-/// `weir schema`) and `component()` (the variant as the section's trait object).
-macro_rules! component_types {
-    (
-        $(#[$doc:meta])*
-        $vis:vis enum $name:ident: $trait:path {
-            $($type_name:literal => $variant:ident($config:ty)),* $(,)?
-        }
-    ) => {
-        $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq)]
-        // Options are parsed once per (re)load and never copied on a hot path: variants
-        // of very different sizes cost nothing worth a box.
-        #[allow(clippy::large_enum_variant)]
-        $vis enum $name {
-            $($variant($config)),*
-        }
-
-        impl $name {
-            /// Every `type` this section accepts.
-            pub const TYPES: &'static [&'static str] = &[$($type_name),*];
-
-            /// The `type` this component was declared with.
-            pub fn type_name(&self) -> &'static str {
-                match *self {
-                    $(Self::$variant(_) => $type_name),*
-                }
-            }
-
-            /// The component's config as the section's trait object.
-            pub fn component(&self) -> &dyn $trait {
-                match *self {
-                    $(Self::$variant(ref config) => config),*
-                }
-            }
-
-            /// Deserializes the options of a `type_name` component; `None` for an unknown type.
-            #[allow(unused_variables)]
-            pub fn from_options(
-                type_name: &str,
-                options: serde_json::Value,
-            ) -> Option<Result<Self, serde_path_to_error::Error<serde_json::Error>>> {
-                match type_name {
-                    $($type_name => Some(serde_path_to_error::deserialize(options).map(Self::$variant)),)*
-                    _ => None,
-                }
-            }
-
-            /// The JSON Schema of each type's options.
-            #[allow(unused_variables)]
-            pub fn option_schemas(
-                generator: &mut schemars::SchemaGenerator,
-            ) -> Vec<(&'static str, schemars::Schema)> {
-                vec![$(($type_name, <$config as schemars::JsonSchema>::json_schema(generator))),*]
-            }
-        }
-    };
-}
-
-pub(crate) use component_types;

@@ -19,20 +19,26 @@ use serde_json::Value;
 use super::diagnostic::{Diagnostic, Diagnostics, Location};
 use super::validate::{self, RawInput, TypedComponent};
 use super::yaml::{Key, Node, NodeKind, PathStep};
-use super::{ComponentConfig, ComponentKind, GlobalConfig, TopologyConfig};
-use crate::actions::ActionConfig;
-use crate::aggregators::AggregatorConfig;
-use crate::sinks::SinkConfig;
-use crate::sources::SourceConfig;
-use crate::transforms::TransformConfig;
+use super::{Catalogue, ComponentKind, GlobalConfig, OptionsError, ServiceConfigs, TopologyConfig};
 
-/// Top-level keys that are not sections.
-const GLOBALS: &[&str] = &["data_dir", "api", "log", "registry", "watch"];
+/// Top-level keys that are not sections: the engine's settings, with the catalogue's
+/// services between the settings of the process (`data_dir`, `api`, `log`) and `watch`.
+fn global_keys(catalogue: &Catalogue) -> Vec<&'static str> {
+    let services = catalogue.services.iter().map(|s| s.key);
+    ["data_dir", "api", "log"]
+        .into_iter()
+        .chain(services)
+        .chain(["watch"])
+        .collect()
+}
 
 /// Loads and validates the pipeline files and directories in `paths`.
 ///
 /// On success, returns the topology and any warnings; on failure, every error found.
-pub fn load(paths: &[PathBuf]) -> Result<(TopologyConfig, Diagnostics), Diagnostics> {
+pub fn load(
+    catalogue: &Catalogue,
+    paths: &[PathBuf],
+) -> Result<(TopologyConfig, Diagnostics), Diagnostics> {
     let mut diagnostics = Diagnostics::default();
     let mut files = Vec::new();
     for path in expand(paths, &mut diagnostics) {
@@ -50,7 +56,12 @@ pub fn load(paths: &[PathBuf]) -> Result<(TopologyConfig, Diagnostics), Diagnost
             "no pipeline files given: expected YAML files or directories holding them",
         ));
     }
-    load_files(files, &|name| std::env::var(name).ok(), diagnostics)
+    load_files(
+        catalogue,
+        files,
+        &|name| std::env::var(name).ok(),
+        diagnostics,
+    )
 }
 
 /// Loads one pipeline from text (tests, `POST /v1/reload` bodies).
@@ -62,7 +73,8 @@ pub fn load(paths: &[PathBuf]) -> Result<(TopologyConfig, Diagnostics), Diagnost
 /// sinks:
 ///   out: { type: blackhole, inputs: [flet] }
 /// ";
-/// let errors = weir::config::load_str("demo.yaml", text, &|_| None).unwrap_err();
+/// let errors = weir::config::load_str(&weir::CATALOGUE, "demo.yaml", text, &|_| None)
+///     .unwrap_err();
 /// assert_eq!(
 ///     errors.to_string(),
 ///     "error: demo.yaml:5:36: component `out`: input `flet` names no component \
@@ -70,11 +82,13 @@ pub fn load(paths: &[PathBuf]) -> Result<(TopologyConfig, Diagnostics), Diagnost
 /// );
 /// ```
 pub fn load_str(
+    catalogue: &Catalogue,
     name: &str,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(TopologyConfig, Diagnostics), Diagnostics> {
     load_files(
+        catalogue,
         vec![(Arc::from(Path::new(name)), text.to_owned())],
         env,
         Diagnostics::default(),
@@ -127,6 +141,7 @@ struct RawComponent {
 }
 
 fn load_files(
+    catalogue: &Catalogue,
     files: Vec<(Arc<Path>, String)>,
     env: &dyn Fn(&str) -> Option<String>,
     mut diagnostics: Diagnostics,
@@ -134,6 +149,7 @@ fn load_files(
     let mut globals: Vec<(Key, Node)> = Vec::new();
     let mut raw: Vec<RawComponent> = Vec::new();
     let mut seen: HashMap<String, Location> = HashMap::new();
+    let global_keys = global_keys(catalogue);
 
     for (file, text) in &files {
         let root = match Node::parse(file, text) {
@@ -153,7 +169,7 @@ fn load_files(
         for (key, value) in entries {
             if let Some(kind) = ComponentKind::from_section(&key.name) {
                 collect_section(kind, value, &mut raw, &mut seen, &mut diagnostics);
-            } else if GLOBALS.contains(&key.name.as_str()) {
+            } else if global_keys.contains(&key.name.as_str()) {
                 if let Some((first, _)) = globals.iter().find(|(k, _)| k.name == key.name) {
                     diagnostics.push(Diagnostic::error(
                         Some(key.location.clone()),
@@ -166,7 +182,7 @@ fn load_files(
                     globals.push((key.clone(), value.clone()));
                 }
             } else {
-                let expected: Vec<&str> = GLOBALS
+                let expected: Vec<&str> = global_keys
                     .iter()
                     .copied()
                     .chain(ComponentKind::ALL.iter().map(|k| k.section()))
@@ -184,12 +200,12 @@ fn load_files(
         }
     }
 
-    let globals = typed_globals(globals, env, &mut diagnostics);
+    let globals = typed_globals(catalogue, globals, env, &mut diagnostics);
     let typed: Vec<TypedComponent> = raw
         .into_iter()
-        .map(|component| typed_component(component, env, &mut diagnostics))
+        .map(|component| typed_component(catalogue, component, env, &mut diagnostics))
         .collect();
-    let components = validate::resolve(typed, &globals, &mut diagnostics);
+    let components = validate::resolve(catalogue, typed, &globals, &mut diagnostics);
 
     diagnostics.sort();
     if diagnostics.has_errors() {
@@ -254,6 +270,7 @@ fn collect_section(
 }
 
 fn typed_globals(
+    catalogue: &Catalogue,
     entries: Vec<(Key, Node)>,
     env: &dyn Fn(&str) -> Option<String>,
     diagnostics: &mut Diagnostics,
@@ -273,16 +290,50 @@ fn typed_globals(
     let mut errors = Vec::new();
     let json = node.to_json(env, &mut errors);
     diagnostics.0.extend(errors);
-    match serde_path_to_error::deserialize::<_, GlobalConfig>(json) {
-        Ok(globals) => globals,
+    let Value::Object(mut json) = json else {
+        return GlobalConfig::default();
+    };
+
+    // Each service reads its own key; the engine reads the rest. Serde reports the first
+    // error in a mapping, so of several, only the one written first is reported, as if
+    // the globals were one struct.
+    let mut failed: Vec<Diagnostic> = Vec::new();
+    let mut services = Vec::new();
+    for service in catalogue.services {
+        match json.remove(service.key) {
+            None | Some(Value::Null) => {}
+            Some(options) => match service.parse(options) {
+                Ok(config) => services.push((service.key, config)),
+                Err(err) => failed.push(nested_serde_diagnostic(&node, service.key, err)),
+            },
+        }
+    }
+    let globals = match serde_path_to_error::deserialize::<_, GlobalConfig>(Value::Object(json)) {
+        Ok(globals) => Some(globals),
         Err(err) => {
-            diagnostics.push(serde_diagnostic(&node, err));
+            failed.push(serde_diagnostic(&node, err));
+            None
+        }
+    };
+    match (
+        globals,
+        failed
+            .into_iter()
+            .min_by(|a, b| a.location.cmp(&b.location)),
+    ) {
+        (Some(globals), None) => GlobalConfig {
+            services: ServiceConfigs::new(services),
+            ..globals
+        },
+        (_, first_error) => {
+            diagnostics.0.extend(first_error);
             GlobalConfig::default()
         }
     }
 }
 
 fn typed_component(
+    catalogue: &Catalogue,
     raw: RawComponent,
     env: &dyn Fn(&str) -> Option<String>,
     diagnostics: &mut Diagnostics,
@@ -292,7 +343,7 @@ fn typed_component(
     let error = |location: &Location, message: String| {
         Diagnostic::error(Some(location.clone()), message).in_component(&id)
     };
-    let types = types_of(kind);
+    let types = &catalogue.type_names(kind);
 
     let Some(entries) = node.as_map() else {
         diagnostics.push(error(
@@ -368,7 +419,7 @@ fn typed_component(
     if had_env_errors {
         return TypedComponent::failed(id.as_str().into(), key.location);
     }
-    let typed = match deserialize_options(kind, &type_name, json) {
+    let typed = match catalogue.parse(kind, &type_name, json) {
         None => {
             let at = node.locate(&[PathStep::Key("type".into())]);
             diagnostics.push(error(
@@ -401,49 +452,6 @@ fn typed_component(
         config: Some(typed),
         inputs,
         location: key.location,
-    }
-}
-
-fn types_of(kind: ComponentKind) -> &'static [&'static str] {
-    match kind {
-        ComponentKind::Source => SourceConfig::TYPES,
-        ComponentKind::Transform => TransformConfig::TYPES,
-        ComponentKind::Aggregator => AggregatorConfig::TYPES,
-        ComponentKind::Sink => SinkConfig::TYPES,
-        ComponentKind::Action => ActionConfig::TYPES,
-    }
-}
-
-type OptionsResult = Option<Result<ComponentConfig, serde_path_to_error::Error<serde_json::Error>>>;
-
-fn deserialize_options(kind: ComponentKind, type_name: &str, json: Value) -> OptionsResult {
-    fn wrap<T>(
-        r: Option<Result<T, serde_path_to_error::Error<serde_json::Error>>>,
-        f: fn(T) -> ComponentConfig,
-    ) -> OptionsResult {
-        r.map(|r| r.map(f))
-    }
-    match kind {
-        ComponentKind::Source => wrap(
-            SourceConfig::from_options(type_name, json),
-            ComponentConfig::Source,
-        ),
-        ComponentKind::Transform => wrap(
-            TransformConfig::from_options(type_name, json),
-            ComponentConfig::Transform,
-        ),
-        ComponentKind::Aggregator => wrap(
-            AggregatorConfig::from_options(type_name, json),
-            ComponentConfig::Aggregator,
-        ),
-        ComponentKind::Sink => wrap(
-            SinkConfig::from_options(type_name, json),
-            ComponentConfig::Sink,
-        ),
-        ComponentKind::Action => wrap(
-            ActionConfig::from_options(type_name, json),
-            ComponentConfig::Action,
-        ),
     }
 }
 
@@ -488,18 +496,31 @@ fn raw_inputs(node: &Node, id: &str, diagnostics: &mut Diagnostics) -> Vec<RawIn
 }
 
 /// Turns a serde error at a path inside `node` into a positioned diagnostic.
-fn serde_diagnostic(node: &Node, err: serde_path_to_error::Error<serde_json::Error>) -> Diagnostic {
+fn serde_diagnostic(node: &Node, err: OptionsError) -> Diagnostic {
+    path_diagnostic(node, serde_path(&err), err.inner().to_string())
+}
+
+/// The diagnostic for options read from the value under `key` of `node`.
+fn nested_serde_diagnostic(node: &Node, key: &str, err: OptionsError) -> Diagnostic {
+    let mut path = vec![PathStep::Key(key.to_owned())];
+    path.extend(serde_path(&err));
+    path_diagnostic(node, path, err.inner().to_string())
+}
+
+fn serde_path(err: &OptionsError) -> Vec<PathStep> {
     use serde_path_to_error::Segment;
-    let path: Vec<PathStep> = err
-        .path()
+    err.path()
         .iter()
         .filter_map(|segment| match segment {
             Segment::Map { key } => Some(PathStep::Key(key.clone())),
             Segment::Seq { index } => Some(PathStep::Index(*index)),
             _ => None,
         })
-        .collect();
-    let mut message = err.inner().to_string();
+        .collect()
+}
+
+/// A serde error at `path` under `node`, located at the field it is about.
+fn path_diagnostic(node: &Node, path: Vec<PathStep>, mut message: String) -> Diagnostic {
     let target = node.find(&path);
     let mut location = target.location.clone();
     if let Some(field) = between(&message, "unknown field `", "`") {

@@ -5,11 +5,19 @@
 //! user can get wrong is found here, before anything starts, and reported as
 //! [`Diagnostics`] that name the file, line, column and component.
 
+pub mod action;
+pub mod aggregator;
+mod catalogue;
 pub mod component;
 mod diagnostic;
 mod env;
 mod load;
+mod options;
 pub mod schema;
+pub mod service;
+pub mod sink;
+pub mod source;
+pub mod transform;
 mod units;
 mod validate;
 pub mod yaml;
@@ -17,21 +25,25 @@ pub mod yaml;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use catalogue::{Catalogue, ComponentType, OptionsError, ServiceType};
 pub use component::{ComponentId, ComponentKind, OutputName};
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
 pub use load::{load, load_str};
+pub use options::Options;
+pub use service::{ServiceConfigs, ServiceUse};
 pub use units::{ByteSize, Duration};
 pub use yaml::PathStep;
 
-use crate::actions::ActionConfig;
-use crate::aggregators::AggregatorConfig;
-use crate::sinks::SinkConfig;
-use crate::sources::SourceConfig;
-use crate::transforms::TransformConfig;
+use action::ActionComponent;
+use aggregator::AggregatorComponent;
+use sink::SinkComponent;
+use source::SourceComponent;
+use transform::TransformComponent;
 
 /// A whole topology, validated.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,103 +76,141 @@ pub struct Component {
     pub location: Location,
 }
 
-/// A component's typed configuration, by section.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ComponentConfig {
-    Source(SourceConfig),
-    Transform(TransformConfig),
-    Aggregator(AggregatorConfig),
-    Sink(SinkConfig),
-    Action(ActionConfig),
+/// A component's typed configuration: its `type` and its options.
+#[derive(Clone, Debug)]
+pub struct ComponentConfig {
+    type_name: &'static str,
+    options: SectionOptions,
+}
+
+/// A component's options, as the trait object of its section.
+#[derive(Clone, Debug)]
+pub enum SectionOptions {
+    Source(Arc<dyn SourceComponent>),
+    Transform(Arc<dyn TransformComponent>),
+    Aggregator(Arc<dyn AggregatorComponent>),
+    Sink(Arc<dyn SinkComponent>),
+    Action(Arc<dyn ActionComponent>),
+}
+
+impl SectionOptions {
+    fn as_options(&self) -> &dyn Options {
+        match self {
+            Self::Source(c) => &**c,
+            Self::Transform(c) => &**c,
+            Self::Aggregator(c) => &**c,
+            Self::Sink(c) => &**c,
+            Self::Action(c) => &**c,
+        }
+    }
+}
+
+impl PartialEq for ComponentConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.type_name == other.type_name
+            && self.kind() == other.kind()
+            && self
+                .options
+                .as_options()
+                .same_as(other.options.as_options())
+    }
 }
 
 impl ComponentConfig {
+    pub fn new(type_name: &'static str, options: SectionOptions) -> Self {
+        Self { type_name, options }
+    }
+
+    /// The options, as the trait object of the component's section.
+    pub fn options(&self) -> &SectionOptions {
+        &self.options
+    }
+
     pub fn kind(&self) -> ComponentKind {
-        match self {
-            Self::Source(_) => ComponentKind::Source,
-            Self::Transform(_) => ComponentKind::Transform,
-            Self::Aggregator(_) => ComponentKind::Aggregator,
-            Self::Sink(_) => ComponentKind::Sink,
-            Self::Action(_) => ComponentKind::Action,
+        match self.options {
+            SectionOptions::Source(_) => ComponentKind::Source,
+            SectionOptions::Transform(_) => ComponentKind::Transform,
+            SectionOptions::Aggregator(_) => ComponentKind::Aggregator,
+            SectionOptions::Sink(_) => ComponentKind::Sink,
+            SectionOptions::Action(_) => ComponentKind::Action,
         }
     }
 
     pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::Source(c) => c.type_name(),
-            Self::Transform(c) => c.type_name(),
-            Self::Aggregator(c) => c.type_name(),
-            Self::Sink(c) => c.type_name(),
-            Self::Action(c) => c.type_name(),
-        }
+        self.type_name
     }
 
     /// Whether others can read the component's default output.
     pub fn has_default_output(&self) -> bool {
-        match self {
-            Self::Source(_) => true,
-            Self::Transform(c) => c.component().has_default_output(),
-            Self::Aggregator(_) => true,
-            Self::Sink(_) | Self::Action(_) => false,
+        match &self.options {
+            SectionOptions::Source(_) => true,
+            SectionOptions::Transform(c) => c.has_default_output(),
+            SectionOptions::Aggregator(_) => true,
+            SectionOptions::Sink(_) | SectionOptions::Action(_) => false,
         }
     }
 
     /// The component's named outputs (`errors`, routes, ...).
     pub fn named_outputs(&self) -> Vec<OutputName> {
-        match self {
-            Self::Source(c) => c.outputs(),
-            Self::Transform(c) => c.outputs(),
-            Self::Aggregator(c) => c.outputs(),
-            // What a sink or an action could not deliver for good (a rejected write, a 4xx).
-            Self::Sink(_) | Self::Action(_) => vec![OutputName::errors()],
-        }
+        let mut outputs = match &self.options {
+            SectionOptions::Transform(c) => c.named_outputs(),
+            SectionOptions::Aggregator(c) => c.named_outputs(),
+            // Sources: payloads they could not turn into events; sinks and actions: what
+            // they could not deliver for good (a rejected write, a 4xx).
+            SectionOptions::Source(_) | SectionOptions::Sink(_) | SectionOptions::Action(_) => {
+                Vec::new()
+            }
+        };
+        outputs.push(OutputName::errors());
+        outputs
     }
 
     /// Checks serde cannot express.
     pub fn check(&self) -> Vec<FieldProblem> {
-        match self {
-            Self::Source(c) => c.component().check(),
-            Self::Transform(c) => c.component().check(),
-            Self::Sink(c) => c.component().check(),
-            Self::Aggregator(c) => c.component().check(),
-            Self::Action(c) => c.component().check(),
+        match &self.options {
+            SectionOptions::Source(c) => c.check(),
+            SectionOptions::Transform(c) => c.check(),
+            SectionOptions::Sink(c) => c.check(),
+            SectionOptions::Aggregator(c) => c.check(),
+            SectionOptions::Action(c) => c.check(),
         }
     }
 
-    /// The option that makes the component use the device registry (`type` for
-    /// components that always do), so `validate` can ask for the `registry:` section.
-    pub fn registry_option(&self) -> Option<&'static str> {
-        match self {
-            Self::Source(c) => c.component().registry_option(),
-            Self::Transform(c) => c.component().registry_option(),
-            Self::Aggregator(_) | Self::Sink(_) | Self::Action(_) => None,
+    /// The services with settings the component needs, so `validate` can ask for them.
+    pub fn services(&self) -> Vec<ServiceUse> {
+        match &self.options {
+            SectionOptions::Source(c) => c.services(),
+            SectionOptions::Transform(c) => c.services(),
+            SectionOptions::Aggregator(_) | SectionOptions::Sink(_) | SectionOptions::Action(_) => {
+                Vec::new()
+            }
         }
     }
 
     /// How long a source waits for the commit of what it delivered (see
-    /// [`crate::sources::SourceComponent::ack_timeout`]).
+    /// [`SourceComponent::ack_timeout`]).
     pub fn ack_timeout(&self) -> Option<std::time::Duration> {
-        match self {
-            Self::Source(c) => c.component().ack_timeout(),
+        match &self.options {
+            SectionOptions::Source(c) => c.ack_timeout(),
             _ => None,
         }
     }
 
     /// How long a sink may hold an event before its commit (see
-    /// [`crate::sinks::SinkComponent::commit_delay`]).
+    /// [`SinkComponent::commit_delay`]).
     pub fn commit_delay(&self) -> Option<std::time::Duration> {
-        match self {
-            Self::Sink(c) => c.component().commit_delay(),
+        match &self.options {
+            SectionOptions::Sink(c) => c.commit_delay(),
             _ => None,
         }
     }
 
     /// What the component holds exclusively.
     pub fn resources(&self) -> Vec<Resource> {
-        match self {
-            Self::Source(c) => c.component().resources(),
-            Self::Sink(c) => c.component().resources(),
-            Self::Transform(_) | Self::Aggregator(_) | Self::Action(_) => Vec::new(),
+        match &self.options {
+            SectionOptions::Source(c) => c.resources(),
+            SectionOptions::Sink(c) => c.resources(),
+            _ => Vec::new(),
         }
     }
 }
@@ -249,9 +299,11 @@ pub struct GlobalConfig {
     pub api: ApiConfig,
     #[serde(default)]
     pub log: LogConfig,
-    /// The built-in device registry; absent: no registry (no `/v1/devices`, no gates).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registry: Option<crate::registry::RegistryConfig>,
+    /// The settings of the shared services (`registry:`, ...), each under its own key;
+    /// read through the catalogue, not by serde.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub services: ServiceConfigs,
     /// Reload when a pipeline file changes (as `weir run --watch`).
     #[serde(default)]
     pub watch: bool,
@@ -263,7 +315,7 @@ impl Default for GlobalConfig {
             data_dir: default_data_dir(),
             api: ApiConfig::default(),
             log: LogConfig::default(),
-            registry: None,
+            services: ServiceConfigs::default(),
             watch: false,
         }
     }

@@ -7,37 +7,37 @@
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use super::{ComponentKind, GlobalConfig};
-use crate::actions::ActionConfig;
-use crate::aggregators::AggregatorConfig;
-use crate::sinks::SinkConfig;
-use crate::sources::SourceConfig;
-use crate::transforms::TransformConfig;
+use super::{Catalogue, ComponentKind, GlobalConfig};
 
 /// The schema as pretty-printed JSON with a trailing newline.
-pub fn pipeline_schema_json() -> String {
-    let mut text = serde_json::to_string_pretty(&pipeline_schema()).unwrap_or_default();
+pub fn pipeline_schema_json(catalogue: &Catalogue) -> String {
+    let mut text = serde_json::to_string_pretty(&pipeline_schema(catalogue)).unwrap_or_default();
     text.push('\n');
     text
 }
 
 /// The whole language: globals plus one property per section.
-pub fn pipeline_schema() -> Value {
+pub fn pipeline_schema(catalogue: &Catalogue) -> Value {
     let mut generator = SchemaSettings::draft07().into_generator();
     let globals = generator.root_schema_for::<GlobalConfig>().to_value();
 
-    let mut properties = globals
-        .get("properties")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    // The services' keys go where the loader lists them: before `watch`.
+    let mut properties = Map::new();
+    let engine = globals.get("properties").and_then(Value::as_object);
+    for (key, schema) in engine.into_iter().flatten() {
+        if key == "watch" {
+            for service in catalogue.services {
+                properties.insert(
+                    service.key.into(),
+                    service.schema(&mut generator).to_value(),
+                );
+            }
+        }
+        properties.insert(key.clone(), schema.clone());
+    }
+    let mut properties = Value::Object(properties);
     for kind in ComponentKind::ALL {
-        let types = match kind {
-            ComponentKind::Source => SourceConfig::option_schemas(&mut generator),
-            ComponentKind::Transform => TransformConfig::option_schemas(&mut generator),
-            ComponentKind::Aggregator => AggregatorConfig::option_schemas(&mut generator),
-            ComponentKind::Sink => SinkConfig::option_schemas(&mut generator),
-            ComponentKind::Action => ActionConfig::option_schemas(&mut generator),
-        };
+        let types = catalogue.option_schemas(kind, &mut generator);
         let variants: Vec<Value> = types
             .into_iter()
             .map(|(name, schema)| component_schema(kind, name, schema.to_value()))

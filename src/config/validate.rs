@@ -7,7 +7,8 @@ use globset::Glob;
 use super::diagnostic::{Diagnostic, Diagnostics, Location};
 use super::load::{did_you_mean, list};
 use super::{
-    Component, ComponentConfig, ComponentId, ComponentKind, GlobalConfig, OutputRef, Resource,
+    Catalogue, Component, ComponentConfig, ComponentId, ComponentKind, GlobalConfig, OutputRef,
+    Resource,
 };
 
 /// An input as written: `id`, `id.output` or a glob such as `plant_*`.
@@ -60,6 +61,7 @@ struct Outputs {
 
 /// Resolves inputs and checks the graph; returns the components that resolved.
 pub(super) fn resolve(
+    catalogue: &Catalogue,
     typed: Vec<TypedComponent>,
     globals: &GlobalConfig,
     diagnostics: &mut Diagnostics,
@@ -101,7 +103,7 @@ pub(super) fn resolve(
 
     check_cycles(&components, diagnostics);
     check_resources(&components, globals, diagnostics);
-    check_registry(&components, globals, diagnostics);
+    check_services(catalogue, &components, globals, diagnostics);
     // With errors, a consumer may be missing only because it failed: warnings would be noise.
     if !diagnostics.has_errors() {
         check_unread_outputs(&components, diagnostics);
@@ -155,29 +157,35 @@ fn check_commit_delays(
     }
 }
 
-/// Components that use the device registry need the `registry:` section.
-fn check_registry(
+/// Components that use a service need its settings (`registry:`).
+fn check_services(
+    catalogue: &Catalogue,
     components: &BTreeMap<ComponentId, Component>,
     globals: &GlobalConfig,
     diagnostics: &mut Diagnostics,
 ) {
-    if globals.registry.is_some() {
-        return;
-    }
     for component in components.values() {
-        if let Some(option) = component.config.registry_option() {
-            let what = match option {
+        for used in component.config.services() {
+            if globals.services.contains(used.service) {
+                continue;
+            }
+            let what = match used.option {
                 "type" => format!("`{}`", component.config.type_name()),
                 option => format!("`{option}` of `{}`", component.config.type_name()),
             };
+            let message = match catalogue.service(used.service) {
+                Some(service) => format!(
+                    "{what} uses {}: add a `{}:` section (e.g. `{}`)",
+                    service.describes, service.key, service.example
+                ),
+                None => format!(
+                    "{what} uses the service `{}`, which this build of weir does not have",
+                    used.service
+                ),
+            };
             diagnostics.push(
-                Diagnostic::error(
-                    Some(component.location.clone()),
-                    format!(
-                        "{what} uses the device registry: add a `registry:` section (e.g. `registry: {{ path: registry.redb }}`)"
-                    ),
-                )
-                .in_component(component.id.as_str()),
+                Diagnostic::error(Some(component.location.clone()), message)
+                    .in_component(component.id.as_str()),
             );
         }
     }

@@ -11,7 +11,8 @@
 //! This module holds the handle, its lookup table and the way a changed device is written;
 //! the operations are grouped by job: `admin` (operators change devices), `auth` (devices
 //! arrive at sources), `groups` (enrollment groups), `activity` (when devices were last
-//! seen), `feed` (lifecycle events), `metrics` and `config` (the `registry:` section).
+//! seen), `feed` (lifecycle events), `metrics`, `config` (the `registry:` section) and
+//! `service` (how the topology starts it and components find it).
 
 pub mod cli;
 pub mod device;
@@ -26,6 +27,7 @@ mod config;
 mod feed;
 mod groups;
 mod metrics;
+mod service;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -44,6 +46,7 @@ pub use device::{
 };
 pub use feed::{Change, ChangeKind};
 pub use sas::{SasError, SasToken};
+pub use service::{SERVICE, used_by};
 pub use store::StoreError;
 
 use crate::telemetry::Metrics;

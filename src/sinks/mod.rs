@@ -18,52 +18,17 @@ pub use delta_lake::DeltaLakeConfig;
 pub use file::FileConfig;
 pub use redis::{RedisConfig, RedisMode};
 
-use crate::config::component::component_types;
-use crate::config::{ComponentId, FieldProblem, Resource};
-use crate::telemetry::ComponentTelemetry;
-use crate::topology::ComponentTask;
-use crate::topology::channel::{InputReceiver, Outputs};
+use crate::config::ComponentType;
+pub use crate::config::sink::{SinkComponent, SinkContext};
 
-component_types! {
-    /// Every sink type.
-    pub enum SinkConfig: SinkComponent {
-        "console" => Console(ConsoleConfig),
-        "file" => File(FileConfig),
-        "redis" => Redis(RedisConfig),
-        "blackhole" => Blackhole(BlackholeConfig),
-        "delta_lake" => DeltaLake(DeltaLakeConfig),
-    }
-}
-
-/// What every sink type provides.
-pub trait SinkComponent: Send + Sync {
-    fn check(&self) -> Vec<FieldProblem> {
-        Vec::new()
-    }
-
-    /// What the sink holds exclusively (a file), so two components cannot both own it.
-    fn resources(&self) -> Vec<Resource> {
-        Vec::new()
-    }
-
-    /// The longest the sink may hold an event before committing it (a batch timeout),
-    /// when that is long enough to matter to a source waiting for the commit.
-    fn commit_delay(&self) -> Option<std::time::Duration> {
-        None
-    }
-
-    fn build(&self, cx: SinkContext) -> anyhow::Result<ComponentTask>;
-}
-
-/// What a sink is given when it is built.
-pub struct SinkContext {
-    pub id: ComponentId,
-    pub input: InputReceiver,
-    /// The sink's one output, `errors`: events its destination refused for good (a type
-    /// conflict, a rejected command). Transient failures are retried, never sent here.
-    pub out: Outputs,
-    pub telemetry: ComponentTelemetry,
-}
+/// Every sink type.
+pub const TYPES: &[ComponentType<dyn SinkComponent>] = &[
+    ComponentType::of::<ConsoleConfig>("console"),
+    ComponentType::of::<FileConfig>("file"),
+    ComponentType::of::<RedisConfig>("redis"),
+    ComponentType::of::<BlackholeConfig>("blackhole"),
+    ComponentType::of::<DeltaLakeConfig>("delta_lake"),
+];
 
 /// The on-the-wire shape of events for sinks that write text.
 #[derive(

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::gate::{DeviceGate, UnknownDevices};
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
-use crate::config::FieldProblem;
+use crate::config::{FieldProblem, ServiceUse};
 use crate::event::{Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventMeta};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
@@ -150,14 +150,14 @@ impl SourceComponent for AmqpSourceConfig {
         problems
     }
 
-    fn registry_option(&self) -> Option<&'static str> {
-        (!self.unknown_devices.is_accept()).then_some("unknown_devices")
+    fn services(&self) -> Vec<ServiceUse> {
+        self.unknown_devices.services()
     }
 
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
         // Certificates are read now, so a bad file fails the start (or rolls a reload back).
         let tls = self.tls_config()?;
-        let gate = DeviceGate::new(cx.registry.clone(), self.unknown_devices)?;
+        let gate = DeviceGate::new(cx.services.get(), self.unknown_devices)?;
         let config = self.clone();
         Ok(Box::pin(async move { run(config, tls, gate, cx).await }))
     }

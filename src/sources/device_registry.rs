@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::{SourceComponent, SourceContext};
+use crate::config::ServiceUse;
 use crate::event::{Event, EventBatch, EventMeta, Fields, Value};
-use crate::registry::{Change, ChangeKind};
+use crate::registry::{self, Change, ChangeKind, Registry};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
 use crate::topology::ComponentTask;
@@ -48,12 +49,12 @@ impl SourceComponent for DeviceRegistrySourceConfig {
         }
     }
 
-    fn registry_option(&self) -> Option<&'static str> {
-        Some("type")
+    fn services(&self) -> Vec<ServiceUse> {
+        vec![registry::used_by("type")]
     }
 
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
-        let registry = cx.registry.clone().ok_or_else(|| {
+        let registry = cx.services.get::<Registry>().ok_or_else(|| {
             anyhow::anyhow!(
                 "`device_registry` needs the device registry: add a `registry:` section"
             )

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::SourceContext;
 use crate::config::OutputName;
+use crate::config::ServiceUse;
 use crate::event::{Event, EventBatch};
-use crate::registry::{AuthError, Registry};
+use crate::registry::{self, AuthError, Registry};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, Stage};
 
@@ -33,6 +34,14 @@ pub enum UnknownDevices {
 impl UnknownDevices {
     pub fn is_accept(&self) -> bool {
         *self == Self::Accept
+    }
+
+    /// A source with this setting needs the registry unless it accepts every device.
+    pub fn services(&self) -> Vec<ServiceUse> {
+        match self.is_accept() {
+            true => Vec::new(),
+            false => vec![registry::used_by("unknown_devices")],
+        }
     }
 }
 

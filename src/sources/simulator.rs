@@ -211,7 +211,7 @@ impl SourceComponent for SimulatorConfig {
 async fn run(config: SimulatorConfig, cx: SourceContext) -> anyhow::Result<()> {
     let mut fleet = Fleet::new(&config, config.start_time.unwrap_or_else(Timestamp::now));
     // Simulated devices are usually not registered; ones the registry disables are refused.
-    let gate = DeviceGate::new(cx.registry.clone(), UnknownDevices::Accept)?;
+    let gate = DeviceGate::new(cx.services.get(), UnknownDevices::Accept)?;
     let source = cx.id.as_arc();
     let started = tokio::time::Instant::now();
     let limit = config.limit.unwrap_or(u64::MAX);

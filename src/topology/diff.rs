@@ -66,22 +66,19 @@ impl Diff {
 /// Global settings a running weir cannot change; `None` when there is none.
 pub fn fixed_globals_changed(old: &TopologyConfig, new: &TopologyConfig) -> Option<String> {
     let (a, b) = (&old.globals, &new.globals);
-    let mut changed = Vec::new();
-    if a.data_dir != b.data_dir {
-        changed.push("`data_dir`");
+    let mut changed: Vec<String> = Vec::new();
+    let mut note = |differs: bool, key: &str| {
+        if differs {
+            changed.push(format!("`{key}`"));
+        }
+    };
+    note(a.data_dir != b.data_dir, "data_dir");
+    note(a.api != b.api, "api");
+    note(a.log != b.log, "log");
+    for key in a.services.changed_keys(&b.services) {
+        note(true, key);
     }
-    if a.api != b.api {
-        changed.push("`api`");
-    }
-    if a.log != b.log {
-        changed.push("`log`");
-    }
-    if a.registry != b.registry {
-        changed.push("`registry`");
-    }
-    if a.watch != b.watch {
-        changed.push("`watch`");
-    }
+    note(a.watch != b.watch, "watch");
     (!changed.is_empty()).then(|| {
         format!(
             "{} cannot change while weir runs: restart weir to apply it",
@@ -95,7 +92,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> TopologyConfig {
-        crate::config::load_str("t.yaml", text, &|_| None)
+        crate::config::load_str(&crate::CATALOGUE, "t.yaml", text, &|_| None)
             .unwrap()
             .0
     }

@@ -9,9 +9,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{FunctionTransform, TransformComponent, TransformContext, TransformOutput};
+use crate::config::ServiceUse;
 use crate::config::{FieldProblem, OutputName};
 use crate::event::{Event, EventBatch};
-use crate::registry::Registry;
+use crate::registry::{self, Registry};
 
 /// The output of events whose device the registry does not know (`on_unknown_device: route`).
 pub const UNKNOWN: &str = "unknown";
@@ -60,12 +61,12 @@ impl TransformComponent for EnrichConfig {
         }
     }
 
-    fn registry_option(&self) -> Option<&'static str> {
-        Some("type")
+    fn services(&self) -> Vec<ServiceUse> {
+        vec![registry::used_by("type")]
     }
 
     fn build(&self, cx: &TransformContext) -> anyhow::Result<Box<dyn FunctionTransform>> {
-        let registry = cx.registry.clone().ok_or_else(|| {
+        let registry = cx.services.get::<Registry>().ok_or_else(|| {
             anyhow::anyhow!("`enrich` needs the device registry: add a `registry:` section")
         })?;
         Ok(Box::new(Enrich::new(registry, self)))

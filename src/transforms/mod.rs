@@ -12,181 +12,24 @@ mod filter;
 mod remap;
 mod route;
 
-use std::sync::Arc;
-
 pub use alarm::AlarmConfig;
-pub use alarm::board::AlarmBoard;
 pub use decode::DecodeConfig;
 pub use enrich::{Enrich, EnrichConfig, OnUnknownDevice};
 pub use filter::FilterConfig;
 pub use remap::RemapConfig;
 pub use route::RouteConfig;
 
-use crate::config::component::component_types;
-use crate::config::{ComponentId, FieldProblem, OutputName};
-use crate::event::{Event, EventBatch};
-use crate::telemetry::events::{ComponentError, ErrorType, EventsDiscarded, Stage};
-use crate::telemetry::{ComponentTelemetry, InternalEvent};
-use crate::topology::channel::PortBuffers;
+use crate::config::ComponentType;
+pub use crate::config::transform::{
+    FunctionTransform, TransformComponent, TransformContext, TransformOutput,
+};
 
-component_types! {
-    /// Every transform type.
-    pub enum TransformConfig: TransformComponent {
-        "decode" => Decode(DecodeConfig),
-        "remap" => Remap(RemapConfig),
-        "filter" => Filter(FilterConfig),
-        "route" => Route(RouteConfig),
-        "enrich" => Enrich(EnrichConfig),
-        "alarm" => Alarm(AlarmConfig),
-    }
-}
-
-/// What every transform type provides.
-pub trait TransformComponent: Send + Sync {
-    /// Named outputs besides the default one (every transform also has `errors`).
-    fn named_outputs(&self) -> Vec<OutputName> {
-        Vec::new()
-    }
-
-    /// Whether the transform emits to its default output (`route` only has named ones).
-    fn has_default_output(&self) -> bool {
-        true
-    }
-
-    /// Checks that serde cannot express; each problem names the field it is about.
-    fn check(&self) -> Vec<FieldProblem> {
-        Vec::new()
-    }
-
-    /// The option that makes the transform use the device registry, if any.
-    fn registry_option(&self) -> Option<&'static str> {
-        None
-    }
-
-    fn build(&self, cx: &TransformContext) -> anyhow::Result<Box<dyn FunctionTransform>>;
-}
-
-impl TransformConfig {
-    /// Every named output, including `errors`.
-    pub fn outputs(&self) -> Vec<OutputName> {
-        let mut outputs = self.component().named_outputs();
-        outputs.push(OutputName::errors());
-        outputs
-    }
-}
-
-/// What a transform may know about itself when it is built.
-pub struct TransformContext {
-    pub id: ComponentId,
-    /// The device registry, when the topology has a `registry:` section.
-    pub registry: Option<Arc<crate::registry::Registry>>,
-    /// Where state that outlives the process goes (`alarm` keeps its alarms there).
-    pub data_dir: std::path::PathBuf,
-    /// The running topology's alarm board, shared with `/v1/alarms`.
-    pub alarms: Arc<AlarmBoard>,
-}
-
-impl TransformContext {
-    /// A context without a registry, with the default data directory and a board of its
-    /// own (tests, benches).
-    pub fn new(id: ComponentId) -> Self {
-        Self {
-            id,
-            registry: None,
-            data_dir: crate::config::GlobalConfig::default().data_dir,
-            alarms: AlarmBoard::new(),
-        }
-    }
-}
-
-/// The runtime of a transform: turns each input batch into output events.
-pub trait FunctionTransform: Send {
-    fn transform(&mut self, event: Event, out: &mut TransformOutput);
-
-    fn transform_batch(&mut self, batch: EventBatch, out: &mut TransformOutput) {
-        for event in batch {
-            self.transform(event, out);
-        }
-    }
-
-    /// A transform that also acts on requests from outside the graph (an alarm
-    /// acknowledged through the API) returns what signals them; the runner then calls
-    /// [`Self::on_wake`] whenever it fires, between batches.
-    fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
-        None
-    }
-
-    fn on_wake(&mut self, _out: &mut TransformOutput) {}
-}
-
-/// Where a transform puts its results while handling one batch.
-pub struct TransformOutput {
-    component: Arc<str>,
-    telemetry: ComponentTelemetry,
-    pub(crate) ports: PortBuffers,
-}
-
-impl TransformOutput {
-    pub fn new(id: &ComponentId, telemetry: ComponentTelemetry, outputs: &[OutputName]) -> Self {
-        Self {
-            component: id.as_arc(),
-            telemetry,
-            ports: PortBuffers {
-                default: Vec::new(),
-                named: outputs.iter().map(|o| (o.0.clone(), Vec::new())).collect(),
-            },
-        }
-    }
-
-    /// The metrics handle of the transform.
-    pub fn telemetry(&self) -> &ComponentTelemetry {
-        &self.telemetry
-    }
-
-    /// Emits to the default output.
-    pub fn push(&mut self, event: Event) {
-        self.ports.default.push(event);
-    }
-
-    /// Emits to a named output declared by the transform.
-    pub fn push_named(&mut self, output: &str, event: Event) {
-        match self.ports.named.iter_mut().find(|(name, _)| name == output) {
-            Some((_, events)) => events.push(event),
-            None => debug_assert!(false, "undeclared output `{output}`"),
-        }
-    }
-
-    /// Routes an event the transform could not handle to `errors`, counted and explained.
-    pub fn error(&mut self, event: Event, error_type: ErrorType, message: String) {
-        ComponentError {
-            error_type,
-            stage: Stage::Processing,
-            message: &message,
-            count: 1,
-        }
-        .emit(&self.telemetry);
-        let event = event.with_error(&self.component, message);
-        self.push_named(OutputName::ERRORS, event);
-    }
-
-    /// Counts events dropped on purpose (a filter's `false`).
-    pub fn discard(&mut self, count: usize) {
-        EventsDiscarded {
-            count,
-            intentional: true,
-        }
-        .emit(&self.telemetry);
-    }
-
-    /// The events emitted so far, by output (tests and benches).
-    pub fn take(&mut self) -> Vec<(String, Vec<Event>)> {
-        let mut all = vec![(
-            "default".to_owned(),
-            std::mem::take(&mut self.ports.default),
-        )];
-        for (name, events) in &mut self.ports.named {
-            all.push((name.clone(), std::mem::take(events)));
-        }
-        all
-    }
-}
+/// Every transform type.
+pub const TYPES: &[ComponentType<dyn TransformComponent>] = &[
+    ComponentType::of::<DecodeConfig>("decode"),
+    ComponentType::of::<RemapConfig>("remap"),
+    ComponentType::of::<FilterConfig>("filter"),
+    ComponentType::of::<RouteConfig>("route"),
+    ComponentType::of::<EnrichConfig>("enrich"),
+    ComponentType::of::<AlarmConfig>("alarm"),
+];

@@ -37,7 +37,9 @@ pub fn free_port() -> u16 {
 
 /// Loads a pipeline from text; panics with the diagnostics if it is invalid.
 pub fn pipeline(text: &str) -> TopologyConfig {
-    match weir::config::load_str("test.yaml", text, &|name| std::env::var(name).ok()) {
+    match weir::config::load_str(&weir::CATALOGUE, "test.yaml", text, &|name| {
+        std::env::var(name).ok()
+    }) {
         Ok((config, _)) => config,
         Err(errors) => panic!("invalid test pipeline:\n{errors}\n---\n{text}"),
     }

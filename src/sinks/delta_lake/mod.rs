@@ -296,6 +296,7 @@ impl SinkComponent for DeltaLakeConfig {
             input,
             out,
             telemetry,
+            ..
         } = cx;
         let columns = Columns::new(config.derived(), config.declared());
         let spec = TableSpec {

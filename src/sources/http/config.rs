@@ -8,8 +8,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::codecs::DecodingConfig;
-use crate::config::{ByteSize, Duration, FieldProblem, Resource};
+use crate::config::{ByteSize, Duration, FieldProblem, Resource, ServiceUse};
 use crate::event::DeviceId;
+use crate::registry;
 use crate::sources::gate::UnknownDevices;
 use crate::sources::{SourceComponent, SourceContext};
 use crate::tls::TlsConfig;
@@ -187,11 +188,11 @@ impl SourceComponent for HttpSourceConfig {
         (self.ack == AckMode::OnCommit).then(|| self.ack_timeout.get())
     }
 
-    fn registry_option(&self) -> Option<&'static str> {
+    fn services(&self) -> Vec<ServiceUse> {
         match (self.auth, self.unknown_devices) {
-            (HttpAuth::Sas, _) => Some("auth"),
-            (_, UnknownDevices::Refuse) => Some("unknown_devices"),
-            _ => None,
+            (HttpAuth::Sas, _) => vec![registry::used_by("auth")],
+            (_, UnknownDevices::Refuse) => vec![registry::used_by("unknown_devices")],
+            _ => Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use serde_json::json;
 
 use super::{Handler, HttpAuth, HttpSourceConfig, RateLimit};
+use crate::registry::Registry;
 use crate::sources::SourceContext;
 use crate::sources::gate::DeviceGate;
 use crate::telemetry::InternalEvent;
@@ -27,7 +28,8 @@ pub(super) fn build(config: &HttpSourceConfig, cx: SourceContext) -> anyhow::Res
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let sas = match (config.auth, &cx.registry) {
+    let registry = cx.services.get::<Registry>();
+    let sas = match (config.auth, &registry) {
         (HttpAuth::None, _) => None,
         (HttpAuth::Sas, Some(registry)) => Some(Arc::clone(registry)),
         (HttpAuth::Sas, None) => {
@@ -37,7 +39,7 @@ pub(super) fn build(config: &HttpSourceConfig, cx: SourceContext) -> anyhow::Res
     let listening = cx.telemetry.connected();
     let state = Arc::new(Handler {
         sas,
-        gate: DeviceGate::new(cx.registry.clone(), config.unknown_devices)?,
+        gate: DeviceGate::new(registry, config.unknown_devices)?,
         id: cx.id.clone(),
         source: cx.id.as_arc(),
         decoder: config.decoding.decoder(),

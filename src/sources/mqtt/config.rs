@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::decode::{DEVICE_ID_PARAM, DeviceIdRule};
 use super::session::Settings;
 use crate::codecs::DecodingConfig;
-use crate::config::{ByteSize, Duration, FieldProblem};
+use crate::config::{ByteSize, Duration, FieldProblem, ServiceUse};
 use crate::sources::gate::{DeviceGate, UnknownDevices};
 use crate::sources::{SourceComponent, SourceContext};
 use crate::template::Template;
@@ -245,8 +245,8 @@ impl SourceComponent for MqttSourceConfig {
         problems
     }
 
-    fn registry_option(&self) -> Option<&'static str> {
-        (!self.unknown_devices.is_accept()).then_some("unknown_devices")
+    fn services(&self) -> Vec<ServiceUse> {
+        self.unknown_devices.services()
     }
 
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
@@ -258,7 +258,7 @@ impl SourceComponent for MqttSourceConfig {
             true => Some(self.tls.clone().unwrap_or_default().client_config()?),
             false => None,
         };
-        let gate = DeviceGate::new(cx.registry.clone(), self.unknown_devices)?;
+        let gate = DeviceGate::new(cx.services.get(), self.unknown_devices)?;
         let settings = Settings {
             version: self.protocol,
             client_id: self

@@ -5,12 +5,12 @@
 //! [`machine::Tracker`] applies `for` / `count` and hysteresis. Each transition leaves as
 //! a copy of the reading that caused it with the alarm's fields added (`alarm`,
 //! `alarm_id`, `state`, `severity`, `started_at`, ...), so an action's template can use
-//! both. Active alarms are listed and acknowledged through `/v1/alarms` (see [`board`]),
+//! both. Active alarms are listed and acknowledged through `/v1/alarms` (see the
+//! [alarm board](crate::alarms), a shared service),
 //! and the state of every key is written to `data_dir/alarms/<id>.json` after every batch
 //! in which an alarm changed (before that batch's transitions leave) and at shutdown, so a
 //! restart neither raises an active alarm again nor forgets it.
 
-pub mod board;
 pub mod machine;
 mod store;
 
@@ -23,10 +23,10 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use self::board::{AckOutcome, AckRequest, AlarmBoard, AlarmSummary, BoardInbox};
 use self::machine::{Persistence, Severity, Transition};
 use self::store::{ActiveAlarm, KeyState, Snapshot};
 use super::{FunctionTransform, TransformComponent, TransformContext, TransformOutput};
+use crate::alarms::{AckOutcome, AckRequest, AlarmBoard, AlarmSummary, BoardInbox};
 use crate::config::{ComponentId, Duration, FieldProblem};
 use crate::event::{Event, EventMeta, Value};
 use crate::telemetry::events::{AlarmTransition, ComponentError, ErrorType, Stage};
@@ -145,7 +145,8 @@ impl TransformComponent for AlarmConfig {
             .map_or(std::time::Duration::ZERO, Duration::get);
         let path = store::snapshot_path(&cx.data_dir, &cx.id);
         let snapshot = Snapshot::read(&path)?;
-        let inbox = cx.alarms.register(&cx.id);
+        let board = cx.services.get_or_insert_with(AlarmBoard::new);
+        let inbox = board.register(&cx.id);
         let alarm = Alarm {
             component: cx.id.clone(),
             name: self.name.clone().unwrap_or_else(|| cx.id.to_string()),
@@ -163,7 +164,7 @@ impl TransformComponent for AlarmConfig {
             path,
             dirty: false,
             transitioned: false,
-            board: Arc::clone(&cx.alarms),
+            board,
             inbox,
             telemetry: None,
         };

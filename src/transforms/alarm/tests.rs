@@ -57,6 +57,13 @@ fn states(events: &[Event]) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The board the alarm transform built with `cx` registered with.
+fn board(cx: &TransformContext) -> Arc<crate::alarms::AlarmBoard> {
+    cx.services
+        .get()
+        .expect("the alarm transform has made the board")
+}
+
 fn context(dir: &std::path::Path) -> TransformContext {
     TransformContext {
         data_dir: dir.to_path_buf(),
@@ -117,7 +124,7 @@ fn a_restart_neither_raises_again_nor_forgets() {
     let cx = context(dir.path());
     let mut h = Harness::new(&cfg, &cx);
     assert_eq!(
-        cx.alarms.list().len(),
+        board(&cx).list().len(),
         1,
         "the active alarm is listed again"
     );
@@ -151,9 +158,9 @@ fn acknowledging_emits_a_transition_and_is_remembered() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let board = Arc::clone(&cx.alarms);
+    let shared = board(&cx);
     let ack = runtime.spawn({
-        let board = Arc::clone(&board);
+        let board = Arc::clone(&shared);
         let id = id.clone();
         async move { board.acknowledge(&id, Some("ops".into())).await }
     });
@@ -174,12 +181,12 @@ fn acknowledging_emits_a_transition_and_is_remembered() {
     assert_eq!(emitted[0].get("acknowledged_by"), Some(&Value::from("ops")));
     let outcome = runtime.block_on(ack).unwrap();
     assert!(matches!(outcome, Some(AckOutcome::Acknowledged(a)) if a.acknowledged));
-    assert!(board.list()[0].acknowledged);
+    assert!(shared.list()[0].acknowledged);
     drop(h);
     let cx = context(dir.path());
     let _h = Harness::new(&cfg, &cx);
     assert!(
-        cx.alarms.list()[0].acknowledged,
+        board(&cx).list()[0].acknowledged,
         "the acknowledgement survives a restart"
     );
 }

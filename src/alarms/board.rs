@@ -1,8 +1,9 @@
 //! The alarm board: what the API knows about the alarms of every running `alarm` transform.
 //!
 //! Each alarm transform publishes its active alarms here when they change and takes
-//! acknowledgements from here. The board is owned by the running topology and shared with
-//! the API, so `/v1/alarms` sees every alarm transform without reaching into the graph.
+//! acknowledgements from here. The board is one of the topology's shared services (the
+//! first alarm transform makes it), so `/v1/alarms` finds it as every other service is
+//! found and sees every alarm transform without reaching into the graph.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::machine::Severity;
+use super::Severity;
 use crate::config::ComponentId;
 use crate::event::Fields;
 

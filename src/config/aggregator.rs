@@ -1,0 +1,41 @@
+//! What every aggregator type provides, and what it is given when it is built.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::options::Options;
+use super::service::Services;
+use super::{ComponentId, FieldProblem, OutputName};
+use crate::telemetry::ComponentTelemetry;
+use crate::topology::ComponentTask;
+use crate::topology::channel::{InputReceiver, Outputs};
+
+/// What every aggregator type provides.
+pub trait AggregatorComponent: Options {
+    /// Named outputs besides the default one and `errors`.
+    fn named_outputs(&self) -> Vec<OutputName> {
+        Vec::new()
+    }
+
+    fn check(&self) -> Vec<FieldProblem> {
+        Vec::new()
+    }
+
+    fn build(&self, cx: AggregatorContext) -> anyhow::Result<ComponentTask>;
+}
+
+/// What an aggregator is given when it is built.
+pub struct AggregatorContext {
+    pub id: ComponentId,
+    pub input: InputReceiver,
+    pub out: Outputs,
+    pub telemetry: ComponentTelemetry,
+    /// Where state that outlives the process goes (open windows are checkpointed there).
+    pub data_dir: PathBuf,
+    /// Set when a reload replaced this instance: its open windows are not checkpointed
+    /// (the new definition would not accept them).
+    pub retired: Arc<AtomicBool>,
+    /// The topology's shared services.
+    pub services: Arc<Services>,
+}

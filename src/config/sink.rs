@@ -1,0 +1,45 @@
+//! What every sink type provides, and what it is given when it is built.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::options::Options;
+use super::service::Services;
+use super::{ComponentId, FieldProblem, Resource};
+use crate::telemetry::ComponentTelemetry;
+use crate::topology::ComponentTask;
+use crate::topology::channel::{InputReceiver, Outputs};
+
+/// What every sink type provides.
+pub trait SinkComponent: Options {
+    fn check(&self) -> Vec<FieldProblem> {
+        Vec::new()
+    }
+
+    /// What the sink holds exclusively (a file), so two components cannot both own it.
+    fn resources(&self) -> Vec<Resource> {
+        Vec::new()
+    }
+
+    /// The longest the sink may hold an event before committing it (a batch timeout),
+    /// when that is long enough to matter to a source waiting for the commit.
+    fn commit_delay(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    fn build(&self, cx: SinkContext) -> anyhow::Result<ComponentTask>;
+}
+
+/// What a sink is given when it is built.
+pub struct SinkContext {
+    pub id: ComponentId,
+    pub input: InputReceiver,
+    /// The sink's one output, `errors`: events its destination refused for good (a type
+    /// conflict, a rejected command). Transient failures are retried, never sent here.
+    pub out: Outputs,
+    pub telemetry: ComponentTelemetry,
+    /// Where state that outlives the process goes.
+    pub data_dir: PathBuf,
+    /// The topology's shared services.
+    pub services: Arc<Services>,
+}
