@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::component::{ComponentId, ComponentTask, FieldProblem};
 use super::options::Options;
 use super::service::Services;
-use super::{ComponentId, FieldProblem};
 use crate::telemetry::ComponentTelemetry;
-use crate::topology::ComponentTask;
 use crate::topology::channel::{InputReceiver, Outputs};
 
 /// What every action type provides.

@@ -4,11 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use super::component::{ComponentId, ComponentTask, FieldProblem, OutputName};
 use super::options::Options;
 use super::service::Services;
-use super::{ComponentId, FieldProblem, OutputName};
 use crate::telemetry::ComponentTelemetry;
-use crate::topology::ComponentTask;
 use crate::topology::channel::{InputReceiver, Outputs};
 
 /// What every aggregator type provides.

@@ -1,8 +1,21 @@
-//! Component identity: ids, sections and output names.
+//! What identifies a component and what every section's contract speaks of: ids,
+//! sections, outputs, held resources, option problems and the task a component runs.
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::yaml::PathStep;
+
+/// Where weir keeps state unless `data_dir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/weir";
+
+/// The work of one running component.
+pub type ComponentTask = BoxFuture<'static, anyhow::Result<()>>;
 
 /// A component's id, unique across all sections of a topology.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -121,5 +134,62 @@ impl OutputName {
 
     pub fn errors() -> Self {
         Self(Self::ERRORS.into())
+    }
+}
+
+/// Something a component holds exclusively while it runs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    TcpPort(SocketAddr),
+    File(PathBuf),
+}
+
+impl Resource {
+    /// Whether two resources cannot be held at once (`0.0.0.0:80` and `127.0.0.1:80` clash).
+    pub fn conflicts_with(&self, other: &Resource) -> bool {
+        match (self, other) {
+            (Self::TcpPort(a), Self::TcpPort(b)) => {
+                a.port() == b.port()
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            }
+            (Self::File(a), Self::File(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TcpPort(addr) => write!(f, "port {addr}"),
+            Self::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
+}
+
+/// A problem with one field of a component, found after deserialization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// Path from the component's mapping to the field; empty for the component itself.
+    pub path: Vec<PathStep>,
+    pub message: String,
+}
+
+impl FieldProblem {
+    pub fn at<'a>(path: impl IntoIterator<Item = &'a str>, message: impl Into<String>) -> Self {
+        Self {
+            path: path
+                .into_iter()
+                .map(|s| PathStep::Key(s.to_owned()))
+                .collect(),
+            message: message.into(),
+        }
+    }
+
+    pub fn component(message: impl Into<String>) -> Self {
+        Self {
+            path: Vec::new(),
+            message: message.into(),
+        }
     }
 }

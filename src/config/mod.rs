@@ -31,7 +31,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use catalogue::{Catalogue, ComponentType, OptionsError, ServiceType};
-pub use component::{ComponentId, ComponentKind, OutputName};
+pub use component::{
+    ComponentId, ComponentKind, ComponentTask, FieldProblem, OutputName, Resource,
+};
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
 pub use load::{load, load_str};
 pub use options::Options;
@@ -231,63 +233,6 @@ impl std::fmt::Display for OutputRef {
     }
 }
 
-/// Something a component holds exclusively while it runs.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Resource {
-    TcpPort(SocketAddr),
-    File(PathBuf),
-}
-
-impl Resource {
-    /// Whether two resources cannot be held at once (`0.0.0.0:80` and `127.0.0.1:80` clash).
-    pub fn conflicts_with(&self, other: &Resource) -> bool {
-        match (self, other) {
-            (Self::TcpPort(a), Self::TcpPort(b)) => {
-                a.port() == b.port()
-                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-            }
-            (Self::File(a), Self::File(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
-impl std::fmt::Display for Resource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::TcpPort(addr) => write!(f, "port {addr}"),
-            Self::File(path) => write!(f, "file {}", path.display()),
-        }
-    }
-}
-
-/// A problem with one field of a component, found after deserialization.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldProblem {
-    /// Path from the component's mapping to the field; empty for the component itself.
-    pub path: Vec<PathStep>,
-    pub message: String,
-}
-
-impl FieldProblem {
-    pub fn at<'a>(path: impl IntoIterator<Item = &'a str>, message: impl Into<String>) -> Self {
-        Self {
-            path: path
-                .into_iter()
-                .map(|s| PathStep::Key(s.to_owned()))
-                .collect(),
-            message: message.into(),
-        }
-    }
-
-    pub fn component(message: impl Into<String>) -> Self {
-        Self {
-            path: Vec::new(),
-            message: message.into(),
-        }
-    }
-}
-
 /// Settings outside the component sections.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -322,7 +267,7 @@ impl Default for GlobalConfig {
 }
 
 fn default_data_dir() -> PathBuf {
-    PathBuf::from("/var/lib/weir")
+    PathBuf::from(component::DEFAULT_DATA_DIR)
 }
 
 /// The HTTP API: `/health`, `/ready`, `/metrics`, `/v1/...`.

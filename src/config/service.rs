@@ -7,15 +7,16 @@
 //! it lives until weir stops (its settings cannot change while weir runs). A service
 //! without settings is made by its first user with [`Services::get_or_insert_with`].
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::options::Options;
 use crate::telemetry::Telemetry;
-pub use crate::topology::services::Services;
 
 /// A service's background work; it ends soon after its `stop` token fires.
 pub type ServiceTask = BoxFuture<'static, ()>;
@@ -89,5 +90,49 @@ impl ServiceConfigs {
 impl PartialEq for ServiceConfigs {
     fn eq(&self, other: &Self) -> bool {
         self.changed_keys(other).is_empty()
+    }
+}
+
+/// The shared services of a running topology, by type: the one door through which
+/// components (in their build context) and the API reach the device registry, the alarm
+/// board, and whatever service comes next. A service is any `Send + Sync` type; a
+/// component asks for it by that type (`cx.services.get::<Registry>()`), so a new service
+/// needs no new field anywhere.
+type Service = Arc<dyn Any + Send + Sync>;
+
+#[derive(Default)]
+pub struct Services {
+    by_type: RwLock<HashMap<TypeId, Service>>,
+}
+
+impl Services {
+    /// The service of type `T`, if it runs.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let by_type = self.by_type.read().unwrap_or_else(|p| p.into_inner());
+        let service = Arc::clone(by_type.get(&TypeId::of::<T>())?);
+        service.downcast::<T>().ok()
+    }
+
+    /// Makes `service` the one of type `T`, replacing any earlier one.
+    pub fn insert<T: Any + Send + Sync>(&self, service: Arc<T>) {
+        let mut by_type = self.by_type.write().unwrap_or_else(|p| p.into_inner());
+        by_type.insert(TypeId::of::<T>(), service);
+    }
+
+    /// The service of type `T`, made by `make` if none runs yet (services without
+    /// settings, such as the alarm board, are made by their first user).
+    pub fn get_or_insert_with<T: Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> Arc<T>,
+    ) -> Arc<T> {
+        let mut by_type = self.by_type.write().unwrap_or_else(|p| p.into_inner());
+        let service = by_type
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| make() as Service);
+        match Arc::clone(service).downcast::<T>() {
+            Ok(service) => service,
+            // Entries are keyed by their own type id, so this cannot happen.
+            Err(_) => unreachable!("a service stored under another type's id"),
+        }
     }
 }

@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::component::{ComponentId, ComponentTask, FieldProblem, Resource};
 use super::options::Options;
 use super::service::Services;
-use super::{ComponentId, FieldProblem, Resource};
 use crate::telemetry::ComponentTelemetry;
-use crate::topology::ComponentTask;
 use crate::topology::channel::{InputReceiver, Outputs};
 
 /// What every sink type provides.

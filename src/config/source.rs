@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::component::{ComponentId, ComponentTask, FieldProblem, Resource};
 use super::options::Options;
 use super::service::{ServiceUse, Services};
-use super::{ComponentId, FieldProblem, Resource};
 use crate::telemetry::ComponentTelemetry;
-use crate::topology::ComponentTask;
 use crate::topology::channel::Outputs;
 
 /// What every source type provides.

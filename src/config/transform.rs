@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::component::{ComponentId, DEFAULT_DATA_DIR, FieldProblem, OutputName};
 use super::options::Options;
 use super::service::{ServiceUse, Services};
-use super::{ComponentId, FieldProblem, OutputName};
 use crate::event::{Event, EventBatch};
 use crate::telemetry::events::{ComponentError, ErrorType, EventsDiscarded, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
@@ -56,7 +56,7 @@ impl TransformContext {
     pub fn new(id: ComponentId) -> Self {
         Self {
             id,
-            data_dir: super::GlobalConfig::default().data_dir,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             services: Arc::default(),
         }
     }

@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 pub use component::{ActionMetrics, BufferMetrics, ComponentTelemetry, WindowMetrics};
 pub use events::InternalEvent;
 
-use crate::config::{ComponentId, ComponentKind};
+use crate::config::component::{ComponentId, ComponentKind};
 
 /// Labels shared by every per-component series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -16,9 +16,9 @@ use super::channel::{
     DEFAULT_BUFFER_BATCHES, Fanout, InputReceiver, InputSender, Outputs, Targets, WeakInputSender,
     input_channel, targets,
 };
-use super::services::Services;
 use crate::config::action::ActionContext;
 use crate::config::aggregator::AggregatorContext;
+use crate::config::service::Services;
 use crate::config::sink::SinkContext;
 use crate::config::source::SourceContext;
 use crate::config::transform::{FunctionTransform, TransformContext, TransformOutput};

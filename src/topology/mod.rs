@@ -27,15 +27,11 @@ pub mod graph;
 mod running;
 pub mod services;
 
-use futures::future::BoxFuture;
-
-use crate::config::ComponentId;
+use crate::config::component::ComponentId;
+pub use crate::config::component::ComponentTask;
+pub use crate::config::service::Services;
 pub use diff::Diff;
 pub use running::RunningTopology;
-pub use services::Services;
-
-/// The work of one running component.
-pub type ComponentTask = BoxFuture<'static, anyhow::Result<()>>;
 
 /// Why a topology could not start or reload.
 #[derive(Debug, thiserror::Error)]

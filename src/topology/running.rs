@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::build::{self, Built, Instance, Shared};
 use super::channel::{InputSender, Targets};
-use super::services::{RunningServices, Services};
+use super::services::RunningServices;
 use super::{ComponentTask, Diff, ReloadError, TaskOutcome, diff};
+use crate::config::service::Services;
 use crate::config::{ComponentId, OutputRef, TopologyConfig};
 use crate::telemetry::Telemetry;
 
@@ -34,8 +35,12 @@ impl RunningTopology {
             globals: config.globals.clone(),
             components: BTreeMap::new(),
         };
-        let services = RunningServices::start(&config.globals, telemetry)
-            .map_err(|(service, error)| ReloadError::Service { service, error })?;
+        let services = RunningServices::start(
+            &config.globals.services,
+            &config.globals.data_dir,
+            telemetry,
+        )
+        .map_err(|(service, error)| ReloadError::Service { service, error })?;
         let mut topology = Self {
             config: empty,
             telemetry: Arc::clone(telemetry),
