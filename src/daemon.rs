@@ -9,42 +9,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::reload::{ReloadOutcome, ReloadRequest};
 use crate::api::{self, ApiState};
 use crate::config::{self, TopologyConfig};
 use crate::telemetry::Telemetry;
 use crate::telemetry::events::{ReloadApplied, ReloadFailed};
-use crate::topology::{Diff, RunningTopology};
+use crate::topology::RunningTopology;
 
 /// How long a file change waits for more changes before the reload (editors write twice).
 const DEBOUNCE: Duration = Duration::from_millis(300);
-
-/// What a reload did, as the API reports it.
-#[derive(Debug, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum ReloadOutcome {
-    Applied {
-        generation: u64,
-        diff: Diff,
-    },
-    Unchanged {
-        generation: u64,
-    },
-    /// Nothing changed: the running topology goes on.
-    Rejected {
-        reason: String,
-        errors: Vec<String>,
-    },
-}
-
-/// A reload asked for through the API.
-pub struct ReloadRequest {
-    pub respond: oneshot::Sender<ReloadOutcome>,
-}
 
 pub struct Options {
     pub paths: Vec<PathBuf>,

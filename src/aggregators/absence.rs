@@ -21,9 +21,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::engine::{GroupState, Groups, Outcome, WindowEngine};
+use super::engine::{GroupState, Groups, WindowEngine};
 use super::window::{
-    Emit, GroupKey, LatePolicy, WindowAck, WindowCommon, WindowSpec, millis, timestamp,
+    Emit, GroupKey, LatePolicy, Outcome, WindowAck, WindowCommon, WindowSpec, millis, timestamp,
 };
 use super::{AggregatorComponent, AggregatorContext, engine};
 use crate::config::{Duration, FieldProblem};

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::window::{GroupKey, WindowSpec};
+use super::window::{GroupKey, Outcome, WindowSpec};
 use super::{AggregatorContext, LATE};
 use crate::config::{ComponentId, OutputName};
 use crate::event::{Delivery, Event, EventBatch};
@@ -30,37 +30,6 @@ use crate::telemetry::events::{ComponentError, ErrorType, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent, WindowMetrics};
 use crate::topology::ComponentTask;
 use crate::topology::channel::Outputs;
-
-/// What happened to one event, beyond being folded into windows.
-#[derive(Debug, PartialEq)]
-pub enum Outcome {
-    Folded,
-    /// Late or future, dropped (counted).
-    Dropped(Bound),
-    /// Late or future, to be sent to `<id>.late`.
-    Routed(Bound),
-    /// Late or future, its time moved into an open window.
-    Adjusted(Bound),
-    /// Its event time could not be read.
-    BadTime(String),
-    /// Opening its window would exceed `max_open_windows`.
-    Overflow,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Bound {
-    Late,
-    Future,
-}
-
-impl Bound {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Late => "late",
-            Self::Future => "future",
-        }
-    }
-}
 
 /// The state of one window type for many groups.
 pub trait WindowEngine: Send + 'static {

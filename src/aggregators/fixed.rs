@@ -25,8 +25,8 @@ use smallvec::SmallVec;
 use std::collections::HashMap;
 
 use super::aggregate::Accumulator;
-use super::engine::{Outcome, WindowEngine};
-use super::window::{Admitted, GroupKey, InvalidValues, WindowSpec};
+use super::engine::WindowEngine;
+use super::window::{Admitted, GroupKey, InvalidValues, Outcome, WindowSpec};
 use crate::event::Event;
 
 /// How long a group without open windows keeps its watermark, at least.

@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::aggregate::Accumulator;
-use super::engine::{GroupState, Groups, Outcome, WindowEngine};
-use super::window::{Admitted, GroupKey, InvalidValues, WindowSpec, millis, window_config};
+use super::engine::{GroupState, Groups, WindowEngine};
+use super::window::{
+    Admitted, GroupKey, InvalidValues, Outcome, WindowSpec, millis, window_config,
+};
 use super::{AggregatorComponent, AggregatorContext, engine};
 use crate::config::{Duration, FieldProblem, OutputName};
 use crate::event::Event;

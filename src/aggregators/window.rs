@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::aggregate::{Accumulator, Aggregate, Skip};
-use super::engine::{Bound, Outcome};
 use crate::config::{Duration, FieldProblem};
 use crate::event::{Event, parse_event_time};
 
@@ -526,3 +525,34 @@ pub fn timestamp(ms: i64) -> Timestamp {
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+/// What happened to one event, beyond being folded into windows.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Folded,
+    /// Late or future, dropped (counted).
+    Dropped(Bound),
+    /// Late or future, to be sent to `<id>.late`.
+    Routed(Bound),
+    /// Late or future, its time moved into an open window.
+    Adjusted(Bound),
+    /// Its event time could not be read.
+    BadTime(String),
+    /// Opening its window would exceed `max_open_windows`.
+    Overflow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bound {
+    Late,
+    Future,
+}
+
+impl Bound {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Late => "late",
+            Self::Future => "future",
+        }
+    }
+}

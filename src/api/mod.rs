@@ -8,6 +8,7 @@
 
 mod alarms;
 mod devices;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,11 +20,11 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use self::reload::ReloadRequest;
 use crate::alarms::AlarmBoard;
-use crate::daemon::{ReloadOutcome, ReloadRequest};
 use crate::registry::Registry;
 use crate::telemetry::Telemetry;
 use crate::topology::Services;
@@ -81,7 +82,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/v1/reload", post(reload))
+        .route("/v1/reload", post(reload::reload))
         .merge(devices::routes())
         .merge(alarms::routes())
         .with_state(state)
@@ -130,45 +131,4 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
         )],
         state.telemetry.encode(),
     )
-}
-
-/// Reloads the pipeline files: 200 with the diff applied, 422 with the validation errors
-/// (nothing changed), 409 when a setting cannot change at run time, 500 when a component
-/// could not start (rolled back).
-async fn reload(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
-    let Some(sender) = &state.reload else {
-        return (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({ "error": "reloading is not available" })),
-        );
-    };
-    let (respond, outcome) = oneshot::channel();
-    if sender.send(ReloadRequest { respond }).await.is_err() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "error": "weir is stopping" })),
-        );
-    }
-    match outcome.await {
-        Ok(outcome) => {
-            let status = match &outcome {
-                ReloadOutcome::Applied { .. } | ReloadOutcome::Unchanged { .. } => StatusCode::OK,
-                ReloadOutcome::Rejected { reason, .. } if reason == "invalid" => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                ReloadOutcome::Rejected { reason, .. } if reason == "not_reloadable" => {
-                    StatusCode::CONFLICT
-                }
-                ReloadOutcome::Rejected { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            (
-                status,
-                axum::Json(serde_json::to_value(&outcome).unwrap_or_default()),
-            )
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "error": "weir is stopping" })),
-        ),
-    }
 }

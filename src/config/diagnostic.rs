@@ -123,3 +123,26 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+/// `` `a`, `b`, `c` ``
+pub(super) fn list(items: &[&str]) -> String {
+    if items.is_empty() {
+        return "(none in this build)".into();
+    }
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// ` (did you mean `x`?)` when a candidate is close to `word`, else empty.
+pub(super) fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+    candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), *c))
+        .filter(|(distance, c)| *distance <= 2.max(c.len() / 4) && *distance > 0)
+        .min()
+        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default()
+}

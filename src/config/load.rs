@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::diagnostic::{Diagnostic, Diagnostics, Location};
+use super::diagnostic::{Diagnostic, Diagnostics, Location, did_you_mean, list};
 use super::validate::{self, RawInput, TypedComponent};
 use super::yaml::{Key, Node, NodeKind, PathStep};
 use super::{Catalogue, ComponentKind, GlobalConfig, OptionsError, ServiceConfigs, TopologyConfig};
@@ -567,27 +567,4 @@ fn path_text(path: &[PathStep]) -> String {
 fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
     let rest = &text[text.find(start)? + start.len()..];
     Some(&rest[..rest.find(end)?])
-}
-
-/// `` `a`, `b`, `c` ``
-pub(super) fn list(items: &[&str]) -> String {
-    if items.is_empty() {
-        return "(none in this build)".into();
-    }
-    items
-        .iter()
-        .map(|i| format!("`{i}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// ` (did you mean `x`?)` when a candidate is close to `word`, else empty.
-pub(super) fn did_you_mean(word: &str, candidates: &[&str]) -> String {
-    candidates
-        .iter()
-        .map(|c| (strsim::damerau_levenshtein(word, c), *c))
-        .filter(|(distance, c)| *distance <= 2.max(c.len() / 4) && *distance > 0)
-        .min()
-        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
-        .unwrap_or_default()
 }

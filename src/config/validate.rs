@@ -4,8 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use globset::Glob;
 
-use super::diagnostic::{Diagnostic, Diagnostics, Location};
-use super::load::{did_you_mean, list};
+use super::diagnostic::{Diagnostic, Diagnostics, Location, did_you_mean, list};
 use super::{
     Catalogue, Component, ComponentConfig, ComponentId, ComponentKind, GlobalConfig, OutputRef,
     Resource,

@@ -8,9 +8,9 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::{Assigner, FixedWindows};
-use crate::aggregators::engine::{Bound, Outcome, WindowEngine};
+use crate::aggregators::engine::WindowEngine;
 use crate::aggregators::window::testing::{self, event};
-use crate::aggregators::window::{LatePolicy, WindowSpec, timestamp};
+use crate::aggregators::window::{Bound, LatePolicy, Outcome, WindowSpec, timestamp};
 use crate::event::Event;
 
 const NOW_MS: i64 = 1_800_000_000_000;

@@ -8,9 +8,9 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::SessionWindows;
-use crate::aggregators::engine::{Outcome, WindowEngine};
-use crate::aggregators::window::LatePolicy;
+use crate::aggregators::engine::WindowEngine;
 use crate::aggregators::window::testing::{self, event};
+use crate::aggregators::window::{LatePolicy, Outcome};
 use crate::event::Event;
 
 const T0: i64 = 1_800_000_000_000;
