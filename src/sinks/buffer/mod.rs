@@ -1,46 +1,68 @@
-//! The per-sink buffer: how many events a sink holds while its destination is slow, and
-//! what happens when it is full (`when_full`).
+//! The per-sink buffer: where a sink's events wait while its destination is slow, and what
+//! happens when it is full (`when_full`).
 //!
-//! A pump task moves batches from the sink's input channel into a bounded queue of events;
-//! the sink takes events out in the batch sizes its destination likes. With `block` (the
-//! default) a full queue stops the pump, the input channel fills, and backpressure reaches
-//! the sources: nothing is lost. `drop_newest` and `drop_oldest` make the sink lossy by
-//! choice: what they drop is counted (`buffer_discarded_events_total`) and acknowledged
-//! upstream as handled, since the user asked for it.
+//! `buffer: { type: memory }` (the default for now) is a bounded queue of events
+//! ([`memory`]); `buffer: { type: disk }` is a log of segment files in
+//! `data_dir/buffers/<id>/` ([`disk`]) that acknowledges events upstream once they are
+//! durably appended, so a source's acknowledgement no longer waits for the sink's batching.
+//! Both sit behind [`SinkBuffer`], so a sink reads the same way from either.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+mod disk;
+mod memory;
+
+use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
-use crate::config::FieldProblem;
+use crate::config::{ByteSize, FieldProblem};
 use crate::event::Event;
 use crate::telemetry::ComponentTelemetry;
-use crate::telemetry::InternalEvent;
-use crate::telemetry::events::BufferDiscarded;
 use crate::topology::channel::InputReceiver;
 
-/// How many events a sink may hold, and what to do when it holds that many.
+/// Where a sink's events wait, how much of them, and what to do when it is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
-    /// Events held in memory before `when_full` applies.
-    #[serde(default = "default_max_events")]
-    pub max_events: usize,
+    /// `memory` (lost on a crash; the source waits for the sink's commit) or `disk`
+    /// (segment files in `data_dir/buffers/<id>/`; the source waits only for the
+    /// group-committed append, a few milliseconds).
+    #[serde(default, rename = "type")]
+    pub kind: BufferType,
+    /// Memory buffers: events held before `when_full` applies (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<usize>,
+    /// Disk buffers: bytes on disk before `when_full` applies (default 1GiB: about seven
+    /// million readings of ~150 bytes, minutes of a busy site or hours of a quiet one while
+    /// the destination is down, and small next to a gateway's disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<ByteSize>,
     #[serde(default)]
     pub when_full: WhenFull,
 }
 
-fn default_max_events() -> usize {
-    10_000
+/// Which buffer a sink has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferType {
+    /// A bounded queue in memory.
+    #[default]
+    Memory,
+    /// A write-ahead log on disk, group-committed.
+    Disk,
 }
+
+const DEFAULT_MAX_EVENTS: usize = 10_000;
+const DEFAULT_MAX_SIZE: ByteSize = ByteSize::mib(1024);
+/// Smaller than this, segments would be tiny and trimming coarse.
+const MIN_MAX_SIZE: ByteSize = ByteSize::mib(1);
 
 impl Default for BufferConfig {
     fn default() -> Self {
         Self {
-            max_events: default_max_events(),
+            kind: BufferType::Memory,
+            max_events: None,
+            max_size: None,
             when_full: WhenFull::default(),
         }
     }
@@ -48,13 +70,49 @@ impl Default for BufferConfig {
 
 impl BufferConfig {
     pub fn check(&self) -> Vec<FieldProblem> {
-        match self.max_events {
-            0 => vec![FieldProblem::at(
-                ["buffer", "max_events"],
-                "expected at least one event",
-            )],
-            _ => Vec::new(),
+        let mut problems = Vec::new();
+        match self.kind {
+            BufferType::Memory => {
+                if self.max_events == Some(0) {
+                    problems.push(FieldProblem::at(
+                        ["buffer", "max_events"],
+                        "expected at least one event",
+                    ));
+                }
+                if self.max_size.is_some() {
+                    problems.push(FieldProblem::at(
+                        ["buffer", "max_size"],
+                        "only a disk buffer has `max_size`; a memory buffer is bounded by `max_events`",
+                    ));
+                }
+            }
+            BufferType::Disk => {
+                if self.max_events.is_some() {
+                    problems.push(FieldProblem::at(
+                        ["buffer", "max_events"],
+                        "only a memory buffer has `max_events`; a disk buffer is bounded by `max_size`",
+                    ));
+                }
+                if self.max_size.is_some_and(|size| size < MIN_MAX_SIZE) {
+                    problems.push(FieldProblem::at(
+                        ["buffer", "max_size"],
+                        format!("expected at least {MIN_MAX_SIZE}"),
+                    ));
+                }
+                if self.when_full == WhenFull::DropOldest {
+                    problems.push(FieldProblem::at(
+                        ["buffer", "when_full"],
+                        "`drop_oldest` is for memory buffers; a disk buffer supports `block` or `drop_newest`",
+                    ));
+                }
+            }
         }
+        problems
+    }
+
+    /// Whether events wait on disk (and are acknowledged upstream once appended there).
+    pub fn is_disk(&self) -> bool {
+        self.kind == BufferType::Disk
     }
 }
 
@@ -67,75 +125,65 @@ pub enum WhenFull {
     Block,
     /// Drop the incoming events (counted).
     DropNewest,
-    /// Drop the oldest held events to make room (counted).
+    /// Drop the oldest held events to make room (counted; memory buffers only).
     DropOldest,
-}
-
-struct Shared {
-    queue: Mutex<Queue>,
-    /// Signalled when events arrive or the input closes.
-    filled: Notify,
-    /// Signalled when the sink took events out.
-    drained: Notify,
-}
-
-struct Queue {
-    events: VecDeque<Event>,
-    closed: bool,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// The sink's end of its buffer.
 pub struct SinkBuffer {
-    shared: Arc<Shared>,
-    pump: tokio::task::JoinHandle<()>,
+    inner: Inner,
+}
+
+enum Inner {
+    Memory(memory::MemoryBuffer),
+    Disk(disk::DiskBuffer),
 }
 
 impl SinkBuffer {
-    /// Starts pumping `input` into a buffer shaped by `config`.
-    pub fn new(input: InputReceiver, config: BufferConfig, telemetry: ComponentTelemetry) -> Self {
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                events: VecDeque::new(),
-                closed: false,
-            }),
-            filled: Notify::new(),
-            drained: Notify::new(),
-        });
-        let pump = tokio::spawn(pump(input, config, Arc::clone(&shared), telemetry));
-        Self { shared, pump }
+    /// Starts pumping `input` into a buffer shaped by `config`; a disk buffer lives in
+    /// `dir` (`SinkContext::buffer_dir`).
+    pub fn new(
+        input: InputReceiver,
+        config: BufferConfig,
+        telemetry: ComponentTelemetry,
+        dir: PathBuf,
+    ) -> Self {
+        let inner = match config.kind {
+            BufferType::Memory => Inner::Memory(memory::MemoryBuffer::new(
+                input,
+                config.max_events.unwrap_or(DEFAULT_MAX_EVENTS),
+                config.when_full,
+                telemetry,
+            )),
+            BufferType::Disk => Inner::Disk(disk::DiskBuffer::new(
+                input,
+                disk::Options {
+                    dir,
+                    max_size: config.max_size.unwrap_or(DEFAULT_MAX_SIZE).get(),
+                    drop_newest: config.when_full == WhenFull::DropNewest,
+                },
+                telemetry,
+            )),
+        };
+        Self { inner }
     }
 
     /// Up to `max` events, waiting until there is at least one; `None` once the input has
-    /// closed and everything was taken. Cancel-safe: events are only removed when returned.
+    /// closed and everything was handed out. Cancel-safe: events are only taken when
+    /// returned. Dropping the events acknowledges them (a disk buffer then trims them).
     pub async fn next(&mut self, max: usize) -> Option<Vec<Event>> {
-        loop {
-            let filled = self.shared.filled.notified();
-            {
-                let mut queue = self.shared.lock();
-                if !queue.events.is_empty() {
-                    let take = queue.events.len().min(max.max(1));
-                    let events: Vec<Event> = queue.events.drain(..take).collect();
-                    drop(queue);
-                    self.shared.drained.notify_one();
-                    return Some(events);
-                }
-                if queue.closed {
-                    return None;
-                }
-            }
-            filled.await;
+        match &mut self.inner {
+            Inner::Memory(buffer) => buffer.next(max).await,
+            Inner::Disk(buffer) => buffer.next(max).await,
         }
     }
 
-    /// Events held right now.
+    /// Events held right now (a disk buffer: appended and not yet acknowledged).
     pub fn len(&self) -> usize {
-        self.shared.lock().events.len()
+        match &self.inner {
+            Inner::Memory(buffer) => buffer.len(),
+            Inner::Disk(buffer) => buffer.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -143,83 +191,20 @@ impl SinkBuffer {
     }
 }
 
-impl Drop for SinkBuffer {
-    fn drop(&mut self) {
-        // A sink that stops early loses what it holds: the pump's input receiver then
-        // fails what is still queued in the channel, and these fail with the queue.
-        self.pump.abort();
-        let mut queue = self.shared.lock();
-        for event in queue.events.drain(..) {
-            event.fail_delivery();
-        }
-    }
-}
-
-async fn pump(
-    mut input: InputReceiver,
-    config: BufferConfig,
-    shared: Arc<Shared>,
-    telemetry: ComponentTelemetry,
-) {
-    while let Some(batch) = input.recv().await {
-        let mut incoming: Vec<Event> = batch.into_iter().collect();
-        loop {
-            let drained = shared.drained.notified();
-            let Some(dropped) = admit(&shared, &config, &mut incoming) else {
-                drained.await;
-                continue;
-            };
-            shared.filled.notify_one();
-            BufferDiscarded { count: dropped }.emit(&telemetry);
-            break;
-        }
-    }
-    shared.lock().closed = true;
-    shared.filled.notify_one();
-}
-
-/// Moves `incoming` into the queue as `when_full` says; returns how many events were
-/// dropped, or `None` when the queue is full and the policy is to wait.
-fn admit(shared: &Shared, config: &BufferConfig, incoming: &mut Vec<Event>) -> Option<usize> {
-    let mut queue = shared.lock();
-    let room = config.max_events.saturating_sub(queue.events.len());
-    let dropped = match config.when_full {
-        WhenFull::Block if room == 0 => return None,
-        // Overshoot by up to one batch rather than split it: the bound stays a bound.
-        WhenFull::Block => {
-            queue.events.extend(incoming.drain(..));
-            0
-        }
-        WhenFull::DropNewest => {
-            let kept = incoming.len().min(room);
-            let dropped = incoming.len() - kept;
-            queue.events.extend(incoming.drain(..kept));
-            incoming.clear();
-            dropped
-        }
-        WhenFull::DropOldest => {
-            queue.events.extend(incoming.drain(..));
-            let excess = queue.events.len().saturating_sub(config.max_events);
-            queue.events.drain(..excess);
-            excess
-        }
-    };
-    Some(dropped)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::config::{ComponentId, ComponentKind};
     use crate::event::{EventBatch, EventMeta, Fields};
     use crate::telemetry::Telemetry;
-    use crate::topology::channel::input_channel;
 
-    fn telemetry() -> ComponentTelemetry {
+    pub fn telemetry() -> ComponentTelemetry {
         Telemetry::new().component(&ComponentId::new("s"), ComponentKind::Sink, "test")
     }
 
-    fn batch(range: std::ops::Range<i64>) -> EventBatch {
+    pub fn batch(range: std::ops::Range<i64>) -> EventBatch {
         EventBatch::new(
             range
                 .map(|i| {
@@ -231,48 +216,61 @@ mod tests {
         )
     }
 
-    fn ids(events: &[Event]) -> Vec<i64> {
+    pub fn ids(events: &[Event]) -> Vec<i64> {
         events
             .iter()
             .filter_map(|e| e.get("i").and_then(|v| v.as_i64()))
             .collect()
     }
 
-    async fn run(when_full: WhenFull) -> Vec<i64> {
-        let t = telemetry();
-        let (tx, rx) = input_channel(&t, 8);
-        let mut buffer = SinkBuffer::new(
-            rx,
-            BufferConfig {
-                max_events: 4,
-                when_full,
-            },
-            t,
-        );
-        tx.send_for_test(batch(0..3)).await;
-        tx.send_for_test(batch(3..6)).await;
-        drop(tx);
-        // Let the pump take both batches before the sink reads anything.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let mut seen = Vec::new();
-        while let Some(events) = buffer.next(100).await {
-            seen.extend(ids(&events));
+    /// Polls `check` every 20 ms for up to 5 s.
+    pub async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+        for _ in 0..250 {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        seen
+        check()
     }
 
-    #[tokio::test]
-    async fn block_keeps_everything() {
-        assert_eq!(run(WhenFull::Block).await, vec![0, 1, 2, 3, 4, 5]);
+    fn parse(yaml: &str) -> BufferConfig {
+        serde_json::from_value(serde_json::from_str(yaml).unwrap()).unwrap()
     }
 
-    #[tokio::test]
-    async fn drop_newest_keeps_the_first() {
-        assert_eq!(run(WhenFull::DropNewest).await, vec![0, 1, 2, 3]);
+    #[test]
+    fn the_default_is_todays_memory_buffer() {
+        let config = parse("{}");
+        assert_eq!(config, BufferConfig::default());
+        assert!(!config.is_disk());
+        assert!(config.check().is_empty());
     }
 
-    #[tokio::test]
-    async fn drop_oldest_keeps_the_last() {
-        assert_eq!(run(WhenFull::DropOldest).await, vec![2, 3, 4, 5]);
+    #[test]
+    fn options_of_the_other_type_are_named() {
+        let paths = |json: &str| -> Vec<String> {
+            parse(json)
+                .check()
+                .into_iter()
+                .map(|p| format!("{:?}", p.path))
+                .collect()
+        };
+        assert_eq!(
+            paths(r#"{"type":"disk","max_events":5,"when_full":"drop_oldest"}"#),
+            vec![
+                format!("{:?}", FieldProblem::at(["buffer", "max_events"], "").path),
+                format!("{:?}", FieldProblem::at(["buffer", "when_full"], "").path),
+            ]
+        );
+        assert_eq!(
+            paths(r#"{"max_size":"1GiB"}"#),
+            vec![format!(
+                "{:?}",
+                FieldProblem::at(["buffer", "max_size"], "").path
+            )]
+        );
+        assert_eq!(paths(r#"{"type":"disk","max_size":"10KiB"}"#).len(), 1);
+        assert!(paths(r#"{"type":"disk","max_size":"8GiB","when_full":"drop_newest"}"#).is_empty());
+        assert_eq!(paths(r#"{"max_events":0}"#).len(), 1);
     }
 }
