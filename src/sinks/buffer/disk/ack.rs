@@ -287,13 +287,19 @@ pub fn persist_and_trim(shared: &Shared) {
             .collect();
         (position, doomed)
     };
-    if let Err(err) = write_position(&shared.dir, position) {
-        BufferIoFailed {
-            message: &format!("cannot write the ack position: {err}; trying again"),
+    // Deleting acknowledged segments is safe even when the position could not be written
+    // (a full disk): a start treats records missing below the first segment as
+    // acknowledged. And on a full disk, deleting them is what makes room.
+    let written = match write_position(&shared.dir, position) {
+        Ok(()) => true,
+        Err(err) => {
+            BufferIoFailed {
+                message: &format!("cannot write the ack position: {err}; trying again"),
+            }
+            .emit(&shared.telemetry);
+            false
         }
-        .emit(&shared.telemetry);
-        return;
-    }
+    };
     let mut deleted = Vec::new();
     for first in doomed {
         match std::fs::remove_file(segment::path(&shared.dir, first)) {
@@ -309,7 +315,9 @@ pub fn persist_and_trim(shared: &Shared) {
         }
     }
     let mut state = shared.lock();
-    state.acks.persisted = state.acks.persisted.max(position);
+    if written {
+        state.acks.persisted = state.acks.persisted.max(position);
+    }
     for first in deleted {
         if state.segments.front().is_some_and(|s| s.first_seq == first)
             && let Some(gone) = state.segments.pop_front()

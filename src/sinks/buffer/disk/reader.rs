@@ -24,7 +24,6 @@ pub struct Reader {
     shared: Arc<Shared>,
     /// Where new records continue; set from the recovered start once the buffer is open.
     pos: Option<ReadPos>,
-    file: Option<(u64, File)>,
     buf: Vec<u8>,
     /// Segment and file offset of `buf[0]`.
     buf_at: (u64, u64),
@@ -60,7 +59,6 @@ impl Reader {
         Self {
             shared,
             pos: None,
-            file: None,
             buf: Vec::new(),
             buf_at: (0, 0),
             decoder: Decoder::default(),
@@ -208,14 +206,10 @@ impl Reader {
             && offset >= buf_offset
             && offset + len <= buf_offset + self.buf.len() as u64;
         if !cached {
-            if self.file.as_ref().is_none_or(|(s, _)| *s != segment) {
-                let file =
-                    File::open(segment::path(&self.shared.dir, segment)).map_err(ReadError::Io)?;
-                self.file = Some((segment, file));
-            }
-            let Some((_, file)) = &self.file else {
-                return Err(ReadError::Io(std::io::Error::other("no open segment")));
-            };
+            // Opened for each refill, not kept: a segment deleted while the reader is idle
+            // (trimmed, or discarded on a full disk) must not stay allocated by its handle.
+            let file =
+                File::open(segment::path(&self.shared.dir, segment)).map_err(ReadError::Io)?;
             let size = len.max(READ_AHEAD.min(limit - offset));
             self.buf.resize(size as usize, 0);
             file.read_exact_at(&mut self.buf, offset)

@@ -283,5 +283,87 @@ async fn acknowledged_segments_are_deleted() {
         "only the segment being written is left: {:?}",
         segment::list(&dir).unwrap()
     );
-    assert_eq!(h.metrics.events.get(), 0);
+    assert!(
+        crate::sinks::buffer::tests::eventually(|| h.metrics.events.get() == 0).await,
+        "every event acknowledged: {}",
+        h.metrics.events.get()
+    );
+}
+
+/// A tmpfs of `size`, unmounted on drop. The tests run as root (see the README), which
+/// `mount` needs; a full disk cannot be made any other way without privileges.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs (needs root)");
+        Self { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_backpressure_and_loses_nothing() {
+    let disk = Tmpfs::mount("256k");
+    let dir = disk.dir.path().join("buffers").join("s");
+    let mut h = start(&dir, 1 << 30, false);
+    // Nobody reads: appends fill the disk until one fails; then intake stops.
+    let mut sent = 0;
+    let mut outcomes = Vec::new();
+    loop {
+        let mut events: Vec<Event> = batch(sent..sent + 100).into_iter().collect();
+        let outcome = Delivery::attach_all(&mut events);
+        let send = h.send(EventBatch::new(events));
+        if tokio::time::timeout(Duration::from_millis(1000), send)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        outcomes.push(outcome);
+        sent += 100;
+        assert!(sent < 100_000, "the disk never filled up");
+    }
+    let last = outcomes.last_mut().expect("something was sent");
+    assert!(
+        last.try_recv().is_err(),
+        "what is not on disk is not acknowledged"
+    );
+    // The sink reads and commits what is on disk; the buffer makes room and appends the rest.
+    let mut seen = Vec::new();
+    while (seen.len() as i64) < sent {
+        let events = tokio::time::timeout(Duration::from_secs(20), h.buffer.next(1000))
+            .await
+            .expect("the rest arrives once there is room")
+            .expect("not closed");
+        seen.extend(ids(&events));
+    }
+    assert_eq!(
+        seen,
+        (0..sent).collect::<Vec<_>>(),
+        "nothing lost, nothing twice"
+    );
+    for outcome in outcomes {
+        assert_eq!(outcome.await, Ok(DeliveryStatus::Committed));
+    }
+    assert_eq!(h.metrics.corrupted.get(), 0);
+    drop(h);
+    // Let the acknowledger finish before the disk goes away.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(disk);
 }

@@ -72,6 +72,22 @@ impl Writer {
         }
     }
 
+    /// Deletes the segment `first_seq`, every record of which the caller knows is
+    /// acknowledged; if it is the one being appended to, the next append starts a new one.
+    /// After a failed append on a full disk that is what makes room: the acknowledger
+    /// never deletes the last segment, which the writer may be appending to.
+    pub fn discard(&mut self, first_seq: u64) -> std::io::Result<u64> {
+        if self.segment == first_seq {
+            self.file = None;
+            self.len = 0;
+        }
+        match std::fs::remove_file(segment::path(&self.dir, first_seq)) {
+            Ok(()) => Ok(first_seq),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(first_seq),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Appends `records` frames and makes them durable (one write, one fdatasync).
     pub fn append(&mut self, bytes: &[u8], records: u64) -> std::io::Result<Appended> {
         let mut added = 0;
@@ -152,7 +168,9 @@ fn encode(batch: EventBatch) -> Encoded {
     Encoded { group, ends }
 }
 
-type Append = JoinHandle<(Writer, Group, std::io::Result<Appended>)>;
+/// An append running on a blocking thread: the writer and group back, the segment it
+/// discarded first (if told to), and the outcome.
+type Append = JoinHandle<(Writer, Group, Option<u64>, std::io::Result<Appended>)>;
 
 /// Reads `input` into the log until it closes and everything is durable.
 pub async fn pump(
@@ -179,9 +197,22 @@ pub async fn pump(
             match (group, writer.take()) {
                 (Some(group), Some(mut w)) => {
                     in_flight_bytes = group.bytes.len();
+                    // After a failure (a full disk?), drop a fully acknowledged segment.
+                    let discard = match failures {
+                        0 => None,
+                        _ => {
+                            let state = shared.lock();
+                            let last = state.segments.back().map(|s| s.first_seq);
+                            last.filter(|_| state.acks.position() >= state.durable_seq)
+                        }
+                    };
                     in_flight = Some(tokio::task::spawn_blocking(move || {
-                        let result = w.append(&group.bytes, group.records());
-                        (w, group, result)
+                        let discarded = discard.map(|first| w.discard(first)).transpose();
+                        let (discarded, result) = match discarded {
+                            Ok(discarded) => (discarded, w.append(&group.bytes, group.records())),
+                            Err(err) => (None, Err(err)),
+                        };
+                        (w, group, discarded, result)
                     }));
                 }
                 (group, w) => {
@@ -205,14 +236,17 @@ pub async fn pump(
             joined = join(&mut in_flight) => {
                 in_flight = None;
                 in_flight_bytes = 0;
+                if let Ok((_, _, Some(segment), _)) = &joined {
+                    forget_segment(&shared, *segment);
+                }
                 match joined {
-                    Ok((w, mut group, Ok(appended))) => {
+                    Ok((w, mut group, _, Ok(appended))) => {
                         writer = Some(w);
                         failures = 0;
                         publish(&shared, appended, group.records());
                         group.durable = true;
                     }
-                    Ok((w, group, Err(err))) => {
+                    Ok((w, group, _, Err(err))) => {
                         writer = Some(w);
                         failures += 1;
                         let delay = Duration::from_millis(100 << failures.min(6)).min(Duration::from_secs(5));
@@ -240,7 +274,9 @@ pub async fn pump(
                     held = admit(&shared, encoded, pending, max_size, drop_newest, &mut next);
                 }
             }
-            batch = input.recv(), if input_open && held.is_none() && next.bytes.len() < GROUP_MAX => {
+            // Not while appends fail: the sources wait (backpressure) instead of weir
+            // holding ever more in memory.
+            batch = input.recv(), if input_open && held.is_none() && failures == 0 && next.bytes.len() < GROUP_MAX => {
                 match batch {
                     None => input_open = false,
                     Some(batch) => held = admit(&shared, encode(batch), pending, max_size, drop_newest, &mut next),
@@ -254,7 +290,7 @@ pub async fn pump(
 
 async fn join(
     in_flight: &mut Option<Append>,
-) -> Result<(Writer, Group, std::io::Result<Appended>), tokio::task::JoinError> {
+) -> Result<(Writer, Group, Option<u64>, std::io::Result<Appended>), tokio::task::JoinError> {
     match in_flight {
         Some(handle) => handle.await,
         None => std::future::pending().await,
@@ -304,6 +340,17 @@ fn admit(
     // Dropped by the user's choice: their deliveries are released as handled.
     drop(dropped);
     None
+}
+
+/// Removes a segment the writer deleted from what the buffer knows.
+fn forget_segment(shared: &Shared, first_seq: u64) {
+    let mut state = shared.lock();
+    if let Some(i) = state.segments.iter().position(|s| s.first_seq == first_seq)
+        && let Some(gone) = state.segments.remove(i)
+    {
+        state.bytes -= gone.len;
+        shared.metrics.byte_size.set(state.bytes as i64);
+    }
 }
 
 /// Makes an append visible to the reader.
