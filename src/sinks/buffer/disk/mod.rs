@@ -227,7 +227,15 @@ async fn open(shared: &Arc<Shared>, options: &Options) -> Option<writer::Writer>
             shared.metrics.clone(),
             shared.telemetry.clone(),
         );
-        match tokio::task::spawn_blocking(move || recover::open(&dir, &metrics, &telemetry)).await {
+        // The recovery holds the directory too: if the buffer is dropped meanwhile, the
+        // next holder must not start before this has finished.
+        let held = Arc::clone(&lock);
+        let recover = move || {
+            let recovered = recover::open(&dir, &metrics, &telemetry);
+            drop(held);
+            recovered
+        };
+        match tokio::task::spawn_blocking(recover).await {
             Ok(Ok(recovered)) => break recovered,
             Ok(Err(err)) => {
                 BufferIoFailed {
