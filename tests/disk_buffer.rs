@@ -96,6 +96,18 @@ async fn post(client: &reqwest::Client, port: u16, readings: &[Value]) -> (u16, 
     (status, started.elapsed())
 }
 
+/// Posts requests `chunks` of 50 readings each (ids `chunk * 50..`), each answered 200;
+/// returns the slowest answer's time.
+async fn post_all(client: &reqwest::Client, port: u16, chunks: std::ops::Range<u64>) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for chunk in chunks {
+        let (status, took) = post(client, port, &readings(chunk * 50..chunk * 50 + 50)).await;
+        assert_eq!(status, 200, "request {chunk}");
+        slowest = slowest.max(took);
+    }
+    slowest
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_answers_once_durable_in_the_buffer_and_rows_land_after_the_batch_timeout() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,12 +124,7 @@ async fn http_answers_once_durable_in_the_buffer_and_rows_land_after_the_batch_t
         .build()
         .unwrap();
     let started = Instant::now();
-    let mut slowest = Duration::ZERO;
-    for chunk in 0..10u64 {
-        let (status, took) = post(&client, port, &readings(chunk * 50..chunk * 50 + 50)).await;
-        assert_eq!(status, 200, "request {chunk}");
-        slowest = slowest.max(took);
-    }
+    let slowest = post_all(&client, port, 0..10).await;
     // With a memory buffer each answer would wait for the commit, 10 s away.
     assert!(
         slowest < Duration::from_secs(2),
@@ -168,10 +175,7 @@ async fn a_crash_loses_nothing_the_buffer_acknowledged() {
     let pipeline = write_pipeline(dir.path(), port, api, "1h");
     let mut weir = Weir::start(dir.path(), &pipeline, api_addr).await;
     let client = reqwest::Client::new();
-    for chunk in 0..6u64 {
-        let (status, _) = post(&client, port, &readings(chunk * 50..chunk * 50 + 50)).await;
-        assert_eq!(status, 200);
-    }
+    post_all(&client, port, 0..6).await;
     weir.signal(libc::SIGKILL);
     let _ = weir.child.wait();
     assert!(table_ids(&dir.path().join("lake")).await.is_empty());
@@ -222,18 +226,12 @@ async fn a_reload_hands_the_buffer_to_the_new_instance_without_loss_or_duplicate
     )
     .await;
     let client = reqwest::Client::new();
-    for chunk in 0..4u64 {
-        let (status, _) = post(&client, port, &readings(chunk * 50..chunk * 50 + 50)).await;
-        assert_eq!(status, 200);
-    }
+    post_all(&client, port, 0..4).await;
     // A changed sink: the old instance drains and commits, then the new one opens the
     // same buffer directory (never both at once).
     write_pipeline(dir.path(), port, api, "300ms");
     assert_eq!(reload(api).await, 200);
-    for chunk in 4..8u64 {
-        let (status, _) = post(&client, port, &readings(chunk * 50..chunk * 50 + 50)).await;
-        assert_eq!(status, 200);
-    }
+    post_all(&client, port, 4..8).await;
     let ids = wait_for_rows(&dir.path().join("lake"), 400).await;
     assert_eq!(ids.len(), 400, "both instances' readings landed");
     assert!(ids.values().all(|n| *n == 1), "once each");
