@@ -1,8 +1,6 @@
 //! RabbitMQ restarts mid-stream: weir reconnects and nothing is lost. In its own test
 //! binary, because it restarts the broker every other test shares.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,9 +8,10 @@ use std::time::{Duration, Instant};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use support::{eventually, lines, metric, pipeline, services};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{eventually, lines, metric, pipeline, services};
 
 fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl")

@@ -5,13 +5,11 @@
 //! MQTT 5 session delivers what the broker kept and still subscribes new topics, and a
 //! shared subscription splits the traffic between its members.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::mqtt::{Publish5, publish, publish_v5, start_subscribed};
-use support::{eventually, lines, metric, services};
+use crate::support::mqtt::{Publish5, publish, publish_v5, start_subscribed};
+use crate::support::{eventually, lines, metric, services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_protocol_versions_deliver_large_messages() {

@@ -2,14 +2,13 @@
 //! fsyncs. Every message id is in the file at least once; duplicates (messages written but
 //! not yet acked when weir died) are counted and reported.
 
-mod support;
-
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use support::{Weir, free_port, services};
+
+use crate::support::{self, Weir, free_port, services};
 
 const MESSAGES: u64 = 100_000;
 

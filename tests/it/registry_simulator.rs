@@ -2,12 +2,11 @@
 //! the registry disables is refused to `<id>.errors`; unregistered ones pass, and `enrich`
 //! with `on_unknown_device: keep` lets them through without a `device`.
 
-mod support;
-
-use support::{lines, pipeline};
 use weir::registry::{DevicePatch, DeviceSpec, Registry, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{lines, pipeline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_simulated_devices_are_refused_and_registered_ones_enriched() {

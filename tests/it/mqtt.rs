@@ -1,15 +1,14 @@
 //! The `mqtt` source against the real Mosquitto: QoS 1 publishes reach a file sink, the
 //! device id comes from the topic, undecodable payloads are dead-lettered.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::mqtt::{publish, start_subscribed};
-use support::{eventually, lines, metric, pipeline, services};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::mqtt::{publish, start_subscribed};
+use crate::support::{self, eventually, lines, metric, pipeline, services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_publishes_reach_the_sink_with_the_device_from_the_topic() {

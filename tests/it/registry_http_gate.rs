@@ -2,14 +2,13 @@
 //! devices get 403, unregistered ones 401 with `unknown_devices: refuse`, both counted;
 //! with `device_id_field`, a request holding a refused device's reading is refused whole.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{auth_failures, eventually, free_port, lines, pipeline};
 use weir::registry::{DevicePatch, DeviceSpec, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{auth_failures, eventually, free_port, lines, pipeline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_and_unknown_devices_are_refused_without_tokens() {

@@ -1,11 +1,9 @@
 //! The README's first command: the quickstart runs, counts events and fills its files.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::{Weir, eventually, lines, metric_in};
+use crate::support::{Weir, eventually, lines, metric_in};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_runs_counts_and_fills_the_file_sink() {

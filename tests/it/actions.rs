@@ -2,16 +2,15 @@
 //! SMTP server. Readings enter through the `http` source, whose answer waits until every
 //! action on their path has sent (or dead-lettered) what they caused.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::receivers::{AmqpQueue, HttpReceiver, MqttSubscriber, SmtpServer, wait_for};
-use support::{free_port, lines, metric, pipeline};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::receivers::{AmqpQueue, HttpReceiver, MqttSubscriber, SmtpServer, wait_for};
+use crate::support::{self, free_port, lines, metric, pipeline};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, in ms
 

@@ -2,16 +2,15 @@
 //! persistent session brings back what it had not acked, nothing is lost. In its own test
 //! binary, because it restarts the broker other tests share.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, PublishOptions};
-use support::{lines, metric, pipeline, services};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{self, lines, metric, pipeline, services};
 
 const MESSAGES: u64 = 1000;
 

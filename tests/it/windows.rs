@@ -1,14 +1,13 @@
 //! Windows end to end: output shape, late routing, and checkpoints across a restart.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{free_port, lines, metric, pipeline};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{free_port, lines, metric, pipeline};
 
 fn window_pipeline(port: u16, dir: &Path) -> String {
     format!(

@@ -2,13 +2,12 @@
 //! registry knows as disabled is refused to `<id>.errors` (counted), an enabled one passes,
 //! and with `unknown_devices: refuse` an unregistered one is refused too.
 
-mod support;
-
 use std::time::Duration;
 
-use support::mqtt::{publish, start_subscribed};
-use support::{auth_failures, eventually, lines, metric, services};
 use weir::registry::{DeviceSpec, Status};
+
+use crate::support::mqtt::{publish, start_subscribed};
+use crate::support::{auth_failures, eventually, lines, metric, services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_and_unknown_devices_are_refused_at_mqtt() {

@@ -1,17 +1,16 @@
 //! The `http` source over TLS (server and mutual), and its per-device rate limit.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
-use support::{free_port, pipeline, pki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{self, free_port, pipeline, pki};
 
 fn tls_pipeline(port: u16, dir: &std::path::Path, tls: &str) -> String {
     format!(

@@ -1,5 +1,5 @@
 //! Golden tests for `weir validate`: one fixture per kind of mistake, with the exact
-//! message and position a user sees. `UPDATE_GOLDEN=1 cargo test --test validate`
+//! message and position a user sees. `UPDATE_GOLDEN=1 cargo test --test it validate::`
 //! rewrites the `.expected` files; review the diff before committing it.
 
 use std::path::{Path, PathBuf};

@@ -6,8 +6,6 @@
 //! restart (the shared instance runs without persistence): what this test checks is that
 //! weir loses nothing, not Redis's durability.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use redis::Commands as _;
 use serde_json::{Value, json};
-use support::{Weir, free_port, metric_in, services};
+
+use crate::support::{Weir, free_port, metric_in, services};
 
 const DB: u32 = 9;
 const T0: u64 = 1_795_694_400_000;

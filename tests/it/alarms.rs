@@ -1,13 +1,12 @@
 //! The `alarm` transform in a running weir: `/v1/alarms`, acknowledgement, and restarts
 //! (a crash and a graceful one) that neither raise an active alarm again nor forget it.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::receivers::{HttpReceiver, wait_for};
-use support::{Weir, free_port};
+
+use crate::support::receivers::{HttpReceiver, wait_for};
+use crate::support::{self, Weir, free_port};
 
 const T0: i64 = 1_767_225_600_000;
 

@@ -1,12 +1,10 @@
 //! SIGTERM drains: every reading that got a 2xx is in the file sink when weir exits.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Weir, free_port, lines};
+use crate::support::{Weir, free_port, lines};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_no_accepted_reading() {

@@ -2,15 +2,14 @@
 //! on_commit`) has been checkpointed in its window (`ack: on_checkpoint`, the default), so
 //! after two crashes every device's window counts at least every acknowledged reading.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Weir, eventually, free_port, lines};
+
+use crate::support::{Weir, eventually, free_port, lines};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_readings_survive_in_their_windows() {

@@ -2,15 +2,14 @@
 //! `weir devices` CLI, SAS authentication at the `http` source, group-derived
 //! registration, `enrich` and the `device_registry` source.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Weir, eventually, free_port, lines, metric_in};
+
+use crate::support::{Weir, eventually, free_port, lines, metric_in};
 
 struct Fleet {
     weir: Weir,

@@ -2,17 +2,16 @@
 //! disabled device go to `<id>.errors`, and their messages are still acknowledged (the queue
 //! drains), while an enabled device's readings pass.
 
-mod support;
-
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use support::{auth_failures, eventually, lines, metric, pipeline, services};
 use weir::registry::{DeviceSpec, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{auth_failures, eventually, lines, metric, pipeline, services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_of_disabled_devices_are_dead_lettered_and_acked() {

@@ -4,13 +4,12 @@
 //! Readings come in over the `http` source of a real weir process, whose 2xx means "every
 //! sink committed it": so right after a 2xx the test may look into Redis.
 
-mod support;
-
 use std::time::Duration;
 
 use redis::Commands as _;
 use serde_json::{Value, json};
-use support::{Weir, free_port, lines, metric_in, services};
+
+use crate::support::{self, Weir, free_port, lines, metric_in, services};
 
 /// 2026-11-26T12:00:00Z in epoch milliseconds: readings' `ts` is this plus an offset.
 const T0: i64 = 1_795_694_400_000;

@@ -2,15 +2,14 @@
 //! that got a 2xx is in the file after three crashes and restarts. Duplicates are allowed
 //! (a client may resend what was written but not yet answered) and reported.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Weir, free_port, lines};
+
+use crate::support::{Weir, free_port, lines};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_reading_survives_three_kill_9s() {

@@ -1,12 +1,11 @@
 //! `kill -9` while consuming MQTT QoS 1 with a persistent session, over MQTT 5 and 3.1.1:
 //! every message id is in the file sink at least once; duplicates are counted and reported.
 
-mod support;
-
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, PublishOptions};
-use support::{Weir, free_port, services};
+
+use crate::support::{self, Weir, free_port, services};
 
 const MESSAGES: u64 = 10_000;
 

@@ -1,13 +1,12 @@
 //! The event graph: fan-out, fan-in, named outputs, backpressure and drain.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use support::{lines, metric, pipeline};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{lines, metric, pipeline};
 
 fn api_off() -> &'static str {
     "api: { enabled: false }\n"

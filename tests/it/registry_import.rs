@@ -1,8 +1,6 @@
 //! Bulk import through the real API and CLI: per-row errors do not stop it, and `kill -9`
 //! of weir in the middle leaves a consistent registry that a re-run completes.
 
-mod support;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Weir, free_port};
+
+use crate::support::{self, Weir, free_port};
 
 const DEVICES: usize = 100_000;
 const CHUNK: usize = 1000;

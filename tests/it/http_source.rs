@@ -1,14 +1,13 @@
 //! The `http` source: what devices get back, and what operators see, for good and bad input.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{eventually, free_port, lines, metric, pipeline};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{eventually, free_port, lines, metric, pipeline};
 
 struct Harness {
     base: String,

@@ -1,8 +1,6 @@
 //! The `amqp` source against the real RabbitMQ: acknowledged after commit, undecodable
 //! messages dead-lettered, nothing left in the queue.
 
-mod support;
-
 use std::time::Duration;
 
 use lapin::options::{
@@ -10,9 +8,10 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use support::{eventually, lines, metric, pipeline, services};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{self, eventually, lines, metric, pipeline, services};
 
 async fn publish(queue: &str, payloads: impl IntoIterator<Item = Vec<u8>>) -> lapin::Channel {
     let connection = Connection::connect(services::rabbitmq(), ConnectionProperties::default())

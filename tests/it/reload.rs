@@ -1,8 +1,6 @@
 //! Hot reload: under load nothing is lost or doubled, windows keep their state, invalid
 //! files and failing builds change nothing.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Weir, eventually, free_port, lines, metric_in};
+
+use crate::support::{Weir, eventually, free_port, lines, metric_in};
 
 struct Ports {
     api: u16,

@@ -2,8 +2,6 @@
 //! committed, and the table weir wrote is read back with the `deltalake` crate (its log)
 //! and the `parquet` crate (its files).
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +10,8 @@ use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::Float64Type;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
-use support::{Weir, free_port, lines};
+
+use crate::support::{self, Weir, free_port, lines};
 
 /// What a table holds, read back independently of weir.
 struct TableContents {
