@@ -10,6 +10,7 @@ use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
 use crate::support::receivers::{AmqpQueue, HttpReceiver, MqttSubscriber, SmtpServer, wait_for};
+use crate::support::services::{Broker, Lease};
 use crate::support::{self, free_port, lines, metric, pipeline};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, in ms
@@ -104,6 +105,7 @@ fn states(values: &[Value], field: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_input_reaches_every_action_exactly_once_per_transition() {
+    let _brokers = Lease::shared(&[Broker::RabbitMq, Broker::Mosquitto]).await;
     let dir = tempfile::tempdir().unwrap();
     let run = format!("t{}", std::process::id());
     let webhook = HttpReceiver::start(vec![]).await;

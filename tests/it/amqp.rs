@@ -11,6 +11,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
+use crate::support::services::{Broker, Lease};
 use crate::support::{self, eventually, lines, metric, pipeline, services};
 
 async fn publish(queue: &str, payloads: impl IntoIterator<Item = Vec<u8>>) -> lapin::Channel {
@@ -65,6 +66,7 @@ async fn waiting(channel: &lapin::Channel, queue: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_are_acked_after_the_sink_commits_them() {
+    let _rabbitmq = Lease::shared(&[Broker::RabbitMq]).await;
     let queue = format!("weir-test-{}", std::process::id());
     let mut payloads: Vec<Vec<u8>> = (0..2000)
         .map(|i| format!(r#"{{"device_id": "d{}", "seq": {i}}}"#, i % 7).into_bytes())
@@ -144,6 +146,7 @@ sinks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_before_commit_leaves_messages_in_the_queue() {
+    let _rabbitmq = Lease::shared(&[Broker::RabbitMq]).await;
     // A sink slower than the stop: what it has not committed is never acked, so it stays
     // with the broker for the next consumer.
     let queue = format!("weir-test-slow-{}", std::process::id());
@@ -183,6 +186,7 @@ sinks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqps_with_a_test_ca_and_client_certificates() {
+    let _rabbitmq = Lease::shared(&[Broker::RabbitMq]).await;
     let queue = format!("weir-test-tls-{}", std::process::id());
     let payloads: Vec<Vec<u8>> = (0..100)
         .map(|i| format!(r#"{{"device_id": "d", "seq": {i}}}"#).into_bytes())

@@ -8,12 +8,14 @@ use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOption
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
+use crate::support::services::{Broker, Lease};
 use crate::support::{self, Weir, free_port, services};
 
 const MESSAGES: u64 = 100_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_survives_two_kill_9s() {
+    let _rabbitmq = Lease::shared(&[Broker::RabbitMq]).await;
     let queue = format!("weir-kill-{}", std::process::id());
     let connection = Connection::connect(services::rabbitmq(), ConnectionProperties::default())
         .await

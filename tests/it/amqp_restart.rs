@@ -1,5 +1,6 @@
-//! RabbitMQ restarts mid-stream: weir reconnects and nothing is lost. In its own test
-//! binary, because it restarts the broker every other test shares.
+//! RabbitMQ restarts mid-stream: weir reconnects and nothing is lost. It holds the
+//! exclusive lease on RabbitMQ (see `support::services`): it restarts the broker other
+//! tests use.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -11,6 +12,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
+use crate::support::services::{Broker, Lease};
 use crate::support::{eventually, lines, metric, pipeline, services};
 
 fn rabbitmqctl(args: &[&str]) {
@@ -24,6 +26,7 @@ fn rabbitmqctl(args: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weir_reconnects_after_a_broker_restart_and_loses_nothing() {
     const MESSAGES: u64 = 3000;
+    let _rabbitmq = Lease::exclusive(Broker::RabbitMq).await;
     let queue = format!("weir-restart-{}", std::process::id());
     let connection = Connection::connect(services::rabbitmq(), ConnectionProperties::default())
         .await
@@ -82,7 +85,7 @@ sinks:
         "source_connected",
         &[r#"component_id="broker""#],
     );
-    // Start the broker again before any assertion: the other tests share it.
+    // Start the broker again before any assertion, so that it is up when the lease ends.
     rabbitmqctl(&["start_app"]);
     assert_eq!(while_down, 0.0, "weir noticed the broker left");
 

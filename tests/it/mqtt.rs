@@ -8,10 +8,12 @@ use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
 use crate::support::mqtt::{publish, start_subscribed};
+use crate::support::services::{Broker, Lease};
 use crate::support::{self, eventually, lines, metric, pipeline, services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_publishes_reach_the_sink_with_the_device_from_the_topic() {
+    let _mosquitto = Lease::shared(&[Broker::Mosquitto]).await;
     let url = services::mosquitto();
     let prefix = format!("weir-test-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
@@ -91,6 +93,7 @@ sinks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtts_with_a_test_ca_and_with_client_certificates() {
+    let _mosquitto = Lease::shared(&[Broker::Mosquitto]).await;
     services::mosquitto();
     let dir = tempfile::tempdir().unwrap();
     let pki = support::pki::generate(dir.path());

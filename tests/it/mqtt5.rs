@@ -9,10 +9,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::support::mqtt::{Publish5, publish, publish_v5, start_subscribed};
+use crate::support::services::{Broker, Lease};
 use crate::support::{eventually, lines, metric, services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_protocol_versions_deliver_large_messages() {
+    let _mosquitto = Lease::shared(&[Broker::Mosquitto]).await;
     let url = services::mosquitto();
     let prefix = format!("weir-proto-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
@@ -66,6 +68,7 @@ sinks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_user_properties_arrive_as_headers() {
+    let _mosquitto = Lease::shared(&[Broker::Mosquitto]).await;
     let url = services::mosquitto();
     let prefix = format!("weir-props-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
@@ -112,6 +115,7 @@ sinks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_does_not_stall_an_mqtt5_session() {
+    let _mosquitto = Lease::shared(&[Broker::Mosquitto]).await;
     let url = services::mosquitto();
     let prefix = format!("weir-oversize-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
@@ -159,6 +163,7 @@ sinks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_mqtt5_session_delivers_what_was_kept_and_subscribes_new_topics() {
+    let _mosquitto = Lease::shared(&[Broker::Mosquitto]).await;
     let url = services::mosquitto();
     let prefix = format!("weir-resume-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
@@ -212,6 +217,7 @@ sinks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_subscription_splits_the_traffic_between_instances() {
+    let _mosquitto = Lease::shared(&[Broker::Mosquitto]).await;
     let url = services::mosquitto();
     let prefix = format!("weir-shared-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();

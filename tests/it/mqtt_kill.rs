@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, PublishOptions};
 
+use crate::support::services::{Broker, Lease};
 use crate::support::{self, Weir, free_port, services};
 
 const MESSAGES: u64 = 10_000;
@@ -20,6 +21,7 @@ async fn every_mqtt311_publish_survives_two_kill_9s() {
 }
 
 async fn survives_two_kill_9s(protocol: &str) {
+    let _mosquitto = Lease::shared(&[Broker::Mosquitto]).await;
     let url = services::mosquitto();
     let prefix = format!(
         "weir-kill-{}-{}",

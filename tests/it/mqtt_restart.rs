@@ -1,6 +1,7 @@
 //! Mosquitto restarts while weir holds unacknowledged publishes: weir reconnects, its
-//! persistent session brings back what it had not acked, nothing is lost. In its own test
-//! binary, because it restarts the broker other tests share.
+//! persistent session brings back what it had not acked, nothing is lost. It holds the
+//! exclusive lease on Mosquitto (see `support::services`): it restarts the broker other
+//! tests use.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -10,6 +11,7 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, PublishOptions};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
+use crate::support::services::{Broker, Lease};
 use crate::support::{self, lines, metric, pipeline, services};
 
 const MESSAGES: u64 = 1000;
@@ -32,6 +34,7 @@ fn restart_mosquitto() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weir_reconnects_after_a_broker_restart_and_loses_nothing() {
+    let _mosquitto = Lease::exclusive(Broker::Mosquitto).await;
     let url = services::mosquitto();
     let prefix = format!("weir-restart-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();

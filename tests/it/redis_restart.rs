@@ -1,6 +1,7 @@
 //! Redis restarts while readings stream in: the `redis` sink retries what Redis did not
 //! answer, reconnects, and every reading weir acknowledged (HTTP 2xx) is in Redis at the
-//! end. In its own test binary, because it stops the Redis other tests share.
+//! end. It holds the exclusive lease on Redis (see `support::services`): it stops the
+//! Redis other tests use.
 //!
 //! Redis is stopped with `SHUTDOWN SAVE` so that what it had stored survives its own
 //! restart (the shared instance runs without persistence): what this test checks is that
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use redis::Commands as _;
 use serde_json::{Value, json};
 
+use crate::support::services::{Broker, Lease};
 use crate::support::{Weir, free_port, metric_in, services};
 
 const DB: u32 = 9;
@@ -49,6 +51,8 @@ fn stop_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_mid_stream_loses_nothing() {
+    // Dropped after `_guard` has brought Redis back.
+    let _redis = Lease::exclusive(Broker::Redis).await;
     let url = services::redis();
     let _guard = RestartGuard;
     let prefix = format!("weir-restart-{}", std::process::id());

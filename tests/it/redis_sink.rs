@@ -3,12 +3,17 @@
 //!
 //! Readings come in over the `http` source of a real weir process, whose 2xx means "every
 //! sink committed it": so right after a 2xx the test may look into Redis.
+//!
+//! Every test holds a shared lease on the shared Redis (see `support::services`), also the
+//! ones whose sink writes elsewhere: `Harness` cleans its keys there when dropped, and
+//! `services::redis` installs redis-server for the cluster and TLS servers.
 
 use std::time::Duration;
 
 use redis::Commands as _;
 use serde_json::{Value, json};
 
+use crate::support::services::{Broker, Lease};
 use crate::support::{self, Weir, free_port, lines, metric_in, services};
 
 /// 2026-11-26T12:00:00Z in epoch milliseconds: readings' `ts` is this plus an offset.
@@ -126,6 +131,7 @@ fn shared_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_mode_merges_the_latest_fields_and_acks_after_redis_replied() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     let h = Harness::start("hash", &shared_url(), "    key: '{prefix}:{{ device_id }}'").await;
     let mut redis = shared_redis();
     let status = h
@@ -182,6 +188,7 @@ async fn hash_mode_merges_the_latest_fields_and_acks_after_redis_replied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_mode_sets_the_whole_document() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     let h = Harness::start(
         "json",
         &shared_url(),
@@ -227,6 +234,7 @@ async fn json_mode_sets_the_whole_document() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_mode_appends_every_reading_capped_near_maxlen() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     let h = Harness::start(
         "stream",
         &shared_url(),
@@ -260,6 +268,7 @@ async fn stream_mode_appends_every_reading_capped_near_maxlen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_expires_documents_in_every_mode() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     for mode in ["hash", "json", "stream"] {
         let h = Harness::start(
             &format!("ttl-{mode}"),
@@ -344,6 +353,7 @@ async fn only_newer_keeps_the_newest(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_newer_keeps_a_hash_from_late_readings() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     only_newer_keeps_the_newest("hash", |redis, key| {
         let (time, temperature): (i64, i64) =
             redis.hmget(key, &["event_time_ms", "temperature"]).unwrap();
@@ -354,6 +364,7 @@ async fn only_newer_keeps_a_hash_from_late_readings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_newer_keeps_a_json_document_from_late_readings() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     only_newer_keeps_the_newest("json", |redis, key| {
         let text: String = redis.get(key).unwrap();
         let doc: Value = serde_json::from_str(&text).unwrap();
@@ -367,6 +378,7 @@ async fn only_newer_keeps_a_json_document_from_late_readings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_write_dead_letters_only_its_event() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     let h = Harness::start(
         "wrongtype",
         &shared_url(),
@@ -415,6 +427,7 @@ async fn a_refused_write_dead_letters_only_its_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_template_that_fails_dead_letters_the_event() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     let h = Harness::start(
         "badkey",
         &shared_url(),
@@ -439,6 +452,7 @@ async fn a_key_template_that_fails_dead_letters_the_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_over_mutual_tls() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     services::redis();
     let certs = tempfile::tempdir().unwrap();
     let pki = support::pki::generate(certs.path());
@@ -566,6 +580,7 @@ fn keys_on(cluster: &Cluster, prefix: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_a_redis_cluster_across_slots() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     let cluster = Cluster::start();
     let h = Harness::start(
         "cluster",
@@ -609,6 +624,7 @@ async fn writes_to_a_redis_cluster_across_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_drops_newest_while_redis_is_unreachable() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     // Nothing listens there: the sink keeps trying to connect, with backoff.
     let url = format!("redis://127.0.0.1:{}/0", free_port());
     let h = Harness::start(
@@ -714,6 +730,7 @@ impl Drop for TlsRedis {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_a_redis_server_listening_on_tls() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
     let server = TlsRedis::start();
     let options = format!(
         "    key: '{{prefix}}:{{{{ device_id }}}}'\n    mode: json\n    tls: {{ ca_file: '{}', cert_file: '{}', key_file: '{}' }}",

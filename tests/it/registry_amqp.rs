@@ -11,10 +11,12 @@ use weir::registry::{DeviceSpec, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
+use crate::support::services::{Broker, Lease};
 use crate::support::{auth_failures, eventually, lines, metric, pipeline, services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_of_disabled_devices_are_dead_lettered_and_acked() {
+    let _rabbitmq = Lease::shared(&[Broker::RabbitMq]).await;
     let queue = format!("weir-registry-{}", std::process::id());
     let connection = Connection::connect(services::rabbitmq(), ConnectionProperties::default())
         .await

@@ -7,10 +7,12 @@ use std::time::Duration;
 use weir::registry::{DeviceSpec, Status};
 
 use crate::support::mqtt::{publish, start_subscribed};
+use crate::support::services::{Broker, Lease};
 use crate::support::{auth_failures, eventually, lines, metric, services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_and_unknown_devices_are_refused_at_mqtt() {
+    let _mosquitto = Lease::shared(&[Broker::Mosquitto]).await;
     let url = services::mosquitto();
     let prefix = format!("weir-registry-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();

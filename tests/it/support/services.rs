@@ -1,11 +1,91 @@
 //! The brokers integration tests talk to: started when installed but stopped, installed
 //! with apt-get when missing. A test that needs one fails (never skips) when it cannot be
 //! had.
+//!
+//! # Leases: a broker is stopped only while nobody uses it
+//!
+//! Every integration test runs in one process, two at a time by default, whatever its
+//! module; a test that stops or restarts a broker would pull it from under whichever test
+//! uses it at that moment. So each broker has a process-wide read-write lock, and a test
+//! holds a [`Lease`] on every broker it talks to, for its whole run:
+//!
+//! - a test that uses brokers takes `Lease::shared(&[Broker::RabbitMq, Broker::Mosquitto])`
+//!   (any number of them run at once);
+//! - a test that stops or restarts one takes `Lease::exclusive(Broker::Redis)`: it waits
+//!   until the tests using Redis are done, none starts until it is, and it brings Redis
+//!   back before its lease ends.
+//!
+//! Take the lease first thing in the test and bind it to a name (`let _redis = ...`; `let _
+//! =` would drop it at once), and take all of a test's shared leases in one call: the
+//! locks are fair (a waiting exclusive lease holds back new shared ones, so a restart test
+//! is not starved), and one call takes them in one fixed order, so two tests cannot each
+//! wait for what the other holds. The URL functions ([`redis`], [`rabbitmq`],
+//! [`mosquitto`]) panic when nobody holds a lease on their broker, which catches a test
+//! that forgot its lease whenever it runs alone.
 
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// A broker the tests share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Broker {
+    Redis,
+    RabbitMq,
+    Mosquitto,
+}
+
+static LOCKS: [RwLock<()>; 3] = [const { RwLock::const_new(()) }; 3];
+
+fn lock(broker: Broker) -> &'static RwLock<()> {
+    &LOCKS[broker as usize]
+}
+
+/// The right to use brokers (shared) or to stop one (exclusive), until dropped.
+#[must_use = "a lease ends when dropped: bind it to a named variable for the whole test"]
+pub struct Lease {
+    _shared: Vec<RwLockReadGuard<'static, ()>>,
+    _exclusive: Option<RwLockWriteGuard<'static, ()>>,
+}
+
+impl Lease {
+    /// Uses `brokers` alongside other tests; waits while one of them is being restarted.
+    pub async fn shared(brokers: &[Broker]) -> Lease {
+        let mut brokers = brokers.to_vec();
+        brokers.sort();
+        brokers.dedup();
+        let mut shared = Vec::with_capacity(brokers.len());
+        for broker in brokers {
+            shared.push(lock(broker).read().await);
+        }
+        Lease {
+            _shared: shared,
+            _exclusive: None,
+        }
+    }
+
+    /// Has `broker` to itself (to stop or restart it) once every other test is done with it.
+    pub async fn exclusive(broker: Broker) -> Lease {
+        Lease {
+            _shared: Vec::new(),
+            _exclusive: Some(lock(broker).write().await),
+        }
+    }
+}
+
+/// Panics unless some test holds a lease on `broker`.
+fn assert_leased(broker: Broker) {
+    // Taking the exclusive lock succeeds only when nobody holds a lease, so neither does
+    // the caller; the guard is dropped at once.
+    assert!(
+        lock(broker).try_write().is_err(),
+        "this test uses {broker:?} without a lease: start it with \
+         `let _lease = services::Lease::shared(&[services::Broker::{broker:?}]).await;`"
+    );
+}
 
 struct Service {
     name: &'static str,
@@ -44,8 +124,10 @@ const REDIS: Service = Service {
     start: &["sh", "-c", REDIS_START],
 };
 
-/// The URL of a running Redis (answering PING), without a database number.
+/// The URL of a running Redis (answering PING), without a database number. The caller
+/// holds a lease on [`Broker::Redis`].
 pub fn redis() -> &'static str {
+    assert_leased(Broker::Redis);
     ensure_redis();
     "redis://127.0.0.1:6379"
 }
@@ -81,9 +163,10 @@ pub fn redis_answers() -> bool {
         && &reply == b"+PONG\r\n"
 }
 
-/// The URL of a running Mosquitto.
+/// The URL of a running Mosquitto. The caller holds a lease on [`Broker::Mosquitto`].
 pub fn mosquitto() -> &'static str {
     static READY: OnceLock<()> = OnceLock::new();
+    assert_leased(Broker::Mosquitto);
     READY.get_or_init(|| ensure(&MOSQUITTO));
     "mqtt://127.0.0.1:1883"
 }
@@ -93,9 +176,11 @@ pub fn restart_mosquitto_if_down() {
     ensure(&MOSQUITTO);
 }
 
-/// The AMQP URL of a running RabbitMQ (guest/guest).
+/// The AMQP URL of a running RabbitMQ (guest/guest). The caller holds a lease on
+/// [`Broker::RabbitMq`].
 pub fn rabbitmq() -> &'static str {
     static READY: OnceLock<()> = OnceLock::new();
+    assert_leased(Broker::RabbitMq);
     READY.get_or_init(|| ensure(&RABBITMQ));
     "amqp://guest:guest@127.0.0.1:5672/%2f"
 }
