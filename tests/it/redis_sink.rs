@@ -498,9 +498,13 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut ports = Vec::new();
         while ports.len() < 3 {
-            // The cluster bus listens on port + 10000.
+            // The cluster bus listens on port + 10000: claimed too, so that no other test is
+            // handed it.
             let port = free_port();
-            if port < 50000 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            if port < 50000
+                && support::claim_port(port + 10000)
+                && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
+            {
                 ports.push(port);
             }
         }

@@ -1,5 +1,25 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+//!
+//! # Side by side in one process
+//!
+//! Every integration test runs in this one process, two at a time by default, next to
+//! tests of any other module. What they could trip each other over:
+//!
+//! - **The brokers** (Redis, RabbitMQ, Mosquitto): a test holds a lease on each broker it
+//!   uses, shared, or exclusive to stop or restart it; see [`services`].
+//! - **Names on the brokers** (queues, topics, client ids, Redis keys): each test builds
+//!   them from a prefix of its own and the process id, which all of them share: a
+//!   prefix must not be used by another test, in any module. A broker disconnects a client
+//!   when another connects with its id; [`receivers::MqttSubscriber`] numbers its ids.
+//! - **Ports**: [`free_port`] never hands out a port twice in the process; helpers that
+//!   listen take their port there too, and a port a test derives from one (the Redis
+//!   Cluster bus) is claimed with [`claim_port`].
+//! - **Files**: each test writes in a temporary directory of its own; no test changes the
+//!   current directory.
+//! - **Process-wide state**: no test sets environment variables (`std::env::set_var`
+//!   would change them for every test): a `weir` child gets its own with
+//!   [`Weir::start_with_env`]. No test installs a tracing subscriber. weir installs the
+//!   rustls default crypto provider wherever it needs one and ignores "already installed".
 
 pub mod mqtt;
 pub mod pki;
@@ -15,24 +35,34 @@ use std::time::{Duration, Instant};
 use weir::config::TopologyConfig;
 use weir::telemetry::Telemetry;
 
-/// A port nobody listens on right now, and not handed out before in this test binary.
+/// A port nobody listens on right now, and not handed out before in this process (to any
+/// test of any module).
 ///
 /// The kernel may give the same free port to two `bind(0)` calls in a row once the first
 /// listener is closed, and a test that asks for several ports (a source, the API, a
-/// destination nobody serves) then starts weir with two components on one port.
+/// destination nobody serves) then starts weir with two components on one port. Helpers
+/// that listen themselves take their port here too, rather than binding port 0, so that
+/// they cannot be given a port another test was handed but has not bound yet.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-        if handed_out.insert(port) {
+        if claim_port(port) {
             return port;
         }
     }
+}
+
+/// Counts `port` as handed out, as [`free_port`] does; false if it already was.
+pub fn claim_port(port: u16) -> bool {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    HANDED_OUT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(port)
 }
 
 /// Loads a pipeline from text; panics with the diagnostics if it is invalid.

@@ -56,10 +56,10 @@ pub async fn tls_proxy(pki: &Pki, require_client_certificate: bool, upstream: u1
         ca_file: require_client_certificate.then(|| pki.ca.clone()),
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config().expect("server TLS config"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let port = super::free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
-    let port = listener.local_addr().expect("address").port();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,9 @@ impl HttpReceiver {
     pub async fn start(script: Vec<u16>) -> HttpReceiver {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", super::free_port()))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let handler = {
             let seen = Arc::clone(&seen);
@@ -177,7 +180,14 @@ impl MqttSubscriber {
     pub async fn start(filter: &str) -> MqttSubscriber {
         use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
         super::services::mosquitto();
-        let id = format!("weir-test-sub-{}", std::process::id());
+        // Unique in the process: the broker disconnects a client when another one connects
+        // with its id.
+        static SUBSCRIBERS: AtomicUsize = AtomicUsize::new(0);
+        let id = format!(
+            "weir-test-sub-{}-{}",
+            std::process::id(),
+            SUBSCRIBERS.fetch_add(1, Ordering::Relaxed)
+        );
         let mut options = MqttOptions::new(id, ("127.0.0.1", 1883));
         options.set_keep_alive(30);
         let (client, mut eventloop) = AsyncClient::builder(options).capacity(64).build();
