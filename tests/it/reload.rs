@@ -161,10 +161,20 @@ async fn twenty_reloads_under_load_lose_and_double_nothing() {
         }));
     }
 
+    let accepted_so_far =
+        || -> usize { accepted.lock().unwrap().values().map(BTreeSet::len).sum() };
     let mut applied = 0;
     let mut broken_error = String::new();
     for n in 1..=20 {
+        // Every reload comes after fresh readings were accepted: it happens under load
+        // however busy the machine is (another test shares it), and the load passes the
+        // `total` check below however slowly it runs.
+        let before = accepted_so_far();
         tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            eventually(Duration::from_secs(10), || accepted_so_far() >= before + 60).await,
+            "readings are accepted before reload {n}"
+        );
         std::fs::write(&pipeline, variant(n, dir.path(), &ports)).unwrap();
         let (status, answer) = reload(&client, ports.api).await;
         if n % 6 == 5 {

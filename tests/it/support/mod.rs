@@ -20,6 +20,10 @@
 //!   would change them for every test): a `weir` child gets its own with
 //!   [`Weir::start_with_env`]. No test installs a tracing subscriber. weir installs the
 //!   rustls default crypto provider wherever it needs one and ignores "already installed".
+//! - **Time**: a test shares the cores with another one. What a test asserts about
+//!   elapsed time is a lower bound (a slow sink slows its source), or a latency or an
+//!   amount of load with a wide margin; where the load a test makes would depend on the
+//!   machine's speed, it waits for that load instead of for a fixed time.
 
 pub mod mqtt;
 pub mod pki;
