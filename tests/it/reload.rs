@@ -393,6 +393,24 @@ async fn globals_that_cannot_change_are_refused_by_name() {
     );
 }
 
+/// Whether process `pid` has an inotify watch on `dir`. weir answers `/ready` a moment
+/// before it sets up `watch: true` (src/daemon.rs), so a change made as soon as it is
+/// ready could go unnoticed; on a busy machine (tests share it) that moment can be long.
+fn watches(pid: u32, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let inode = format!("ino:{:x}", std::fs::metadata(dir).unwrap().ino());
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .any(|info| {
+            info.lines().any(|line| {
+                line.starts_with("inotify wd:") && line.split_whitespace().any(|f| f == inode)
+            })
+        })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_file_changes_reload() {
     let dir = tempfile::tempdir().unwrap();
@@ -410,6 +428,14 @@ async fn sighup_and_file_changes_reload() {
     )
     .await;
     let generation = |metrics: String| metric_in(&metrics, "config_generation", &[]);
+    assert!(
+        eventually(Duration::from_secs(10), || watches(
+            weir.child.id(),
+            dir.path()
+        ))
+        .await,
+        "weir watches the pipeline's directory"
+    );
 
     // A file change (watch: true) applies by itself.
     std::fs::write(
