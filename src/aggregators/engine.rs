@@ -9,6 +9,8 @@
 //! next start reads back and spreads over its shards again.
 
 mod groups;
+#[cfg(test)]
+mod tests;
 
 pub use groups::{GroupState, Groups};
 
@@ -26,7 +28,9 @@ use super::window::{GroupKey, Outcome, WindowSpec};
 use super::{AggregatorContext, LATE};
 use crate::config::{ComponentId, OutputName};
 use crate::event::{Delivery, Event, EventBatch};
-use crate::telemetry::events::{ComponentError, ErrorType, Stage};
+use crate::telemetry::events::{
+    ComponentError, ErrorType, EventsDiscarded, Stage, StateFileCorrupt,
+};
 use crate::telemetry::{ComponentTelemetry, InternalEvent, WindowMetrics};
 use crate::topology::ComponentTask;
 use crate::topology::channel::Outputs;
@@ -126,7 +130,7 @@ pub fn spawn<E: WindowEngine>(
     let shards = runner.shards.max(1);
     let mut engines: Vec<E> = (0..shards).map(|_| make()).collect();
     let checkpoint = super::checkpoint_path(&cx.data_dir, &cx.id);
-    restore(&mut engines, &checkpoint, &cx.id)?;
+    restore(&mut engines, &checkpoint, &cx.telemetry)?;
     let metrics = cx.telemetry.window_metrics(&runner.spec.names);
     let mut senders = Vec::with_capacity(shards);
     let mut handles = Vec::with_capacity(shards);
@@ -171,8 +175,7 @@ async fn route<G: Serialize + Send + 'static>(
     let mut parts: Vec<Vec<Event>> = (0..shards).map(|_| Vec::new()).collect();
     while let Some(batch) = cx.input.recv().await {
         if shards == 1 {
-            // A shard that stopped has failed; its task's error is reported below.
-            let _ = senders[0].send(batch).await;
+            hand_to(&senders[0], batch, &cx.telemetry).await;
             continue;
         }
         for event in batch {
@@ -180,7 +183,7 @@ async fn route<G: Serialize + Send + 'static>(
         }
         for (sender, part) in senders.iter().zip(parts.iter_mut()) {
             if !part.is_empty() {
-                let _ = sender.send(EventBatch::new(std::mem::take(part))).await;
+                hand_to(sender, EventBatch::new(std::mem::take(part)), &cx.telemetry).await;
             }
         }
     }
@@ -214,6 +217,25 @@ async fn route<G: Serialize + Send + 'static>(
     // sources may acknowledge them.
     drop(held);
     Ok(())
+}
+
+/// Hands `batch` to a shard. A shard that has stopped has failed (its task's error is
+/// reported when the router joins it) and cannot fold the batch: its events are lost, so
+/// their sources hear so instead of hearing "committed".
+async fn hand_to(
+    shard: &mpsc::Sender<EventBatch>,
+    batch: EventBatch,
+    telemetry: &ComponentTelemetry,
+) {
+    if let Err(refused) = shard.send(batch).await {
+        let lost = refused.0;
+        lost.fail_deliveries();
+        EventsDiscarded {
+            count: lost.len(),
+            intentional: false,
+        }
+        .emit(telemetry);
+    }
 }
 
 /// The periodic checkpoint file of shard `n`: `<id>.json.shard-<n>`.
@@ -424,8 +446,9 @@ async fn write_checkpoint<G: Serialize>(
 fn restore<E: WindowEngine>(
     engines: &mut [E],
     path: &Path,
-    id: &ComponentId,
+    telemetry: &ComponentTelemetry,
 ) -> anyhow::Result<()> {
+    let id = telemetry.component_id();
     let mut files = vec![path.to_path_buf()];
     if let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) {
         let prefix = format!("{name}.shard-");
@@ -461,7 +484,19 @@ fn restore<E: WindowEngine>(
                 tracing::warn!(component_id = %id, file = %file.display(), "the window definition changed since the checkpoint; starting without its open windows")
             }
             Err(err) => {
-                tracing::warn!(component_id = %id, "checkpoint {} is unreadable ({err}); starting without its open windows", file.display())
+                // Kept for whoever wants to look, and out of the next start's way.
+                let mut aside = file.as_os_str().to_owned();
+                aside.push(".corrupt");
+                let aside = PathBuf::from(aside);
+                std::fs::rename(&file, &aside)?;
+                StateFileCorrupt {
+                    file: &file,
+                    moved_to: &aside,
+                    error: &err.to_string(),
+                    consequence: "starting without its open windows",
+                }
+                .emit(telemetry);
+                continue;
             }
         }
         std::fs::remove_file(&file)?;
