@@ -18,12 +18,15 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::handover::{Arrival, Handover};
 use super::window::{GroupKey, Outcome, WindowSpec};
 use super::{AggregatorContext, LATE};
 use crate::config::{ComponentId, OutputName};
@@ -72,6 +75,11 @@ pub trait WindowEngine: Send + 'static {
     fn snapshot(&self) -> Vec<(GroupKey, Self::Group)>;
 
     fn import(&mut self, groups: Vec<(GroupKey, Self::Group)>);
+
+    /// Closes every open window early, emitting its result marked `partial: true`, and
+    /// forgets all state (a reload replaced the aggregator with one that cannot take its
+    /// windows over).
+    fn close_all(&mut self, emitted: &mut Vec<Event>);
 }
 
 /// What a shard hands back when its input ends: its definition, its open groups, and the
@@ -121,7 +129,9 @@ impl Runner {
     }
 }
 
-/// Starts `shards` engines made by `make`, restoring the checkpoint first.
+/// Starts `shards` engines made by `make`. The task first waits for the instance it
+/// replaces (if a reload made it) to finish, then restores the checkpoint: the windows a
+/// predecessor with the same definition hands over, or what the last run left.
 pub fn spawn<E: WindowEngine>(
     cx: AggregatorContext,
     runner: Runner,
@@ -129,38 +139,72 @@ pub fn spawn<E: WindowEngine>(
 ) -> anyhow::Result<ComponentTask> {
     let shards = runner.shards.max(1);
     let mut engines: Vec<E> = (0..shards).map(|_| make()).collect();
+    let definition = engines[0].definition();
     let checkpoint = super::checkpoint_path(&cx.data_dir, &cx.id);
-    restore(&mut engines, &checkpoint, &cx.telemetry)?;
+    let handover = cx
+        .services
+        .get_or_insert_with(|| Arc::new(Handover::default()));
+    let arrival = handover.arrive(&cx.id, definition.clone());
     let metrics = cx.telemetry.window_metrics(&runner.spec.names);
-    let mut senders = Vec::with_capacity(shards);
-    let mut handles = Vec::with_capacity(shards);
-    for (n, engine) in engines.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel::<EventBatch>(4);
-        senders.push(tx);
-        let shard = Shard {
-            checkpoint: Some(shard_path(&checkpoint, n)),
-            checkpoint_every: runner.checkpoint_every,
-            hold: runner.hold,
-            held: Vec::new(),
-            engine,
-            input: rx,
-            out: cx.out.clone(),
-            id: cx.id.clone(),
-            telemetry: cx.telemetry.clone(),
-            metrics: metrics.clone(),
-            reported_open: 0,
-            tick: runner.tick,
-            emit_every: runner.emit_every,
+    Ok(Box::pin(async move {
+        wait_for_predecessors(&arrival.predecessors, &cx.id).await;
+        restore(&mut engines, &checkpoint, &cx.telemetry)?;
+        let close = Arc::new(AtomicBool::new(false));
+        let mut senders = Vec::with_capacity(shards);
+        let mut handles = Vec::with_capacity(shards);
+        for (n, engine) in engines.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel::<EventBatch>(4);
+            senders.push(tx);
+            let shard = Shard {
+                checkpoint: Some(shard_path(&checkpoint, n)),
+                checkpoint_every: runner.checkpoint_every,
+                hold: runner.hold,
+                held: Vec::new(),
+                close: Arc::clone(&close),
+                engine,
+                input: rx,
+                out: cx.out.clone(),
+                id: cx.id.clone(),
+                telemetry: cx.telemetry.clone(),
+                metrics: metrics.clone(),
+                reported_open: 0,
+                tick: runner.tick,
+                emit_every: runner.emit_every,
+            };
+            handles.push(tokio::spawn(shard.run()));
+        }
+        let retirement = Retirement {
+            handover,
+            arrival,
+            definition,
+            close,
         };
-        handles.push(tokio::spawn(shard.run()));
+        route(cx, checkpoint, runner.spec, senders, handles, retirement).await
+    }))
+}
+
+/// What the router needs to decide, when its input ends, how the instance retires.
+struct Retirement {
+    handover: Arc<Handover>,
+    /// Dropped last: the successor restores only after this instance has finished.
+    arrival: Arrival,
+    definition: String,
+    /// Set before the shards' inputs close: close every window early and emit it.
+    close: Arc<AtomicBool>,
+}
+
+/// Waits for the instances this one replaces; after a while, starts anyway (a stuck old
+/// instance must not stop the new one from reading its input).
+async fn wait_for_predecessors(predecessors: &[CancellationToken], id: &ComponentId) {
+    const PATIENCE: Duration = Duration::from_secs(30);
+    for predecessor in predecessors {
+        if tokio::time::timeout(PATIENCE, predecessor.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(component_id = %id, "the instance this one replaces did not finish within {PATIENCE:?}; starting without its open windows");
+        }
     }
-    Ok(Box::pin(route(
-        cx,
-        checkpoint,
-        runner.spec,
-        senders,
-        handles,
-    )))
 }
 
 /// Reads the input, splits each batch by shard, and writes the checkpoint at the end.
@@ -170,6 +214,7 @@ async fn route<G: Serialize + Send + 'static>(
     spec: WindowSpec,
     senders: Vec<mpsc::Sender<EventBatch>>,
     handles: Vec<tokio::task::JoinHandle<ShardState<G>>>,
+    retirement: Retirement,
 ) -> anyhow::Result<()> {
     let shards = senders.len();
     let mut parts: Vec<Vec<Event>> = (0..shards).map(|_| Vec::new()).collect();
@@ -187,6 +232,19 @@ async fn route<G: Serialize + Send + 'static>(
             }
         }
     }
+    // Replaced by a reload: a successor with the same definition takes the windows over
+    // through the checkpoint; otherwise they close now, early, rather than vanish.
+    let replaced = cx.retired.load(std::sync::atomic::Ordering::Acquire);
+    let carried_over = replaced
+        && retirement
+            .handover
+            .successor(&cx.id, &retirement.arrival)
+            .as_deref()
+            == Some(retirement.definition.as_str());
+    let closing = replaced && !carried_over;
+    retirement
+        .close
+        .store(closing, std::sync::atomic::Ordering::Release);
     drop(senders);
     let mut definition = String::new();
     let mut groups = Vec::new();
@@ -199,10 +257,11 @@ async fn route<G: Serialize + Send + 'static>(
         groups.extend(shard_groups);
         held.extend(shard_held);
     }
-    if cx.retired.load(std::sync::atomic::Ordering::Acquire) {
-        if !groups.is_empty() {
-            tracing::warn!(component_id = %cx.id, groups = groups.len(), "replaced by a reload: its open windows are discarded");
+    if closing {
+        for shard in 0..shards {
+            let _ = tokio::fs::remove_file(shard_path(&checkpoint, shard)).await;
         }
+        tracing::info!(component_id = %cx.id, "replaced by a reload with another window definition: its open windows were closed early and emitted with `partial: true`");
     } else {
         let path = &checkpoint;
         let open = groups.len();
@@ -213,9 +272,10 @@ async fn route<G: Serialize + Send + 'static>(
         }
         tracing::info!(component_id = %cx.id, groups = open, path = %path.display(), "checkpointed open windows");
     }
-    // The state holding these events is on disk (or was given up by a reload): their
-    // sources may acknowledge them.
+    // The state holding these events is on disk, or was emitted: their sources may
+    // acknowledge them. Then the successor may restore.
     drop(held);
+    drop(retirement);
     Ok(())
 }
 
@@ -259,6 +319,8 @@ struct Shard<E> {
     /// Keep folded events' deliveries until the next checkpoint (`ack: on_checkpoint`).
     hold: bool,
     held: Vec<Arc<Delivery>>,
+    /// Set by the router when the instance retires without a successor to take its windows.
+    close: Arc<AtomicBool>,
     input: mpsc::Receiver<EventBatch>,
     out: Outputs,
     id: ComponentId,
@@ -295,6 +357,10 @@ impl<E: WindowEngine> Shard<E> {
                     self.emit(&mut emitted).await;
                 }
             }
+        }
+        if self.close.load(std::sync::atomic::Ordering::Acquire) {
+            self.engine.close_all(&mut emitted);
+            self.emit(&mut emitted).await;
         }
         self.metrics.open_windows.dec_by(self.reported_open);
         (self.engine.definition(), self.engine.export(), self.held)

@@ -343,6 +343,25 @@ impl WindowEngine for SessionWindows {
         self.groups.export()
     }
 
+    fn close_all(&mut self, emitted: &mut Vec<Event>) {
+        for group in self.groups.by_key.values_mut() {
+            for session in group.sessions.drain(..) {
+                let end = session.last.saturating_add(self.gap);
+                let end = self
+                    .max_duration
+                    .map_or(end, |max| end.min(session.start.saturating_add(max)));
+                emitted.push(self.spec.output(
+                    &group.keys,
+                    session.start,
+                    end,
+                    self.spec.results(&session.accumulators),
+                    true,
+                ));
+            }
+        }
+        self.groups.export();
+    }
+
     fn snapshot(&self) -> Vec<(GroupKey, Group)> {
         self.groups.snapshot()
     }

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use super::{Checkpoint, WindowEngine, restore, route};
+use super::{Checkpoint, Retirement, WindowEngine, restore, route};
 use crate::aggregators::AggregatorContext;
 use crate::aggregators::fixed::{Assigner, FixedWindows};
+use crate::aggregators::handover::Handover;
 use crate::aggregators::window::LatePolicy;
 use crate::aggregators::window::testing::{self, event};
 use crate::config::{ComponentId, ComponentKind};
@@ -23,6 +24,17 @@ fn engine() -> FixedWindows {
             offset: 0,
         },
     )
+}
+
+fn retirement(id: &ComponentId) -> Retirement {
+    let handover = Arc::new(Handover::default());
+    let arrival = handover.arrive(id, engine().definition());
+    Retirement {
+        handover,
+        arrival,
+        definition: engine().definition(),
+        close: Arc::default(),
+    }
 }
 
 fn metric(telemetry: &Telemetry, line_start: &str) -> f64 {
@@ -67,6 +79,7 @@ async fn a_batch_a_stopped_shard_refuses_fails_its_deliveries() {
         spec,
         vec![shard_tx],
         vec![shard],
+        retirement(&id),
     )
     .await
     .unwrap();
