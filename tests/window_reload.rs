@@ -76,22 +76,30 @@ fn written(dir: &Path) -> Vec<(String, bool, u64)> {
     out
 }
 
+/// Runs one-minute windows, posts two and a half minutes of readings (two windows close,
+/// the third is open), then reloads with windows of `size` and `idle_timeout`.
+async fn reload_mid_window(
+    port: u16,
+    dir: &Path,
+    size: &str,
+    idle_timeout: &str,
+) -> RunningTopology {
+    let telemetry = Telemetry::new();
+    let mut topology =
+        RunningTopology::start(&pipeline(&windows(port, dir, "1m", "1h")), &telemetry).unwrap();
+    post(port, &readings(0, 15)).await;
+    topology
+        .reload(pipeline(&windows(port, dir, size, idle_timeout)))
+        .await
+        .unwrap();
+    topology
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_definition_carries_open_windows_over_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let telemetry = Telemetry::new();
-    let mut topology = RunningTopology::start(
-        &pipeline(&windows(port, dir.path(), "1m", "1h")),
-        &telemetry,
-    )
-    .unwrap();
-    // Two and a half minutes: two windows close, the third is open at the reload.
-    post(port, &readings(0, 15)).await;
-    topology
-        .reload(pipeline(&windows(port, dir.path(), "1m", "2h")))
-        .await
-        .unwrap();
+    let topology = reload_mid_window(port, dir.path(), "1m", "2h").await;
     post(port, &readings(15, 18)).await;
     // A reading far ahead closes the third window.
     post(port, &[json!({ "ts": T0 + 3_600_000, "x": 1 })]).await;
@@ -113,17 +121,7 @@ async fn an_unchanged_definition_carries_open_windows_over_a_reload() {
 async fn a_changed_definition_closes_open_windows_early_as_partial_results() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let telemetry = Telemetry::new();
-    let mut topology = RunningTopology::start(
-        &pipeline(&windows(port, dir.path(), "1m", "1h")),
-        &telemetry,
-    )
-    .unwrap();
-    post(port, &readings(0, 15)).await;
-    topology
-        .reload(pipeline(&windows(port, dir.path(), "30s", "1h")))
-        .await
-        .unwrap();
+    let topology = reload_mid_window(port, dir.path(), "30s", "1h").await;
     // The old instance has drained once the new one folds readings: wait for its output.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while written(dir.path()).len() < 3 {
