@@ -37,4 +37,5 @@ mod shutdown;
 mod topology;
 mod validate;
 mod window_kill;
+mod window_reload;
 mod windows;

@@ -2,15 +2,14 @@
 //! new definition can hold them, and closed early (`partial: true`) when it cannot; never
 //! dropped.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{free_port, lines, pipeline};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
+
+use crate::support::{free_port, lines, pipeline};
 
 /// Tumbling windows of `size`; `idle_timeout` is not part of the window definition. The
 /// readings are acknowledged on receipt and the periodic checkpoint is far away, so only
