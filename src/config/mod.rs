@@ -4,6 +4,11 @@
 //! configuration, its resolved inputs, and the position it was written at. Everything a
 //! user can get wrong is found here, before anything starts, and reported as
 //! [`Diagnostics`] that name the file, line, column and component.
+//!
+//! It also holds the contract every component type meets, one module per section
+//! ([`source`], [`transform`], [`aggregator`], [`sink`], [`action`]: the trait and the
+//! build context) and every service ([`service`]), and the shape of the [`Catalogue`] of
+//! types it is handed: the language knows sections, never a concrete type.
 
 pub mod action;
 pub mod aggregator;

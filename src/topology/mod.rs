@@ -1,4 +1,4 @@
-//! Running a [`TopologyConfig`]: one task per component, wired by bounded channels, and
+//! Running a [`TopologyConfig`](crate::config::TopologyConfig): one task per component, wired by bounded channels, and
 //! rewired in place when the configuration changes.
 //!
 //! Starting is a reload from nothing, so there is one way to bring components up. A reload
