@@ -17,7 +17,7 @@
 //! - [`CATALOGUE`]: every component type and service of this build, handed to the engine;
 //! - [`codecs`]: payload decoding shared by sources and the `decode` transform;
 //! - [`template`]: minijinja conditions and templates, compiled at load time; [`tls`]: TLS
-//!   options shared by servers and clients;
+//!   options shared by servers and clients; [`redact`]: secrets out of messages;
 //! - [`api`]: the HTTP API; [`cli`]: the command line; [`daemon`]: `weir run`, with its
 //!   signals and reloads.
 
@@ -34,6 +34,7 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod fault;
+pub mod redact;
 pub mod registry;
 pub mod sinks;
 pub mod sources;
