@@ -36,17 +36,19 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
     let api_state = ApiState::new(telemetry.clone(), Some(reload_tx));
     let api_shutdown = CancellationToken::new();
     let api_task = match config.globals.api.enabled {
-        true => Some(
-            api::serve(
-                config.globals.api.listen,
-                api_state.clone(),
-                api_shutdown.clone(),
-            )
-            .await?,
-        ),
+        true => {
+            Some(api::serve(&config.globals.api, api_state.clone(), api_shutdown.clone()).await?)
+        }
         false => None,
     };
 
+    // Before the topology starts, so a signal sent while it starts is ours, not the
+    // default action's.
+    let (mut term, mut int, mut hup) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::hangup())?,
+    );
     let watch = options.watch || config.globals.watch;
     let mut daemon = Daemon {
         topology: RunningTopology::start(&config, &telemetry)?,
@@ -56,19 +58,15 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
     };
     daemon.telemetry.metrics().config_generation.set(1);
     api_state.set_services(Arc::clone(daemon.topology.services()));
-    api_state.set_ready(true);
-    tracing::info!(components = config.components.len(), "topology running");
-
     let (changes_tx, mut changes) = mpsc::channel::<()>(1);
     let _watcher = match watch {
         true => Some(watch_files(&daemon.paths, changes_tx)?),
         false => None,
     };
-    let (mut term, mut int, mut hup) = (
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
-        signal(SignalKind::hangup())?,
-    );
+    // Ready means armed: the signals are handled and the files watched, so a reload or a
+    // stop asked for as soon as `/ready` answers is not missed.
+    api_state.set_ready(true);
+    tracing::info!(components = config.components.len(), "topology running");
 
     let finished_by_itself = loop {
         tokio::select! {
