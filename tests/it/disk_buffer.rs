@@ -2,17 +2,15 @@
 //! on_commit` hears 2xx once its readings are durable in the buffer, long before the
 //! sink's batch commits; and a `kill -9` loses nothing that was acknowledged.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support::{Weir, free_port, metric_in};
 use deltalake::arrow::array::AsArray;
 use deltalake::arrow::datatypes::Float64Type;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
-use support::{Weir, free_port, metric_in};
 
 fn write_pipeline(dir: &Path, port: u16, api: u16, timeout: &str) -> PathBuf {
     let pipeline = dir.join("pipeline.yaml");
