@@ -207,6 +207,8 @@ impl ComponentConfig {
     /// [`SinkComponent::commit_delay`]).
     pub fn commit_delay(&self) -> Option<std::time::Duration> {
         match &self.options {
+            // The disk buffer acknowledges once appended; the sink's batching is its own.
+            SectionOptions::Sink(c) if c.disk_buffer() => None,
             SectionOptions::Sink(c) => c.commit_delay(),
             _ => None,
         }
@@ -219,6 +221,20 @@ impl ComponentConfig {
             SectionOptions::Sink(c) => c.resources(),
             _ => Vec::new(),
         }
+    }
+}
+
+impl Component {
+    /// What the component holds exclusively while it runs: what its options name, and a
+    /// sink's disk buffer directory under `data_dir`.
+    pub fn resources(&self, data_dir: &std::path::Path) -> Vec<Resource> {
+        let mut resources = self.config.resources();
+        if let SectionOptions::Sink(c) = &self.config.options
+            && c.disk_buffer()
+        {
+            resources.push(Resource::File(sink::buffer_dir(data_dir, &self.id)));
+        }
+        resources
     }
 }
 

@@ -1,6 +1,6 @@
 //! What every sink type provides, and what it is given when it is built.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::component::{ComponentId, ComponentTask, FieldProblem, Resource};
@@ -26,7 +26,20 @@ pub trait SinkComponent: Options {
         None
     }
 
+    /// Whether the sink keeps a disk buffer (in [`buffer_dir`]). The sink then holds that
+    /// directory like a file (a reload starts its new instance once the old one let go),
+    /// and its sources' acknowledgements wait only for the buffer's durable append, not for
+    /// [`SinkComponent::commit_delay`].
+    fn disk_buffer(&self) -> bool {
+        false
+    }
+
     fn build(&self, cx: SinkContext) -> anyhow::Result<ComponentTask>;
+}
+
+/// Where the sink `id` keeps its disk buffer: `data_dir/buffers/<id>/`.
+pub fn buffer_dir(data_dir: &Path, id: &ComponentId) -> PathBuf {
+    data_dir.join("buffers").join(id.as_str())
 }
 
 /// What a sink is given when it is built.
@@ -41,4 +54,11 @@ pub struct SinkContext {
     pub data_dir: PathBuf,
     /// The topology's shared services.
     pub services: Arc<Services>,
+}
+
+impl SinkContext {
+    /// Where this sink's disk buffer lives (see [`buffer_dir`]).
+    pub fn buffer_dir(&self) -> PathBuf {
+        buffer_dir(&self.data_dir, &self.id)
+    }
 }

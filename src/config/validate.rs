@@ -392,7 +392,7 @@ fn check_resources(
         ));
     }
     for component in components.values() {
-        for resource in component.config.resources() {
+        for resource in component.resources(&globals.data_dir) {
             if let Some((_, owner, _)) = held.iter().find(|(r, _, _)| r.conflicts_with(&resource)) {
                 diagnostics.push(
                     Diagnostic::error(

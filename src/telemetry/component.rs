@@ -8,8 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::{
-    AggregateLabels, AlarmLabels, BoundLabels, ComponentLabels, DiscardLabels, ErrorLabels,
-    Metrics, OutcomeLabels, OutputLabels, StatusLabels,
+    AggregateLabels, AlarmLabels, BoundLabels, BufferLabels, ComponentLabels, DiscardLabels,
+    ErrorLabels, Metrics, OutcomeLabels, OutputLabels, StatusLabels,
 };
 
 /// A component's view of [`Metrics`], with its labels already applied.
@@ -103,10 +103,25 @@ impl ComponentTelemetry {
         self.metrics.source_lag.get_or_create_owned(&self.labels)
     }
 
-    pub(crate) fn buffer_discarded(&self) -> Counter {
-        self.metrics
-            .buffer_discarded_events
-            .get_or_create_owned(&self.labels)
+    fn buffer_labels(&self, buffer_type: &str) -> BufferLabels {
+        BufferLabels {
+            component: self.labels.clone(),
+            buffer_type: buffer_type.to_owned(),
+        }
+    }
+
+    /// The series of a sink's `buffer` of `buffer_type` (`memory` or `disk`).
+    pub fn sink_buffer(&self, buffer_type: &str) -> SinkBufferMetrics {
+        let labels = self.buffer_labels(buffer_type);
+        let m = &self.metrics;
+        SinkBufferMetrics {
+            events: m.buffer_events.get_or_create_owned(&labels),
+            byte_size: m.buffer_byte_size.get_or_create_owned(&labels),
+            received: m.buffer_received_events.get_or_create_owned(&labels),
+            sent: m.buffer_sent_events.get_or_create_owned(&labels),
+            discarded: m.buffer_discarded_events.get_or_create_owned(&labels),
+            corrupted: m.buffer_corrupted_records.get_or_create_owned(&labels),
+        }
     }
 
     pub(crate) fn sink_retries(&self) -> Counter {
@@ -133,7 +148,10 @@ impl ComponentTelemetry {
             .get_or_create_owned(&self.labels);
         max.set(capacity_batches as i64);
         BufferMetrics {
-            events: self.metrics.buffer_events.get_or_create_owned(&self.labels),
+            events: self
+                .metrics
+                .buffer_events
+                .get_or_create_owned(&self.buffer_labels("channel")),
             utilization: self
                 .metrics
                 .buffer_utilization
@@ -254,6 +272,20 @@ pub struct ActionMetrics {
 pub struct BufferMetrics {
     pub events: Gauge,
     pub utilization: Gauge<f64, AtomicU64>,
+}
+
+/// Series of a sink's buffer, counted in events (never batches).
+#[derive(Clone)]
+pub struct SinkBufferMetrics {
+    /// Events held (a disk buffer: appended and not yet acknowledged by the sink).
+    pub events: Gauge,
+    /// Bytes on disk (disk buffers only).
+    pub byte_size: Gauge,
+    pub received: Counter,
+    pub sent: Counter,
+    pub discarded: Counter,
+    /// Records cut off a disk buffer as torn or corrupt.
+    pub corrupted: Counter,
 }
 
 /// Series of one window aggregator.

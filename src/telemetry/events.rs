@@ -3,7 +3,7 @@
 //! A struct decides which counters move and what (if anything) is logged, so every call
 //! site that reports "a payload failed to decode" produces the same series and log fields.
 
-use super::ComponentTelemetry;
+use super::{ComponentTelemetry, SinkBufferMetrics};
 
 /// Something a component reports about itself.
 pub trait InternalEvent {
@@ -164,16 +164,61 @@ impl InternalEvent for EventsDiscarded {
 }
 
 /// Events a sink's full buffer dropped, as its `when_full` policy says.
-pub struct BufferDiscarded {
+pub struct BufferDiscarded<'a> {
     pub count: usize,
+    pub buffer: &'a SinkBufferMetrics,
 }
 
-impl InternalEvent for BufferDiscarded {
+impl InternalEvent for BufferDiscarded<'_> {
     fn emit(self, t: &ComponentTelemetry) {
         if self.count > 0 {
-            t.buffer_discarded().inc_by(self.count as u64);
+            self.buffer.discarded.inc_by(self.count as u64);
             t.discarded(true).inc_by(self.count as u64);
         }
+    }
+}
+
+/// A disk buffer could not write, read or open its files; it keeps the events and tries
+/// again (the sources feel backpressure meanwhile). Counted always, logged at error at
+/// most once per interval.
+pub struct BufferIoFailed<'a> {
+    pub message: &'a str,
+}
+
+impl InternalEvent for BufferIoFailed<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.errors(ErrorType::Io.as_str(), Stage::Receiving.as_str())
+            .inc();
+        if let Some(suppressed) = t.error_log_permit() {
+            tracing::error!(
+                component_id = t.component_id(),
+                component_type = t.component_type(),
+                suppressed,
+                "disk buffer: {}",
+                self.message
+            );
+        }
+    }
+}
+
+/// A disk buffer cut torn or corrupt records off a segment (at start, or when a read
+/// found one); each is one event the sink will not see.
+pub struct BufferRecordsCorrupted<'a> {
+    pub records: u64,
+    pub buffer: &'a SinkBufferMetrics,
+    pub message: &'a str,
+}
+
+impl InternalEvent for BufferRecordsCorrupted<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        self.buffer.corrupted.inc_by(self.records.max(1));
+        tracing::error!(
+            component_id = t.component_id(),
+            component_type = t.component_type(),
+            records = self.records,
+            "disk buffer: {}",
+            self.message
+        );
     }
 }
 

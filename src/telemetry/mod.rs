@@ -18,7 +18,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-pub use component::{ActionMetrics, BufferMetrics, ComponentTelemetry, WindowMetrics};
+pub use component::{
+    ActionMetrics, BufferMetrics, ComponentTelemetry, SinkBufferMetrics, WindowMetrics,
+};
 pub use events::InternalEvent;
 
 use crate::config::component::{ComponentId, ComponentKind};
@@ -36,6 +38,15 @@ pub struct OutputLabels {
     #[prometheus(flatten)]
     pub component: ComponentLabels,
     pub output: String,
+}
+
+/// Labels of a buffer's series: its component, and `buffer_type`: `channel` (the bounded
+/// input channel every consuming component has), `memory` or `disk` (a sink's `buffer`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BufferLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
+    pub buffer_type: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,7 +133,11 @@ pub struct Metrics {
     pub sent_bytes: Family<ComponentLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub discarded_events: Family<DiscardLabels, Counter>,
-    pub buffer_events: Family<ComponentLabels, Gauge>,
+    pub buffer_events: Family<BufferLabels, Gauge>,
+    pub buffer_byte_size: Family<BufferLabels, Gauge>,
+    pub buffer_received_events: Family<BufferLabels, Counter>,
+    pub buffer_sent_events: Family<BufferLabels, Counter>,
+    pub buffer_corrupted_records: Family<BufferLabels, Counter>,
     pub buffer_max_events: Family<ComponentLabels, Gauge>,
     pub buffer_utilization: Family<ComponentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub http_requests: Family<StatusLabels, Counter>,
@@ -135,7 +150,7 @@ pub struct Metrics {
     pub source_connected: Family<ComponentLabels, Gauge>,
     pub source_pending_deliveries: Family<ComponentLabels, Gauge>,
     pub source_lag: Family<ComponentLabels, Gauge>,
-    pub buffer_discarded_events: Family<ComponentLabels, Counter>,
+    pub buffer_discarded_events: Family<BufferLabels, Counter>,
     pub sink_retries: Family<ComponentLabels, Counter>,
     pub sink_batch_events: Family<ComponentLabels, Histogram>,
     pub sink_commit_duration: Family<ComponentLabels, Histogram>,
@@ -165,6 +180,10 @@ impl Default for Metrics {
             errors: Family::default(),
             discarded_events: Family::default(),
             buffer_events: Family::default(),
+            buffer_byte_size: Family::default(),
+            buffer_received_events: Family::default(),
+            buffer_sent_events: Family::default(),
+            buffer_corrupted_records: Family::default(),
             buffer_max_events: Family::default(),
             buffer_utilization: Family::default(),
             http_requests: Family::default(),
@@ -241,8 +260,28 @@ impl Metrics {
         );
         registry.register(
             "buffer_events",
-            "Events waiting in a component's input buffer",
+            "Events (not batches) held in a buffer: a component's input channel, or a sink's memory or disk buffer (there: not yet acknowledged by the sink)",
             m.buffer_events,
+        );
+        registry.register(
+            "buffer_byte_size",
+            "Bytes a sink's disk buffer occupies on disk (segment files, acknowledged records included until their segment is deleted)",
+            m.buffer_byte_size,
+        );
+        registry.register(
+            "buffer_received_events",
+            "Events (not batches) a sink's buffer accepted from its input (a disk buffer: durably appended)",
+            m.buffer_received_events,
+        );
+        registry.register(
+            "buffer_sent_events",
+            "Events (not batches) a sink's buffer handed to its sink, redeliveries after a failure included",
+            m.buffer_sent_events,
+        );
+        registry.register(
+            "buffer_corrupted_records",
+            "Torn or CRC-32C-failing records (one event each) a disk buffer cut off its segments; what followed a bad record in its segment goes with it (its bytes are in the error log line)",
+            m.buffer_corrupted_records,
         );
         registry.register(
             "buffer_max_events",
@@ -306,7 +345,7 @@ impl Metrics {
         );
         registry.register(
             "buffer_discarded_events",
-            "Events a sink's full buffer dropped because of `when_full: drop_newest | drop_oldest`",
+            "Events (not batches) a sink's full buffer dropped because of `when_full: drop_newest | drop_oldest`",
             m.buffer_discarded_events,
         );
         registry.register(

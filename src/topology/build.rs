@@ -91,8 +91,8 @@ pub(super) fn build(
         retired: Arc::clone(&retired),
     };
     let mut task = build_task(component, parts, shared)?;
-    if let Some(previous) =
-        previous.filter(|_| config.kind().is_sink() && !config.resources().is_empty())
+    if let Some(previous) = previous
+        .filter(|_| config.kind().is_sink() && !component.resources(shared.data_dir).is_empty())
     {
         task = Box::pin(async move {
             previous.cancelled().await;

@@ -288,9 +288,14 @@ impl SinkComponent for DeltaLakeConfig {
         }
     }
 
+    fn disk_buffer(&self) -> bool {
+        self.buffer.is_disk()
+    }
+
     fn build(&self, cx: SinkContext) -> anyhow::Result<ComponentTask> {
         let url = self.url().map_err(|message| anyhow::anyhow!(message))?;
         let config = self.clone();
+        let buffer_dir = cx.buffer_dir();
         let SinkContext {
             id,
             input,
@@ -320,7 +325,7 @@ impl SinkComponent for DeltaLakeConfig {
                 .clone()
                 .unwrap_or_else(|| format!("weir-{id}")),
         };
-        let buffer = SinkBuffer::new(input, config.buffer, telemetry.clone());
+        let buffer = SinkBuffer::new(input, config.buffer, telemetry.clone(), buffer_dir);
         let sink = DeltaSink {
             component: Arc::from(id.as_str()),
             config,

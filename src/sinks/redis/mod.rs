@@ -107,6 +107,10 @@ fn default_timeout() -> config::Duration {
 const DEFAULT_MAXLEN: u64 = 10_000;
 
 impl SinkComponent for RedisConfig {
+    fn disk_buffer(&self) -> bool {
+        self.buffer.is_disk()
+    }
+
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.check_url();
         if self.key.source().trim().is_empty() {
@@ -161,6 +165,7 @@ impl SinkComponent for RedisConfig {
             timeout: self.timeout.get(),
             max_backoff: self.retry.max_backoff.get(),
         };
+        let buffer_dir = cx.buffer_dir();
         let sink = Sink {
             component: cx.id.as_arc(),
             key: self.key.clone(),
@@ -177,7 +182,7 @@ impl SinkComponent for RedisConfig {
             out: cx.out,
             telemetry: cx.telemetry.clone(),
         };
-        let buffer = SinkBuffer::new(cx.input, self.buffer, cx.telemetry);
+        let buffer = SinkBuffer::new(cx.input, self.buffer, cx.telemetry, buffer_dir);
         let max_batch = self.max_batch;
         Ok(Box::pin(async move {
             sink.run(buffer, target, max_batch).await;

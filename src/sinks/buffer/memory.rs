@@ -1,75 +1,23 @@
-//! The per-sink buffer: how many events a sink holds while its destination is slow, and
-//! what happens when it is full (`when_full`).
+//! The memory buffer: a bounded queue of events between a sink's input channel and the
+//! sink, shaped by `max_events` and `when_full`.
 //!
-//! A pump task moves batches from the sink's input channel into a bounded queue of events;
-//! the sink takes events out in the batch sizes its destination likes. With `block` (the
-//! default) a full queue stops the pump, the input channel fills, and backpressure reaches
-//! the sources: nothing is lost. `drop_newest` and `drop_oldest` make the sink lossy by
-//! choice: what they drop is counted (`buffer_discarded_events_total`) and acknowledged
-//! upstream as handled, since the user asked for it.
+//! A pump task moves batches from the sink's input channel into the queue; the sink takes
+//! events out in the batch sizes its destination likes. With `block` (the default) a full
+//! queue stops the pump, the input channel fills, and backpressure reaches the sources:
+//! nothing is lost. `drop_newest` and `drop_oldest` make the sink lossy by choice: what
+//! they drop is counted (`buffer_discarded_events_total`) and acknowledged upstream as
+//! handled, since the user asked for it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::config::FieldProblem;
+use super::WhenFull;
 use crate::event::Event;
-use crate::telemetry::ComponentTelemetry;
-use crate::telemetry::InternalEvent;
 use crate::telemetry::events::BufferDiscarded;
+use crate::telemetry::{ComponentTelemetry, InternalEvent, SinkBufferMetrics};
 use crate::topology::channel::InputReceiver;
-
-/// How many events a sink may hold, and what to do when it holds that many.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BufferConfig {
-    /// Events held in memory before `when_full` applies.
-    #[serde(default = "default_max_events")]
-    pub max_events: usize,
-    #[serde(default)]
-    pub when_full: WhenFull,
-}
-
-fn default_max_events() -> usize {
-    10_000
-}
-
-impl Default for BufferConfig {
-    fn default() -> Self {
-        Self {
-            max_events: default_max_events(),
-            when_full: WhenFull::default(),
-        }
-    }
-}
-
-impl BufferConfig {
-    pub fn check(&self) -> Vec<FieldProblem> {
-        match self.max_events {
-            0 => vec![FieldProblem::at(
-                ["buffer", "max_events"],
-                "expected at least one event",
-            )],
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// What a full buffer does with the next events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Stop reading: backpressure reaches the sources, nothing is lost.
-    #[default]
-    Block,
-    /// Drop the incoming events (counted).
-    DropNewest,
-    /// Drop the oldest held events to make room (counted).
-    DropOldest,
-}
 
 struct Shared {
     queue: Mutex<Queue>,
@@ -77,6 +25,7 @@ struct Shared {
     filled: Notify,
     /// Signalled when the sink took events out.
     drained: Notify,
+    metrics: SinkBufferMetrics,
 }
 
 struct Queue {
@@ -90,15 +39,20 @@ impl Shared {
     }
 }
 
-/// The sink's end of its buffer.
-pub struct SinkBuffer {
+/// The sink's end of its memory buffer.
+pub struct MemoryBuffer {
     shared: Arc<Shared>,
     pump: tokio::task::JoinHandle<()>,
 }
 
-impl SinkBuffer {
-    /// Starts pumping `input` into a buffer shaped by `config`.
-    pub fn new(input: InputReceiver, config: BufferConfig, telemetry: ComponentTelemetry) -> Self {
+impl MemoryBuffer {
+    /// Starts pumping `input` into a queue of at most `max_events`.
+    pub fn new(
+        input: InputReceiver,
+        max_events: usize,
+        when_full: WhenFull,
+        telemetry: ComponentTelemetry,
+    ) -> Self {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 events: VecDeque::new(),
@@ -106,8 +60,15 @@ impl SinkBuffer {
             }),
             filled: Notify::new(),
             drained: Notify::new(),
+            metrics: telemetry.sink_buffer("memory"),
         });
-        let pump = tokio::spawn(pump(input, config, Arc::clone(&shared), telemetry));
+        let pump = tokio::spawn(pump(
+            input,
+            max_events,
+            when_full,
+            Arc::clone(&shared),
+            telemetry,
+        ));
         Self { shared, pump }
     }
 
@@ -122,6 +83,8 @@ impl SinkBuffer {
                     let take = queue.events.len().min(max.max(1));
                     let events: Vec<Event> = queue.events.drain(..take).collect();
                     drop(queue);
+                    self.shared.metrics.events.dec_by(take as i64);
+                    self.shared.metrics.sent.inc_by(take as u64);
                     self.shared.drained.notify_one();
                     return Some(events);
                 }
@@ -137,18 +100,15 @@ impl SinkBuffer {
     pub fn len(&self) -> usize {
         self.shared.lock().events.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
-impl Drop for SinkBuffer {
+impl Drop for MemoryBuffer {
     fn drop(&mut self) {
         // A sink that stops early loses what it holds: the pump's input receiver then
         // fails what is still queued in the channel, and these fail with the queue.
         self.pump.abort();
         let mut queue = self.shared.lock();
+        self.shared.metrics.events.dec_by(queue.events.len() as i64);
         for event in queue.events.drain(..) {
             event.fail_delivery();
         }
@@ -157,7 +117,8 @@ impl Drop for SinkBuffer {
 
 async fn pump(
     mut input: InputReceiver,
-    config: BufferConfig,
+    max_events: usize,
+    when_full: WhenFull,
     shared: Arc<Shared>,
     telemetry: ComponentTelemetry,
 ) {
@@ -165,12 +126,16 @@ async fn pump(
         let mut incoming: Vec<Event> = batch.into_iter().collect();
         loop {
             let drained = shared.drained.notified();
-            let Some(dropped) = admit(&shared, &config, &mut incoming) else {
+            let Some(dropped) = admit(&shared, max_events, when_full, &mut incoming) else {
                 drained.await;
                 continue;
             };
             shared.filled.notify_one();
-            BufferDiscarded { count: dropped }.emit(&telemetry);
+            BufferDiscarded {
+                count: dropped,
+                buffer: &shared.metrics,
+            }
+            .emit(&telemetry);
             break;
         }
     }
@@ -180,10 +145,17 @@ async fn pump(
 
 /// Moves `incoming` into the queue as `when_full` says; returns how many events were
 /// dropped, or `None` when the queue is full and the policy is to wait.
-fn admit(shared: &Shared, config: &BufferConfig, incoming: &mut Vec<Event>) -> Option<usize> {
+fn admit(
+    shared: &Shared,
+    max_events: usize,
+    when_full: WhenFull,
+    incoming: &mut Vec<Event>,
+) -> Option<usize> {
     let mut queue = shared.lock();
-    let room = config.max_events.saturating_sub(queue.events.len());
-    let dropped = match config.when_full {
+    let before = queue.events.len();
+    let offered = incoming.len();
+    let room = max_events.saturating_sub(before);
+    let dropped = match when_full {
         WhenFull::Block if room == 0 => return None,
         // Overshoot by up to one batch rather than split it: the bound stays a bound.
         WhenFull::Block => {
@@ -199,56 +171,28 @@ fn admit(shared: &Shared, config: &BufferConfig, incoming: &mut Vec<Event>) -> O
         }
         WhenFull::DropOldest => {
             queue.events.extend(incoming.drain(..));
-            let excess = queue.events.len().saturating_sub(config.max_events);
+            let excess = queue.events.len().saturating_sub(max_events);
             queue.events.drain(..excess);
             excess
         }
     };
+    let after = queue.events.len();
+    drop(queue);
+    shared.metrics.received.inc_by((offered - dropped) as u64);
+    shared.metrics.events.inc_by(after as i64 - before as i64);
     Some(dropped)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ComponentId, ComponentKind};
-    use crate::event::{EventBatch, EventMeta, Fields};
-    use crate::telemetry::Telemetry;
+    use crate::sinks::buffer::tests::{batch, ids, telemetry};
     use crate::topology::channel::input_channel;
-
-    fn telemetry() -> ComponentTelemetry {
-        Telemetry::new().component(&ComponentId::new("s"), ComponentKind::Sink, "test")
-    }
-
-    fn batch(range: std::ops::Range<i64>) -> EventBatch {
-        EventBatch::new(
-            range
-                .map(|i| {
-                    let mut fields = Fields::new();
-                    fields.insert("i".into(), serde_json::json!(i));
-                    Event::new(None, fields, Arc::new(EventMeta::received_by("t".into())))
-                })
-                .collect(),
-        )
-    }
-
-    fn ids(events: &[Event]) -> Vec<i64> {
-        events
-            .iter()
-            .filter_map(|e| e.get("i").and_then(|v| v.as_i64()))
-            .collect()
-    }
 
     async fn run(when_full: WhenFull) -> Vec<i64> {
         let t = telemetry();
         let (tx, rx) = input_channel(&t, 8);
-        let mut buffer = SinkBuffer::new(
-            rx,
-            BufferConfig {
-                max_events: 4,
-                when_full,
-            },
-            t,
-        );
+        let mut buffer = MemoryBuffer::new(rx, 4, when_full, t);
         tx.send_for_test(batch(0..3)).await;
         tx.send_for_test(batch(3..6)).await;
         drop(tx);

@@ -1,0 +1,369 @@
+//! The disk buffer as a sink sees it: durable before acknowledged, restart recovery, torn
+//! and corrupt records, redelivery, and `when_full`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::event::{Delivery, DeliveryStatus, EventBatch};
+use crate::sinks::buffer::tests::{batch, ids, telemetry};
+use crate::topology::channel::{InputSender, input_channel};
+
+struct Harness {
+    tx: Option<InputSender>,
+    buffer: DiskBuffer,
+    metrics: SinkBufferMetrics,
+}
+
+fn start(dir: &Path, max_size: u64, drop_newest: bool) -> Harness {
+    let t = telemetry();
+    let (tx, rx) = input_channel(&t, 1);
+    let metrics = t.sink_buffer("disk");
+    let buffer = DiskBuffer::new(
+        rx,
+        Options {
+            dir: dir.to_path_buf(),
+            max_size,
+            drop_newest,
+        },
+        t,
+    );
+    Harness {
+        tx: Some(tx),
+        buffer,
+        metrics,
+    }
+}
+
+impl Harness {
+    async fn send(&self, batch: EventBatch) {
+        if let Some(tx) = &self.tx {
+            tx.send_for_test(batch).await;
+        }
+    }
+
+    /// Events `range`, with one source delivery; returns its outcome receiver.
+    async fn send_acked(
+        &self,
+        range: std::ops::Range<i64>,
+    ) -> tokio::sync::oneshot::Receiver<DeliveryStatus> {
+        let mut events: Vec<Event> = batch(range).into_iter().collect();
+        let outcome = Delivery::attach_all(&mut events);
+        self.send(EventBatch::new(events)).await;
+        outcome
+    }
+
+    fn close(&mut self) {
+        self.tx = None;
+    }
+
+    async fn next(&mut self, max: usize) -> Option<Vec<Event>> {
+        tokio::time::timeout(Duration::from_secs(5), self.buffer.next(max))
+            .await
+            .expect("next answered in time")
+    }
+
+    /// Everything until the input closed and the reader caught up, acknowledging it.
+    async fn drain(&mut self) -> Vec<i64> {
+        let mut seen = Vec::new();
+        while let Some(events) = self.next(1000).await {
+            seen.extend(ids(&events));
+        }
+        seen
+    }
+}
+
+fn dir() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("buffers").join("s");
+    (root, dir)
+}
+
+/// Waits until the previous buffer of `dir` has let go of it (its acknowledger finished).
+async fn reopen(dir: &Path) -> Harness {
+    start(dir, 1 << 30, false)
+}
+
+#[tokio::test]
+async fn the_source_hears_committed_once_durable_and_the_sink_reads_it_all() {
+    let (_root, dir) = dir();
+    let mut h = start(&dir, 1 << 30, false);
+    let outcome = h.send_acked(0..100).await;
+    // Acknowledged by the buffer, though the sink has not read anything yet.
+    let status = tokio::time::timeout(Duration::from_secs(5), outcome)
+        .await
+        .unwrap();
+    assert_eq!(status, Ok(DeliveryStatus::Committed));
+    assert!(dir.join("incarnation").exists());
+    assert!(!segment::list(&dir).unwrap().is_empty());
+    assert_eq!(h.metrics.received.get(), 100);
+    h.send(batch(100..150)).await;
+    h.close();
+    assert_eq!(h.drain().await, (0..150).collect::<Vec<_>>());
+    assert_eq!(h.metrics.sent.get(), 150);
+}
+
+#[tokio::test]
+async fn a_restart_hands_back_exactly_what_was_not_acknowledged() {
+    let (_root, dir) = dir();
+    let mut h = start(&dir, 1 << 30, false);
+    h.send(batch(0..10)).await;
+    let committed = h.next(4).await.unwrap();
+    assert_eq!(ids(&committed), vec![0, 1, 2, 3]);
+    drop(committed);
+    let lost = h.next(3).await.unwrap();
+    assert_eq!(ids(&lost), vec![4, 5, 6]);
+    for event in &lost {
+        event.fail_delivery();
+    }
+    drop(lost);
+    drop(h);
+    let incarnation = std::fs::read_to_string(dir.join("incarnation")).unwrap();
+
+    let mut again = reopen(&dir).await;
+    again.close();
+    assert_eq!(again.drain().await, (4..10).collect::<Vec<_>>());
+    drop(again);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("incarnation")).unwrap(),
+        incarnation,
+        "the incarnation is made once"
+    );
+    let mut last = reopen(&dir).await;
+    last.close();
+    assert_eq!(
+        last.drain().await,
+        Vec::<i64>::new(),
+        "all acknowledged now"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_chunk_is_delivered_again() {
+    let (_root, dir) = dir();
+    let mut h = start(&dir, 1 << 30, false);
+    h.send(batch(0..5)).await;
+    let first = h.next(100).await.unwrap();
+    assert_eq!(ids(&first), vec![0, 1, 2, 3, 4]);
+    first[2].fail_delivery();
+    drop(first);
+    let again = h.next(2).await.unwrap();
+    assert_eq!(
+        ids(&again),
+        vec![0, 1],
+        "the failed range comes back, in pieces if asked"
+    );
+    let rest = h.next(100).await.unwrap();
+    assert_eq!(ids(&rest), vec![2, 3, 4]);
+    drop((again, rest));
+    h.close();
+    assert_eq!(h.drain().await, Vec::<i64>::new());
+    assert_eq!(h.metrics.sent.get(), 10);
+}
+
+/// Appends bytes to the newest segment, as a crash mid-append would leave them.
+fn damage_last_segment(dir: &Path, damage: impl FnOnce(&mut Vec<u8>)) {
+    let (_, path) = segment::list(dir).unwrap().pop().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    damage(&mut bytes);
+    std::fs::write(&path, bytes).unwrap();
+}
+
+async fn write_and_stop(dir: &Path, range: std::ops::Range<i64>) {
+    let h = start(dir, 1 << 30, false);
+    let outcome = h.send_acked(range).await;
+    assert_eq!(outcome.await, Ok(DeliveryStatus::Committed));
+    drop(h);
+}
+
+#[tokio::test]
+async fn a_segment_torn_mid_record_recovers_and_counts_it() {
+    let (_root, dir) = dir();
+    write_and_stop(&dir, 0..5).await;
+    let mut frame = Vec::new();
+    format::write_frame(&batch(5..6).into_iter().next().unwrap(), &mut frame);
+    damage_last_segment(&dir, |bytes| {
+        bytes.extend_from_slice(&frame[..frame.len() / 2])
+    });
+    let mut h = reopen(&dir).await;
+    h.close();
+    assert_eq!(h.drain().await, vec![0, 1, 2, 3, 4]);
+    assert_eq!(h.metrics.corrupted.get(), 1);
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_detected_and_what_follows_it_cut() {
+    let (_root, dir) = dir();
+    write_and_stop(&dir, 0..5).await;
+    let mut frames = Vec::new();
+    let mut ends = Vec::new();
+    for event in batch(0..5) {
+        format::write_frame(&event, &mut frames);
+        ends.push(format::HEADER_LEN + frames.len());
+    }
+    // A bit flips inside record 3.
+    damage_last_segment(&dir, |bytes| bytes[ends[2] + format::FRAME_LEN + 1] ^= 0x10);
+    let mut h = reopen(&dir).await;
+    h.close();
+    assert_eq!(h.drain().await, vec![0, 1, 2]);
+    assert_eq!(h.metrics.corrupted.get(), 1);
+}
+
+#[tokio::test]
+async fn block_stops_intake_when_full_until_the_sink_acknowledges() {
+    let (_root, dir) = dir();
+    let mut h = start(&dir, 4096, false);
+    let mut sent = 0;
+    // Nobody reads: once 4 KiB are on disk the pump stops and the channel (1 batch) fills.
+    let blocked = loop {
+        let send = h.send(batch(sent..sent + 20));
+        if tokio::time::timeout(Duration::from_millis(300), send)
+            .await
+            .is_err()
+        {
+            break true;
+        }
+        sent += 20;
+        if sent > 2000 {
+            break false;
+        }
+    };
+    assert!(blocked, "intake stopped");
+    assert!(
+        h.metrics.byte_size.get() <= 4096 + 2048,
+        "bounded by max_size (and a batch)"
+    );
+    assert_eq!(h.metrics.discarded.get(), 0);
+    // The sink reads and commits: room again, everything arrives.
+    let mut seen = Vec::new();
+    while seen.len() < sent as usize {
+        seen.extend(ids(&h.next(1000).await.unwrap()));
+    }
+    assert_eq!(seen, (0..sent).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn drop_newest_drops_and_counts_what_does_not_fit() {
+    let (_root, dir) = dir();
+    let mut h = start(&dir, 4096, true);
+    let mut outcomes = Vec::new();
+    for i in 0..20 {
+        outcomes.push(h.send_acked(i * 20..i * 20 + 20).await);
+    }
+    for outcome in outcomes {
+        // Dropped by choice: acknowledged as handled, like the memory buffer does.
+        assert_eq!(outcome.await, Ok(DeliveryStatus::Committed));
+    }
+    h.close();
+    let kept = h.drain().await;
+    let dropped = h.metrics.discarded.get();
+    assert!(dropped > 0, "something was dropped");
+    assert_eq!(kept.len() as u64 + dropped, 400);
+    assert_eq!(
+        kept,
+        (0..kept.len() as i64).collect::<Vec<_>>(),
+        "the oldest are kept"
+    );
+}
+
+#[tokio::test]
+async fn acknowledged_segments_are_deleted() {
+    let (_root, dir) = dir();
+    // 64 KiB segments (the smallest).
+    let mut h = start(&dir, 1 << 20, false);
+    for i in 0..50 {
+        h.send(batch(i * 100..i * 100 + 100)).await;
+    }
+    let mut seen = 0;
+    while seen < 5000 {
+        seen += h.next(1000).await.unwrap().len();
+    }
+    assert!(
+        crate::sinks::buffer::tests::eventually(|| segment::list(&dir).unwrap().len() == 1).await,
+        "only the segment being written is left: {:?}",
+        segment::list(&dir).unwrap()
+    );
+    assert!(
+        crate::sinks::buffer::tests::eventually(|| h.metrics.events.get() == 0).await,
+        "every event acknowledged: {}",
+        h.metrics.events.get()
+    );
+}
+
+/// A tmpfs of `size`, unmounted on drop. The tests run as root (see the README), which
+/// `mount` needs; a full disk cannot be made any other way without privileges.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs (needs root)");
+        Self { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_backpressure_and_loses_nothing() {
+    let disk = Tmpfs::mount("256k");
+    let dir = disk.dir.path().join("buffers").join("s");
+    let mut h = start(&dir, 1 << 30, false);
+    // Nobody reads: appends fill the disk until one fails; then intake stops.
+    let mut sent = 0;
+    let mut outcomes = Vec::new();
+    loop {
+        let mut events: Vec<Event> = batch(sent..sent + 100).into_iter().collect();
+        let outcome = Delivery::attach_all(&mut events);
+        let send = h.send(EventBatch::new(events));
+        if tokio::time::timeout(Duration::from_millis(1000), send)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        outcomes.push(outcome);
+        sent += 100;
+        assert!(sent < 100_000, "the disk never filled up");
+    }
+    let last = outcomes.last_mut().expect("something was sent");
+    assert!(
+        last.try_recv().is_err(),
+        "what is not on disk is not acknowledged"
+    );
+    // The sink reads and commits what is on disk; the buffer makes room and appends the rest.
+    let mut seen = Vec::new();
+    while (seen.len() as i64) < sent {
+        let events = tokio::time::timeout(Duration::from_secs(20), h.buffer.next(1000))
+            .await
+            .expect("the rest arrives once there is room")
+            .expect("not closed");
+        seen.extend(ids(&events));
+    }
+    assert_eq!(
+        seen,
+        (0..sent).collect::<Vec<_>>(),
+        "nothing lost, nothing twice"
+    );
+    for outcome in outcomes {
+        assert_eq!(outcome.await, Ok(DeliveryStatus::Committed));
+    }
+    assert_eq!(h.metrics.corrupted.get(), 0);
+    drop(h);
+    // Let the acknowledger finish before the disk goes away.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(disk);
+}

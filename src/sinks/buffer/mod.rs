@@ -1,0 +1,276 @@
+//! The per-sink buffer: where a sink's events wait while its destination is slow, and what
+//! happens when it is full (`when_full`).
+//!
+//! `buffer: { type: memory }` (the default for now) is a bounded queue of events
+//! ([`memory`]); `buffer: { type: disk }` is a log of segment files in
+//! `data_dir/buffers/<id>/` ([`disk`]) that acknowledges events upstream once they are
+//! durably appended, so a source's acknowledgement no longer waits for the sink's batching.
+//! Both sit behind [`SinkBuffer`], so a sink reads the same way from either.
+
+mod disk;
+mod memory;
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ByteSize, FieldProblem};
+use crate::event::Event;
+use crate::telemetry::ComponentTelemetry;
+use crate::topology::channel::InputReceiver;
+
+/// Where a sink's events wait, how much of them, and what to do when it is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// `memory` (lost on a crash; the source waits for the sink's commit) or `disk`
+    /// (segment files in `data_dir/buffers/<id>/`; the source waits only for the
+    /// group-committed append, a few milliseconds).
+    #[serde(default, rename = "type")]
+    pub kind: BufferType,
+    /// Memory buffers: events held before `when_full` applies (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<usize>,
+    /// Disk buffers: bytes on disk before `when_full` applies (default 1GiB: about seven
+    /// million readings of ~150 bytes, minutes of a busy site or hours of a quiet one while
+    /// the destination is down, and small next to a gateway's disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<ByteSize>,
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+/// Which buffer a sink has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferType {
+    /// A bounded queue in memory.
+    #[default]
+    Memory,
+    /// A write-ahead log on disk, group-committed.
+    Disk,
+}
+
+const DEFAULT_MAX_EVENTS: usize = 10_000;
+const DEFAULT_MAX_SIZE: ByteSize = ByteSize::mib(1024);
+/// Smaller than this, segments would be tiny and trimming coarse.
+const MIN_MAX_SIZE: ByteSize = ByteSize::mib(1);
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            kind: BufferType::Memory,
+            max_events: None,
+            max_size: None,
+            when_full: WhenFull::default(),
+        }
+    }
+}
+
+impl BufferConfig {
+    pub fn check(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        match self.kind {
+            BufferType::Memory => {
+                if self.max_events == Some(0) {
+                    problems.push(FieldProblem::at(
+                        ["buffer", "max_events"],
+                        "expected at least one event",
+                    ));
+                }
+                if self.max_size.is_some() {
+                    problems.push(FieldProblem::at(
+                        ["buffer", "max_size"],
+                        "only a disk buffer has `max_size`; a memory buffer is bounded by `max_events`",
+                    ));
+                }
+            }
+            BufferType::Disk => {
+                if self.max_events.is_some() {
+                    problems.push(FieldProblem::at(
+                        ["buffer", "max_events"],
+                        "only a memory buffer has `max_events`; a disk buffer is bounded by `max_size`",
+                    ));
+                }
+                if self.max_size.is_some_and(|size| size < MIN_MAX_SIZE) {
+                    problems.push(FieldProblem::at(
+                        ["buffer", "max_size"],
+                        format!("expected at least {MIN_MAX_SIZE}"),
+                    ));
+                }
+                if self.when_full == WhenFull::DropOldest {
+                    problems.push(FieldProblem::at(
+                        ["buffer", "when_full"],
+                        "`drop_oldest` is for memory buffers; a disk buffer supports `block` or `drop_newest`",
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// Whether events wait on disk (and are acknowledged upstream once appended there).
+    pub fn is_disk(&self) -> bool {
+        self.kind == BufferType::Disk
+    }
+}
+
+/// What a full buffer does with the next events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Stop reading: backpressure reaches the sources, nothing is lost.
+    #[default]
+    Block,
+    /// Drop the incoming events (counted).
+    DropNewest,
+    /// Drop the oldest held events to make room (counted; memory buffers only).
+    DropOldest,
+}
+
+/// The sink's end of its buffer.
+pub struct SinkBuffer {
+    inner: Inner,
+}
+
+enum Inner {
+    Memory(memory::MemoryBuffer),
+    Disk(disk::DiskBuffer),
+}
+
+impl SinkBuffer {
+    /// Starts pumping `input` into a buffer shaped by `config`; a disk buffer lives in
+    /// `dir` (`SinkContext::buffer_dir`).
+    pub fn new(
+        input: InputReceiver,
+        config: BufferConfig,
+        telemetry: ComponentTelemetry,
+        dir: PathBuf,
+    ) -> Self {
+        let inner = match config.kind {
+            BufferType::Memory => Inner::Memory(memory::MemoryBuffer::new(
+                input,
+                config.max_events.unwrap_or(DEFAULT_MAX_EVENTS),
+                config.when_full,
+                telemetry,
+            )),
+            BufferType::Disk => Inner::Disk(disk::DiskBuffer::new(
+                input,
+                disk::Options {
+                    dir,
+                    max_size: config.max_size.unwrap_or(DEFAULT_MAX_SIZE).get(),
+                    drop_newest: config.when_full == WhenFull::DropNewest,
+                },
+                telemetry,
+            )),
+        };
+        Self { inner }
+    }
+
+    /// Up to `max` events, waiting until there is at least one; `None` once the input has
+    /// closed and everything was handed out. Cancel-safe: events are only taken when
+    /// returned. Dropping the events acknowledges them (a disk buffer then trims them).
+    pub async fn next(&mut self, max: usize) -> Option<Vec<Event>> {
+        match &mut self.inner {
+            Inner::Memory(buffer) => buffer.next(max).await,
+            Inner::Disk(buffer) => buffer.next(max).await,
+        }
+    }
+
+    /// Events held right now (a disk buffer: appended and not yet acknowledged).
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            Inner::Memory(buffer) => buffer.len(),
+            Inner::Disk(buffer) => buffer.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::{ComponentId, ComponentKind};
+    use crate::event::{EventBatch, EventMeta, Fields};
+    use crate::telemetry::Telemetry;
+
+    pub fn telemetry() -> ComponentTelemetry {
+        Telemetry::new().component(&ComponentId::new("s"), ComponentKind::Sink, "test")
+    }
+
+    pub fn batch(range: std::ops::Range<i64>) -> EventBatch {
+        EventBatch::new(
+            range
+                .map(|i| {
+                    let mut fields = Fields::new();
+                    fields.insert("i".into(), serde_json::json!(i));
+                    Event::new(None, fields, Arc::new(EventMeta::received_by("t".into())))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn ids(events: &[Event]) -> Vec<i64> {
+        events
+            .iter()
+            .filter_map(|e| e.get("i").and_then(|v| v.as_i64()))
+            .collect()
+    }
+
+    /// Polls `check` every 20 ms for up to 5 s.
+    pub async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+        for _ in 0..250 {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        check()
+    }
+
+    fn parse(yaml: &str) -> BufferConfig {
+        serde_json::from_value(serde_json::from_str(yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_default_is_todays_memory_buffer() {
+        let config = parse("{}");
+        assert_eq!(config, BufferConfig::default());
+        assert!(!config.is_disk());
+        assert!(config.check().is_empty());
+    }
+
+    #[test]
+    fn options_of_the_other_type_are_named() {
+        let paths = |json: &str| -> Vec<String> {
+            parse(json)
+                .check()
+                .into_iter()
+                .map(|p| format!("{:?}", p.path))
+                .collect()
+        };
+        assert_eq!(
+            paths(r#"{"type":"disk","max_events":5,"when_full":"drop_oldest"}"#),
+            vec![
+                format!("{:?}", FieldProblem::at(["buffer", "max_events"], "").path),
+                format!("{:?}", FieldProblem::at(["buffer", "when_full"], "").path),
+            ]
+        );
+        assert_eq!(
+            paths(r#"{"max_size":"1GiB"}"#),
+            vec![format!(
+                "{:?}",
+                FieldProblem::at(["buffer", "max_size"], "").path
+            )]
+        );
+        assert_eq!(paths(r#"{"type":"disk","max_size":"10KiB"}"#).len(), 1);
+        assert!(paths(r#"{"type":"disk","max_size":"8GiB","when_full":"drop_newest"}"#).is_empty());
+        assert_eq!(paths(r#"{"max_events":0}"#).len(), 1);
+    }
+}
