@@ -13,7 +13,8 @@
 //! - [`template`]: minijinja conditions and templates, compiled at load time; [`tls`]: TLS
 //!   options shared by servers and clients;
 //! - [`telemetry`]: metrics and logs; [`api`]: the HTTP API; [`cli`]: the command line;
-//!   [`daemon`]: `weir run`, with its signals and reloads;
+//!   [`daemon`]: `weir run`, with its signals and reloads; [`systemd`]: its `sd_notify`
+//!   messages;
 //! - [`registry`]: the built-in device registry (identities, keys, enrollment groups).
 
 pub mod actions;
@@ -32,6 +33,7 @@ pub mod fault;
 pub mod registry;
 pub mod sinks;
 pub mod sources;
+pub mod systemd;
 pub mod telemetry;
 pub mod template;
 pub mod tls;
