@@ -52,6 +52,13 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         false => None,
     };
 
+    // Before the topology starts, so a signal sent while it starts is ours, not the
+    // default action's.
+    let (mut term, mut int, mut hup) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::hangup())?,
+    );
     let watch = options.watch || config.globals.watch;
     let mut daemon = Daemon {
         topology: RunningTopology::start(&config, &telemetry)?,
@@ -62,6 +69,13 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
     };
     daemon.telemetry.metrics().config_generation.set(1);
     api_state.set_services(Arc::clone(daemon.topology.services()));
+    let (changes_tx, mut changes) = mpsc::channel::<()>(1);
+    let _watcher = match watch {
+        true => Some(watch_files(&daemon.paths, changes_tx)?),
+        false => None,
+    };
+    // Ready means armed: the signals are handled and the files watched, so a reload or a
+    // stop asked for as soon as `/ready` answers is not missed.
     api_state.set_ready(true);
     tracing::info!(components = config.components.len(), "topology running");
     let mut rate = systemd::Rate::new();
@@ -74,17 +88,6 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = Instant::now();
-
-    let (changes_tx, mut changes) = mpsc::channel::<()>(1);
-    let _watcher = match watch {
-        true => Some(watch_files(&daemon.paths, changes_tx)?),
-        false => None,
-    };
-    let (mut term, mut int, mut hup) = (
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
-        signal(SignalKind::hangup())?,
-    );
 
     let finished_by_itself = loop {
         tokio::select! {

@@ -9,6 +9,8 @@
 //! next start reads back and spreads over its shards again.
 
 mod groups;
+#[cfg(test)]
+mod tests;
 
 pub use groups::{GroupState, Groups};
 
@@ -16,17 +18,22 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::handover::{Arrival, Handover};
 use super::window::{GroupKey, Outcome, WindowSpec};
 use super::{AggregatorContext, LATE};
 use crate::config::{ComponentId, OutputName};
 use crate::event::{Delivery, Event, EventBatch};
-use crate::telemetry::events::{ComponentError, ErrorType, Stage};
+use crate::telemetry::events::{
+    ComponentError, ErrorType, EventsDiscarded, Stage, StateFileCorrupt,
+};
 use crate::telemetry::{ComponentTelemetry, InternalEvent, WindowMetrics};
 use crate::topology::ComponentTask;
 use crate::topology::channel::Outputs;
@@ -68,6 +75,11 @@ pub trait WindowEngine: Send + 'static {
     fn snapshot(&self) -> Vec<(GroupKey, Self::Group)>;
 
     fn import(&mut self, groups: Vec<(GroupKey, Self::Group)>);
+
+    /// Closes every open window early, emitting its result marked `partial: true`, and
+    /// forgets all state (a reload replaced the aggregator with one that cannot take its
+    /// windows over).
+    fn close_all(&mut self, emitted: &mut Vec<Event>);
 }
 
 /// What a shard hands back when its input ends: its definition, its open groups, and the
@@ -117,7 +129,9 @@ impl Runner {
     }
 }
 
-/// Starts `shards` engines made by `make`, restoring the checkpoint first.
+/// Starts `shards` engines made by `make`. The task first waits for the instance it
+/// replaces (if a reload made it) to finish, then restores the checkpoint: the windows a
+/// predecessor with the same definition hands over, or what the last run left.
 pub fn spawn<E: WindowEngine>(
     cx: AggregatorContext,
     runner: Runner,
@@ -125,38 +139,72 @@ pub fn spawn<E: WindowEngine>(
 ) -> anyhow::Result<ComponentTask> {
     let shards = runner.shards.max(1);
     let mut engines: Vec<E> = (0..shards).map(|_| make()).collect();
+    let definition = engines[0].definition();
     let checkpoint = super::checkpoint_path(&cx.data_dir, &cx.id);
-    restore(&mut engines, &checkpoint, &cx.id)?;
+    let handover = cx
+        .services
+        .get_or_insert_with(|| Arc::new(Handover::default()));
+    let arrival = handover.arrive(&cx.id, definition.clone());
     let metrics = cx.telemetry.window_metrics(&runner.spec.names);
-    let mut senders = Vec::with_capacity(shards);
-    let mut handles = Vec::with_capacity(shards);
-    for (n, engine) in engines.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel::<EventBatch>(4);
-        senders.push(tx);
-        let shard = Shard {
-            checkpoint: Some(shard_path(&checkpoint, n)),
-            checkpoint_every: runner.checkpoint_every,
-            hold: runner.hold,
-            held: Vec::new(),
-            engine,
-            input: rx,
-            out: cx.out.clone(),
-            id: cx.id.clone(),
-            telemetry: cx.telemetry.clone(),
-            metrics: metrics.clone(),
-            reported_open: 0,
-            tick: runner.tick,
-            emit_every: runner.emit_every,
+    Ok(Box::pin(async move {
+        wait_for_predecessors(&arrival.predecessors, &cx.id).await;
+        restore(&mut engines, &checkpoint, &cx.telemetry)?;
+        let close = Arc::new(AtomicBool::new(false));
+        let mut senders = Vec::with_capacity(shards);
+        let mut handles = Vec::with_capacity(shards);
+        for (n, engine) in engines.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel::<EventBatch>(4);
+            senders.push(tx);
+            let shard = Shard {
+                checkpoint: Some(shard_path(&checkpoint, n)),
+                checkpoint_every: runner.checkpoint_every,
+                hold: runner.hold,
+                held: Vec::new(),
+                close: Arc::clone(&close),
+                engine,
+                input: rx,
+                out: cx.out.clone(),
+                id: cx.id.clone(),
+                telemetry: cx.telemetry.clone(),
+                metrics: metrics.clone(),
+                reported_open: 0,
+                tick: runner.tick,
+                emit_every: runner.emit_every,
+            };
+            handles.push(tokio::spawn(shard.run()));
+        }
+        let retirement = Retirement {
+            handover,
+            arrival,
+            definition,
+            close,
         };
-        handles.push(tokio::spawn(shard.run()));
+        route(cx, checkpoint, runner.spec, senders, handles, retirement).await
+    }))
+}
+
+/// What the router needs to decide, when its input ends, how the instance retires.
+struct Retirement {
+    handover: Arc<Handover>,
+    /// Dropped last: the successor restores only after this instance has finished.
+    arrival: Arrival,
+    definition: String,
+    /// Set before the shards' inputs close: close every window early and emit it.
+    close: Arc<AtomicBool>,
+}
+
+/// Waits for the instances this one replaces; after a while, starts anyway (a stuck old
+/// instance must not stop the new one from reading its input).
+async fn wait_for_predecessors(predecessors: &[CancellationToken], id: &ComponentId) {
+    const PATIENCE: Duration = Duration::from_secs(30);
+    for predecessor in predecessors {
+        if tokio::time::timeout(PATIENCE, predecessor.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(component_id = %id, "the instance this one replaces did not finish within {PATIENCE:?}; starting without its open windows");
+        }
     }
-    Ok(Box::pin(route(
-        cx,
-        checkpoint,
-        runner.spec,
-        senders,
-        handles,
-    )))
 }
 
 /// Reads the input, splits each batch by shard, and writes the checkpoint at the end.
@@ -166,13 +214,13 @@ async fn route<G: Serialize + Send + 'static>(
     spec: WindowSpec,
     senders: Vec<mpsc::Sender<EventBatch>>,
     handles: Vec<tokio::task::JoinHandle<ShardState<G>>>,
+    retirement: Retirement,
 ) -> anyhow::Result<()> {
     let shards = senders.len();
     let mut parts: Vec<Vec<Event>> = (0..shards).map(|_| Vec::new()).collect();
     while let Some(batch) = cx.input.recv().await {
         if shards == 1 {
-            // A shard that stopped has failed; its task's error is reported below.
-            let _ = senders[0].send(batch).await;
+            hand_to(&senders[0], batch, &cx.telemetry).await;
             continue;
         }
         for event in batch {
@@ -180,10 +228,23 @@ async fn route<G: Serialize + Send + 'static>(
         }
         for (sender, part) in senders.iter().zip(parts.iter_mut()) {
             if !part.is_empty() {
-                let _ = sender.send(EventBatch::new(std::mem::take(part))).await;
+                hand_to(sender, EventBatch::new(std::mem::take(part)), &cx.telemetry).await;
             }
         }
     }
+    // Replaced by a reload: a successor with the same definition takes the windows over
+    // through the checkpoint; otherwise they close now, early, rather than vanish.
+    let replaced = cx.retired.load(std::sync::atomic::Ordering::Acquire);
+    let carried_over = replaced
+        && retirement
+            .handover
+            .successor(&cx.id, &retirement.arrival)
+            .as_deref()
+            == Some(retirement.definition.as_str());
+    let closing = replaced && !carried_over;
+    retirement
+        .close
+        .store(closing, std::sync::atomic::Ordering::Release);
     drop(senders);
     let mut definition = String::new();
     let mut groups = Vec::new();
@@ -196,10 +257,11 @@ async fn route<G: Serialize + Send + 'static>(
         groups.extend(shard_groups);
         held.extend(shard_held);
     }
-    if cx.retired.load(std::sync::atomic::Ordering::Acquire) {
-        if !groups.is_empty() {
-            tracing::warn!(component_id = %cx.id, groups = groups.len(), "replaced by a reload: its open windows are discarded");
+    if closing {
+        for shard in 0..shards {
+            let _ = tokio::fs::remove_file(shard_path(&checkpoint, shard)).await;
         }
+        tracing::info!(component_id = %cx.id, "replaced by a reload with another window definition: its open windows were closed early and emitted with `partial: true`");
     } else {
         let path = &checkpoint;
         let open = groups.len();
@@ -210,10 +272,30 @@ async fn route<G: Serialize + Send + 'static>(
         }
         tracing::info!(component_id = %cx.id, groups = open, path = %path.display(), "checkpointed open windows");
     }
-    // The state holding these events is on disk (or was given up by a reload): their
-    // sources may acknowledge them.
+    // The state holding these events is on disk, or was emitted: their sources may
+    // acknowledge them. Then the successor may restore.
     drop(held);
+    drop(retirement);
     Ok(())
+}
+
+/// Hands `batch` to a shard. A shard that has stopped has failed (its task's error is
+/// reported when the router joins it) and cannot fold the batch: its events are lost, so
+/// their sources hear so instead of hearing "committed".
+async fn hand_to(
+    shard: &mpsc::Sender<EventBatch>,
+    batch: EventBatch,
+    telemetry: &ComponentTelemetry,
+) {
+    if let Err(refused) = shard.send(batch).await {
+        let lost = refused.0;
+        lost.fail_deliveries();
+        EventsDiscarded {
+            count: lost.len(),
+            intentional: false,
+        }
+        .emit(telemetry);
+    }
 }
 
 /// The periodic checkpoint file of shard `n`: `<id>.json.shard-<n>`.
@@ -237,6 +319,8 @@ struct Shard<E> {
     /// Keep folded events' deliveries until the next checkpoint (`ack: on_checkpoint`).
     hold: bool,
     held: Vec<Arc<Delivery>>,
+    /// Set by the router when the instance retires without a successor to take its windows.
+    close: Arc<AtomicBool>,
     input: mpsc::Receiver<EventBatch>,
     out: Outputs,
     id: ComponentId,
@@ -273,6 +357,10 @@ impl<E: WindowEngine> Shard<E> {
                     self.emit(&mut emitted).await;
                 }
             }
+        }
+        if self.close.load(std::sync::atomic::Ordering::Acquire) {
+            self.engine.close_all(&mut emitted);
+            self.emit(&mut emitted).await;
         }
         self.metrics.open_windows.dec_by(self.reported_open);
         (self.engine.definition(), self.engine.export(), self.held)
@@ -424,8 +512,9 @@ async fn write_checkpoint<G: Serialize>(
 fn restore<E: WindowEngine>(
     engines: &mut [E],
     path: &Path,
-    id: &ComponentId,
+    telemetry: &ComponentTelemetry,
 ) -> anyhow::Result<()> {
+    let id = telemetry.component_id();
     let mut files = vec![path.to_path_buf()];
     if let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) {
         let prefix = format!("{name}.shard-");
@@ -461,7 +550,19 @@ fn restore<E: WindowEngine>(
                 tracing::warn!(component_id = %id, file = %file.display(), "the window definition changed since the checkpoint; starting without its open windows")
             }
             Err(err) => {
-                tracing::warn!(component_id = %id, "checkpoint {} is unreadable ({err}); starting without its open windows", file.display())
+                // Kept for whoever wants to look, and out of the next start's way.
+                let mut aside = file.as_os_str().to_owned();
+                aside.push(".corrupt");
+                let aside = PathBuf::from(aside);
+                std::fs::rename(&file, &aside)?;
+                StateFileCorrupt {
+                    file: &file,
+                    moved_to: &aside,
+                    error: &err.to_string(),
+                    consequence: "starting without its open windows",
+                }
+                .emit(telemetry);
+                continue;
             }
         }
         std::fs::remove_file(&file)?;

@@ -310,6 +310,24 @@ impl WindowEngine for FixedWindows {
         self.spec.definition(format_args!("{:?}", self.assigner))
     }
 
+    fn close_all(&mut self, emitted: &mut Vec<Event>) {
+        let size = self.assigner.size();
+        for (key, slot) in &self.index {
+            let group = &self.slots[*slot as usize];
+            if group.windows.is_empty() {
+                continue;
+            }
+            let keys = keys_of(&self.spec, key, group).into_owned();
+            for window in &group.windows {
+                emitted.push(result(&self.spec, &keys, window, size, true));
+            }
+        }
+        self.export();
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
+    }
+
     fn export(&mut self) -> Vec<(GroupKey, Group)> {
         self.open_windows = 0;
         self.free.clear();

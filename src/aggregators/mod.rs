@@ -10,6 +10,7 @@ mod absence;
 pub mod aggregate;
 pub mod engine;
 pub mod fixed;
+mod handover;
 mod hopping;
 mod session;
 mod sliding;

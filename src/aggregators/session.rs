@@ -118,9 +118,7 @@ impl SessionWindows {
     }
 
     fn end_of(&self, session: &Session) -> i64 {
-        let end = session.last.saturating_add(self.gap);
-        self.max_duration
-            .map_or(end, |max| end.min(session.start.saturating_add(max)))
+        session_end(session, self.gap, self.max_duration)
     }
 
     fn within_max(&self, start: i64, last: i64) -> bool {
@@ -134,28 +132,34 @@ impl SessionWindows {
         };
         let horizon = group.watermark.saturating_sub(self.spec.lateness_ms);
         let (gap, max) = (self.gap, self.max_duration);
-        let end_of = |s: &Session| {
-            let end = s.last.saturating_add(gap);
-            max.map_or(end, |max| end.min(s.start.saturating_add(max)))
-        };
         let mut index = 0;
         while index < group.sessions.len() {
-            if end_of(&group.sessions[index]) <= horizon {
+            if session_end(&group.sessions[index], gap, max) <= horizon {
                 let session = group.sessions.remove(index);
                 self.groups.open -= 1;
-                let end = end_of(&session);
-                emitted.push(self.spec.output(
-                    &group.keys,
-                    session.start,
-                    end,
-                    self.spec.results(&session.accumulators),
-                    false,
-                ));
+                let end = session_end(&session, gap, max);
+                emitted.push(result(&self.spec, &group.keys, &session, end, false));
             } else {
                 index += 1;
             }
         }
     }
+}
+
+/// Where a session ends: `gap` after its last event, or at `max` after its start.
+fn session_end(session: &Session, gap: i64, max: Option<i64>) -> i64 {
+    let end = session.last.saturating_add(gap);
+    max.map_or(end, |max| end.min(session.start.saturating_add(max)))
+}
+
+fn result(spec: &WindowSpec, keys: &[Value], session: &Session, end: i64, partial: bool) -> Event {
+    spec.output(
+        keys,
+        session.start,
+        end,
+        spec.results(&session.accumulators),
+        partial,
+    )
 }
 
 impl WindowEngine for SessionWindows {
@@ -341,6 +345,16 @@ impl WindowEngine for SessionWindows {
 
     fn export(&mut self) -> Vec<(GroupKey, Group)> {
         self.groups.export()
+    }
+
+    fn close_all(&mut self, emitted: &mut Vec<Event>) {
+        for group in self.groups.by_key.values_mut() {
+            for session in group.sessions.drain(..) {
+                let end = session_end(&session, self.gap, self.max_duration);
+                emitted.push(result(&self.spec, &group.keys, &session, end, true));
+            }
+        }
+        self.groups.export();
     }
 
     fn snapshot(&self) -> Vec<(GroupKey, Group)> {

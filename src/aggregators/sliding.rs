@@ -117,6 +117,19 @@ fn emit_ready(
     pending: &mut usize,
     emitted: &mut Vec<Event>,
 ) {
+    emit_until(spec, size, group, horizon, pending, false, emitted);
+}
+
+/// Emits the windows ending before `horizon`; `partial` marks results closed early.
+fn emit_until(
+    spec: &WindowSpec,
+    size: i64,
+    group: &mut Group,
+    horizon: i64,
+    pending: &mut usize,
+    partial: bool,
+    emitted: &mut Vec<Event>,
+) {
     while let Some(&point) = group.pending.first() {
         if point >= horizon {
             break;
@@ -137,7 +150,7 @@ fn emit_ready(
             point - size,
             point,
             spec.results(&accumulators),
-            false,
+            partial,
         ));
     }
     let keep_after = group.pending.first().map_or(horizon, |p| (*p).min(horizon)) - size;
@@ -238,6 +251,14 @@ impl WindowEngine for SlidingWindows {
 
     fn export(&mut self) -> Vec<(GroupKey, Group)> {
         self.groups.export()
+    }
+
+    fn close_all(&mut self, emitted: &mut Vec<Event>) {
+        let Groups { by_key, open } = &mut self.groups;
+        for group in by_key.values_mut() {
+            emit_until(&self.spec, self.size, group, i64::MAX, open, true, emitted);
+        }
+        self.groups.export();
     }
 
     fn snapshot(&self) -> Vec<(GroupKey, Group)> {

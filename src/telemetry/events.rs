@@ -75,6 +75,8 @@ pub enum ErrorType {
     RateLimited,
     /// A device the registry refused (bad token, unknown, disabled).
     Unauthorized,
+    /// A state file (a window checkpoint) that could not be read.
+    CorruptState,
 }
 
 impl ErrorType {
@@ -87,6 +89,7 @@ impl ErrorType {
             Self::Encode => "encode_failed",
             Self::RateLimited => "rate_limited",
             Self::Unauthorized => "unauthorized",
+            Self::CorruptState => "state_corrupt",
         }
     }
 }
@@ -115,6 +118,34 @@ impl InternalEvent for ComponentError<'_> {
                 self.message
             );
         }
+    }
+}
+
+/// A state file that could not be read was moved aside: counted as an error and logged
+/// at error level, never rate-limited (each one is state given up).
+pub struct StateFileCorrupt<'a> {
+    pub file: &'a std::path::Path,
+    pub moved_to: &'a std::path::Path,
+    pub error: &'a str,
+    /// What the component does without it.
+    pub consequence: &'a str,
+}
+
+impl InternalEvent for StateFileCorrupt<'_> {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.errors(ErrorType::CorruptState.as_str(), Stage::Processing.as_str())
+            .inc();
+        tracing::error!(
+            component_id = t.component_id(),
+            component_type = t.component_type(),
+            error_type = ErrorType::CorruptState.as_str(),
+            file = %self.file.display(),
+            moved_to = %self.moved_to.display(),
+            "{} is unreadable ({}); moved aside, {}",
+            self.file.display(),
+            self.error,
+            self.consequence
+        );
     }
 }
 

@@ -1,0 +1,121 @@
+//! How a reload hands an aggregator's open windows from the instance it replaces to the
+//! new one.
+//!
+//! Both instances of one id run for a moment: the topology builds the new instance before
+//! the old one has drained. Every instance arrives here when it is built, with its window
+//! definition. The old instance, once its input has ended, asks for its successor: one
+//! with the same definition takes its windows over through the checkpoint file (the old
+//! instance writes it, the new one restores it, and starts only after the old one has
+//! finished); any other successor, or none, makes the old instance close its windows early
+//! and emit them (`partial: true`), so no state that sources were told is safe is dropped.
+//!
+//! It is a shared service without settings, made by the first aggregator that arrives.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config::ComponentId;
+
+/// The instances of every aggregator id, in the order they were built.
+#[derive(Default)]
+pub struct Handover {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    instances: HashMap<ComponentId, Vec<Instance>>,
+    /// The serial number of the next arrival.
+    next: u64,
+}
+
+struct Instance {
+    serial: u64,
+    definition: String,
+    /// Cancelled when the instance has finished, or was dropped without ever running (a
+    /// reload that failed after building it).
+    finished: CancellationToken,
+}
+
+/// One instance's place in the handover.
+pub struct Arrival {
+    serial: u64,
+    /// The instances of the same id that are still running: this one restores its windows
+    /// after every one of them has finished.
+    pub predecessors: Vec<CancellationToken>,
+    /// Finishes this instance when dropped (the end of its task, or the task itself if it
+    /// never ran): held for its `Drop`.
+    _finished: DropGuard,
+}
+
+impl Handover {
+    /// Records a newly built instance of `id` with its window `definition`.
+    pub fn arrive(&self, id: &ComponentId, definition: String) -> Arrival {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let serial = state.next;
+        state.next += 1;
+        let list = state.instances.entry(id.clone()).or_default();
+        list.retain(|i| !i.finished.is_cancelled());
+        let predecessors = list.iter().map(|i| i.finished.clone()).collect();
+        let finished = CancellationToken::new();
+        list.push(Instance {
+            serial,
+            definition,
+            finished: finished.clone(),
+        });
+        Arrival {
+            serial,
+            predecessors,
+            _finished: finished.drop_guard(),
+        }
+    }
+
+    /// The definition of the newest live instance of `id` built after `arrival`, if any.
+    pub fn successor(&self, id: &ComponentId, arrival: &Arrival) -> Option<String> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .instances
+            .get(id)?
+            .iter()
+            .rev()
+            .filter(|i| i.serial > arrival.serial && !i.finished.is_cancelled())
+            .map(|i| i.definition.clone())
+            .next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_live_successor_decides_and_a_dropped_build_is_no_predecessor() {
+        let handover = Handover::default();
+        let id = ComponentId::new("w");
+        let old = handover.arrive(&id, "a".into());
+        assert!(old.predecessors.is_empty());
+        assert_eq!(handover.successor(&id, &old), None, "no successor yet");
+
+        // A reload that failed after building: its instance never runs.
+        drop(handover.arrive(&id, "b".into()));
+        assert_eq!(handover.successor(&id, &old), None);
+
+        let new = handover.arrive(&id, "a".into());
+        assert_eq!(
+            new.predecessors.len(),
+            1,
+            "waits for the running old instance only"
+        );
+        assert!(!new.predecessors[0].is_cancelled());
+        assert_eq!(handover.successor(&id, &old).as_deref(), Some("a"));
+
+        drop(old);
+        assert!(
+            new.predecessors[0].is_cancelled(),
+            "the old one finishing releases the new"
+        );
+        assert_eq!(handover.successor(&id, &new), None);
+    }
+}

@@ -1,0 +1,42 @@
+//! The integration tests, as one test binary: one module per area (the module path is the
+//! test's prefix, e.g. `amqp::messages_are_acked_after_the_sink_commits_them`), sharing the
+//! helpers in `support`.
+//!
+//! One binary links weir and its dependencies once instead of once per file. Its tests run
+//! concurrently (two at a time on a two-core machine), also across modules: what they share
+//! (the local brokers, ports, names on the brokers) is arbitrated in `support`; see its
+//! module documentation. Run one area with `cargo test --test it amqp::`.
+
+mod support;
+
+mod actions;
+mod alarms;
+mod amqp;
+mod amqp_kill;
+mod amqp_restart;
+mod cli;
+mod delta_lake;
+mod http_source;
+mod http_tls;
+mod kill;
+mod mqtt;
+mod mqtt5;
+mod mqtt_kill;
+mod mqtt_restart;
+mod quickstart;
+mod redis_restart;
+mod redis_sink;
+mod registry_amqp;
+mod registry_http;
+mod registry_http_gate;
+mod registry_import;
+mod registry_mqtt;
+mod registry_simulator;
+mod reload;
+mod shutdown;
+mod systemd;
+mod topology;
+mod validate;
+mod window_kill;
+mod window_reload;
+mod windows;

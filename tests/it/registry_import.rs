@@ -1,0 +1,180 @@
+//! Bulk import through the real API and CLI: per-row errors do not stop it, and `kill -9`
+//! of weir in the middle leaves a consistent registry that a re-run completes.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{self, Weir, free_port};
+
+const DEVICES: usize = 100_000;
+const CHUNK: usize = 1000;
+
+fn pipeline(dir: &Path, api: SocketAddr) -> std::path::PathBuf {
+    let text = format!(
+        "data_dir: '{d}'
+api: {{ listen: '{api}' }}
+registry: {{ path: registry.redb }}
+sources:
+  lifecycle: {{ type: device_registry, events: [deleted] }}
+sinks:
+  none: {{ type: blackhole, inputs: [lifecycle] }}
+",
+        d = dir.display()
+    );
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn import(api: SocketAddr, file: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command
+        .args(["devices", "--api", &format!("http://{api}"), "import"])
+        .arg(file)
+        .args(["--chunk", &CHUNK.to_string()]);
+    command
+}
+
+/// Every device, page by page.
+async fn all_devices(api: SocketAddr) -> Vec<Value> {
+    let client = reqwest::Client::new();
+    let mut devices = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("http://{api}/v1/devices?limit=1000");
+        if let Some(after) = &after {
+            url.push_str(&format!("&after={after}"));
+        }
+        let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        devices.extend(page["devices"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return devices,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_during_import_leaves_a_consistent_registry_and_a_rerun_completes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let file = dir.path().join("fleet.csv");
+    let mut csv = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+    writeln!(csv, "id,status,tag.site,tag.max_temp").unwrap();
+    for n in 0..DEVICES {
+        writeln!(csv, "dev-{n:06},enabled,plant-{},{}", n % 7, 80 + n % 20).unwrap();
+    }
+    drop(csv);
+    let pipeline = pipeline(dir.path(), api);
+    let weir = Weir::start(dir.path(), &pipeline, api).await;
+
+    let first = import(api, &file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill weir once a good part of the fleet is in.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let metrics = weir.metrics().await;
+        let devices = support::metric_in(&metrics, "registry_devices", &[]);
+        if devices >= (DEVICES / 5) as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the import does not progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    weir.signal(libc::SIGKILL);
+    drop(weir);
+    let output = first.wait_with_output().unwrap();
+    assert!(!output.status.success(), "the CLI notices the interruption");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("run it again"), "{stderr}");
+
+    // Restarted: whole chunks only, every record complete.
+    let weir = Weir::start(dir.path(), &pipeline, api).await;
+    let devices = all_devices(api).await;
+    assert!(
+        !devices.is_empty() && devices.len() < DEVICES,
+        "{}",
+        devices.len()
+    );
+    assert_eq!(devices.len() % CHUNK, 0, "a chunk was half-written");
+    for (n, device) in devices.iter().enumerate() {
+        assert_eq!(device["id"], format!("dev-{n:06}"));
+        assert_eq!(device["tags"]["site"], format!("plant-{}", n % 7));
+    }
+    let sample: Value = client
+        .get(format!("http://{api}/v1/devices/dev-000000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        weir::registry::keys::decode(sample["primary_key"].as_str().unwrap())
+            .unwrap()
+            .len(),
+        32
+    );
+
+    // The re-run adds the rest and skips what is there.
+    let output = import(api, &file).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["existed"], devices.len());
+    assert_eq!(summary["created"], DEVICES - devices.len());
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(all_devices(api).await.len(), DEVICES);
+    drop(weir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_are_reported_and_the_rest_is_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let file = dir.path().join("fleet.ndjson");
+    std::fs::write(
+        &file,
+        r#"{"id": "a", "tags": {"site": "x"}}
+not json
+{"id": "b/c"}
+{"id": "d", "colour": "red"}
+{"id": "e", "primary_key": "c2hvcnQ="}
+{"id": "f"}
+{"id": "a"}
+"#,
+    )
+    .unwrap();
+    let pipeline = pipeline(dir.path(), api);
+    let _weir = Weir::start(dir.path(), &pipeline, api).await;
+    let output = import(api, &file).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "some rows failed");
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["created"], 2);
+    assert_eq!(summary["failed"], 5);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for line in [
+        ":2: not JSON",
+        ":3: id `b/c`",
+        ":4: unknown field `colour`",
+        ":5: `primary_key`",
+        ":7: id `a` appears twice",
+    ] {
+        assert!(stderr.contains(line), "{line} in {stderr}");
+    }
+    let devices = all_devices(api).await;
+    let ids: Vec<&str> = devices.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "f"]);
+}
