@@ -196,7 +196,7 @@ fn reload(api: &str, wait: bool, timeout: Duration) -> ExitCode {
     let (code, line) = reload_report(status.as_u16(), &body, &text);
     match code {
         0 => println!("{line}"),
-        _ => eprintln!("{line}"),
+        _ => eprint_with_priority(3, &line),
     }
     ExitCode::from(code)
 }
@@ -249,19 +249,33 @@ fn reload_report(status: u16, body: &Value, text: &str) -> (u8, String) {
 fn load(paths: &[PathBuf]) -> Option<TopologyConfig> {
     match config::load(&crate::CATALOGUE, paths) {
         Ok((config, warnings)) => {
-            print_diagnostics(&warnings);
+            print_diagnostics(&warnings, 4);
             Some(config)
         }
         Err(errors) => {
-            print_diagnostics(&errors);
+            print_diagnostics(&errors, 3);
             None
         }
     }
 }
 
-fn print_diagnostics(diagnostics: &Diagnostics) {
+/// Prints diagnostics to stderr: warnings (`priority` 4) or errors (3).
+fn print_diagnostics(diagnostics: &Diagnostics, priority: u8) {
     if !diagnostics.0.is_empty() {
-        eprintln!("{diagnostics}");
+        eprint_with_priority(priority, &diagnostics.to_string());
+    }
+}
+
+/// Writes `text` to stderr; when stderr is journald's stream (`ExecStartPre=`,
+/// `ExecReload=`), every line starts with its syslog priority, so `journalctl -p warning`
+/// shows why a validation or a reload failed.
+fn eprint_with_priority(priority: u8, text: &str) {
+    if logging::stderr_is_journal() {
+        for line in text.lines() {
+            eprintln!("<{priority}>{line}");
+        }
+    } else {
+        eprintln!("{text}");
     }
 }
 

@@ -258,3 +258,29 @@ fn without_ansi(line: &str) -> String {
     }
     out
 }
+
+#[test]
+fn validate_errors_carry_the_error_priority_under_journald() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(
+        &file,
+        "sinks:\n  out: { type: file, inptus: [nothing], path: out.ndjson }\n",
+    )
+    .expect("write");
+    let log = dir.path().join("validate.log");
+    let stderr = std::fs::File::create(&log).expect("create the log file");
+    let status = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("validate")
+        .arg(&file)
+        .env("JOURNAL_STREAM", identity(&log))
+        .stderr(stderr)
+        .status()
+        .expect("run weir validate");
+    assert_eq!(status.code(), Some(78));
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    assert!(text.contains("inptus"), "{text}");
+    for line in text.lines() {
+        assert!(line.starts_with("<3>"), "not an error line: {line:?}");
+    }
+}
