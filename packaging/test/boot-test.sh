@@ -8,7 +8,8 @@
 #
 #   packaging/build-packages.sh --no-check && packaging/test/boot-test.sh
 #
-# Slow (a TCG boot plus installs: ~10 min here), so not part of .ci/run. The root
+# A TCG boot plus installs take ~4 min here (~3 min more for the first debootstrap); it
+# is not part of .ci/run, which already builds the dist profile. The root
 # filesystem is cached (packaging/test/rootfs.sh); nothing else is kept.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
