@@ -41,14 +41,9 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
     let api_state = ApiState::new(telemetry.clone(), Some(reload_tx));
     let api_shutdown = CancellationToken::new();
     let api_task = match config.globals.api.enabled {
-        true => Some(
-            api::serve(
-                config.globals.api.listen,
-                api_state.clone(),
-                api_shutdown.clone(),
-            )
-            .await?,
-        ),
+        true => {
+            Some(api::serve(&config.globals.api, api_state.clone(), api_shutdown.clone()).await?)
+        }
         false => None,
     };
 

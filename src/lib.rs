@@ -2,20 +2,24 @@
 //!
 //! A topology written in YAML wires **sources** (where readings arrive), **transforms**
 //! (per-event logic), **aggregators** (event-time windows), **sinks** (where events are
-//! kept) and **actions** (what insights trigger). This crate is organised the same way:
+//! kept) and **actions** (what insights trigger). This crate is organised the same way
+//! (`ARCHITECTURE.md` says which part may use which):
 //!
-//! - [`config`]: the pipeline language: loading, merging, validation, JSON Schema;
-//! - [`topology`]: running a topology: tasks, channels, backpressure, drain;
-//! - [`event`]: the event model that flows between components;
+//! - the engine, which names no component: [`config`] (the pipeline language, and each
+//!   section's contract: trait and build context), [`topology`] (building and running a
+//!   topology: channels, backpressure, reload, drain, shared services), [`event`] (the
+//!   event model), [`telemetry`] (metrics and logs);
 //! - [`sources`], [`transforms`], [`aggregators`], [`sinks`], [`actions`]: one file per
-//!   component type, each a config struct (serde + schemars) plus its runtime;
+//!   component type, each a config struct (serde + schemars) plus its runtime, listed in
+//!   its section's `TYPES`;
+//! - shared services: [`registry`] (the built-in device registry: identities, keys,
+//!   enrollment groups) and [`alarms`] (the alarm board);
+//! - [`CATALOGUE`]: every component type and service of this build, handed to the engine;
 //! - [`codecs`]: payload decoding shared by sources and the `decode` transform;
 //! - [`template`]: minijinja conditions and templates, compiled at load time; [`tls`]: TLS
-//!   options shared by servers and clients;
-//! - [`telemetry`]: metrics and logs; [`api`]: the HTTP API; [`cli`]: the command line;
-//!   [`daemon`]: `weir run`, with its signals and reloads; [`systemd`]: its `sd_notify`
-//!   messages;
-//! - [`registry`]: the built-in device registry (identities, keys, enrollment groups).
+//!   options shared by servers and clients; [`redact`]: secrets out of messages;
+//! - [`api`]: the HTTP API; [`cli`]: the command line; [`daemon`]: `weir run`, with its
+//!   signals and reloads; [`systemd`]: its `sd_notify` messages.
 
 pub mod actions;
 pub mod aggregators;
@@ -30,6 +34,7 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod fault;
+pub mod redact;
 pub mod registry;
 pub mod sinks;
 pub mod sources;

@@ -126,7 +126,8 @@ impl Notifier for Webhook {
     fn prepare(&self, event: &Event) -> Result<Request, String> {
         let view = event.view();
         let url = runner::render(&self.config.url, &view, "url")?;
-        reqwest::Url::parse(&url).map_err(|err| format!("`{url}` is not a URL: {err}"))?;
+        reqwest::Url::parse(&url)
+            .map_err(|err| format!("`{}` is not a URL: {err}", crate::redact::url(&url)))?;
         let mut headers = Vec::with_capacity(self.config.headers.len());
         for (name, value) in &self.config.headers {
             let value = runner::render(value, &view, &format!("headers.{name}"))?;
@@ -160,10 +161,13 @@ impl Notifier for Webhook {
             .send()
             .await
             .map_err(|err| {
+                // reqwest's errors name the URL whole: show it redacted instead.
+                let url = crate::redact::url(&message.url);
+                let err = err.without_url();
                 if err.is_builder() {
-                    SendError::Permanent(format!("cannot build the request: {err}"))
+                    SendError::Permanent(format!("cannot build the request to {url}: {err}"))
                 } else {
-                    SendError::Transient(format!("{} failed: {err}", message.url))
+                    SendError::Transient(format!("{url} failed: {err}"))
                 }
             })?;
         let status = response.status();
@@ -172,7 +176,10 @@ impl Notifier for Webhook {
         }
         let detail = response.text().await.unwrap_or_default();
         let detail: String = detail.chars().take(200).collect();
-        let text = format!("{} answered {status}: {detail}", message.url);
+        let text = format!(
+            "{} answered {status}: {detail}",
+            crate::redact::url(&message.url)
+        );
         // Timeouts, rate limits and server errors pass; other answers would repeat.
         if status.is_server_error()
             || status == reqwest::StatusCode::REQUEST_TIMEOUT

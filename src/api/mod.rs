@@ -8,9 +8,9 @@
 
 mod alarms;
 mod devices;
+mod forgery;
 pub mod reload;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -23,8 +23,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use self::forgery::AllowedHosts;
 use self::reload::ReloadRequest;
 use crate::alarms::AlarmBoard;
+use crate::config::ApiConfig;
 use crate::registry::Registry;
 use crate::telemetry::Telemetry;
 use crate::topology::Services;
@@ -77,7 +79,8 @@ impl ApiState {
     }
 }
 
-pub fn router(state: Arc<ApiState>) -> Router {
+/// Every route, behind the request-forgery guard ([`forgery`]).
+pub fn router(state: Arc<ApiState>, allowed: AllowedHosts) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -85,21 +88,27 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/reload", post(reload::reload))
         .merge(devices::routes())
         .merge(alarms::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(allowed),
+            forgery::guard,
+        ))
         .with_state(state)
 }
 
-/// Binds `listen` now (so a taken port fails start-up) and serves until `shutdown`.
+/// Binds `api.listen` now (so a taken port fails start-up) and serves until `shutdown`.
 pub async fn serve(
-    listen: SocketAddr,
+    config: &ApiConfig,
     state: Arc<ApiState>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listen = config.listen;
+    let allowed = AllowedHosts::new(listen, &config.allowed_hosts);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {listen} (api.listen): {err}"))?;
     tracing::info!(%listen, "API listening");
     Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, router(state))
+        let served = axum::serve(listener, router(state, allowed))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(err) = served {

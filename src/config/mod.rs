@@ -4,6 +4,11 @@
 //! configuration, its resolved inputs, and the position it was written at. Everything a
 //! user can get wrong is found here, before anything starts, and reported as
 //! [`Diagnostics`] that name the file, line, column and component.
+//!
+//! It also holds the contract every component type meets, one module per section
+//! ([`source`], [`transform`], [`aggregator`], [`sink`], [`action`]: the trait and the
+//! build context) and every service ([`service`]), and the shape of the [`Catalogue`] of
+//! types it is handed: the language knows sections, never a concrete type.
 
 pub mod action;
 pub mod aggregator;
@@ -278,6 +283,12 @@ pub struct ApiConfig {
     pub enabled: bool,
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
+    /// Host names the API answers to besides its listen address, `localhost`,
+    /// `127.0.0.1` and `[::1]` (with its port): `weir.example.com` or
+    /// `weir.example.com:8443`. Requests naming another host (DNS rebinding) or coming
+    /// from another web page (`Origin`) are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -285,6 +296,7 @@ impl Default for ApiConfig {
         Self {
             enabled: true,
             listen: default_api_listen(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -215,7 +215,7 @@ async fn run(
                 connected.set(0);
                 let message = format!(
                     "AMQP connection to {} failed: {err:#}; retrying in {backoff:?}",
-                    redact(&config.url)
+                    crate::redact::url(&config.url)
                 );
                 ComponentError {
                     error_type: ErrorType::Io,
@@ -522,15 +522,5 @@ fn header_text(value: &AMQPValue) -> String {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.to_string(),
         other => format!("{other:?}"),
-    }
-}
-
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
     }
 }

@@ -1,5 +1,5 @@
-//! Running a [`TopologyConfig`]: one task per component, wired by bounded channels, and
-//! rewired in place when the configuration changes.
+//! Running a [`TopologyConfig`](crate::config::TopologyConfig): one task per component,
+//! wired by bounded channels, and rewired in place when the configuration changes.
 //!
 //! Starting is a reload from nothing, so there is one way to bring components up. A reload
 //! ([`RunningTopology::reload`]) goes:

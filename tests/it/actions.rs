@@ -329,11 +329,18 @@ async fn a_receiver_answering_400_sends_the_notification_to_the_dead_letter_outp
 sinks:
   dead_letters: { type: file, inputs: [page.errors], path: 'DEAD' }
 "#
-    .replace("WEBHOOK", &webhook.url())
+    // The token in the URL is a secret: the dead letter names the URL without it.
+    .replace(
+        "WEBHOOK",
+        &format!("{}?site=plant-3&token=s3cr3t-t0ken", webhook.url()),
+    )
     .replace("DEAD", &dead.display().to_string());
     let h = Harness::start(dir, "", &actions);
     assert_eq!(h.post("engine-1", &[(0, 105.0)]).await, 200);
     assert_eq!(webhook.attempts(), 1, "a 4xx is not retried");
+    let written = std::fs::read_to_string(&dead).unwrap();
+    assert!(!written.contains("s3cr3t-t0ken"), "{written}");
+    assert!(written.contains("token=***"), "{written}");
     assert!(webhook.accepted().is_empty());
     let letters = lines(&dead);
     assert_eq!(letters.len(), 1, "{letters:?}");

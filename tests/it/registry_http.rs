@@ -187,6 +187,28 @@ async fn sas_tokens_gate_the_http_source() {
         200
     );
 
+    // An unknown device and a known one with a bad token get the same answer.
+    let answer = |device: &str, token: &str| {
+        let request = fleet
+            .http
+            .post(format!("{}/{device}/messages", fleet.ingest))
+            .header("authorization", token.to_owned())
+            .json(&reading);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let unknown = answer("ghost", &tampered.replace("dev-2", "ghost")).await;
+    let known = answer("dev-2", &tampered).await;
+    assert_eq!(unknown.0, 401);
+    assert_eq!(unknown, known, "nothing tells whether a device exists");
+    assert!(
+        !known.1.contains("dev-2") && !known.1.contains("signature"),
+        "{}",
+        known.1
+    );
+
     let metrics = fleet.weir.metrics().await;
     let failures = |reason: &str| {
         metric_in(
@@ -202,7 +224,7 @@ async fn sas_tokens_gate_the_http_source() {
     assert!(failures("bad_signature") >= 1.0);
     assert_eq!(
         metric_in(&metrics, "http_server_requests_total", &[r#"status="401""#]),
-        6.0
+        8.0
     );
     assert_eq!(
         metric_in(&metrics, "http_server_requests_total", &[r#"status="403""#]),

@@ -56,7 +56,10 @@ impl TableWriter {
     /// columns it has.
     pub async fn open(spec: TableSpec, columns: &mut Columns) -> Result<Self, WriteError> {
         let transient = |err: anyhow::Error| {
-            WriteError::Transient(err.context(format!("cannot open the table at {}", spec.url)))
+            WriteError::Transient(err.context(format!(
+                "cannot open the table at {}",
+                crate::redact::url(spec.url.as_str())
+            )))
         };
         // A local directory without a log is a table yet to be created: say so without
         // asking deltalake, which logs a spurious error when it probes an empty directory.

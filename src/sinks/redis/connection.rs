@@ -69,24 +69,12 @@ pub(super) fn check_url(url: &str) -> Result<(), String> {
         return Err(format!(
             "`{}` is not a Redis URL: expected `redis://host:port/db`, `rediss://...` (TLS) \
              or `redis+unix:///path`",
-            redact(url)
+            crate::redact::url(url)
         ));
     }
     url.into_connection_info()
         .map(|_| ())
-        .map_err(|err| format!("`{}` is not a Redis URL: {err}", redact(url)))
-}
-
-/// The URL without its password, for messages.
-pub(super) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+        .map_err(|err| format!("`{}` is not a Redis URL: {err}", crate::redact::url(url)))
 }
 
 /// A live connection; cheap to clone (clones share the connection).
@@ -101,7 +89,7 @@ impl Target {
     pub fn describe(&self) -> String {
         self.urls
             .iter()
-            .map(|url| redact(url))
+            .map(|url| crate::redact::url(url))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -210,15 +198,6 @@ async fn send_by_slot(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://app:s3cret@cache:6379/0"),
-            "redis://app:***@cache:6379/0"
-        );
-        assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
-    }
 
     #[test]
     fn cluster_urls_are_split() {

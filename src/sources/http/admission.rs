@@ -11,6 +11,10 @@ use super::{Handler, Rejection};
 use crate::event::{DeviceId, Event};
 use crate::telemetry::events::ErrorType;
 
+/// The one answer to every failed authentication.
+const UNAUTHORIZED: &str =
+    "not authorized: the token is missing, malformed, expired, or not valid for this device";
+
 impl Handler {
     /// Checks the device's token (`auth: sas`) or that the registry lets it in: 401 for a
     /// bad token or an unknown device, 403 for a disabled one; counted by reason.
@@ -29,7 +33,13 @@ impl Handler {
                 true => StatusCode::FORBIDDEN,
                 false => StatusCode::UNAUTHORIZED,
             };
-            self.reject(status, ErrorType::Unauthorized, refusal.to_string())
+            let mut rejection = self.reject(status, ErrorType::Unauthorized, refusal.to_string());
+            if status == StatusCode::UNAUTHORIZED {
+                // Why stays in the log and in `registry_auth_failures_total{reason}`: the
+                // answer must not tell a caller whether the device or its key exists.
+                rejection.reason = UNAUTHORIZED.into();
+            }
+            rejection
         })
     }
 

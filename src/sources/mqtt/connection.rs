@@ -55,7 +55,10 @@ pub(super) async fn poll(
                 // Closed: the source is stopping; the publish stays unacked for redelivery.
                 let _ = messages.send(message).await;
             }
-            Ok(Polled::Refused(why)) => report(&format!("MQTT broker {}: {why}", config.url)),
+            Ok(Polled::Refused(why)) => report(&format!(
+                "MQTT broker {}: {why}",
+                crate::redact::url(&config.url)
+            )),
             Ok(Polled::Nothing) => {}
             Err(PollError::Stopped) => break,
             Err(PollError::Failed(err)) => {
