@@ -1,10 +1,12 @@
-//! The `weir` command line: `run`, `validate`, `schema`, `graph`.
+//! The `weir` command line: `run`, `reload`, `validate`, `schema`, `graph`, `devices`,
+//! `completions`, and the hidden `man` that writes the man pages for packages.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
 
 use crate::config::{self, Diagnostics, LogFormatName, TopologyConfig};
 use crate::daemon;
@@ -45,6 +47,23 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Ask the running weir to reload its pipeline files (as SIGHUP does), through its API.
+    ///
+    /// With `--wait`, prints what the reload changed, or why it was refused, and exits
+    /// non-zero unless it was applied (or changed nothing): 78 for invalid pipeline files,
+    /// 1 for any other failure. The running topology is untouched by a refused reload.
+    /// Needs no token: the API answers on its loopback `api.listen`.
+    Reload {
+        /// Wait for the outcome of the reload and exit with it (what `ExecReload=` needs).
+        #[arg(long)]
+        wait: bool,
+        /// The API of the running weir: `http://` and its `api.listen`.
+        #[arg(long, env = "WEIR_API", default_value = "http://127.0.0.1:8686")]
+        api: String,
+        /// How long `--wait` waits for the outcome.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Check pipeline files without starting anything (no network I/O).
     Validate {
         #[arg(required = true)]
@@ -64,6 +83,18 @@ enum Command {
         paths: Vec<PathBuf>,
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
+    },
+    /// Print a shell completion script (e.g. `weir completions bash > /etc/bash_completion.d/weir`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (weir.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write them to.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -89,6 +120,7 @@ pub fn main() -> ExitCode {
             drain_timeout,
             watch,
         } => run(&paths, log_format, log_level, drain_timeout, watch),
+        Command::Reload { wait, api, timeout } => reload(&api, wait, timeout),
         Command::Validate { paths } => validate(&paths),
         Command::Schema { output } => schema(output),
         Command::Devices(args) => crate::registry::cli::main(args),
@@ -103,6 +135,113 @@ pub fn main() -> ExitCode {
             }
             None => ExitCode::from(EXIT_CONFIG),
         },
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "weir", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => match clap_mangen::generate_to(Cli::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!(
+                    "error: cannot write the man pages to {}: {err}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// `weir reload`: `POST /v1/reload` (with `?wait=false` unless `wait`).
+fn reload(api: &str, wait: bool, timeout: Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let base = api.trim_end_matches('/');
+    let url = match wait {
+        true => format!("{base}/v1/reload"),
+        false => format!("{base}/v1/reload?wait=false"),
+    };
+    let answer = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(&url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|err| {
+                format!("cannot reach the running weir at {base} (is it running, and is this its api.listen?): {err}")
+            })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|err| format!("no answer from {base}: {err}"))?;
+        Ok::<_, String>((status, text))
+    });
+    let (status, text) = match answer {
+        Ok(answer) => answer,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let (code, line) = reload_report(status.as_u16(), &body, &text);
+    match code {
+        0 => println!("{line}"),
+        _ => eprint_with_priority(3, &line),
+    }
+    ExitCode::from(code)
+}
+
+/// The exit code and the message for an answer of `POST /v1/reload`.
+fn reload_report(status: u16, body: &Value, text: &str) -> (u8, String) {
+    let generation = body["generation"].as_u64().unwrap_or_default();
+    match (status, body["status"].as_str()) {
+        (202, _) => (0, "reload requested".to_owned()),
+        (200, Some("unchanged")) => (
+            0,
+            format!("reload: nothing changed (config generation {generation})"),
+        ),
+        (200, Some("applied")) => {
+            let count = |key: &str| body["diff"][key].as_array().map_or(0, Vec::len);
+            (
+                0,
+                format!(
+                    "reload applied (config generation {generation}): {} added, {} removed, {} changed, {} rewired",
+                    count("added"),
+                    count("removed"),
+                    count("changed"),
+                    count("rewired")
+                ),
+            )
+        }
+        (_, Some("rejected")) => {
+            let reason = body["reason"].as_str().unwrap_or("failed");
+            let errors: Vec<&str> = body["errors"]
+                .as_array()
+                .map(|errors| errors.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let code = if reason == "invalid" { EXIT_CONFIG } else { 1 };
+            (
+                code,
+                format!(
+                    "reload refused ({reason}), the running topology goes on:\n{}",
+                    errors.join("\n")
+                ),
+            )
+        }
+        _ => {
+            let reason = body["error"].as_str().unwrap_or(text);
+            (1, format!("reload failed: HTTP {status}: {reason}"))
+        }
     }
 }
 
@@ -110,19 +249,33 @@ pub fn main() -> ExitCode {
 fn load(paths: &[PathBuf]) -> Option<TopologyConfig> {
     match config::load(&crate::CATALOGUE, paths) {
         Ok((config, warnings)) => {
-            print_diagnostics(&warnings);
+            print_diagnostics(&warnings, 4);
             Some(config)
         }
         Err(errors) => {
-            print_diagnostics(&errors);
+            print_diagnostics(&errors, 3);
             None
         }
     }
 }
 
-fn print_diagnostics(diagnostics: &Diagnostics) {
+/// Prints diagnostics to stderr: warnings (`priority` 4) or errors (3).
+fn print_diagnostics(diagnostics: &Diagnostics, priority: u8) {
     if !diagnostics.0.is_empty() {
-        eprintln!("{diagnostics}");
+        eprint_with_priority(priority, &diagnostics.to_string());
+    }
+}
+
+/// Writes `text` to stderr; when stderr is journald's stream (`ExecStartPre=`,
+/// `ExecReload=`), every line starts with its syslog priority, so `journalctl -p warning`
+/// shows why a validation or a reload failed.
+fn eprint_with_priority(priority: u8, text: &str) {
+    if logging::stderr_is_journal() {
+        for line in text.lines() {
+            eprintln!("<{priority}>{line}");
+        }
+    } else {
+        eprintln!("{text}");
     }
 }
 
@@ -204,5 +357,49 @@ fn run(
             tracing::error!("{err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn reload_outcomes_map_to_exit_codes() {
+        let applied = json!({ "status": "applied", "generation": 3,
+            "diff": { "added": ["a"], "removed": [], "changed": ["b", "c"], "rewired": [] } });
+        assert_eq!(
+            reload_report(200, &applied, ""),
+            (
+                0,
+                "reload applied (config generation 3): 1 added, 0 removed, 2 changed, 0 rewired"
+                    .to_owned()
+            )
+        );
+        let unchanged = json!({ "status": "unchanged", "generation": 2 });
+        assert_eq!(reload_report(200, &unchanged, "").0, 0);
+        let invalid = json!({ "status": "rejected", "reason": "invalid",
+            "errors": ["weir.yaml:3:5: unknown field `inptus`"] });
+        let (code, line) = reload_report(422, &invalid, "");
+        assert_eq!(code, EXIT_CONFIG);
+        assert!(line.contains("unknown field `inptus`"), "{line}");
+        let failed = json!({ "status": "rejected", "reason": "build_failed", "errors": ["x"] });
+        assert_eq!(reload_report(500, &failed, "").0, 1);
+        assert_eq!(
+            reload_report(503, &json!({ "error": "weir is stopping" }), "").0,
+            1
+        );
+        assert_eq!(reload_report(502, &Value::Null, "bad gateway").0, 1);
+        assert_eq!(
+            reload_report(202, &json!({ "status": "requested" }), "").0,
+            0
+        );
     }
 }

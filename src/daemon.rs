@@ -4,6 +4,9 @@
 //! exit), SIGHUP, `POST /v1/reload` and — with `--watch` or `watch: true` — a change to a
 //! pipeline file (reload), and the end of every source (exit). A reload reads and validates
 //! the files first; an invalid file changes nothing and says why.
+//!
+//! Under systemd (`NOTIFY_SOCKET` set) the loop also tells the service manager where it is
+//! (see [`crate::systemd`]): ready, reloading, stopping, a status line, and the watchdog.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::reload::{ReloadOutcome, ReloadRequest};
 use crate::api::{self, ApiState};
 use crate::config::{self, TopologyConfig};
+use crate::systemd;
+use crate::telemetry::ComponentLabels;
 use crate::telemetry::Telemetry;
 use crate::telemetry::events::{ReloadApplied, ReloadFailed};
 use crate::topology::RunningTopology;
@@ -55,6 +60,7 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         telemetry,
         paths: options.paths,
         generation: 1,
+        events_per_second: 0.0,
     };
     daemon.telemetry.metrics().config_generation.set(1);
     api_state.set_services(Arc::clone(daemon.topology.services()));
@@ -67,27 +73,51 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
     // stop asked for as soon as `/ready` answers is not missed.
     api_state.set_ready(true);
     tracing::info!(components = config.components.len(), "topology running");
+    let mut rate = systemd::Rate::new();
+    rate.update(daemon.events_in(), Instant::now());
+    systemd::ready(&daemon.status_line());
+
+    // STATUS= every 10 s; WATCHDOG=1 at half of WatchdogSec= when the unit sets one.
+    let watchdog = systemd::watchdog_interval();
+    let tick_every = watchdog.map_or(systemd::STATUS_EVERY, |w| w.min(systemd::STATUS_EVERY));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = Instant::now();
 
     let finished_by_itself = loop {
         tokio::select! {
             _ = term.recv() => break false,
             _ = int.recv() => break false,
             _ = hup.recv() => {
-                daemon.reload("SIGHUP").await;
+                daemon.notified_reload("SIGHUP").await;
             }
             Some(request) = reload_rx.recv() => {
-                let outcome = daemon.reload("POST /v1/reload").await;
+                let outcome = daemon.notified_reload("POST /v1/reload").await;
                 let _ = request.respond.send(outcome);
             }
             Some(()) = changes.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 while changes.try_recv().is_ok() {}
-                daemon.reload("file change").await;
+                daemon.notified_reload("file change").await;
+            }
+            _ = tick.tick() => {
+                if watchdog.is_some() {
+                    match systemd::Probe::alive(daemon.topology.running_tasks()).await {
+                        Ok(()) => systemd::watchdog(),
+                        Err(why) => tracing::error!("watchdog: the topology is not alive ({why}); not feeding the watchdog"),
+                    }
+                }
+                if last_status.elapsed() >= systemd::STATUS_EVERY {
+                    last_status = Instant::now();
+                    daemon.events_per_second = rate.update(daemon.events_in(), Instant::now());
+                    systemd::status(&daemon.status_line());
+                }
             }
             _ = daemon.topology.wait() => break true,
         }
     };
 
+    systemd::stopping();
     api_state.set_ready(false);
     if finished_by_itself {
         tracing::info!("every source has finished and the topology is drained");
@@ -112,9 +142,48 @@ struct Daemon {
     telemetry: Arc<Telemetry>,
     paths: Vec<PathBuf>,
     generation: u64,
+    /// Events per second the sources took in, as of the last `STATUS=` tick.
+    events_per_second: f64,
 }
 
 impl Daemon {
+    /// [`Daemon::reload`] between `RELOADING=1` and `READY=1`: systemd's reload job ends
+    /// with the second, whether the reload was applied or refused.
+    async fn notified_reload(&mut self, trigger: &str) -> ReloadOutcome {
+        systemd::reloading();
+        let outcome = self.reload(trigger).await;
+        systemd::ready(&self.status_line());
+        outcome
+    }
+
+    /// The events the running sources have taken in so far.
+    fn events_in(&self) -> u64 {
+        let metrics = self.telemetry.metrics();
+        self.topology
+            .config()
+            .components
+            .iter()
+            .filter(|(_, c)| c.config.kind().is_source())
+            .map(|(id, c)| {
+                let labels = ComponentLabels {
+                    component_id: id.to_string(),
+                    component_kind: c.config.kind().noun().to_owned(),
+                    component_type: c.config.type_name().to_owned(),
+                };
+                metrics.received_events.get_or_create(&labels).get()
+            })
+            .sum()
+    }
+
+    /// The `STATUS=` line, with the rate measured at the last status tick.
+    fn status_line(&self) -> String {
+        systemd::status_line(
+            self.topology.config().components.len(),
+            self.generation,
+            self.events_per_second,
+        )
+    }
+
     /// Reads, validates and applies the pipeline files; the running topology is untouched
     /// unless all of it works.
     async fn reload(&mut self, trigger: &str) -> ReloadOutcome {

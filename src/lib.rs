@@ -19,7 +19,7 @@
 //! - [`template`]: minijinja conditions and templates, compiled at load time; [`tls`]: TLS
 //!   options shared by servers and clients; [`redact`]: secrets out of messages;
 //! - [`api`]: the HTTP API; [`cli`]: the command line; [`daemon`]: `weir run`, with its
-//!   signals and reloads.
+//!   signals and reloads; [`systemd`]: its `sd_notify` messages.
 
 pub mod actions;
 pub mod aggregators;
@@ -38,6 +38,7 @@ pub mod redact;
 pub mod registry;
 pub mod sinks;
 pub mod sources;
+pub mod systemd;
 pub mod telemetry;
 pub mod template;
 pub mod tls;

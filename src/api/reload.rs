@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -35,10 +35,25 @@ pub struct ReloadRequest {
     pub respond: oneshot::Sender<ReloadOutcome>,
 }
 
+/// `POST /v1/reload?wait=false` asks for a reload without waiting for its outcome.
+#[derive(Debug, Deserialize)]
+pub(super) struct ReloadParams {
+    #[serde(default = "wait_by_default")]
+    wait: bool,
+}
+
+fn wait_by_default() -> bool {
+    true
+}
+
 /// Reloads the pipeline files: 200 with the diff applied, 422 with the validation errors
 /// (nothing changed), 409 when a setting cannot change at run time, 500 when a component
-/// could not start (rolled back).
-pub(super) async fn reload(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+/// could not start (rolled back). With `?wait=false`: 202 once the reload is queued (the
+/// outcome is in the log and `/metrics`).
+pub(super) async fn reload(
+    State(state): State<Arc<ApiState>>,
+    Query(params): Query<ReloadParams>,
+) -> impl IntoResponse {
     let Some(sender) = &state.reload else {
         return (
             StatusCode::NOT_FOUND,
@@ -50,6 +65,14 @@ pub(super) async fn reload(State(state): State<Arc<ApiState>>) -> impl IntoRespo
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({ "error": "weir is stopping" })),
+        );
+    }
+    if !params.wait {
+        // The daemon's answer goes nowhere: dropping the receiver is fine for it.
+        drop(outcome);
+        return (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "status": "requested" })),
         );
     }
     match outcome.await {

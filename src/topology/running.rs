@@ -62,6 +62,11 @@ impl RunningTopology {
         &self.services.services
     }
 
+    /// How many component tasks have not finished yet (the watchdog's liveness check).
+    pub fn running_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
     /// The configuration running now.
     pub fn config(&self) -> &TopologyConfig {
         &self.config

@@ -36,6 +36,7 @@ mod registry_mqtt;
 mod registry_simulator;
 mod reload;
 mod shutdown;
+mod systemd;
 mod topology;
 mod validate;
 mod window_kill;
