@@ -45,10 +45,7 @@ pub enum ReloadError {
     },
     /// A shared service could not start (its own error says which and why).
     #[error("{error:#}")]
-    Service {
-        service: &'static str,
-        error: anyhow::Error,
-    },
+    Service { error: anyhow::Error },
 }
 
 impl ReloadError {

@@ -40,7 +40,7 @@ impl RunningTopology {
             &config.globals.data_dir,
             telemetry,
         )
-        .map_err(|(service, error)| ReloadError::Service { service, error })?;
+        .map_err(|error| ReloadError::Service { error })?;
         let mut topology = Self {
             config: empty,
             telemetry: Arc::clone(telemetry),

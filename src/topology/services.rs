@@ -23,13 +23,13 @@ impl RunningServices {
         configs: &ServiceConfigs,
         data_dir: &Path,
         telemetry: &Arc<Telemetry>,
-    ) -> Result<Self, (&'static str, anyhow::Error)> {
+    ) -> anyhow::Result<Self> {
         let mut running = Self {
             services: Arc::default(),
             tasks: JoinSet::new(),
             stop: CancellationToken::new(),
         };
-        for (key, config) in configs.iter() {
+        for (_, config) in configs.iter() {
             let cx = ServiceContext {
                 data_dir,
                 telemetry,
@@ -41,7 +41,7 @@ impl RunningServices {
                     running.tasks.spawn(task);
                 }
                 Ok(None) => {}
-                Err(error) => return Err((key, error)),
+                Err(error) => return Err(error),
             }
         }
         Ok(running)
