@@ -144,7 +144,7 @@ pub fn spawn<E: WindowEngine>(
     let handover = cx
         .services
         .get_or_insert_with(|| Arc::new(Handover::default()));
-    let arrival = handover.arrive(&cx.id, definition.clone());
+    let arrival = handover.arrive(&cx.id, definition);
     let metrics = cx.telemetry.window_metrics(&runner.spec.names);
     Ok(Box::pin(async move {
         wait_for_predecessors(&arrival.predecessors, &cx.id).await;
@@ -176,7 +176,6 @@ pub fn spawn<E: WindowEngine>(
         let retirement = Retirement {
             handover,
             arrival,
-            definition,
             close,
         };
         route(cx, checkpoint, runner.spec, senders, handles, retirement).await
@@ -188,7 +187,6 @@ struct Retirement {
     handover: Arc<Handover>,
     /// Dropped last: the successor restores only after this instance has finished.
     arrival: Arrival,
-    definition: String,
     /// Set before the shards' inputs close: close every window early and emit it.
     close: Arc<AtomicBool>,
 }
@@ -238,9 +236,7 @@ async fn route<G: Serialize + Send + 'static>(
     let carried_over = replaced
         && retirement
             .handover
-            .successor(&cx.id, &retirement.arrival)
-            .as_deref()
-            == Some(retirement.definition.as_str());
+            .carried_over(&cx.id, &retirement.arrival);
     let closing = replaced && !carried_over;
     retirement
         .close

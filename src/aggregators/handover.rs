@@ -72,17 +72,22 @@ impl Handover {
         }
     }
 
-    /// The definition of the newest live instance of `id` built after `arrival`, if any.
-    pub fn successor(&self, id: &ComponentId, arrival: &Arrival) -> Option<String> {
+    /// Whether the newest live instance of `id` built after `arrival` has the same window
+    /// definition, and so takes `arrival`'s open windows over.
+    pub fn carried_over(&self, id: &ComponentId, arrival: &Arrival) -> bool {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state
-            .instances
-            .get(id)?
+        let Some(list) = state.instances.get(id) else {
+            return false;
+        };
+        let own = list.iter().find(|i| i.serial == arrival.serial);
+        let successor = list
             .iter()
             .rev()
-            .filter(|i| i.serial > arrival.serial && !i.finished.is_cancelled())
-            .map(|i| i.definition.clone())
-            .next()
+            .find(|i| i.serial > arrival.serial && !i.finished.is_cancelled());
+        match (own, successor) {
+            (Some(own), Some(successor)) => own.definition == successor.definition,
+            _ => false,
+        }
     }
 }
 
@@ -96,11 +101,15 @@ mod tests {
         let id = ComponentId::new("w");
         let old = handover.arrive(&id, "a".into());
         assert!(old.predecessors.is_empty());
-        assert_eq!(handover.successor(&id, &old), None, "no successor yet");
+        assert!(!handover.carried_over(&id, &old), "no successor yet");
 
         // A reload that failed after building: its instance never runs.
-        drop(handover.arrive(&id, "b".into()));
-        assert_eq!(handover.successor(&id, &old), None);
+        drop(handover.arrive(&id, "a".into()));
+        assert!(!handover.carried_over(&id, &old));
+
+        let other = handover.arrive(&id, "b".into());
+        assert!(!handover.carried_over(&id, &old), "another definition");
+        drop(other);
 
         let new = handover.arrive(&id, "a".into());
         assert_eq!(
@@ -109,13 +118,13 @@ mod tests {
             "waits for the running old instance only"
         );
         assert!(!new.predecessors[0].is_cancelled());
-        assert_eq!(handover.successor(&id, &old).as_deref(), Some("a"));
+        assert!(handover.carried_over(&id, &old));
 
         drop(old);
         assert!(
             new.predecessors[0].is_cancelled(),
             "the old one finishing releases the new"
         );
-        assert_eq!(handover.successor(&id, &new), None);
+        assert!(!handover.carried_over(&id, &new));
     }
 }

@@ -32,7 +32,6 @@ fn retirement(id: &ComponentId) -> Retirement {
     Retirement {
         handover,
         arrival,
-        definition: engine().definition(),
         close: Arc::default(),
     }
 }
