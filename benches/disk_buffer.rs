@@ -2,7 +2,7 @@
 //!
 //! First the disk itself: the latency of a 4 KiB write + `fdatasync`, and the throughput of
 //! 1 MiB writes each followed by `fdatasync`, in the directory the bench uses. Then a
-//! `buffer: { type: disk }` exactly as a sink has it (`SinkBuffer`), fed through a real
+//! `buffer: { type: disk }` exactly as a sink has it (`Buffer`), fed through a real
 //! input channel with prebuilt readings (not the simulator; one source `Delivery` per
 //! batch of 1000, as an HTTP request has), in three phases:
 //!
@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use mimalloc::MiMalloc;
 use serde_json::json;
+use weir::buffers::{Buffer, BufferConfig, BufferType, WhenFull};
 use weir::config::{ByteSize, ComponentId, ComponentKind};
 use weir::event::{Delivery, DeliveryStatus, Event, EventBatch, EventMeta, Fields};
-use weir::sinks::buffer::{BufferConfig, BufferType, SinkBuffer, WhenFull};
 use weir::telemetry::Telemetry;
 use weir::topology::channel::{Fanout, input_channel, targets};
 
@@ -131,7 +131,7 @@ fn buffer_config() -> BufferConfig {
 struct Rig {
     telemetry: Arc<Telemetry>,
     fanout: Fanout,
-    buffer: SinkBuffer,
+    buffer: Buffer,
 }
 
 fn rig(dir: &Path, name: &str) -> Rig {
@@ -139,7 +139,7 @@ fn rig(dir: &Path, name: &str) -> Rig {
     let component = telemetry.component(&ComponentId::new(name), ComponentKind::Sink, "bench");
     let (tx, rx) = input_channel(&component, 32);
     let fanout = Fanout::new("default", targets(vec![tx]), &component);
-    let buffer = SinkBuffer::new(
+    let buffer = Buffer::new(
         rx,
         buffer_config(),
         component,

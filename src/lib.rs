@@ -8,7 +8,8 @@
 //! - the engine, which names no component: [`config`] (the pipeline language, and each
 //!   section's contract: trait and build context), [`topology`] (building and running a
 //!   topology: channels, backpressure, reload, drain, shared services), [`event`] (the
-//!   event model), [`telemetry`] (metrics and logs);
+//!   event model), [`telemetry`] (metrics and logs), [`buffers`] (what every sink and
+//!   action reads its input through: memory or a disk log);
 //! - [`sources`], [`transforms`], [`aggregators`], [`sinks`], [`actions`]: one file per
 //!   component type, each a config struct (serde + schemars) plus its runtime, listed in
 //!   its section's `TYPES`;
@@ -27,6 +28,7 @@ pub mod alarms;
 pub mod api;
 #[cfg(test)]
 mod boundary;
+pub mod buffers;
 mod catalogue;
 pub mod cli;
 pub mod codecs;

@@ -5,7 +5,6 @@
 //! is how a shutdown drains the graph.
 
 mod blackhole;
-pub mod buffer;
 mod console;
 mod delta_lake;
 mod file;

@@ -24,9 +24,9 @@ use url::Url;
 
 use self::columns::{ColumnType, Columns, Derived};
 use self::table::{TableSpec, TableWriter};
-use super::buffer::{BufferConfig, SinkBuffer};
 use super::retry::{Backoff, RetryConfig, WriteError};
 use super::{SinkComponent, SinkContext};
+use crate::buffers::{Buffer, BufferConfig};
 use crate::config::{self, ByteSize, FieldProblem, Resource};
 use crate::event::{Event, EventBatch};
 use crate::telemetry::events::{BatchCommitted, ComponentError, ErrorType, Stage};
@@ -325,7 +325,7 @@ impl SinkComponent for DeltaLakeConfig {
                 .clone()
                 .unwrap_or_else(|| format!("weir-{id}")),
         };
-        let buffer = SinkBuffer::new(input, config.buffer, telemetry.clone(), buffer_dir);
+        let buffer = Buffer::new(input, config.buffer, telemetry.clone(), buffer_dir);
         let sink = DeltaSink {
             component: Arc::from(id.as_str()),
             config,
@@ -347,7 +347,7 @@ struct DeltaSink {
 }
 
 impl DeltaSink {
-    async fn run(mut self, spec: TableSpec, mut buffer: SinkBuffer) -> anyhow::Result<()> {
+    async fn run(mut self, spec: TableSpec, mut buffer: Buffer) -> anyhow::Result<()> {
         register_object_stores();
         let mut table = {
             let mut backoff = Backoff::new(&self.config.retry, &self.telemetry);

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use self::commands::Commands;
 use self::connection::{Connection, Replies, Target};
-use super::buffer::{BufferConfig, SinkBuffer};
 use super::retry::{RetryConfig, WriteError, with_retries};
 use super::{SinkComponent, SinkContext};
+use crate::buffers::{Buffer, BufferConfig};
 use crate::config::{self, FieldProblem};
 use crate::event::{Event, EventBatch};
 use crate::telemetry::events::{BatchCommitted, ComponentError, ErrorType, EventsDiscarded, Stage};
@@ -182,7 +182,7 @@ impl SinkComponent for RedisConfig {
             out: cx.out,
             telemetry: cx.telemetry.clone(),
         };
-        let buffer = SinkBuffer::new(cx.input, self.buffer, cx.telemetry, buffer_dir);
+        let buffer = Buffer::new(cx.input, self.buffer, cx.telemetry, buffer_dir);
         let max_batch = self.max_batch;
         Ok(Box::pin(async move {
             sink.run(buffer, target, max_batch).await;
@@ -292,7 +292,7 @@ enum Outcome {
 }
 
 impl Sink {
-    async fn run(self, mut buffer: SinkBuffer, target: Target, max_batch: usize) {
+    async fn run(self, mut buffer: Buffer, target: Target, max_batch: usize) {
         let connection = with_retries(&self.retry, &self.telemetry, || async {
             target.connect().await.map_err(|err| {
                 WriteError::Transient(

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use crate::buffers::tests::{batch, ids, telemetry};
 use crate::event::{Delivery, DeliveryStatus, EventBatch};
-use crate::sinks::buffer::tests::{batch, ids, telemetry};
 use crate::topology::channel::{InputSender, input_channel};
 
 struct Harness {
@@ -279,12 +279,12 @@ async fn acknowledged_segments_are_deleted() {
         seen += h.next(1000).await.unwrap().len();
     }
     assert!(
-        crate::sinks::buffer::tests::eventually(|| segment::list(&dir).unwrap().len() == 1).await,
+        crate::buffers::tests::eventually(|| segment::list(&dir).unwrap().len() == 1).await,
         "only the segment being written is left: {:?}",
         segment::list(&dir).unwrap()
     );
     assert!(
-        crate::sinks::buffer::tests::eventually(|| h.metrics.events.get() == 0).await,
+        crate::buffers::tests::eventually(|| h.metrics.events.get() == 0).await,
         "every event acknowledged: {}",
         h.metrics.events.get()
     );

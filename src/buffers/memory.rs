@@ -186,7 +186,7 @@ fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::buffer::tests::{batch, ids, telemetry};
+    use crate::buffers::tests::{batch, ids, telemetry};
     use crate::topology::channel::input_channel;
 
     async fn run(when_full: WhenFull) -> Vec<i64> {

@@ -1,11 +1,12 @@
-//! The per-sink buffer: where a sink's events wait while its destination is slow, and what
-//! happens when it is full (`when_full`).
+//! The buffer in front of a sink: where its events wait while the destination is slow, and
+//! what happens when it is full (`when_full`). Part of the engine, so every component that
+//! consumes events at its own pace (sinks, and actions) reads through the same one.
 //!
 //! `buffer: { type: memory }` (the default for now) is a bounded queue of events
 //! ([`memory`]); `buffer: { type: disk }` is a log of segment files in
 //! `data_dir/buffers/<id>/` ([`disk`]) that acknowledges events upstream once they are
 //! durably appended, so a source's acknowledgement no longer waits for the sink's batching.
-//! Both sit behind [`SinkBuffer`], so a sink reads the same way from either.
+//! Both sit behind [`Buffer`], so a sink reads the same way from either.
 
 mod disk;
 mod memory;
@@ -129,8 +130,8 @@ pub enum WhenFull {
     DropOldest,
 }
 
-/// The sink's end of its buffer.
-pub struct SinkBuffer {
+/// The consuming end of a buffer: what a sink (or action) reads its input from.
+pub struct Buffer {
     inner: Inner,
 }
 
@@ -139,7 +140,7 @@ enum Inner {
     Disk(disk::DiskBuffer),
 }
 
-impl SinkBuffer {
+impl Buffer {
     /// Starts pumping `input` into a buffer shaped by `config`; a disk buffer lives in
     /// `dir` (`SinkContext::buffer_dir`).
     pub fn new(

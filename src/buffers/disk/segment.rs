@@ -170,7 +170,7 @@ pub fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::buffer::tests::batch;
+    use crate::buffers::tests::batch;
 
     fn segment_with(dir: &Path, first: u64, events: usize) -> (PathBuf, Vec<u64>) {
         let mut file = create(dir, first).unwrap();
