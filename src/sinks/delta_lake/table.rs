@@ -179,9 +179,11 @@ impl TableWriter {
             .as_mut()
             .ok_or_else(|| DeltaTableError::Generic("the table is not open".into()))?;
         let rows = batch.num_rows();
+        // Held before the write: if the sink is stopped mid-write, dropping the writer
+        // fails them (see `Drop`), instead of dropping them here, which would commit them.
+        self.deliveries.extend(deliveries);
         writer.write(batch).await?;
         self.rows += rows;
-        self.deliveries.extend(deliveries);
         Ok(())
     }
 
@@ -301,9 +303,60 @@ impl TableWriter {
     }
 }
 
+impl Drop for TableWriter {
+    /// A writer dropped with rows it has not committed (a stop that ran out of time, a
+    /// discarded buffer) must not let their sources take them as committed.
+    fn drop(&mut self) {
+        for delivery in self.deliveries.drain(..) {
+            delivery.fail();
+        }
+    }
+}
+
 /// What one commit wrote.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Committed {
     pub rows: usize,
     pub bytes: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::DeliveryStatus;
+
+    #[tokio::test]
+    async fn rows_dropped_before_their_commit_fail_their_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TableSpec {
+            url: Url::from_directory_path(dir.path()).unwrap(),
+            storage_options: HashMap::new(),
+            partition_columns: Vec::new(),
+            checkpoint_interval: 10,
+            app_id: "test".into(),
+        };
+        let mut columns = Columns::new(Vec::new(), Default::default());
+        let mut table = TableWriter::open(spec, &mut columns).await.ok().unwrap();
+        let (delivery, outcome) = Delivery::new();
+        let mut event = crate::event::Event::new(
+            None,
+            [("v".to_owned(), serde_json::json!(1.0))]
+                .into_iter()
+                .collect(),
+            Arc::new(crate::event::EventMeta::received_by("t".into())),
+        );
+        event.attach(&delivery);
+        drop(delivery);
+        let encoded = columns.encode(vec![event], true).unwrap();
+        table.ensure_columns(&mut columns).await.unwrap();
+        let deliveries: Vec<_> = encoded
+            .accepted
+            .iter()
+            .filter_map(|e| e.delivery().cloned())
+            .collect();
+        drop(encoded.accepted);
+        table.write(encoded.batch, deliveries).await.unwrap();
+        drop(table);
+        assert_eq!(outcome.await.unwrap(), DeliveryStatus::Failed);
+    }
 }
