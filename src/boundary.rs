@@ -6,8 +6,7 @@
 //! `crate::{a, b::c}` groups, as does a `super::` chain that climbs out of the engine to
 //! the crate root. Comments do not count. Only the engine itself and the leaf libraries
 //! (`template`, `codecs`, and `testing` in unit tests) may be named; a module added to the
-//! crate is outside the engine
-//! until this list says otherwise.
+//! crate is outside the engine until this list says otherwise.
 
 use std::path::{Path, PathBuf};
 
