@@ -18,6 +18,7 @@ mod api_forgery;
 mod cli;
 mod delta_lake;
 mod disk_buffer;
+mod http_limits;
 mod http_source;
 mod http_tls;
 mod kill;
