@@ -1,5 +1,5 @@
-//! Publishing to the local Mosquitto as a device would, and starting pipelines that
-//! subscribe to it.
+//! Publishing to the local Mosquitto as a device would, starting pipelines that subscribe
+//! to it, and waiting until a subscription is in place (connected is not yet subscribed).
 
 use std::sync::Arc;
 use std::time::Duration;
