@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 
 use crate::event::Event;
 use crate::telemetry::events::BufferIoFailed;
-use crate::telemetry::{ComponentTelemetry, InternalEvent, SinkBufferMetrics};
+use crate::telemetry::{BufferCapacity, ComponentTelemetry, InternalEvent, SinkBufferMetrics};
 use crate::topology::channel::InputReceiver;
 
 /// How a disk buffer is shaped.
@@ -149,7 +149,7 @@ impl DiskBuffer {
             acks: Notify::new(),
             persisting: Mutex::new(()),
             dir: options.dir.clone(),
-            metrics: telemetry.sink_buffer("disk"),
+            metrics: telemetry.sink_buffer("disk", BufferCapacity::Bytes(options.max_size)),
             telemetry,
         });
         let pump = tokio::spawn({
