@@ -157,9 +157,11 @@ impl TableWriter {
                 // what it has, add the columns, and start a new window.
                 self.commit().await?;
                 let added = columns.delta_fields_after(self.committed_fields);
+                // A copy: if adding fails (the target is down), the table stays open and
+                // the retry adds them again, instead of trying to create the table.
                 let table = self
                     .table
-                    .take()
+                    .clone()
                     .ok_or_else(|| anyhow::anyhow!("table vanished while adding columns"))?;
                 let table = table.add_columns().with_fields(added).await?;
                 self.adopt(table, columns).await
