@@ -345,7 +345,7 @@ impl Metrics {
         );
         registry.register(
             "source_connected",
-            "1 while a source is connected to its broker (an http source: listening), else 0",
+            "1 while a source is connected to its broker and subscribed (an http source: listening), else 0",
             m.source_connected,
         );
         registry.register(

@@ -130,10 +130,16 @@ impl RunningTopology {
         }
 
         let applied = self.build_and_swap(new, &diff, stopped);
+        if applied.is_ok() {
+            // Before `hold` goes: a discarded instance must end while its input is still
+            // open, or it would drain its buffer into its destination on the way out.
+            for (discard, _) in &ended {
+                discard.cancel();
+            }
+        }
         drop(hold);
         applied?;
-        for (discard, finished) in ended {
-            discard.cancel();
+        for (_, finished) in ended {
             finished.cancelled().await;
         }
         for leftover in &discarding {
@@ -253,8 +259,10 @@ impl RunningTopology {
         let component = id.clone();
         self.tasks.spawn(async move {
             let result = tokio::select! {
-                result = task => result,
+                // First: once discarded, the task must not take another step.
+                biased;
                 () = discard.cancelled() => Ok(()),
+                result = task => result,
             };
             for list in outputs {
                 list.store(Arc::new(Vec::new()));
