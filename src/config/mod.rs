@@ -214,6 +214,25 @@ impl ComponentConfig {
         }
     }
 
+    /// What `weir validate` warns about in the component's options (a deprecated
+    /// spelling), by field.
+    pub fn warnings(&self) -> Vec<FieldProblem> {
+        match &self.options {
+            SectionOptions::Action(c) => c.warnings(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the component reads its input through a disk buffer in
+    /// `data_dir/buffers/<id>/`.
+    pub fn disk_buffer(&self) -> bool {
+        match &self.options {
+            SectionOptions::Sink(c) => c.disk_buffer(),
+            SectionOptions::Action(c) => c.disk_buffer(),
+            _ => false,
+        }
+    }
+
     /// What the component holds exclusively.
     pub fn resources(&self) -> Vec<Resource> {
         match &self.options {
@@ -226,12 +245,10 @@ impl ComponentConfig {
 
 impl Component {
     /// What the component holds exclusively while it runs: what its options name, and a
-    /// sink's disk buffer directory under `data_dir`.
+    /// sink's or action's disk buffer directory under `data_dir`.
     pub fn resources(&self, data_dir: &std::path::Path) -> Vec<Resource> {
         let mut resources = self.config.resources();
-        if let SectionOptions::Sink(c) = &self.config.options
-            && c.disk_buffer()
-        {
+        if self.config.disk_buffer() {
             resources.push(Resource::File(sink::buffer_dir(data_dir, &self.id)));
         }
         resources
