@@ -1,5 +1,10 @@
-//! The state of `throttle` and `dedupe`, and where it outlives the process:
-//! `data_dir/actions/<id>.json`.
+//! The state of `throttle` and `dedupe`, and the idempotency keys an action sent last, and
+//! where they outlive the process: `data_dir/actions/<id>.json`.
+//!
+//! The keys close the gap between two copies of one notification after a crash: the alarm
+//! emits again a transition whose handover it had not yet recorded, while the action's disk
+//! buffer hands back the copy it already held. Whichever comes second finds its key among
+//! the [`RECENT_KEYS`] sent last and is not sent again (counted as `deduplicated`).
 //!
 //! Both count in wall-clock time (milliseconds since the epoch), so what was written before a
 //! restart means the same after it: a notification sent just before a crash still holds back
@@ -21,6 +26,9 @@ use crate::config::ComponentId;
 
 /// The file format version; another version is refused rather than misread.
 const VERSION: u32 = 1;
+
+/// How many idempotency keys of sent notifications are remembered.
+pub const RECENT_KEYS: usize = 1024;
 
 /// How often idle keys are forgotten, so state stays bounded by recent activity.
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -117,10 +125,12 @@ impl Deduper {
     }
 }
 
-/// An action's throttle and dedupe, and the file they are kept in.
+/// An action's throttle and dedupe, the keys it sent last, and the file they are kept in.
 pub struct Limits {
     pub throttle: Option<Throttler>,
     pub dedupe: Option<Deduper>,
+    /// Idempotency keys of the last notifications sent, oldest first.
+    sent: indexmap::IndexSet<String>,
     path: PathBuf,
 }
 
@@ -134,6 +144,9 @@ struct Saved {
     /// When each payload fingerprint (hex) was last let through (ms).
     #[serde(default)]
     dedupe: BTreeMap<String, i64>,
+    /// The idempotency keys of the last notifications sent, oldest first.
+    #[serde(default)]
+    sent: Vec<String>,
 }
 
 impl Limits {
@@ -147,6 +160,7 @@ impl Limits {
         let mut limits = Limits {
             throttle: throttle.map(Throttler::new),
             dedupe: dedupe.map(Deduper::new),
+            sent: indexmap::IndexSet::new(),
             path,
         };
         let saved = match std::fs::read(&limits.path) {
@@ -168,6 +182,7 @@ impl Limits {
                 saved.version
             );
         }
+        limits.sent = saved.sent.into_iter().collect();
         if let Some(throttle) = &mut limits.throttle {
             throttle.sent = saved
                 .throttle
@@ -185,16 +200,21 @@ impl Limits {
         Ok(limits)
     }
 
-    /// Whether there is anything to remember.
-    pub fn is_stateful(&self) -> bool {
-        self.throttle.is_some() || self.dedupe.is_some()
+    /// Whether a notification with idempotency key `key` was sent lately.
+    pub fn was_sent(&self, key: &str) -> bool {
+        self.sent.contains(key)
+    }
+
+    /// Records that the notification with idempotency key `key` was sent.
+    pub fn sent(&mut self, key: &str) {
+        self.sent.insert(key.to_owned());
+        while self.sent.len() > RECENT_KEYS {
+            self.sent.shift_remove_index(0);
+        }
     }
 
     /// Writes the state atomically: a crash leaves the old file or the new one.
     pub fn save(&self) -> anyhow::Result<()> {
-        if !self.is_stateful() {
-            return Ok(());
-        }
         let saved = Saved {
             version: VERSION,
             throttle: self.throttle.as_ref().map_or_else(BTreeMap::new, |t| {
@@ -210,6 +230,7 @@ impl Limits {
                     .map(|(fingerprint, at)| (format!("{fingerprint:016x}"), *at))
                     .collect()
             }),
+            sent: self.sent.iter().cloned().collect(),
         };
         let bytes = serde_json::to_vec(&saved)?;
         if let Some(parent) = self.path.parent() {
@@ -293,9 +314,22 @@ mod tests {
         assert!(throttler.admit("dev-1", t0 + 3_600_000), "the period ended");
         let deduper = after.dedupe.as_mut().unwrap();
         assert!(deduper.is_duplicate(u64::MAX, t0 + 1000));
+    }
 
-        // Without the policies configured, the file is not needed.
-        assert!(!Limits::open(path, None, None).unwrap().is_stateful());
+    #[test]
+    fn the_last_keys_sent_are_remembered_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_path(dir.path(), &ComponentId::new("page"));
+        let mut before = Limits::open(path.clone(), None, None).unwrap();
+        for i in 0..=RECENT_KEYS {
+            before.sent(&format!("a-{i}"));
+        }
+        before.save().unwrap();
+        let after = Limits::open(path, None, None).unwrap();
+        assert!(after.was_sent(&format!("a-{RECENT_KEYS}")));
+        assert!(after.was_sent("a-1"));
+        assert!(!after.was_sent("a-0"), "the oldest is forgotten");
+        assert!(!after.was_sent("b-1"));
     }
 
     #[test]

@@ -179,6 +179,13 @@ impl<N: Notifier> Runner<N> {
     /// Sends (or skips, or dead-letters) what `event` asks for; dropping the event at the
     /// end acknowledges it.
     async fn handle(&mut self, event: Event) {
+        let key = IdempotencyKey::of(&event);
+        if self.limits.was_sent(key.as_str()) {
+            // A second copy of a notification sent already (see `limits`).
+            self.reporter.metrics.deduplicated.inc();
+            self.skipped();
+            return;
+        }
         let message = match self.notifier.prepare(&event) {
             Ok(message) => message,
             Err(err) => {
@@ -190,11 +197,7 @@ impl<N: Notifier> Runner<N> {
         match self.admit(&event, &message, limits::now_ms()) {
             Admission::Send => {}
             Admission::Skip => {
-                EventsDiscarded {
-                    count: 1,
-                    intentional: true,
-                }
-                .emit(&self.reporter.telemetry);
+                self.skipped();
                 return;
             }
             Admission::Fail(err) => {
@@ -203,16 +206,18 @@ impl<N: Notifier> Runner<N> {
                 return;
             }
         }
-        let key = IdempotencyKey::of(&event);
         crate::fault::crash_point("action.before_send");
         let started = Instant::now();
         let outcome = self.send_with_retry(&message, &key).await;
+        if outcome.is_ok() {
+            crate::fault::crash_point("action.sent");
+            self.limits.sent(key.as_str());
+        }
         // What was let through counts from now on, sent or not; written before the event
         // is acknowledged, so a restart neither repeats nor forgets it.
         self.remember();
         match outcome {
             Ok(()) => {
-                crate::fault::crash_point("action.sent");
                 let metrics = &self.reporter.metrics;
                 metrics.sent.inc();
                 metrics.latency.observe(started.elapsed().as_secs_f64());
@@ -226,6 +231,15 @@ impl<N: Notifier> Runner<N> {
                     .await;
             }
         }
+    }
+
+    /// Counts a notification dropped on purpose (throttled, a duplicate).
+    fn skipped(&self) {
+        EventsDiscarded {
+            count: 1,
+            intentional: true,
+        }
+        .emit(&self.reporter.telemetry);
     }
 
     fn admit(&mut self, event: &Event, message: &N::Message, now: i64) -> Admission {
@@ -250,7 +264,7 @@ impl<N: Notifier> Runner<N> {
         Admission::Send
     }
 
-    /// Writes the throttle and dedupe state; a failure is counted and logged (the next
+    /// Writes the throttle and dedupe state and the keys sent; a failure is counted and logged (the next
     /// notification tries again).
     fn remember(&self) {
         if let Err(err) = self.limits.save() {

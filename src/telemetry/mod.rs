@@ -409,7 +409,7 @@ impl Metrics {
         registry.register("alarm_active", "Alarms active right now", m.alarm_active);
         registry.register(
             "action_notifications",
-            "Notifications an action handled, by outcome (sent, failed: dead-lettered, throttled, deduplicated); what a full buffer drops is in buffer_discarded_events_total",
+            "Notifications an action handled, by outcome (sent, failed: dead-lettered, throttled, deduplicated: an identical payload within `dedupe.window` or a copy of one already sent with the same idempotency key); what a full buffer drops is in buffer_discarded_events_total",
             m.action_notifications,
         );
         registry.register(

@@ -148,9 +148,7 @@ impl Outbox {
     /// The recorded transition `event`, now durable, leaving with a delivery of the alarm's.
     pub fn hand_over(&mut self, mut event: Event) -> Event {
         if let Some(entry) = transition_id(&event).and_then(|id| self.entries.get_mut(&id)) {
-            let (delivery, outcome) = Delivery::new();
-            event.attach(&delivery);
-            entry.handover = Some(outcome);
+            entry.handover = Some(watch(&mut event, &self.waker));
         }
         event
     }
@@ -182,9 +180,7 @@ impl Outbox {
                 Arc::new(EventMeta::received_by(Arc::clone(&component))),
             );
             event.time = record.time;
-            let (delivery, outcome) = Delivery::new();
-            event.attach(&delivery);
-            entry.handover = Some(outcome);
+            entry.handover = Some(watch(&mut event, &self.waker));
             events.push(event);
         }
         events
@@ -222,6 +218,16 @@ impl Outbox {
         });
         collected
     }
+}
+
+/// Gives `event` a delivery of the alarm's and the receiver of its outcome, polled once so
+/// that `waker` fires when the outcome is known.
+fn watch(event: &mut Event, waker: &Waker) -> oneshot::Receiver<DeliveryStatus> {
+    let (delivery, mut outcome) = Delivery::new();
+    event.attach(&delivery);
+    // The event holds the delivery: the outcome cannot be known yet.
+    let _ = Pin::new(&mut outcome).poll(&mut Context::from_waker(waker));
+    outcome
 }
 
 fn transition_id(event: &Event) -> Option<TransitionId> {

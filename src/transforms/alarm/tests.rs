@@ -245,7 +245,17 @@ fn the_reading_is_acknowledged_once_its_transition_is_handed() {
     let on_disk = std::fs::read_to_string(&state_file).unwrap();
     assert!(on_disk.contains("\"pending\""), "{on_disk}");
 
+    // The handover wakes the alarm (the topology then calls `on_wake`).
+    let wake = h.transform.wake_signal().unwrap();
     drop(raised);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let woken = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(5), wake.notified()).await
+    });
+    assert!(woken.is_ok(), "the alarm was not woken by the handover");
     h.transform.on_wake(&mut h.out);
     assert_eq!(source.try_recv(), Ok(DeliveryStatus::Committed));
     let on_disk = std::fs::read_to_string(&state_file).unwrap();
