@@ -132,6 +132,8 @@ pub struct Limits {
     /// Idempotency keys of the last notifications sent, oldest first.
     sent: indexmap::IndexSet<String>,
     path: PathBuf,
+    /// What the limits were made from, to read them again.
+    configs: (Option<ThrottleConfig>, Option<DedupeConfig>),
 }
 
 /// The file's content.
@@ -162,6 +164,7 @@ impl Limits {
             dedupe: dedupe.map(Deduper::new),
             sent: indexmap::IndexSet::new(),
             path,
+            configs: (throttle.cloned(), dedupe.cloned()),
         };
         let saved = match std::fs::read(&limits.path) {
             Ok(bytes) => serde_json::from_slice::<Saved>(&bytes).with_context(|| {
@@ -198,6 +201,17 @@ impl Limits {
                 .collect();
         }
         Ok(limits)
+    }
+
+    /// Reads the file again: a reload's new instance does so once the old one let go of the
+    /// action's disk buffer, so it sees what the old one sent while draining.
+    pub fn reread(&mut self) -> anyhow::Result<()> {
+        *self = Limits::open(
+            self.path.clone(),
+            self.configs.0.as_ref(),
+            self.configs.1.as_ref(),
+        )?;
+        Ok(())
     }
 
     /// Whether a notification with idempotency key `key` was sent lately.

@@ -100,7 +100,9 @@ pub fn spawn<N: Notifier>(
         telemetry: cx.telemetry.clone(),
         component: cx.id.as_arc(),
     };
-    let mut buffer = Buffer::new(cx.input, policies.buffer(), cx.telemetry, buffer_dir);
+    let buffer_config = policies.buffer();
+    let disk = buffer_config.is_disk();
+    let mut buffer = Buffer::new(cx.input, buffer_config, cx.telemetry, buffer_dir);
     let mut runner = Runner {
         notifier,
         throttle_key: policies.throttle.map(|t| t.key.clone()),
@@ -108,10 +110,16 @@ pub fn spawn<N: Notifier>(
         retry: policies.retry.clone(),
         reporter,
     };
+    let mut reread = disk;
     Ok(Box::pin(async move {
         // One at a time: each is acknowledged on its own, so a crash repeats at most the
         // one being sent.
         while let Some(events) = buffer.next(1).await {
+            // A disk buffer hands out its first event once this instance holds it, i.e.
+            // after a reload's old instance finished and wrote its state.
+            if std::mem::take(&mut reread) {
+                runner.limits.reread()?;
+            }
             for event in events {
                 runner.handle(event).await;
             }

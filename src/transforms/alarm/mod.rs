@@ -337,7 +337,8 @@ impl Alarm {
             .emit(telemetry);
         }
         let event = self.transition_event(event, &key, &active, state_name, previous);
-        self.outbox.record(&event);
+        let given_up = self.outbox.record(&event);
+        self.report_given_up(&given_up);
         Some(event)
     }
 
@@ -410,7 +411,8 @@ impl Alarm {
         );
         event.time = Timestamp::now();
         let event = self.transition_event(event, &key, &active, "acknowledged", None);
-        self.outbox.record(&event);
+        let given_up = self.outbox.record(&event);
+        self.report_given_up(&given_up);
         self.persist();
         let _ = respond.send(AckOutcome::Acknowledged(summary));
         if let Some(telemetry) = &self.telemetry {
@@ -511,6 +513,27 @@ impl Alarm {
                 }
             };
             out.push(event);
+        }
+    }
+
+    fn report_given_up(&self, given_up: &[outbox::PendingTransition]) {
+        for transition in given_up {
+            let message = format!(
+                "the outbox holds {} transitions its consumers have not taken: transition {} of alarm {} is given up",
+                outbox::MAX_PENDING,
+                transition.seq,
+                transition.alarm_id
+            );
+            match &self.telemetry {
+                Some(telemetry) => ComponentError {
+                    error_type: ErrorType::Io,
+                    stage: Stage::Processing,
+                    message: &message,
+                    count: 1,
+                }
+                .emit(telemetry),
+                None => tracing::error!(component_id = %self.component, "{message}"),
+            }
         }
     }
 

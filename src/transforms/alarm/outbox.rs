@@ -12,6 +12,10 @@
 //! Each transition carries its alarm's sequence number (`alarm_seq`), so a repeat has the
 //! same idempotency key as the original.
 //!
+//! The outbox holds at most [`MAX_PENDING`] transitions: one whose consumers keep losing
+//! it (an output nobody reads) must not grow the state file without end. Past that the
+//! oldest is given up, counted as an error and logged.
+//!
 //! Outcomes are polled, never awaited: the transform is synchronous, so each delivery's
 //! receiver is polled with a waker that fires the alarm's wake signal, and the next
 //! `on_wake` collects what was handed.
@@ -28,6 +32,9 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::config::ComponentId;
 use crate::event::{Delivery, DeliveryStatus, Event, EventMeta, Fields};
+
+/// The most transitions kept waiting for their handover.
+pub const MAX_PENDING: usize = 1000;
 
 /// A transition as the state file keeps it until it is handed.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -120,10 +127,10 @@ impl Outbox {
     }
 
     /// Records the transition `event` (which carries `alarm_id` and `alarm_seq`) before
-    /// the state file is written.
-    pub fn record(&mut self, event: &Event) {
+    /// the state file is written; returns the oldest transitions given up to make room.
+    pub fn record(&mut self, event: &Event) -> Vec<PendingTransition> {
         let Some(id) = transition_id(event) else {
-            return;
+            return Vec::new();
         };
         let record = PendingTransition {
             alarm_id: id.0.clone(),
@@ -138,6 +145,16 @@ impl Outbox {
             source: event.delivery().cloned(),
         };
         self.entries.insert(id, entry);
+        let mut given_up = Vec::new();
+        while self.entries.len() > MAX_PENDING {
+            if let Some((_, entry)) = self.entries.shift_remove_index(0) {
+                if let Some(source) = &entry.source {
+                    source.fail();
+                }
+                given_up.push(entry.record);
+            }
+        }
+        given_up
     }
 
     /// What the state file keeps.

@@ -279,6 +279,27 @@ fn the_reading_is_acknowledged_once_its_transition_is_handed() {
 }
 
 #[test]
+fn the_outbox_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(serde_json::json!({ "raise": "temp_avg > 100", "clear": "temp_avg < 95" }));
+    let mut h = Harness::new(&cfg, &context(dir.path()));
+    let cycles = outbox::MAX_PENDING as i64 + 2;
+    let readings = (0..cycles)
+        .map(|s| reading("a", s, if s % 2 == 0 { 101.0 } else { 90.0 }))
+        .collect();
+    // Nobody takes the transitions: they all wait for their handover.
+    let transitions = h.feed(readings);
+    assert_eq!(transitions.len(), cycles as usize);
+    let path = dir.path().join("alarms").join("hot.json");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let pending = state["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), outbox::MAX_PENDING);
+    // The oldest were given up: the first kept is the third transition.
+    assert_eq!(pending[0]["fields"]["state"], "raised");
+    assert_eq!(pending[0]["time"], transitions[2].time.to_string());
+}
+
+#[test]
 fn an_event_without_a_key_goes_to_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(serde_json::json!({ "raise": "temp_avg > 100", "clear": "temp_avg < 95" }));
