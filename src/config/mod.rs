@@ -208,7 +208,7 @@ impl ComponentConfig {
     pub fn commit_delay(&self) -> Option<std::time::Duration> {
         match &self.options {
             // The disk buffer acknowledges once appended; the sink's batching is its own.
-            SectionOptions::Sink(c) if c.disk_buffer() => None,
+            SectionOptions::Sink(_) if self.disk_buffer() => None,
             SectionOptions::Sink(c) => c.commit_delay(),
             _ => None,
         }
@@ -223,8 +223,8 @@ impl ComponentConfig {
         }
     }
 
-    /// Whether the component reads its input through a disk buffer in
-    /// `data_dir/buffers/<id>/`.
+    /// Whether the component (a sink or an action) reads its input through a disk buffer
+    /// (in [`crate::buffers::disk_dir`]).
     pub fn disk_buffer(&self) -> bool {
         match &self.options {
             SectionOptions::Sink(c) => c.disk_buffer(),
