@@ -434,21 +434,24 @@ impl Alarm {
             Ok(()) => self.dirty = false,
             Err(err) => {
                 self.dirty = true;
-                if let Some(telemetry) = &self.telemetry {
-                    ComponentError {
-                        error_type: ErrorType::Io,
-                        stage: Stage::Processing,
-                        message: &format!(
-                            "cannot write the alarm state to {}: {err:#}",
-                            self.path.display()
-                        ),
-                        count: 1,
-                    }
-                    .emit(telemetry);
-                } else {
-                    tracing::error!(component_id = %self.component, "cannot write the alarm state to {}: {err:#}", self.path.display());
-                }
+                let path = self.path.display();
+                self.error(&format!("cannot write the alarm state to {path}: {err:#}"));
             }
+        }
+    }
+
+    /// Counts and logs an I/O error of the alarm's state (logged only before the first
+    /// batch, when the metrics handle is not there yet).
+    fn error(&self, message: &str) {
+        match &self.telemetry {
+            Some(telemetry) => ComponentError {
+                error_type: ErrorType::Io,
+                stage: Stage::Processing,
+                message,
+                count: 1,
+            }
+            .emit(telemetry),
+            None => tracing::error!(component_id = %self.component, "{message}"),
         }
     }
 }
@@ -518,40 +521,21 @@ impl Alarm {
 
     fn report_given_up(&self, given_up: &[outbox::PendingTransition]) {
         for transition in given_up {
-            let message = format!(
+            self.error(&format!(
                 "the outbox holds {} transitions its consumers have not taken: transition {} of alarm {} is given up",
                 outbox::MAX_PENDING,
                 transition.seq,
                 transition.alarm_id
-            );
-            match &self.telemetry {
-                Some(telemetry) => ComponentError {
-                    error_type: ErrorType::Io,
-                    stage: Stage::Processing,
-                    message: &message,
-                    count: 1,
-                }
-                .emit(telemetry),
-                None => tracing::error!(component_id = %self.component, "{message}"),
-            }
+            ));
         }
     }
 
     fn report_lost(&self, lost: &[(String, u64)]) {
-        let Some(telemetry) = &self.telemetry else {
-            return;
-        };
         for (alarm_id, seq) in lost {
-            ComponentError {
-                error_type: ErrorType::Io,
-                stage: Stage::Processing,
-                message: &format!(
-                    "transition {seq} of alarm {alarm_id} was lost downstream; it stays in {} and is emitted again at the next start",
-                    self.path.display()
-                ),
-                count: 1,
-            }
-            .emit(telemetry);
+            self.error(&format!(
+                "transition {seq} of alarm {alarm_id} was lost downstream; it stays in {} and is emitted again at the next start",
+                self.path.display()
+            ));
         }
     }
 }
