@@ -28,6 +28,7 @@ mod mqtt;
 mod mqtt5;
 mod mqtt_kill;
 mod mqtt_restart;
+mod outbox;
 mod quickstart;
 mod redis_restart;
 mod redis_sink;
