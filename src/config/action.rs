@@ -7,6 +7,7 @@ use super::component::{ComponentId, ComponentTask, FieldProblem};
 use super::options::Options;
 use super::service::Services;
 use crate::telemetry::ComponentTelemetry;
+use crate::topology::InstanceIdentity;
 use crate::topology::channel::{InputReceiver, Outputs};
 
 /// What every action type provides.
@@ -31,4 +32,7 @@ pub struct ActionContext {
     pub data_dir: PathBuf,
     /// The topology's shared services.
     pub services: Arc<Services>,
+    /// Which weir this is: a persistent id for names no other instance may share
+    /// (`data_dir/instance_id`, or `WEIR_INSTANCE_ID`).
+    pub instance_id: Arc<InstanceIdentity>,
 }
