@@ -3,9 +3,10 @@
 //! Rows are streamed into Parquet files as they arrive (`RecordBatchWriter` encodes and
 //! uploads incrementally); nothing is visible to readers until [`TableWriter::commit`]
 //! adds those files to the Delta log in one transaction. The commit carries an application
-//! transaction (`txn`: this sink's `app_id` and a version that grows by one per commit), so
-//! a commit whose outcome was lost (a timeout after the log entry was written) is recognised
-//! on retry instead of being written twice.
+//! transaction (`txn`, see [`super::ledger`]: the buffer position the commit covers, or a
+//! count of commits), so a commit whose outcome was lost (a timeout after the log entry was
+//! written) is recognised on retry instead of being written twice, and so are records a
+//! disk buffer hands out again after a crash.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,8 @@ use url::Url;
 
 use super::columns::Columns;
 use super::compact::{Compacted, compact};
+use super::ledger::{Ledger, Sorted};
+use crate::buffers::{Chunk, Position};
 use crate::event::Delivery;
 use crate::sinks::retry::WriteError;
 
@@ -30,7 +33,8 @@ pub struct TableSpec {
     pub storage_options: HashMap<String, String>,
     pub partition_columns: Vec<String>,
     pub checkpoint_interval: u64,
-    pub app_id: String,
+    /// Names this sink's transactions: `<app_id>@<instance id>` (see [`super::ledger`]).
+    pub writer: String,
 }
 
 /// A table plus the rows written to it since the last commit.
@@ -41,8 +45,8 @@ pub struct TableWriter {
     writer: Option<RecordBatchWriter>,
     /// Field columns the table has in its log (the writer may know more after evolving).
     committed_fields: usize,
-    /// The `txn` version of the next commit.
-    next_version: i64,
+    /// Which transaction the next commit carries, and what the log holds.
+    ledger: Ledger,
     /// Rows written since the last commit.
     rows: usize,
     /// The deliveries of those rows: released (acknowledged) when the commit lands.
@@ -90,11 +94,11 @@ impl TableWriter {
             },
         };
         let mut this = Self {
+            ledger: Ledger::new(spec.writer.clone()),
             spec,
             table: None,
             writer: None,
             committed_fields: 0,
-            next_version: 0,
             rows: 0,
             deliveries: Vec::new(),
             staged: None,
@@ -121,15 +125,52 @@ impl TableWriter {
                 self.spec.partition_columns
             );
         }
-        let committed = snapshot
-            .transaction_version(table.log_store().as_ref(), &self.spec.app_id)
+        let landed = snapshot
+            .transaction_version(table.log_store().as_ref(), self.ledger.app_id())
             .await?;
-        self.next_version = committed.map_or(0, |v| v + 1);
+        self.ledger.set_landed(landed);
         let writer = RecordBatchWriter::for_table(&table)?;
         self.committed_fields = columns.adopt_table(&writer.arrow_schema())?;
         self.writer = Some(writer);
         self.table = Some(table);
         Ok(())
+    }
+
+    /// Takes up the transactions of chunks at `position` (the first chunk of a disk
+    /// buffer names its incarnation): commits the open window if it belongs to others,
+    /// then reads what the log holds for the new app id.
+    pub async fn follow(&mut self, position: Option<&Position>) -> anyhow::Result<()> {
+        if self.ledger.follows(position) {
+            return Ok(());
+        }
+        self.commit().await?;
+        self.ledger.switch(position);
+        if let Some(table) = &self.table {
+            let landed = table
+                .snapshot()?
+                .transaction_version(table.log_store().as_ref(), self.ledger.app_id())
+                .await?;
+            self.ledger.set_landed(landed);
+        }
+        Ok(())
+    }
+
+    /// Takes out of `chunk` the records the table already has: those committed are dropped
+    /// (acknowledged), those in the open window are held until its commit. Returns how many
+    /// were taken out.
+    pub fn sort(&mut self, chunk: &mut Chunk) -> usize {
+        let Sorted {
+            committed,
+            in_window,
+        } = self.ledger.sort(chunk);
+        let taken = committed + in_window.len();
+        let mut held: Vec<Arc<Delivery>> = in_window
+            .iter()
+            .filter_map(|e| e.delivery().cloned())
+            .collect();
+        held.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        self.deliveries.extend(held);
+        taken
     }
 
     /// Makes sure the table exists and has every column of `columns`; columns added since
@@ -168,11 +209,13 @@ impl TableWriter {
         }
     }
 
-    /// Streams `batch` into the open window; `deliveries` are held until the commit.
+    /// Streams `batch` into the open window; `deliveries` are held until the commit. `end`:
+    /// the buffer position after the chunk the rows came from (a disk buffer's).
     pub async fn write(
         &mut self,
         batch: deltalake::arrow::record_batch::RecordBatch,
         deliveries: impl IntoIterator<Item = Arc<Delivery>>,
+        end: Option<u64>,
     ) -> Result<(), DeltaTableError> {
         let writer = self
             .writer
@@ -182,6 +225,7 @@ impl TableWriter {
         writer.write(batch).await?;
         self.rows += rows;
         self.deliveries.extend(deliveries);
+        self.ledger.wrote(end);
         Ok(())
     }
 
@@ -197,7 +241,7 @@ impl TableWriter {
             .map_or(0, RecordBatchWriter::buffer_len)
     }
 
-    /// Commits the open window with `txn(app_id, next_version)`: finishes its Parquet files,
+    /// Commits the open window with the ledger's `txn`: finishes its Parquet files,
     /// then adds them to the log in one transaction. A retry after an unclear failure first
     /// asks the log whether that version already landed; files finished by an attempt that
     /// failed are kept and committed by the next one.
@@ -217,11 +261,12 @@ impl TableWriter {
             anyhow::bail!("no staged files");
         };
         crate::fault::crash_point("delta_lake.before_commit");
-        let version = self.next_version;
+        let version = self.ledger.next_version()?;
+        let app_id = self.ledger.app_id().to_owned();
         let partition_by =
             Some(self.spec.partition_columns.clone()).filter(|columns| !columns.is_empty());
         let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&self.spec.app_id, version))
+            .with_application_transaction(Transaction::new(&app_id, version))
             .with_create_checkpoint(true);
         let outcome = CommitBuilder::from(properties)
             .with_actions(adds.into_iter().map(Action::Add).collect())
@@ -242,15 +287,17 @@ impl TableWriter {
                 table.update_state().await?;
                 let landed = table
                     .snapshot()?
-                    .transaction_version(table.log_store().as_ref(), &self.spec.app_id)
+                    .transaction_version(table.log_store().as_ref(), &app_id)
                     .await?;
                 if landed < Some(version) {
                     return Err(err.into());
                 }
             }
         }
+        self.ledger.set_landed(Some(version));
+        // The rows are in the log; their sources (or buffer) have not heard so yet.
+        crate::fault::crash_point("delta_lake.after_commit");
         let rows = self.rows;
-        self.next_version = version + 1;
         self.rows = 0;
         self.staged = None;
         // Dropping the deliveries acknowledges the committed rows upstream.
@@ -294,6 +341,7 @@ impl TableWriter {
         }
         self.rows = 0;
         self.staged = None;
+        self.ledger.abandoned();
         if let Some(table) = &self.table {
             self.writer = Some(RecordBatchWriter::for_table(table)?);
         }
