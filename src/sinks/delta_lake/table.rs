@@ -125,10 +125,8 @@ impl TableWriter {
                 self.spec.partition_columns
             );
         }
-        let landed = snapshot
-            .transaction_version(table.log_store().as_ref(), self.ledger.app_id())
-            .await?;
-        self.ledger.set_landed(landed);
+        self.ledger
+            .set_landed(logged_version(&table, self.ledger.app_id()).await?);
         let writer = RecordBatchWriter::for_table(&table)?;
         self.committed_fields = columns.adopt_table(&writer.arrow_schema())?;
         self.writer = Some(writer);
@@ -146,11 +144,8 @@ impl TableWriter {
         self.commit().await?;
         self.ledger.switch(position);
         if let Some(table) = &self.table {
-            let landed = table
-                .snapshot()?
-                .transaction_version(table.log_store().as_ref(), self.ledger.app_id())
-                .await?;
-            self.ledger.set_landed(landed);
+            self.ledger
+                .set_landed(logged_version(table, self.ledger.app_id()).await?);
         }
         Ok(())
     }
@@ -252,6 +247,9 @@ impl TableWriter {
         let (Some(table), Some(writer)) = (self.table.as_mut(), self.writer.as_mut()) else {
             anyhow::bail!("the table is not open");
         };
+        // Files staged by an earlier attempt: that attempt failed, perhaps after its log
+        // entry was written and before the log could be asked.
+        let retry = self.staged.is_some();
         if self.staged.is_none() {
             let bytes = writer.buffer_len();
             let adds = writer.flush().await?;
@@ -263,34 +261,39 @@ impl TableWriter {
         crate::fault::crash_point("delta_lake.before_commit");
         let version = self.ledger.next_version()?;
         let app_id = self.ledger.app_id().to_owned();
-        let partition_by =
-            Some(self.spec.partition_columns.clone()).filter(|columns| !columns.is_empty());
-        let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&app_id, version))
-            .with_create_checkpoint(true);
-        let outcome = CommitBuilder::from(properties)
-            .with_actions(adds.into_iter().map(Action::Add).collect())
-            .build(
-                Some(table.snapshot()?),
-                table.log_store(),
-                DeltaOperation::Write {
-                    mode: SaveMode::Append,
-                    partition_by,
-                    predicate: None,
-                },
-            )
-            .await;
-        match outcome {
-            Ok(finalized) => table.state = Some(finalized.snapshot()),
-            Err(err) => {
-                // The log may hold the commit even though we heard an error.
+        let landed_before = match retry {
+            true => {
                 table.update_state().await?;
-                let landed = table
-                    .snapshot()?
-                    .transaction_version(table.log_store().as_ref(), &app_id)
-                    .await?;
-                if landed < Some(version) {
-                    return Err(err.into());
+                logged_version(table, &app_id).await? >= Some(version)
+            }
+            false => false,
+        };
+        if !landed_before {
+            let partition_by =
+                Some(self.spec.partition_columns.clone()).filter(|columns| !columns.is_empty());
+            let properties = CommitProperties::default()
+                .with_application_transaction(Transaction::new(&app_id, version))
+                .with_create_checkpoint(true);
+            let outcome = CommitBuilder::from(properties)
+                .with_actions(adds.into_iter().map(Action::Add).collect())
+                .build(
+                    Some(table.snapshot()?),
+                    table.log_store(),
+                    DeltaOperation::Write {
+                        mode: SaveMode::Append,
+                        partition_by,
+                        predicate: None,
+                    },
+                )
+                .await;
+            match outcome {
+                Ok(finalized) => table.state = Some(finalized.snapshot()),
+                Err(err) => {
+                    // The log may hold the commit even though we heard an error.
+                    table.update_state().await?;
+                    if logged_version(table, &app_id).await? < Some(version) {
+                        return Err(err.into());
+                    }
                 }
             }
         }
@@ -347,6 +350,14 @@ impl TableWriter {
         }
         Ok(())
     }
+}
+
+/// The `txn` version the table's log holds for `app_id`.
+async fn logged_version(table: &DeltaTable, app_id: &str) -> anyhow::Result<Option<i64>> {
+    Ok(table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await?)
 }
 
 /// What one commit wrote.
