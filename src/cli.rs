@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
-use crate::config::{self, Diagnostics, LogFormatName, TopologyConfig};
+use crate::config::{self, ComponentId, Diagnostics, LogFormatName, TopologyConfig};
 use crate::daemon;
 use crate::telemetry::logging::{self, LogFormat};
 use crate::topology::graph;
@@ -46,6 +46,11 @@ enum Command {
         /// Reload when a pipeline file changes (also `watch: true` in the pipeline).
         #[arg(long)]
         watch: bool,
+        /// Delete the disk buffer of this component id, with the events it holds, before
+        /// starting (repeatable). A start refuses while a buffer the pipeline no longer has
+        /// holds events.
+        #[arg(long = "discard-buffer", value_name = "ID")]
+        discard_buffers: Vec<String>,
     },
     /// Ask the running weir to reload its pipeline files (as SIGHUP does), through its API.
     ///
@@ -63,6 +68,10 @@ enum Command {
         /// How long `--wait` waits for the outcome.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
+        /// Let the reload delete the disk buffer of this component id, which it removes,
+        /// with the events it holds (repeatable). Without it such a reload is refused.
+        #[arg(long = "discard-buffer", value_name = "ID")]
+        discard_buffers: Vec<String>,
     },
     /// Check pipeline files without starting anything (no network I/O).
     Validate {
@@ -119,8 +128,27 @@ pub fn main() -> ExitCode {
             log_level,
             drain_timeout,
             watch,
-        } => run(&paths, log_format, log_level, drain_timeout, watch),
-        Command::Reload { wait, api, timeout } => reload(&api, wait, timeout),
+            discard_buffers,
+        } => run(
+            &paths,
+            log_format,
+            log_level,
+            daemon::Options {
+                paths: paths.clone(),
+                drain_timeout,
+                watch,
+                discard_buffers: discard_buffers
+                    .iter()
+                    .map(|id| ComponentId::new(id))
+                    .collect(),
+            },
+        ),
+        Command::Reload {
+            wait,
+            api,
+            timeout,
+            discard_buffers,
+        } => reload(&api, wait, timeout, &discard_buffers),
         Command::Validate { paths } => validate(&paths),
         Command::Schema { output } => schema(output),
         Command::Devices(args) => crate::registry::cli::main(args),
@@ -153,7 +181,7 @@ pub fn main() -> ExitCode {
 }
 
 /// `weir reload`: `POST /v1/reload` (with `?wait=false` unless `wait`).
-fn reload(api: &str, wait: bool, timeout: Duration) -> ExitCode {
+fn reload(api: &str, wait: bool, timeout: Duration, discard_buffers: &[String]) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -165,13 +193,15 @@ fn reload(api: &str, wait: bool, timeout: Duration) -> ExitCode {
         }
     };
     let base = api.trim_end_matches('/');
-    let url = match wait {
-        true => format!("{base}/v1/reload"),
-        false => format!("{base}/v1/reload?wait=false"),
-    };
+    let mut query = vec![("wait", wait.to_string())];
+    if !discard_buffers.is_empty() {
+        query.push(("discard_buffers", discard_buffers.join(",")));
+    }
+    let url = format!("{base}/v1/reload");
     let answer = runtime.block_on(async {
         let response = reqwest::Client::new()
             .post(&url)
+            .query(&query)
             .timeout(timeout)
             .send()
             .await
@@ -320,8 +350,7 @@ fn run(
     paths: &[PathBuf],
     log_format: Option<LogFormat>,
     log_level: Option<String>,
-    drain_timeout: Duration,
-    watch: bool,
+    options: daemon::Options,
 ) -> ExitCode {
     let Some(config) = load(paths) else {
         return ExitCode::from(EXIT_CONFIG);
@@ -345,11 +374,6 @@ fn run(
             eprintln!("error: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
-    };
-    let options = daemon::Options {
-        paths: paths.to_vec(),
-        drain_timeout,
-        watch,
     };
     match runtime.block_on(daemon::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,6 +38,9 @@ pub(super) struct Instance {
     pub stop: CancellationToken,
     /// Cancelled when the task has finished.
     pub finished: CancellationToken,
+    /// Cancel to end the task at once, dropping what it holds (its disk buffer is being
+    /// discarded, so it must not deliver what is in it).
+    pub discard: CancellationToken,
     /// Aggregators: replaced, so do not checkpoint on the way out.
     pub retired: Arc<AtomicBool>,
 }
@@ -108,6 +111,7 @@ pub(super) fn build(
         outputs,
         stop,
         finished: CancellationToken::new(),
+        discard: CancellationToken::new(),
         retired,
     };
     Ok(Built {

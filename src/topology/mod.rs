@@ -25,6 +25,7 @@ pub mod channel;
 pub mod diff;
 pub mod graph;
 pub mod instance;
+pub mod leftovers;
 mod running;
 pub mod services;
 
@@ -48,6 +49,9 @@ pub enum ReloadError {
     /// A shared service could not start (its own error says which and why).
     #[error("{error:#}")]
     Service { error: anyhow::Error },
+    /// Disk buffers the new configuration drops still hold events (see [`leftovers`]).
+    #[error("{0}")]
+    BuffersNotEmpty(String),
 }
 
 impl ReloadError {
@@ -57,6 +61,7 @@ impl ReloadError {
             Self::NotReloadable(_) => "not_reloadable",
             Self::Build { .. } => "build_failed",
             Self::Service { .. } => "service_unavailable",
+            Self::BuffersNotEmpty(_) => "buffers_not_empty",
         }
     }
 }

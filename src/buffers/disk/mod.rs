@@ -18,6 +18,7 @@
 
 mod ack;
 mod format;
+pub mod leftover;
 mod lock;
 mod reader;
 mod recover;

@@ -9,7 +9,6 @@
 //! disk buffer hands out again after a crash.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Transaction};
@@ -23,7 +22,7 @@ use super::columns::Columns;
 use super::compact::{Compacted, compact};
 use super::ledger::{Ledger, Sorted};
 use crate::buffers::{Chunk, Position};
-use crate::event::Delivery;
+use crate::event::Unsettled;
 use crate::sinks::retry::WriteError;
 
 /// What to open and how to create it.
@@ -49,8 +48,9 @@ pub struct TableWriter {
     ledger: Ledger,
     /// Rows written since the last commit.
     rows: usize,
-    /// The deliveries of those rows: released (acknowledged) when the commit lands.
-    deliveries: Vec<Arc<Delivery>>,
+    /// The deliveries of those rows: settled (acknowledged) when the commit lands, failed
+    /// if the window is abandoned or the writer dropped before.
+    deliveries: Unsettled,
     /// Files finished for the open window but not yet in the log, with their size.
     staged: Option<(Vec<Add>, usize)>,
 }
@@ -100,7 +100,7 @@ impl TableWriter {
             writer: None,
             committed_fields: 0,
             rows: 0,
-            deliveries: Vec::new(),
+            deliveries: Unsettled::default(),
             staged: None,
         };
         if let Some(table) = table {
@@ -159,12 +159,7 @@ impl TableWriter {
             in_window,
         } = self.ledger.sort(chunk);
         let taken = committed + in_window.len();
-        let mut held: Vec<Arc<Delivery>> = in_window
-            .iter()
-            .filter_map(|e| e.delivery().cloned())
-            .collect();
-        held.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        self.deliveries.extend(held);
+        self.deliveries.extend(Unsettled::of(&in_window));
         taken
     }
 
@@ -209,7 +204,7 @@ impl TableWriter {
     pub async fn write(
         &mut self,
         batch: deltalake::arrow::record_batch::RecordBatch,
-        deliveries: impl IntoIterator<Item = Arc<Delivery>>,
+        deliveries: Unsettled,
         end: Option<u64>,
     ) -> Result<(), DeltaTableError> {
         let writer = self
@@ -217,9 +212,9 @@ impl TableWriter {
             .as_mut()
             .ok_or_else(|| DeltaTableError::Generic("the table is not open".into()))?;
         let rows = batch.num_rows();
+        self.deliveries.extend(deliveries);
         writer.write(batch).await?;
         self.rows += rows;
-        self.deliveries.extend(deliveries);
         self.ledger.wrote(end);
         Ok(())
     }
@@ -303,8 +298,8 @@ impl TableWriter {
         let rows = self.rows;
         self.rows = 0;
         self.staged = None;
-        // Dropping the deliveries acknowledges the committed rows upstream.
-        self.deliveries.clear();
+        // Acknowledges the committed rows upstream.
+        std::mem::take(&mut self.deliveries).settle();
         Ok(Committed { rows, bytes })
     }
 
@@ -339,9 +334,7 @@ impl TableWriter {
     /// Gives up on the open window after a write error: the writer has discarded its
     /// buffered rows, so their sources must deliver them again.
     pub fn abandon(&mut self) -> anyhow::Result<()> {
-        for delivery in self.deliveries.drain(..) {
-            delivery.fail();
-        }
+        std::mem::take(&mut self.deliveries).fail();
         self.rows = 0;
         self.staged = None;
         self.ledger.abandoned();
@@ -365,4 +358,43 @@ async fn logged_version(table: &DeltaTable, app_id: &str) -> anyhow::Result<Opti
 pub struct Committed {
     pub rows: usize,
     pub bytes: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::{Delivery, DeliveryStatus};
+
+    #[tokio::test]
+    async fn rows_dropped_before_their_commit_fail_their_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TableSpec {
+            url: Url::from_directory_path(dir.path()).unwrap(),
+            storage_options: HashMap::new(),
+            partition_columns: Vec::new(),
+            checkpoint_interval: 10,
+            writer: "test".into(),
+        };
+        let mut columns = Columns::new(Vec::new(), Default::default());
+        let mut table = TableWriter::open(spec, &mut columns).await.ok().unwrap();
+        let (delivery, outcome) = Delivery::new();
+        let mut event = crate::event::Event::new(
+            None,
+            [("v".to_owned(), serde_json::json!(1.0))]
+                .into_iter()
+                .collect(),
+            Arc::new(crate::event::EventMeta::received_by("t".into())),
+        );
+        event.attach(&delivery);
+        drop(delivery);
+        let encoded = columns.encode(vec![event], true).unwrap();
+        table.ensure_columns(&mut columns).await.unwrap();
+        let deliveries = Unsettled::of(&encoded.accepted);
+        drop(encoded.accepted);
+        table.write(encoded.batch, deliveries, None).await.unwrap();
+        drop(table);
+        assert_eq!(outcome.await.unwrap(), DeliveryStatus::Failed);
+    }
 }
