@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 
 use super::{Chunk, Incarnation};
 use crate::telemetry::events::BufferIoFailed;
-use crate::telemetry::{ComponentTelemetry, InternalEvent, SinkBufferMetrics};
+use crate::telemetry::{BufferCapacity, ComponentTelemetry, InternalEvent, SinkBufferMetrics};
 use crate::topology::channel::InputReceiver;
 
 /// How a disk buffer is shaped.
@@ -152,7 +152,7 @@ impl DiskBuffer {
             acks: Notify::new(),
             persisting: Mutex::new(()),
             dir: options.dir.clone(),
-            metrics: telemetry.sink_buffer("disk"),
+            metrics: telemetry.sink_buffer("disk", BufferCapacity::Bytes(options.max_size)),
             telemetry,
         });
         let pump = tokio::spawn({
