@@ -353,9 +353,15 @@ impl DeltaSink {
     /// Takes one chunk from the buffer: drops what the table already holds (records a
     /// disk buffer hands out again after a crash), and writes the rest.
     async fn take(&mut self, table: &mut TableWriter, mut chunk: Chunk) {
+        let abandons = table.abandons();
         let mut backoff = Backoff::new(&self.config.retry, &self.telemetry);
         while let Err(err) = table.follow(chunk.position.as_ref()).await {
             backoff.wait(&err).await;
+        }
+        if table.abandons() != abandons {
+            // The rows before this chunk come again: so must it, after them.
+            Unsettled::of(&chunk.events).fail();
+            return;
         }
         let held = table.sort(&mut chunk);
         if held > 0 {
@@ -367,13 +373,20 @@ impl DeltaSink {
         }
         if !chunk.events.is_empty() {
             let end = chunk.end_seq();
-            self.write(table, chunk.events, end).await;
+            self.write(table, chunk.events, end, abandons).await;
         }
     }
 
     /// Encodes one chunk (which ends at buffer position `end`), sends misfits to `errors`,
-    /// and streams the rest into the window.
-    async fn write(&mut self, table: &mut TableWriter, events: Vec<Event>, end: Option<u64>) {
+    /// and streams the rest into the window, unless the table gave up a window since it had
+    /// `abandons` (see [`TableWriter::abandons`]).
+    async fn write(
+        &mut self,
+        table: &mut TableWriter,
+        events: Vec<Event>,
+        end: Option<u64>,
+        abandons: u64,
+    ) {
         let encoded = match self.columns.encode(events, self.config.evolve_schema) {
             Ok(encoded) => encoded,
             Err(err) => {
@@ -401,6 +414,12 @@ impl DeltaSink {
         let mut backoff = Backoff::new(&self.config.retry, &self.telemetry);
         while let Err(err) = table.ensure_columns(&mut self.columns).await {
             backoff.wait(&err).await;
+        }
+        if table.abandons() != abandons {
+            // Adding columns committed the rows before and that failed: they come again,
+            // and this chunk after them.
+            deliveries.fail();
+            return;
         }
         if let Err(err) = table.write(encoded.batch, deliveries, end).await {
             ComponentError {

@@ -53,6 +53,8 @@ pub struct TableWriter {
     deliveries: Unsettled,
     /// Files finished for the open window but not yet in the log, with their size.
     staged: Option<(Vec<Add>, usize)>,
+    /// Windows given up so far (see [`TableWriter::abandons`]).
+    abandons: u64,
 }
 
 impl TableWriter {
@@ -102,6 +104,7 @@ impl TableWriter {
             rows: 0,
             deliveries: Unsettled::default(),
             staged: None,
+            abandons: 0,
         };
         if let Some(table) = table {
             // A table that does not match the configuration will not start matching.
@@ -351,10 +354,18 @@ impl TableWriter {
         self.rows = 0;
         self.staged = None;
         self.ledger.abandoned();
+        self.abandons += 1;
         if let Some(table) = &self.table {
             self.writer = Some(RecordBatchWriter::for_table(table)?);
         }
         Ok(())
+    }
+
+    /// How many windows were given up so far. A chunk the sink held while one was (its
+    /// commit of the rows before failed) must go back too: written after them, it would
+    /// land before records that come again, and a buffer position would then skip those.
+    pub fn abandons(&self) -> u64 {
+        self.abandons
     }
 }
 
