@@ -121,7 +121,7 @@ fn prebuilt(events: usize) -> Vec<(EventBatch, tokio::sync::oneshot::Receiver<De
 
 fn buffer_config() -> BufferConfig {
     BufferConfig {
-        kind: BufferType::Disk,
+        kind: Some(BufferType::Disk),
         max_events: None,
         max_size: Some(ByteSize::mib(64 * 1024)),
         when_full: WhenFull::Block,
@@ -142,6 +142,7 @@ fn rig(dir: &Path, name: &str) -> Rig {
     let buffer = Buffer::new(
         rx,
         buffer_config(),
+        BufferType::Disk,
         component,
         dir.join("buffers").join(name),
     );
@@ -205,7 +206,7 @@ async fn phased(dir: &Path, events: usize) {
     let mut read = 0;
     while read < events {
         match buffer.next(8192).await {
-            Some(chunk) => read += chunk.len(),
+            Some(chunk) => read += chunk.events.len(),
             None => break,
         }
     }
@@ -249,7 +250,7 @@ async fn pipelined(dir: &Path, events: usize) {
     let mut read = 0;
     while read < events {
         match buffer.next(8192).await {
-            Some(chunk) => read += chunk.len(),
+            Some(chunk) => read += chunk.events.len(),
             None => break,
         }
     }

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::buffers::{BufferConfig, BufferType, WhenFull};
-use crate::config::{ByteSize, Duration, FieldProblem};
+use crate::config::{Duration, FieldProblem};
 use crate::template::Template;
 
 /// At most `max` notifications per key per `period`; the rest are dropped and counted.
@@ -43,40 +43,9 @@ pub struct DedupeConfig {
     pub window: Duration,
 }
 
-/// Where an action's notifications wait: the same buffers as a sink's, but **disk by
-/// default** (`type` may be left out): the action's disk buffer is its outbox, so what an
-/// alarm handed to it is sent after a crash too.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ActionBufferConfig {
-    /// `disk` (the default: segment files in `data_dir/buffers/<id>/`; the upstream
-    /// acknowledgement waits only for the durable append) or `memory` (lost on a crash;
-    /// the upstream acknowledgement waits until the notification was sent).
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<BufferType>,
-    /// Memory buffers: notifications held before `when_full` applies (default 10000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_events: Option<usize>,
-    /// Disk buffers: bytes on disk before `when_full` applies (default 1GiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_size: Option<ByteSize>,
-    /// `block` (default: backpressure), `drop_newest`, or `drop_oldest` (memory only);
-    /// what a full buffer drops is counted in `buffer_discarded_events_total`.
-    #[serde(default)]
-    pub when_full: WhenFull,
-}
-
-impl ActionBufferConfig {
-    /// The engine's buffer configuration, with an action's default type (disk).
-    pub fn resolve(&self) -> BufferConfig {
-        BufferConfig {
-            kind: self.kind.unwrap_or(BufferType::Disk),
-            max_events: self.max_events,
-            max_size: self.max_size,
-            when_full: self.when_full,
-        }
-    }
-}
+/// An action's buffer type when `buffer.type` is not written: disk, the action's outbox,
+/// so what an alarm handed to it is sent after a crash too.
+pub const DEFAULT_BUFFER: BufferType = BufferType::Disk;
 
 /// Deprecated: `queue:` is `buffer: { type: memory, max_events, when_full }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -93,7 +62,7 @@ impl QueueConfig {
     /// The memory buffer this deprecated spelling stands for.
     pub fn as_buffer(&self) -> BufferConfig {
         BufferConfig {
-            kind: BufferType::Memory,
+            kind: Some(BufferType::Memory),
             max_events: Some(self.max_events),
             max_size: None,
             when_full: self.when_full,
@@ -163,7 +132,7 @@ impl RetryConfig {
 pub struct Policies<'a> {
     pub throttle: Option<&'a ThrottleConfig>,
     pub dedupe: Option<&'a DedupeConfig>,
-    pub buffer: Option<&'a ActionBufferConfig>,
+    pub buffer: Option<&'a BufferConfig>,
     /// The deprecated spelling of a memory `buffer`.
     pub queue: Option<&'a QueueConfig>,
     pub retry: &'a RetryConfig,
@@ -202,7 +171,7 @@ impl Policies<'_> {
                 ["queue", "max_events"],
                 "expected a queue of 1 or more",
             )),
-            _ => problems.extend(self.buffer().check()),
+            _ => problems.extend(self.buffer().check(DEFAULT_BUFFER)),
         }
         if self.retry.attempts == 0 {
             problems.push(FieldProblem::at(
@@ -234,13 +203,17 @@ impl Policies<'_> {
         }
     }
 
-    /// The buffer the action reads through: `buffer`, else the memory buffer `queue`
-    /// stands for, else a disk buffer.
+    /// The buffer the action reads through, its type resolved: `buffer`, else the memory
+    /// buffer `queue` stands for, else a disk buffer.
     pub fn buffer(&self) -> BufferConfig {
-        match (self.buffer, self.queue) {
-            (Some(buffer), _) => buffer.resolve(),
+        let written = match (self.buffer, self.queue) {
+            (Some(buffer), _) => *buffer,
             (None, Some(queue)) => queue.as_buffer(),
-            (None, None) => ActionBufferConfig::default().resolve(),
+            (None, None) => BufferConfig::default(),
+        };
+        BufferConfig {
+            kind: Some(written.kind_or(DEFAULT_BUFFER)),
+            ..written
         }
     }
 }
@@ -276,7 +249,7 @@ macro_rules! action_config {
             /// the action's outbox: it survives a crash) or `{ type: memory, max_events }`,
             /// and `when_full`.
             #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub buffer: Option<$crate::actions::policy::ActionBufferConfig>,
+            pub buffer: Option<$crate::buffers::BufferConfig>,
             /// Deprecated: the spelling of `buffer: { type: memory, max_events, when_full }`
             /// before actions had disk buffers.
             #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -20,6 +20,7 @@ use std::time::Instant;
 use super::ActionContext;
 use super::idempotency::{IdempotencyKey, StableHasher};
 use super::limits::{self, Limits};
+use super::policy::DEFAULT_BUFFER;
 use super::policy::{Policies, RetryConfig};
 use crate::buffers::Buffer;
 use crate::event::{Event, EventBatch};
@@ -101,8 +102,14 @@ pub fn spawn<N: Notifier>(
         component: cx.id.as_arc(),
     };
     let buffer_config = policies.buffer();
-    let disk = buffer_config.is_disk();
-    let mut buffer = Buffer::new(cx.input, buffer_config, cx.telemetry, buffer_dir);
+    let disk = buffer_config.is_disk(DEFAULT_BUFFER);
+    let mut buffer = Buffer::new(
+        cx.input,
+        buffer_config,
+        DEFAULT_BUFFER,
+        cx.telemetry,
+        buffer_dir,
+    );
     let mut runner = Runner {
         notifier,
         throttle_key: policies.throttle.map(|t| t.key.clone()),
@@ -114,13 +121,13 @@ pub fn spawn<N: Notifier>(
     Ok(Box::pin(async move {
         // One at a time: each is acknowledged on its own, so a crash repeats at most the
         // one being sent.
-        while let Some(events) = buffer.next(1).await {
+        while let Some(chunk) = buffer.next(1).await {
             // A disk buffer hands out its first event once this instance holds it, i.e.
             // after a reload's old instance finished and wrote its state.
             if std::mem::take(&mut reread) {
                 runner.limits.reread()?;
             }
-            for event in events {
+            for event in chunk.events {
                 runner.handle(event).await;
             }
         }

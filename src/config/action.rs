@@ -8,6 +8,7 @@ use super::options::Options;
 use super::service::Services;
 use crate::buffers::BufferConfig;
 use crate::telemetry::ComponentTelemetry;
+use crate::topology::InstanceIdentity;
 use crate::topology::channel::{InputReceiver, Outputs};
 
 /// What every action type provides.
@@ -22,14 +23,15 @@ pub trait ActionComponent: Options {
         Vec::new()
     }
 
-    /// The buffer the action reads its input through (disk unless configured otherwise).
+    /// The buffer the action reads its input through, its type resolved (disk unless
+    /// configured otherwise).
     /// A disk buffer lives in [`ActionContext::buffer_dir`] and is held like a file: a
     /// reload starts the new instance once the old one let go.
     fn buffer(&self) -> BufferConfig;
 
     /// Whether the action keeps a disk buffer.
     fn disk_buffer(&self) -> bool {
-        self.buffer().is_disk()
+        self.buffer().kind == Some(crate::buffers::BufferType::Disk)
     }
 
     fn build(&self, cx: ActionContext) -> anyhow::Result<ComponentTask>;
@@ -47,6 +49,9 @@ pub struct ActionContext {
     pub data_dir: PathBuf,
     /// The topology's shared services.
     pub services: Arc<Services>,
+    /// Which weir this is: a persistent id for names no other instance may share
+    /// (`data_dir/instance_id`, or `WEIR_INSTANCE_ID`).
+    pub instance_id: Arc<InstanceIdentity>,
 }
 
 impl ActionContext {

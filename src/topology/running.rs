@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::build::{self, Built, Instance, Shared};
 use super::channel::{InputSender, Targets};
+use super::instance::InstanceIdentity;
 use super::leftovers::{self, Discard};
 use super::services::RunningServices;
 use super::{ComponentTask, Diff, ReloadError, TaskOutcome, diff};
@@ -27,6 +28,8 @@ pub struct RunningTopology {
     failures: Vec<TaskOutcome>,
     /// The shared services, started before the first component and stopped after the last.
     services: RunningServices,
+    /// Which weir this is (`data_dir` cannot change by a reload, so neither can it).
+    instance_id: Arc<InstanceIdentity>,
 }
 
 impl RunningTopology {
@@ -49,6 +52,7 @@ impl RunningTopology {
             tasks: JoinSet::new(),
             failures: Vec::new(),
             services,
+            instance_id: Arc::new(InstanceIdentity::from_env(&config.globals.data_dir)),
         };
         topology.build_and_swap(
             config.clone(),
@@ -278,6 +282,7 @@ impl RunningTopology {
             telemetry: &self.telemetry,
             data_dir: &config.globals.data_dir,
             services: &self.services.services,
+            instance_id: &self.instance_id,
         }
     }
 

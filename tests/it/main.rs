@@ -17,6 +17,7 @@ mod amqp_restart;
 mod api_forgery;
 mod cli;
 mod delta_lake;
+mod delta_once;
 mod delta_outage;
 mod disk_buffer;
 mod http_limits;
