@@ -19,13 +19,15 @@
 //! - [`codecs`]: payload decoding shared by sources and the `decode` transform;
 //! - [`template`]: minijinja conditions and templates, compiled at load time; [`tls`]: TLS
 //!   options shared by servers and clients; [`redact`]: secrets out of messages;
-//! - [`api`]: the HTTP API; [`cli`]: the command line; [`daemon`]: `weir run`, with its
+//! - [`api`]: the HTTP API, [`tokens`]: who may call it, [`api_client`]: the CLIs' client
+//!   of it; [`cli`]: the command line; [`daemon`]: `weir run`, with its
 //!   signals and reloads; [`systemd`]: its `sd_notify` messages.
 
 pub mod actions;
 pub mod aggregators;
 pub mod alarms;
 pub mod api;
+pub mod api_client;
 #[cfg(test)]
 mod boundary;
 pub mod buffers;
@@ -44,6 +46,7 @@ pub mod systemd;
 pub mod telemetry;
 pub mod template;
 pub mod tls;
+pub mod tokens;
 pub mod topology;
 pub mod transforms;
 

@@ -305,6 +305,8 @@ pub struct ApiConfig {
     /// from another web page (`Origin`) are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub auth: ApiAuthConfig,
 }
 
 impl Default for ApiConfig {
@@ -313,8 +315,36 @@ impl Default for ApiConfig {
             enabled: true,
             listen: default_api_listen(),
             allowed_hosts: Vec::new(),
+            auth: ApiAuthConfig::default(),
         }
     }
+}
+
+/// Who may call the API. Every `/v1` route needs an API token (`weir tokens create`);
+/// `/health` and `/ready` are public.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiAuthConfig {
+    /// Serve `/metrics` without a token (else it needs a `viewer` token).
+    #[serde(default)]
+    pub public_metrics: bool,
+    /// Failed authentications a client address may have in a minute; after that it gets
+    /// 429 until the minute is over.
+    #[serde(default = "default_failures_per_minute")]
+    pub failures_per_minute: std::num::NonZeroU32,
+}
+
+impl Default for ApiAuthConfig {
+    fn default() -> Self {
+        Self {
+            public_metrics: false,
+            failures_per_minute: default_failures_per_minute(),
+        }
+    }
+}
+
+fn default_failures_per_minute() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::MIN.saturating_add(9)
 }
 
 fn default_true() -> bool {

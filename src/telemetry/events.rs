@@ -323,3 +323,20 @@ impl ReloadFailed<'_> {
             .inc();
     }
 }
+
+/// A request to the admin API that failed authentication, by `reason` (`missing`,
+/// `malformed`, `unknown_token`, `expired_token`, `rate_limited`).
+pub struct ApiAuthFailed {
+    pub reason: &'static str,
+}
+
+impl ApiAuthFailed {
+    pub fn emit(self, metrics: &super::Metrics) {
+        metrics
+            .api_auth_failures
+            .get_or_create(&super::ReasonLabels {
+                reason: self.reason.to_owned(),
+            })
+            .inc();
+    }
+}

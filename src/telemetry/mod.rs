@@ -161,6 +161,7 @@ pub struct Metrics {
     pub started_at: Gauge,
     pub registry_devices: Family<DeviceStatusLabels, Gauge>,
     pub registry_auth_failures: Family<ReasonLabels, Counter>,
+    pub api_auth_failures: Family<ReasonLabels, Counter>,
     pub registry_lookups: Counter,
     pub alarm_transitions: Family<AlarmLabels, Counter>,
     pub alarm_active: Family<ComponentLabels, Gauge>,
@@ -214,6 +215,7 @@ impl Default for Metrics {
             started_at: Gauge::default(),
             registry_devices: Family::default(),
             registry_auth_failures: Family::default(),
+            api_auth_failures: Family::default(),
             registry_lookups: Counter::default(),
             alarm_transitions: Family::default(),
             alarm_active: Family::default(),
@@ -397,6 +399,11 @@ impl Metrics {
             "registry_auth_failures",
             "Devices refused at a source, by reason (bad token, unknown, disabled, ...)",
             m.registry_auth_failures,
+        );
+        registry.register(
+            "api_auth_failures",
+            "Requests to the admin API that failed authentication, by reason",
+            m.api_auth_failures,
         );
         registry.register(
             "registry_lookups",

@@ -29,8 +29,17 @@ sinks:
         ),
     )
     .unwrap();
-    let _weir = Weir::start(dir.path(), &pipeline, api).await;
-    let http = reqwest::Client::new();
+    let weir = Weir::start(dir.path(), &pipeline, api).await;
+    // Every request carries the admin token: what is refused here is refused whoever asks.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", weir.token).parse().unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let devices = format!("http://{api}/v1/devices");
     let body = json!({ "id": "pump-1" }).to_string();
 

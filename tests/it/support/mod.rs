@@ -31,7 +31,7 @@ pub mod receivers;
 pub mod services;
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,6 +134,27 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 pub struct Weir {
     pub child: Child,
     pub api: SocketAddr,
+    /// The admin token weir wrote to `data_dir/initial-admin-token` on its first start
+    /// (empty when the data_dir had tokens before).
+    pub token: String,
+    /// Its `data_dir` (where `weir reload` finds the control socket).
+    pub data_dir: PathBuf,
+}
+
+/// The `data_dir` of the pipeline `pipeline` run in `dir`.
+pub fn data_dir_of(dir: &Path, pipeline: &Path) -> PathBuf {
+    let (config, _) = weir::config::load(&weir::CATALOGUE, &[pipeline.to_path_buf()])
+        .unwrap_or_else(|e| panic!("invalid pipeline {}: {e}", pipeline.display()));
+    dir.join(config.globals.data_dir)
+}
+
+/// The first admin token of a weir that ran with `data_dir`.
+pub fn initial_admin_token(data_dir: &Path) -> String {
+    let path = data_dir.join("initial-admin-token");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no admin token at {}: {e}", path.display()))
+        .trim()
+        .to_owned()
 }
 
 impl Weir {
@@ -158,7 +179,13 @@ impl Weir {
             .stdout(Stdio::null())
             .spawn()
             .expect("start weir");
-        let weir = Weir { child, api };
+        let data_dir = data_dir_of(dir, pipeline);
+        let mut weir = Weir {
+            child,
+            api,
+            token: String::new(),
+            data_dir,
+        };
         let client = reqwest::Client::new();
         let ready = format!("http://{api}/ready");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -166,6 +193,11 @@ impl Weir {
             if let Ok(response) = client.get(&ready).send().await
                 && response.status().is_success()
             {
+                // Written before the API listens; absent when tokens were made before.
+                let file = weir.data_dir.join("initial-admin-token");
+                if file.exists() {
+                    weir.token = initial_admin_token(&weir.data_dir);
+                }
                 return weir;
             }
             assert!(Instant::now() < deadline, "weir did not become ready");
@@ -173,8 +205,29 @@ impl Weir {
         }
     }
 
+    /// A request to this weir's API at `path`, with the admin token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, format!("http://{}{path}", self.api))
+            .bearer_auth(&self.token)
+    }
+
+    /// `GET path` with the admin token: the JSON answer.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.api))
+        self.request(reqwest::Method::GET, "/metrics")
+            .send()
             .await
             .expect("GET /metrics")
             .text()
