@@ -46,7 +46,8 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         false => None,
     };
     let auth = api::Auth::new(tokens.clone(), &config.globals.api.auth);
-    let api_state = ApiState::new(telemetry.clone(), Some(reload_tx), auth);
+    let audit = Arc::new(crate::audit::AuditLog::new(data_dir));
+    let api_state = ApiState::new(telemetry.clone(), Some(reload_tx), auth, Some(audit));
     let api_shutdown = CancellationToken::new();
     let api_task = match config.globals.api.enabled {
         true => {

@@ -58,6 +58,7 @@ pub const ACCESS: &[(Method, &str, Access)] = &[
     (Method::GET, "/v1/enrollment-groups/{id}", Needs(Admin)),
     (Method::PATCH, "/v1/enrollment-groups/{id}", Needs(Admin)),
     (Method::DELETE, "/v1/enrollment-groups/{id}", Needs(Admin)),
+    (Method::GET, "/v1/audit", Needs(Admin)),
     (Method::GET, "/v1/tokens", Needs(Admin)),
     (Method::POST, "/v1/tokens", Needs(Admin)),
     (Method::DELETE, "/v1/tokens/{name}", Needs(Admin)),

@@ -50,6 +50,14 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot make {} private: {e}", path.display()))?;
     let app = Router::new()
         .route("/v1/reload", post(super::reload::reload))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::audit::record,
+        ))
+        .layer(axum::Extension(super::Caller {
+            name: "control-socket".into(),
+            role: crate::tokens::Role::Admin,
+        }))
         .with_state(state);
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)

@@ -12,6 +12,7 @@
 
 pub mod access;
 mod alarms;
+mod audit;
 pub mod auth;
 pub mod control;
 mod devices;
@@ -35,6 +36,7 @@ pub use self::auth::{Auth, Caller};
 pub use self::forgery::AllowedHosts;
 use self::reload::ReloadRequest;
 use crate::alarms::AlarmBoard;
+use crate::audit::AuditLog;
 use crate::config::ApiConfig;
 use crate::registry::Registry;
 use crate::telemetry::Telemetry;
@@ -51,6 +53,8 @@ pub struct ApiState {
     services: OnceLock<Arc<Services>>,
     /// The tokens and the failure limiter.
     pub auth: Auth,
+    /// Where changes are written down, `data_dir/audit/`.
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl ApiState {
@@ -58,6 +62,7 @@ impl ApiState {
         telemetry: Arc<Telemetry>,
         reload: Option<mpsc::Sender<ReloadRequest>>,
         auth: Auth,
+        audit: Option<Arc<AuditLog>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             telemetry,
@@ -65,6 +70,7 @@ impl ApiState {
             reload,
             services: OnceLock::new(),
             auth,
+            audit,
         })
     }
 
@@ -101,17 +107,22 @@ pub fn routes() -> access::Routes {
         .post("/v1/reload", reload::reload);
     let routes = devices::routes(routes);
     let routes = alarms::routes(routes);
+    let routes = audit::routes(routes);
     tokens::routes(routes)
 }
 
-/// Every route, behind the request-forgery guard ([`forgery`]) and authentication
-/// ([`auth`]), in that order.
+/// Every route, behind the request-forgery guard ([`forgery`]), the audit log
+/// ([`audit`]) and authentication ([`auth`]), in that order.
 pub fn router(state: Arc<ApiState>, allowed: AllowedHosts) -> Router {
     routes()
         .into_router()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
         ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(allowed),

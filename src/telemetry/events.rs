@@ -340,3 +340,19 @@ impl ApiAuthFailed {
             .inc();
     }
 }
+
+/// A change made through the API, written to the audit log.
+pub struct ApiAuditEvent {
+    pub outcome: &'static str,
+}
+
+impl ApiAuditEvent {
+    pub fn emit(self, metrics: &super::Metrics) {
+        metrics
+            .api_audit_events
+            .get_or_create(&super::AuditLabels {
+                outcome: self.outcome.to_owned(),
+            })
+            .inc();
+    }
+}

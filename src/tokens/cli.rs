@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::{Role, TokenStore};
 use crate::api_client::{ApiArgs, ApiClient};
+use crate::audit::{AuditEvent, AuditLog};
 
 #[derive(Debug, Args)]
 pub struct TokensArgs {
@@ -81,18 +82,41 @@ fn print(value: &Value) {
 fn on_data_dir(args: &TokensArgs) -> Result<(), String> {
     let store = TokenStore::open(&args.data_dir)
         .map_err(|e| format!("{} ({})", e, args.data_dir.display()))?;
-    match &args.command {
+    let (route, target) = match &args.command {
         TokensCommand::Create { name, role, ttl } => {
             let (secret, info) = store.create(name, *role, *ttl).map_err(|e| e.to_string())?;
             eprintln!("{}", json!(info));
             println!("{}", secret.expose());
+            ("weir tokens create", name)
         }
-        TokensCommand::List => print(&json!({ "tokens": store.list() })),
+        TokensCommand::List => {
+            print(&json!({ "tokens": store.list() }));
+            return Ok(());
+        }
         TokensCommand::Revoke { name } => {
             store.revoke(name).map_err(|e| e.to_string())?;
+            ("weir tokens revoke", name)
         }
-    }
-    Ok(())
+    };
+    // The change is made: a failure to note it is reported, not undone.
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let event = AuditEvent {
+        time: jiff::Timestamp::now(),
+        who: format!("local:{user}"),
+        role: None,
+        route: route.into(),
+        target: Some(target.clone()),
+        status: 200,
+        outcome: "ok".into(),
+        etag_before: None,
+        etag_after: None,
+        client: None,
+    };
+    AuditLog::new(&args.data_dir)
+        .append(&event)
+        .map_err(|e| format!("the change is made, but {e}"))
 }
 
 fn through_api(args: &TokensArgs) -> Result<(), String> {

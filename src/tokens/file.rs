@@ -128,8 +128,9 @@ fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), TokenError
         .map_err(|e| io("sync", dir, e))
 }
 
-/// When this process is root and `dir` belongs to someone else, `path` becomes theirs.
-fn give_to_owner_of(dir: &Path, path: &Path) -> Result<(), TokenError> {
+/// When this process is root and `dir` belongs to someone else, `path` becomes theirs
+/// (so the service can still open what `sudo weir tokens` made).
+pub(crate) fn give_to_owner_of(dir: &Path, path: &Path) -> Result<(), TokenError> {
     let made = std::fs::metadata(path).map_err(|e| io("inspect", path, e))?;
     let owner = std::fs::metadata(dir).map_err(|e| io("inspect", dir, e))?;
     // A file this process made is root's only when the process is root.

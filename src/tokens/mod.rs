@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub(crate) use self::file::give_to_owner_of;
 pub use self::file::{INITIAL_ADMIN_FILE, LOCK_FILE, TOKENS_FILE};
 
 /// What a caller may do; each role may do everything the ones below it may.

@@ -107,6 +107,15 @@ actions:
         body["acknowledged_by"], "initial-admin",
         "the caller's token, not text the caller chose"
     );
+    let audit = weir.get_json("/v1/audit").await;
+    let acked = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["route"] == "POST /v1/alarms/{id}/ack")
+        .unwrap_or_else(|| panic!("the acknowledgement is audited: {audit}"));
+    assert_eq!(acked["target"], id.as_str());
+    assert_eq!(acked["who"], "initial-admin");
     let sent = wait_for(Duration::from_secs(10), || {
         let sent = webhook.accepted();
         (sent.len() == 2).then_some(sent)

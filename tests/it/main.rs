@@ -14,6 +14,7 @@ mod alarms;
 mod amqp;
 mod amqp_kill;
 mod amqp_restart;
+mod api_audit;
 mod api_auth;
 mod api_forgery;
 mod cli;

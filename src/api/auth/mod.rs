@@ -147,20 +147,25 @@ pub async fn authenticate(
             }
         });
     }
-    if holder.role < needed {
-        return refusal(
+    let caller = Caller {
+        name: holder.name,
+        role: holder.role,
+    };
+    // The answer names its caller too, for the audit log outside.
+    let mut response = if caller.role < needed {
+        refusal(
             StatusCode::FORBIDDEN,
             format!(
                 "this needs the `{needed}` role; the token `{}` has `{}`",
-                holder.name, holder.role
+                caller.name, caller.role
             ),
-        );
-    }
-    request.extensions_mut().insert(Caller {
-        name: holder.name,
-        role: holder.role,
-    });
-    next.run(request).await
+        )
+    } else {
+        request.extensions_mut().insert(caller.clone());
+        next.run(request).await
+    };
+    response.extensions_mut().insert(caller);
+    response
 }
 
 /// The token of `Bearer <token>` (the scheme in any case).
