@@ -8,28 +8,13 @@ use std::process::Command;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Weir, free_port, lines, metric_in};
+use crate::support::{Weir, free_port, lines, metric_in, registry_pipeline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_kind_of_change_is_one_audit_line() {
     let dir = tempfile::tempdir().unwrap();
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let pipeline = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "data_dir: '{d}'
-api: {{ listen: '{api}' }}
-registry: {{ path: registry.redb }}
-sources:
-  fleet: {{ type: simulator, devices: 1, rate: 1 }}
-sinks:
-  out: {{ type: blackhole, inputs: [fleet] }}
-",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
+    let pipeline = registry_pipeline(dir.path(), api, "");
     let weir = Weir::start(dir.path(), &pipeline, api).await;
     let send = |method: Method, path: &str, body: Option<Value>| {
         let mut request = weir.request(method, path);
@@ -103,18 +88,10 @@ sinks:
     // A refusal is a line too; a request without a valid token is not.
     let (_, made) = send(Method::GET, "/v1/tokens", None).await;
     assert!(made["tokens"].is_array());
-    let viewer: Value = weir
-        .request(Method::POST, "/v1/tokens")
-        .json(&json!({ "name": "viewer-2", "role": "viewer" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let viewer = weir.make_token("viewer-2", "viewer").await;
     let refused = reqwest::Client::new()
         .delete(format!("http://{api}/v1/devices/pump-2"))
-        .bearer_auth(viewer["token"].as_str().unwrap())
+        .bearer_auth(&viewer)
         .send()
         .await
         .unwrap();

@@ -12,31 +12,11 @@ use serde_json::{Value, json};
 use weir::api::access::{ACCESS, Access};
 use weir::tokens::Role;
 
-use crate::support::{Weir, free_port, metric_in};
-
-fn write_pipeline(dir: &Path, api: SocketAddr, auth: &str) -> std::path::PathBuf {
-    let pipeline = dir.join("pipeline.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "data_dir: '{d}'
-api: {{ listen: '{api}', auth: {{ {auth} }} }}
-registry: {{ path: registry.redb }}
-sources:
-  fleet: {{ type: simulator, devices: 1, rate: 1 }}
-sinks:
-  out: {{ type: blackhole, inputs: [fleet] }}
-",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    pipeline
-}
+use crate::support::{Weir, free_port, metric_in, registry_pipeline};
 
 async fn start(dir: &Path, auth: &str) -> Weir {
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let pipeline = write_pipeline(dir, api, auth);
+    let pipeline = registry_pipeline(dir, api, &format!("auth: {{ {auth} }}"));
     Weir::start(dir, &pipeline, api).await
 }
 
@@ -57,15 +37,8 @@ fn stdout(output: &Output) -> String {
 
 /// A token of `role`, made through the API with the admin token.
 async fn token_of(weir: &Weir, role: Role) -> String {
-    let made = weir
-        .request(Method::POST, "/v1/tokens")
-        .json(&json!({ "name": format!("probe-{role}"), "role": role }))
-        .send()
+    weir.make_token(&format!("probe-{role}"), role.as_str())
         .await
-        .unwrap();
-    assert_eq!(made.status(), 201);
-    let made: Value = made.json().await.unwrap();
-    made["token"].as_str().unwrap().to_owned()
 }
 
 async fn call(weir: &Weir, method: &Method, path: &str, token: Option<&str>) -> StatusCode {

@@ -7,28 +7,13 @@ use std::net::SocketAddr;
 
 use serde_json::{Value, json};
 
-use crate::support::{Weir, free_port};
+use crate::support::{Weir, free_port, registry_pipeline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_rebound_requests_are_refused_and_ordinary_ones_served() {
     let dir = tempfile::tempdir().unwrap();
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let pipeline = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "data_dir: '{d}'
-api: {{ listen: '{api}', allowed_hosts: [weir.test] }}
-registry: {{ path: registry.redb }}
-sources:
-  fleet: {{ type: simulator, devices: 1, rate: 1 }}
-sinks:
-  out: {{ type: blackhole, inputs: [fleet] }}
-",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
+    let pipeline = registry_pipeline(dir.path(), api, "allowed_hosts: [weir.test]");
     let weir = Weir::start(dir.path(), &pipeline, api).await;
     // Every request carries the admin token: what is refused here is refused whoever asks.
     let mut headers = reqwest::header::HeaderMap::new();

@@ -148,6 +148,25 @@ pub fn data_dir_of(dir: &Path, pipeline: &Path) -> PathBuf {
     dir.join(config.globals.data_dir)
 }
 
+/// Writes `dir/pipeline.yaml`: a registry and a simulated device into a blackhole, with
+/// the API on `api` and `api_settings` (more keys of `api:`, e.g. `allowed_hosts: [x]`).
+pub fn registry_pipeline(dir: &Path, api: SocketAddr, api_settings: &str) -> PathBuf {
+    let pipeline = dir.join("pipeline.yaml");
+    let text = format!(
+        "data_dir: '{d}'
+api: {{ listen: '{api}', {api_settings} }}
+registry: {{ path: registry.redb }}
+sources:
+  fleet: {{ type: simulator, devices: 1, rate: 1 }}
+sinks:
+  out: {{ type: blackhole, inputs: [fleet] }}
+",
+        d = dir.display()
+    );
+    std::fs::write(&pipeline, text).expect("write the pipeline");
+    pipeline
+}
+
 /// The first admin token of a weir that ran with `data_dir`.
 pub fn initial_admin_token(data_dir: &Path) -> String {
     let path = data_dir.join("initial-admin-token");
@@ -223,6 +242,19 @@ impl Weir {
             .json()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
+    /// A new API token named `name` with `role` (a role's name), made with the admin token.
+    pub async fn make_token(&self, name: &str, role: &str) -> String {
+        let made = self
+            .request(reqwest::Method::POST, "/v1/tokens")
+            .json(&serde_json::json!({ "name": name, "role": role }))
+            .send()
+            .await
+            .expect("POST /v1/tokens");
+        assert_eq!(made.status(), 201, "POST /v1/tokens");
+        let made: serde_json::Value = made.json().await.expect("a JSON answer");
+        made["token"].as_str().expect("a token").to_owned()
     }
 
     pub async fn metrics(&self) -> String {
