@@ -22,6 +22,10 @@ pub struct ApiArgs {
     /// `data_dir/initial-admin-token`).
     #[arg(long, env = "WEIR_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificates that signed the API's certificate (`https://` with
+    /// `api.tls`; default: the system's roots).
+    #[arg(long, env = "WEIR_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Sends requests to the admin API with the caller's token.
@@ -32,12 +36,21 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(args: &ApiArgs) -> Self {
-        Self {
+    pub fn new(args: &ApiArgs) -> Result<Self, String> {
+        let tls = crate::tls::TlsConfig {
+            ca_file: args.ca.clone(),
+            ..Default::default()
+        };
+        let tls = tls.client_config().map_err(|e| format!("--ca: {e:#}"))?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
+            .build()
+            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        Ok(Self {
             base: args.api.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
+            http,
             token: args.token.clone().filter(|t| !t.trim().is_empty()),
-        }
+        })
     }
 
     pub fn base(&self) -> &str {

@@ -119,6 +119,29 @@ impl TlsConfig {
     }
 }
 
+/// Serves `router` over TLS on `listener` until `shutdown`, then stops accepting and lets
+/// the requests in flight finish. Handlers can read the caller's `ConnectInfo<SocketAddr>`.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: axum::Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stopper.graceful_shutdown(None);
+    });
+    axum_server::from_tcp_rustls(
+        listener.into_std()?,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )?
+    .handle(handle)
+    .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+    .await
+}
+
 /// Makes aws-lc-rs the process-wide rustls provider, for libraries that build their TLS
 /// configuration from the default (lapin does). Several providers are compiled in, so
 /// without this those libraries could not choose one. Calling it again does nothing.

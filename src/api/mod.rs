@@ -139,17 +139,33 @@ pub async fn serve(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listen = config.listen;
     let allowed = AllowedHosts::new(listen, &config.allowed_hosts);
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::TlsConfig::server_config)
+        .transpose()
+        .map_err(|err| anyhow::anyhow!("api.tls: {err:#}"))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {listen} (api.listen): {err}"))?;
-    tracing::info!(%listen, "API listening");
-    Ok(tokio::spawn(async move {
-        let app = router(state, allowed).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
+    tracing::info!(%listen, tls = tls.is_some(), "API listening");
+    let app = router(state, allowed);
+    let served = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(err) = served {
-            tracing::error!("API server failed: {err}");
+            .await
+        }),
+        Some(tls) => tokio::spawn(crate::tls::serve_tls(listener, tls, app, shutdown)),
+    };
+    Ok(tokio::spawn(async move {
+        match served.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!("API server failed: {err}"),
+            Err(err) => tracing::error!("API server failed: {err}"),
         }
     }))
 }

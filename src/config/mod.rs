@@ -307,6 +307,10 @@ pub struct ApiConfig {
     pub allowed_hosts: Vec<String>,
     #[serde(default)]
     pub auth: ApiAuthConfig,
+    /// Serve the API over TLS (`cert_file`, `key_file`; with `ca_file`, callers must also
+    /// present a client certificate that CA signed), as the `http` source does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ApiConfig {
@@ -316,6 +320,7 @@ impl Default for ApiConfig {
             listen: default_api_listen(),
             allowed_hosts: Vec::new(),
             auth: ApiAuthConfig::default(),
+            tls: None,
         }
     }
 }

@@ -118,7 +118,13 @@ pub fn main(args: DevicesArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = ApiClient::new(&args.api);
+    let client = match ApiClient::new(&args.api) {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     match runtime.block_on(run(&client, args.command)) {
         Ok(code) => code,
         Err(err) => {

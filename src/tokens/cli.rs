@@ -124,7 +124,7 @@ fn through_api(args: &TokensArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let client = ApiClient::new(&args.api);
+    let client = ApiClient::new(&args.api)?;
     runtime.block_on(async {
         use reqwest::Method;
         match &args.command {

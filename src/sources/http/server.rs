@@ -10,7 +10,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum_server::tls_rustls::RustlsConfig;
 use serde_json::json;
 
 use super::{Handler, HttpAuth, HttpSourceConfig, RateLimit};
@@ -82,16 +81,7 @@ pub(super) fn build(config: &HttpSourceConfig, cx: SourceContext) -> anyhow::Res
             }
             Some(tls) => {
                 // Graceful: stop accepting, let requests in flight (and their acks) finish.
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                tokio::spawn(async move {
-                    shutdown.cancelled().await;
-                    stopper.graceful_shutdown(None);
-                });
-                axum_server::from_tcp_rustls(listener.into_std()?, RustlsConfig::from_config(tls))?
-                    .handle(handle)
-                    .serve(router.into_make_service())
-                    .await?;
+                crate::tls::serve_tls(listener, tls, router, shutdown).await?;
             }
         }
         Ok(())
