@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
-use crate::config::{self, Diagnostics, LogFormatName, TopologyConfig};
+use crate::config::{self, ComponentId, Diagnostics, LogFormatName, TopologyConfig};
 use crate::daemon;
 use crate::telemetry::logging::{self, LogFormat};
 use crate::topology::graph;
@@ -46,6 +46,11 @@ enum Command {
         /// Reload when a pipeline file changes (also `watch: true` in the pipeline).
         #[arg(long)]
         watch: bool,
+        /// Delete the disk buffer of this component id, with the events it holds, before
+        /// starting (repeatable). A start refuses while a buffer the pipeline no longer has
+        /// holds events.
+        #[arg(long = "discard-buffer", value_name = "ID")]
+        discard_buffers: Vec<String>,
     },
     /// Ask the running weir to reload its pipeline files (as SIGHUP does), through its
     /// control socket, `data_dir/control.sock`.
@@ -64,6 +69,10 @@ enum Command {
         /// How long `--wait` waits for the outcome.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
+        /// Let the reload delete the disk buffer of this component id, which it removes,
+        /// with the events it holds (repeatable). Without it such a reload is refused.
+        #[arg(long = "discard-buffer", value_name = "ID")]
+        discard_buffers: Vec<String>,
     },
     /// Check pipeline files without starting anything (no network I/O).
     Validate {
@@ -123,12 +132,27 @@ pub fn main() -> ExitCode {
             log_level,
             drain_timeout,
             watch,
-        } => run(&paths, log_format, log_level, drain_timeout, watch),
+            discard_buffers,
+        } => run(
+            &paths,
+            log_format,
+            log_level,
+            daemon::Options {
+                paths: paths.clone(),
+                drain_timeout,
+                watch,
+                discard_buffers: discard_buffers
+                    .iter()
+                    .map(|id| ComponentId::new(id))
+                    .collect(),
+            },
+        ),
         Command::Reload {
             wait,
             data_dir,
             timeout,
-        } => reload(&data_dir, wait, timeout),
+            discard_buffers,
+        } => reload(&data_dir, wait, timeout, &discard_buffers),
         Command::Validate { paths } => validate(&paths),
         Command::Schema { output } => schema(output),
         Command::Devices(args) => crate::registry::cli::main(args),
@@ -163,7 +187,12 @@ pub fn main() -> ExitCode {
 
 /// `weir reload`: `POST /v1/reload` on the control socket (with `?wait=false` unless
 /// `wait`).
-fn reload(data_dir: &std::path::Path, wait: bool, timeout: Duration) -> ExitCode {
+fn reload(
+    data_dir: &std::path::Path,
+    wait: bool,
+    timeout: Duration,
+    discard_buffers: &[String],
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -176,17 +205,18 @@ fn reload(data_dir: &std::path::Path, wait: bool, timeout: Duration) -> ExitCode
     };
     let socket = crate::api::control::socket_path(data_dir);
     let base = socket.display();
-    let url = match wait {
-        true => "http://localhost/v1/reload",
-        false => "http://localhost/v1/reload?wait=false",
-    };
+    let mut query = vec![("wait", wait.to_string())];
+    if !discard_buffers.is_empty() {
+        query.push(("discard_buffers", discard_buffers.join(",")));
+    }
     let answer = runtime.block_on(async {
         let client = reqwest::Client::builder()
             .unix_socket(socket.as_path())
             .build()
             .map_err(|err| format!("cannot make an HTTP client: {err}"))?;
         let response = client
-            .post(url)
+            .post("http://localhost/v1/reload")
+            .query(&query)
             .timeout(timeout)
             .send()
             .await
@@ -335,8 +365,7 @@ fn run(
     paths: &[PathBuf],
     log_format: Option<LogFormat>,
     log_level: Option<String>,
-    drain_timeout: Duration,
-    watch: bool,
+    options: daemon::Options,
 ) -> ExitCode {
     let Some(config) = load(paths) else {
         return ExitCode::from(EXIT_CONFIG);
@@ -360,11 +389,6 @@ fn run(
             eprintln!("error: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
-    };
-    let options = daemon::Options {
-        paths: paths.to_vec(),
-        drain_timeout,
-        watch,
     };
     match runtime.block_on(daemon::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,7 @@ use crate::telemetry::Telemetry;
 use crate::telemetry::events::{ReloadApplied, ReloadFailed};
 use crate::tokens::TokenStore;
 use crate::topology::RunningTopology;
+use crate::topology::leftovers::{self, Discard};
 
 /// How long a file change waits for more changes before the reload (editors write twice).
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -34,6 +35,8 @@ pub struct Options {
     pub paths: Vec<PathBuf>,
     pub drain_timeout: Duration,
     pub watch: bool,
+    /// Disk buffers to delete, with their events, before the start (`--discard-buffer`).
+    pub discard_buffers: Discard,
 }
 
 /// Runs until SIGTERM/SIGINT or until every source has finished.
@@ -66,6 +69,7 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         signal(SignalKind::hangup())?,
     );
     let watch = options.watch || config.globals.watch;
+    leftovers::check_start(&config, &options.discard_buffers).await?;
     let mut daemon = Daemon {
         topology: RunningTopology::start(&config, &telemetry)?,
         telemetry,
@@ -100,16 +104,16 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
             _ = term.recv() => break false,
             _ = int.recv() => break false,
             _ = hup.recv() => {
-                daemon.notified_reload("SIGHUP").await;
+                daemon.notified_reload("SIGHUP", &Discard::new()).await;
             }
             Some(request) = reload_rx.recv() => {
-                let outcome = daemon.notified_reload("POST /v1/reload").await;
+                let outcome = daemon.notified_reload("POST /v1/reload", &request.discard).await;
                 let _ = request.respond.send(outcome);
             }
             Some(()) = changes.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 while changes.try_recv().is_ok() {}
-                daemon.notified_reload("file change").await;
+                daemon.notified_reload("file change", &Discard::new()).await;
             }
             _ = tick.tick() => {
                 if watchdog.is_some() {
@@ -189,9 +193,9 @@ struct Daemon {
 impl Daemon {
     /// [`Daemon::reload`] between `RELOADING=1` and `READY=1`: systemd's reload job ends
     /// with the second, whether the reload was applied or refused.
-    async fn notified_reload(&mut self, trigger: &str) -> ReloadOutcome {
+    async fn notified_reload(&mut self, trigger: &str, discard: &Discard) -> ReloadOutcome {
         systemd::reloading();
-        let outcome = self.reload(trigger).await;
+        let outcome = self.reload(trigger, discard).await;
         systemd::ready(&self.status_line());
         outcome
     }
@@ -226,7 +230,7 @@ impl Daemon {
 
     /// Reads, validates and applies the pipeline files; the running topology is untouched
     /// unless all of it works.
-    async fn reload(&mut self, trigger: &str) -> ReloadOutcome {
+    async fn reload(&mut self, trigger: &str, discard: &Discard) -> ReloadOutcome {
         let started = Instant::now();
         let paths = self.paths.clone();
         let loaded =
@@ -255,7 +259,7 @@ impl Daemon {
                 );
             }
         };
-        match self.topology.reload(config).await {
+        match self.topology.reload_discarding(config, discard).await {
             Ok(diff) if diff.is_empty() => {
                 tracing::info!(trigger, "reload: nothing changed");
                 ReloadOutcome::Unchanged {

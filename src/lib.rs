@@ -46,6 +46,8 @@ pub mod sources;
 pub mod systemd;
 pub mod telemetry;
 pub mod template;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod tokens;
 pub mod topology;

@@ -10,7 +10,9 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::ApiState;
+use crate::config::ComponentId;
 use crate::topology::Diff;
+use crate::topology::leftovers::Discard;
 
 /// What a reload did, as the API reports it.
 #[derive(Debug, Serialize)]
@@ -32,14 +34,21 @@ pub enum ReloadOutcome {
 
 /// A reload asked for through the API.
 pub struct ReloadRequest {
+    /// Disk buffers the reload may delete with their events (see
+    /// [`crate::topology::leftovers`]).
+    pub discard: Discard,
     pub respond: oneshot::Sender<ReloadOutcome>,
 }
 
-/// `POST /v1/reload?wait=false` asks for a reload without waiting for its outcome.
+/// `POST /v1/reload?wait=false` asks for a reload without waiting for its outcome;
+/// `discard_buffers=a,b` lets it delete the disk buffers of the components `a` and `b`,
+/// which it removes, with the events they hold.
 #[derive(Debug, Deserialize)]
 pub(super) struct ReloadParams {
     #[serde(default = "wait_by_default")]
     wait: bool,
+    #[serde(default)]
+    discard_buffers: Option<String>,
 }
 
 fn wait_by_default() -> bool {
@@ -60,8 +69,20 @@ pub(super) async fn reload(
             axum::Json(json!({ "error": "reloading is not available" })),
         );
     };
+    let discard = params
+        .discard_buffers
+        .iter()
+        .flat_map(|ids| ids.split(','))
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(ComponentId::new)
+        .collect();
     let (respond, outcome) = oneshot::channel();
-    if sender.send(ReloadRequest { respond }).await.is_err() {
+    if sender
+        .send(ReloadRequest { discard, respond })
+        .await
+        .is_err()
+    {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({ "error": "weir is stopping" })),
@@ -82,7 +103,9 @@ pub(super) async fn reload(
                 ReloadOutcome::Rejected { reason, .. } if reason == "invalid" => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
-                ReloadOutcome::Rejected { reason, .. } if reason == "not_reloadable" => {
+                ReloadOutcome::Rejected { reason, .. }
+                    if reason == "not_reloadable" || reason == "buffers_not_empty" =>
+                {
                     StatusCode::CONFLICT
                 }
                 ReloadOutcome::Rejected { .. } => StatusCode::INTERNAL_SERVER_ERROR,

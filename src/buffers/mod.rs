@@ -11,7 +11,7 @@
 mod disk;
 mod memory;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,46 @@ use crate::config::{ByteSize, FieldProblem};
 use crate::event::Event;
 use crate::telemetry::ComponentTelemetry;
 use crate::topology::channel::InputReceiver;
+
+/// Where the disk buffer of the component `id` lives: `data_dir/buffers/<id>/`.
+pub fn disk_dir(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("buffers").join(id)
+}
+
+/// The disk buffer directories under `data_dir`, by the id of the component they belong
+/// (or belonged) to.
+pub fn disk_dirs(data_dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let root = data_dir.join("buffers");
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        // `<id>.new` is a directory being created; `<id>.lock` is a lock file.
+        if entry.file_type()?.is_dir() && !name.ends_with(".new") {
+            dirs.push((name, entry.path()));
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// Events a disk buffer directory holds that its consumer has not acknowledged (see
+/// [`disk::leftover`]).
+pub fn disk_pending(dir: &Path) -> std::io::Result<u64> {
+    disk::leftover::pending(dir)
+}
+
+/// Deletes a disk buffer directory once no buffer holds it; returns the events it held.
+pub async fn discard_disk(dir: &Path) -> std::io::Result<u64> {
+    disk::leftover::discard(dir).await
+}
 
 /// Where a sink's events wait, how much of them, and what to do when it is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

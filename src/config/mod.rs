@@ -208,9 +208,18 @@ impl ComponentConfig {
     pub fn commit_delay(&self) -> Option<std::time::Duration> {
         match &self.options {
             // The disk buffer acknowledges once appended; the sink's batching is its own.
-            SectionOptions::Sink(c) if c.disk_buffer() => None,
+            SectionOptions::Sink(_) if self.disk_buffer() => None,
             SectionOptions::Sink(c) => c.commit_delay(),
             _ => None,
+        }
+    }
+
+    /// Whether the component reads its input through a disk buffer (in
+    /// [`crate::buffers::disk_dir`]).
+    pub fn disk_buffer(&self) -> bool {
+        match &self.options {
+            SectionOptions::Sink(c) => c.disk_buffer(),
+            _ => false,
         }
     }
 
@@ -229,9 +238,7 @@ impl Component {
     /// sink's disk buffer directory under `data_dir`.
     pub fn resources(&self, data_dir: &std::path::Path) -> Vec<Resource> {
         let mut resources = self.config.resources();
-        if let SectionOptions::Sink(c) = &self.config.options
-            && c.disk_buffer()
-        {
+        if self.config.disk_buffer() {
             resources.push(Resource::File(sink::buffer_dir(data_dir, &self.id)));
         }
         resources

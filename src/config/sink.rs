@@ -39,7 +39,7 @@ pub trait SinkComponent: Options {
 
 /// Where the sink `id` keeps its disk buffer: `data_dir/buffers/<id>/`.
 pub fn buffer_dir(data_dir: &Path, id: &ComponentId) -> PathBuf {
-    data_dir.join("buffers").join(id.as_str())
+    crate::buffers::disk_dir(data_dir, id.as_str())
 }
 
 /// What a sink is given when it is built.

@@ -37,6 +37,9 @@ pub(super) struct Instance {
     pub stop: CancellationToken,
     /// Cancelled when the task has finished.
     pub finished: CancellationToken,
+    /// Cancel to end the task at once, dropping what it holds (its disk buffer is being
+    /// discarded, so it must not deliver what is in it).
+    pub discard: CancellationToken,
     /// Aggregators: replaced, so do not checkpoint on the way out.
     pub retired: Arc<AtomicBool>,
 }
@@ -106,6 +109,7 @@ pub(super) fn build(
         outputs,
         stop,
         finished: CancellationToken::new(),
+        discard: CancellationToken::new(),
         retired,
     };
     Ok(Built {

@@ -24,6 +24,7 @@ mod build;
 pub mod channel;
 pub mod diff;
 pub mod graph;
+pub mod leftovers;
 mod running;
 pub mod services;
 
@@ -46,6 +47,9 @@ pub enum ReloadError {
     /// A shared service could not start (its own error says which and why).
     #[error("{error:#}")]
     Service { error: anyhow::Error },
+    /// Disk buffers the new configuration drops still hold events (see [`leftovers`]).
+    #[error("{0}")]
+    BuffersNotEmpty(String),
 }
 
 impl ReloadError {
@@ -55,6 +59,7 @@ impl ReloadError {
             Self::NotReloadable(_) => "not_reloadable",
             Self::Build { .. } => "build_failed",
             Self::Service { .. } => "service_unavailable",
+            Self::BuffersNotEmpty(_) => "buffers_not_empty",
         }
     }
 }

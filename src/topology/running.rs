@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::build::{self, Built, Instance, Shared};
 use super::channel::{InputSender, Targets};
+use super::leftovers::{self, Discard};
 use super::services::RunningServices;
 use super::{ComponentTask, Diff, ReloadError, TaskOutcome, diff};
 use crate::config::service::Services;
@@ -74,6 +75,16 @@ impl RunningTopology {
 
     /// Applies `new`: only what changed is rebuilt; see the module documentation.
     pub async fn reload(&mut self, new: TopologyConfig) -> Result<Diff, ReloadError> {
+        self.reload_discarding(new, &Discard::new()).await
+    }
+
+    /// [`Self::reload`], losing the events in the disk buffers of `discard`, which `new`
+    /// drops (see [`leftovers`]); without it, dropping a buffer that holds events is refused.
+    pub async fn reload_discarding(
+        &mut self,
+        new: TopologyConfig,
+        discard: &Discard,
+    ) -> Result<Diff, ReloadError> {
         let started = Instant::now();
         if let Some(reason) = diff::fixed_globals_changed(&self.config, &new) {
             return Err(ReloadError::NotReloadable(reason));
@@ -82,6 +93,15 @@ impl RunningTopology {
         if diff.is_empty() {
             return Ok(diff);
         }
+        let discarding = leftovers::check_reload(&self.config, &new, discard)?;
+        // Taken now: a changed component's new instance will have the same id.
+        let ended: Vec<_> = discarding
+            .iter()
+            .filter_map(|leftover| {
+                let instance = self.instances.get(&leftover.component)?;
+                Some((instance.discard.clone(), instance.finished.clone()))
+            })
+            .collect();
 
         // Hold every running consumer's channel open while its producers change: stopping a
         // source would otherwise close the channel of a sink it alone fed, and end the sink.
@@ -112,6 +132,13 @@ impl RunningTopology {
         let applied = self.build_and_swap(new, &diff, stopped);
         drop(hold);
         applied?;
+        for (discard, finished) in ended {
+            discard.cancel();
+            finished.cancelled().await;
+        }
+        for leftover in &discarding {
+            leftovers::discard_now(&leftover.component, &leftover.dir, leftover.events).await?;
+        }
         tracing::info!(
             added = diff.added.len(),
             removed = diff.removed.len(),
@@ -221,10 +248,14 @@ impl RunningTopology {
     /// of its consumers close once no one else feeds them: that is how a drain cascades.
     fn spawn(&mut self, id: &ComponentId, instance: &Instance, task: ComponentTask) {
         let finished = instance.finished.clone();
+        let discard = instance.discard.clone();
         let outputs: Vec<Targets> = instance.outputs.values().cloned().collect();
         let component = id.clone();
         self.tasks.spawn(async move {
-            let result = task.await;
+            let result = tokio::select! {
+                result = task => result,
+                () = discard.cancelled() => Ok(()),
+            };
             for list in outputs {
                 list.store(Arc::new(Vec::new()));
             }

@@ -36,7 +36,7 @@ sinks:
 }
 
 /// How often each `id` occurs in the table (empty while it does not exist).
-async fn table_ids(root: &Path) -> BTreeMap<u64, usize> {
+pub async fn table_ids(root: &Path) -> BTreeMap<u64, usize> {
     let mut ids = BTreeMap::new();
     let Ok(url) = url::Url::from_directory_path(root) else {
         return ids;
@@ -77,7 +77,7 @@ async fn wait_for_rows(root: &Path, expected: usize) -> BTreeMap<u64, usize> {
     }
 }
 
-fn readings(ids: std::ops::Range<u64>) -> Vec<Value> {
+pub fn readings(ids: std::ops::Range<u64>) -> Vec<Value> {
     ids.map(|id| json!({"id": id, "temperature": 20.0 + (id % 7) as f64}))
         .collect()
 }
@@ -96,7 +96,11 @@ async fn post(client: &reqwest::Client, port: u16, readings: &[Value]) -> (u16, 
 
 /// Posts requests `chunks` of 50 readings each (ids `chunk * 50..`), each answered 200;
 /// returns the slowest answer's time.
-async fn post_all(client: &reqwest::Client, port: u16, chunks: std::ops::Range<u64>) -> Duration {
+pub async fn post_all(
+    client: &reqwest::Client,
+    port: u16,
+    chunks: std::ops::Range<u64>,
+) -> Duration {
     let mut slowest = Duration::ZERO;
     for chunk in chunks {
         let (status, took) = post(client, port, &readings(chunk * 50..chunk * 50 + 50)).await;

@@ -24,6 +24,7 @@ mod disk_buffer;
 mod http_source;
 mod http_tls;
 mod kill;
+mod leftover_buffers;
 mod mqtt;
 mod mqtt5;
 mod mqtt_kill;

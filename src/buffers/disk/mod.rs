@@ -16,6 +16,7 @@
 
 mod ack;
 mod format;
+pub mod leftover;
 mod lock;
 mod reader;
 mod recover;

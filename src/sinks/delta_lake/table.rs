@@ -8,7 +8,6 @@
 //! on retry instead of being written twice.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Transaction};
@@ -20,7 +19,7 @@ use url::Url;
 
 use super::columns::Columns;
 use super::compact::{Compacted, compact};
-use crate::event::Delivery;
+use crate::event::Unsettled;
 use crate::sinks::retry::WriteError;
 
 /// What to open and how to create it.
@@ -45,8 +44,9 @@ pub struct TableWriter {
     next_version: i64,
     /// Rows written since the last commit.
     rows: usize,
-    /// The deliveries of those rows: released (acknowledged) when the commit lands.
-    deliveries: Vec<Arc<Delivery>>,
+    /// The deliveries of those rows: settled (acknowledged) when the commit lands, failed
+    /// if the window is abandoned or the writer dropped before.
+    deliveries: Unsettled,
     /// Files finished for the open window but not yet in the log, with their size.
     staged: Option<(Vec<Add>, usize)>,
 }
@@ -96,7 +96,7 @@ impl TableWriter {
             committed_fields: 0,
             next_version: 0,
             rows: 0,
-            deliveries: Vec::new(),
+            deliveries: Unsettled::default(),
             staged: None,
         };
         if let Some(table) = table {
@@ -172,16 +172,16 @@ impl TableWriter {
     pub async fn write(
         &mut self,
         batch: deltalake::arrow::record_batch::RecordBatch,
-        deliveries: impl IntoIterator<Item = Arc<Delivery>>,
+        deliveries: Unsettled,
     ) -> Result<(), DeltaTableError> {
         let writer = self
             .writer
             .as_mut()
             .ok_or_else(|| DeltaTableError::Generic("the table is not open".into()))?;
         let rows = batch.num_rows();
+        self.deliveries.extend(deliveries);
         writer.write(batch).await?;
         self.rows += rows;
-        self.deliveries.extend(deliveries);
         Ok(())
     }
 
@@ -253,8 +253,8 @@ impl TableWriter {
         self.next_version = version + 1;
         self.rows = 0;
         self.staged = None;
-        // Dropping the deliveries acknowledges the committed rows upstream.
-        self.deliveries.clear();
+        // Acknowledges the committed rows upstream.
+        std::mem::take(&mut self.deliveries).settle();
         Ok(Committed { rows, bytes })
     }
 
@@ -289,9 +289,7 @@ impl TableWriter {
     /// Gives up on the open window after a write error: the writer has discarded its
     /// buffered rows, so their sources must deliver them again.
     pub fn abandon(&mut self) -> anyhow::Result<()> {
-        for delivery in self.deliveries.drain(..) {
-            delivery.fail();
-        }
+        std::mem::take(&mut self.deliveries).fail();
         self.rows = 0;
         self.staged = None;
         if let Some(table) = &self.table {
@@ -306,4 +304,43 @@ impl TableWriter {
 pub struct Committed {
     pub rows: usize,
     pub bytes: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::{Delivery, DeliveryStatus};
+
+    #[tokio::test]
+    async fn rows_dropped_before_their_commit_fail_their_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TableSpec {
+            url: Url::from_directory_path(dir.path()).unwrap(),
+            storage_options: HashMap::new(),
+            partition_columns: Vec::new(),
+            checkpoint_interval: 10,
+            app_id: "test".into(),
+        };
+        let mut columns = Columns::new(Vec::new(), Default::default());
+        let mut table = TableWriter::open(spec, &mut columns).await.ok().unwrap();
+        let (delivery, outcome) = Delivery::new();
+        let mut event = crate::event::Event::new(
+            None,
+            [("v".to_owned(), serde_json::json!(1.0))]
+                .into_iter()
+                .collect(),
+            Arc::new(crate::event::EventMeta::received_by("t".into())),
+        );
+        event.attach(&delivery);
+        drop(delivery);
+        let encoded = columns.encode(vec![event], true).unwrap();
+        table.ensure_columns(&mut columns).await.unwrap();
+        let deliveries = Unsettled::of(&encoded.accepted);
+        drop(encoded.accepted);
+        table.write(encoded.batch, deliveries).await.unwrap();
+        drop(table);
+        assert_eq!(outcome.await.unwrap(), DeliveryStatus::Failed);
+    }
 }

@@ -189,9 +189,21 @@ impl Weir {
         api: SocketAddr,
         env: &[(&str, &str)],
     ) -> Weir {
+        Self::start_with(dir, pipeline, api, &[], env).await
+    }
+
+    /// Like [`Weir::start`], with extra arguments to `weir run` and environment variables.
+    pub async fn start_with(
+        dir: &Path,
+        pipeline: &Path,
+        api: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Weir {
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .arg("run")
             .arg(pipeline)
+            .args(args)
             .current_dir(dir)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
