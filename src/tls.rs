@@ -6,32 +6,16 @@
 //! read when the component is built: a missing or malformed file fails the start (or rolls
 //! a reload back) with the file's name.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 use crate::config::FieldProblem;
 
-/// Certificates and keys for TLS.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain weir presents (a server's own; a client's for mutual TLS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-    /// PEM CA certificates: a server requires clients to present a certificate they signed
-    /// (mutual TLS); a client trusts servers they signed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-}
+pub use crate::config::TlsConfig;
 
 impl TlsConfig {
     /// Problems with the options of a TLS server (`field` is where `tls` sits).

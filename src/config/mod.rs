@@ -22,6 +22,7 @@ pub mod schema;
 pub mod service;
 pub mod sink;
 pub mod source;
+mod tls;
 pub mod transform;
 mod units;
 mod validate;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use self::tls::TlsConfig;
 pub use catalogue::{Catalogue, ComponentType, OptionsError, ServiceType};
 pub use component::{
     ComponentId, ComponentKind, ComponentTask, FieldProblem, OutputName, Resource,
@@ -317,7 +319,7 @@ pub struct ApiConfig {
     /// Serve the API over TLS (`cert_file`, `key_file`; with `ca_file`, callers must also
     /// present a client certificate that CA signed), as the `http` source does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ApiConfig {
