@@ -43,7 +43,10 @@ impl Weir {
         let file = dir.join("pipeline.yaml");
         std::fs::write(
             &file,
-            format!("api: {{ listen: 127.0.0.1:{api} }}\n{pipeline}"),
+            format!(
+                "data_dir: '{}'\napi: {{ listen: 127.0.0.1:{api}, auth: {{ public_metrics: true }} }}\n{pipeline}",
+                dir.display()
+            ),
         )
         .expect("write pipeline");
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))

@@ -299,6 +299,7 @@ fn pipeline_yaml(data_dir: &Path, source: SocketAddr, api: SocketAddr) -> String
         r#"data_dir: {data_dir}
 api:
   listen: {api}
+  auth: {{ public_metrics: true }}
 log:
   level: warn
 sources:

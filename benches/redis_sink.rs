@@ -65,7 +65,7 @@ fn run() -> Result<(), String> {
         .as_deref()
         .map_or(String::new(), |t| format!("    ttl: {t}\n"));
     let pipeline = format!(
-        "api: {{ listen: '{api}' }}
+        "api: {{ listen: '{api}', auth: {{ public_metrics: true }} }}
 data_dir: '{d}/data'
 sources:
   fleet:

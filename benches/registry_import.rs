@@ -45,7 +45,7 @@ fn run() -> Result<(), String> {
     std::fs::write(
         &pipeline,
         format!(
-            "data_dir: '{}'\napi: {{ listen: '{api}' }}\nregistry: {{ path: registry.redb }}\nsources:\n  lifecycle: {{ type: device_registry, events: [deleted] }}\nsinks:\n  none: {{ type: blackhole, inputs: [lifecycle] }}\n",
+            "data_dir: '{}'\napi: {{ listen: '{api}', auth: {{ public_metrics: true }} }}\nregistry: {{ path: registry.redb }}\nsources:\n  lifecycle: {{ type: device_registry, events: [deleted] }}\nsinks:\n  none: {{ type: blackhole, inputs: [lifecycle] }}\n",
             dir.path().display()
         ),
     )
@@ -62,6 +62,7 @@ fn run() -> Result<(), String> {
         let started = Instant::now();
         let output = Command::new(WEIR)
             .args(["devices", "--api", &format!("http://{api}"), "import"])
+            .env("WEIR_TOKEN", admin_token(dir.path())?)
             .arg(&csv)
             .output()
             .map_err(|e| format!("cannot run the CLI: {e}"))?;
@@ -111,6 +112,14 @@ fn get(api: SocketAddr, path: &str) -> Result<String, String> {
         .read_to_string(&mut text)
         .map_err(|e| e.to_string())?;
     Ok(text)
+}
+
+/// The admin token weir wrote on its first start in `data_dir`.
+fn admin_token(data_dir: &std::path::Path) -> Result<String, String> {
+    let path = data_dir.join("initial-admin-token");
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 fn wait_ready(api: SocketAddr) -> Result<(), String> {

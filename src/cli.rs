@@ -1,5 +1,5 @@
 //! The `weir` command line: `run`, `reload`, `validate`, `schema`, `graph`, `devices`,
-//! `completions`, and the hidden `man` that writes the man pages for packages.
+//! `tokens`, `completions`, and the hidden `man` that writes the man pages for packages.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,19 +52,20 @@ enum Command {
         #[arg(long = "discard-buffer", value_name = "ID")]
         discard_buffers: Vec<String>,
     },
-    /// Ask the running weir to reload its pipeline files (as SIGHUP does), through its API.
+    /// Ask the running weir to reload its pipeline files (as SIGHUP does), through its
+    /// control socket, `data_dir/control.sock`.
     ///
     /// With `--wait`, prints what the reload changed, or why it was refused, and exits
     /// non-zero unless it was applied (or changed nothing): 78 for invalid pipeline files,
     /// 1 for any other failure. The running topology is untouched by a refused reload.
-    /// Needs no token: the API answers on its loopback `api.listen`.
+    /// Needs no token: the socket is open only to the user weir runs as (and root).
     Reload {
         /// Wait for the outcome of the reload and exit with it (what `ExecReload=` needs).
         #[arg(long)]
         wait: bool,
-        /// The API of the running weir: `http://` and its `api.listen`.
-        #[arg(long, env = "WEIR_API", default_value = "http://127.0.0.1:8686")]
-        api: String,
+        /// The running weir's `data_dir`, where its control socket is.
+        #[arg(long, env = "WEIR_DATA_DIR", default_value = config::component::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
         /// How long `--wait` waits for the outcome.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
@@ -86,6 +87,9 @@ enum Command {
     },
     /// Manage the device registry through the admin API.
     Devices(crate::registry::cli::DevicesArgs),
+    /// Make, list and revoke API tokens (through the API, or on data_dir while weir is
+    /// stopped).
+    Tokens(crate::tokens::cli::TokensArgs),
     /// Print the topology as a graph.
     Graph {
         #[arg(required = true)]
@@ -145,13 +149,14 @@ pub fn main() -> ExitCode {
         ),
         Command::Reload {
             wait,
-            api,
+            data_dir,
             timeout,
             discard_buffers,
-        } => reload(&api, wait, timeout, &discard_buffers),
+        } => reload(&data_dir, wait, timeout, &discard_buffers),
         Command::Validate { paths } => validate(&paths),
         Command::Schema { output } => schema(output),
         Command::Devices(args) => crate::registry::cli::main(args),
+        Command::Tokens(args) => crate::tokens::cli::main(args),
         Command::Graph { paths, format } => match load(&paths) {
             Some(config) => {
                 let text = match format {
@@ -180,8 +185,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `weir reload`: `POST /v1/reload` (with `?wait=false` unless `wait`).
-fn reload(api: &str, wait: bool, timeout: Duration, discard_buffers: &[String]) -> ExitCode {
+/// `weir reload`: `POST /v1/reload` on the control socket (with `?wait=false` unless
+/// `wait`).
+fn reload(
+    data_dir: &std::path::Path,
+    wait: bool,
+    timeout: Duration,
+    discard_buffers: &[String],
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -192,21 +203,25 @@ fn reload(api: &str, wait: bool, timeout: Duration, discard_buffers: &[String]) 
             return ExitCode::FAILURE;
         }
     };
-    let base = api.trim_end_matches('/');
+    let socket = crate::api::control::socket_path(data_dir);
+    let base = socket.display();
     let mut query = vec![("wait", wait.to_string())];
     if !discard_buffers.is_empty() {
         query.push(("discard_buffers", discard_buffers.join(",")));
     }
-    let url = format!("{base}/v1/reload");
     let answer = runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(&url)
+        let client = reqwest::Client::builder()
+            .unix_socket(socket.as_path())
+            .build()
+            .map_err(|err| format!("cannot make an HTTP client: {err}"))?;
+        let response = client
+            .post("http://localhost/v1/reload")
             .query(&query)
             .timeout(timeout)
             .send()
             .await
             .map_err(|err| {
-                format!("cannot reach the running weir at {base} (is it running, and is this its api.listen?): {err}")
+                format!("cannot reach the running weir at {base} (is it running, and is this its data_dir? --data-dir or WEIR_DATA_DIR): {err}")
             })?;
         let status = response.status();
         let text = response

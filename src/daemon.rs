@@ -1,7 +1,8 @@
 //! `weir run`: the API, the topology, and everything that stops or reloads it.
 //!
 //! One loop owns the running topology and reacts to four things: SIGTERM/SIGINT (drain and
-//! exit), SIGHUP, `POST /v1/reload` and — with `--watch` or `watch: true` — a change to a
+//! exit), SIGHUP, `POST /v1/reload` (on the API, or on the control socket that `weir
+//! reload` uses) and — with `--watch` or `watch: true` — a change to a
 //! pipeline file (reload), and the end of every source (exit). A reload reads and validates
 //! the files first; an invalid file changes nothing and says why.
 //!
@@ -23,6 +24,7 @@ use crate::systemd;
 use crate::telemetry::ComponentLabels;
 use crate::telemetry::Telemetry;
 use crate::telemetry::events::{ReloadApplied, ReloadFailed};
+use crate::tokens::TokenStore;
 use crate::topology::RunningTopology;
 use crate::topology::leftovers::{self, Discard};
 
@@ -41,7 +43,14 @@ pub struct Options {
 pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()> {
     let telemetry = Telemetry::new();
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
-    let api_state = ApiState::new(telemetry.clone(), Some(reload_tx));
+    let data_dir = &config.globals.data_dir;
+    let tokens = match config.globals.api.enabled {
+        true => Some(open_tokens(data_dir).await?),
+        false => None,
+    };
+    let auth = api::Auth::new(tokens.clone(), &config.globals.api.auth);
+    let audit = Arc::new(crate::audit::AuditLog::new(data_dir));
+    let api_state = ApiState::new(telemetry.clone(), Some(reload_tx), auth, Some(audit));
     let api_shutdown = CancellationToken::new();
     let api_task = match config.globals.api.enabled {
         true => {
@@ -49,6 +58,8 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         }
         false => None,
     };
+    let control_task =
+        api::control::serve(data_dir, api_state.clone(), api_shutdown.clone()).await?;
 
     // Before the topology starts, so a signal sent while it starts is ours, not the
     // default action's.
@@ -134,11 +145,40 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
     if let Some(task) = api_task {
         let _ = task.await;
     }
+    let _ = control_task.await;
+    if let Some(tokens) = tokens {
+        // The last uses not yet written down.
+        let saved = tokio::task::spawn_blocking(move || tokens.save()).await;
+        if let Ok(Err(err)) = saved {
+            tracing::warn!("cannot write the API tokens down: {err}");
+        }
+    }
     if failures > 0 {
         anyhow::bail!("{failures} component(s) failed");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The API tokens of `data_dir`, held while weir runs; on a start with none, the first
+/// admin token is written to a file, logged by its path.
+async fn open_tokens(data_dir: &Path) -> anyhow::Result<Arc<TokenStore>> {
+    let dir = data_dir.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || {
+        let store = TokenStore::open(&dir)?;
+        let initial = store.ensure_initial_admin()?;
+        Ok::<_, crate::tokens::TokenError>((store, initial))
+    })
+    .await?;
+    let (store, initial) =
+        opened.map_err(|e| anyhow::anyhow!("API tokens in {}: {e}", data_dir.display()))?;
+    if let Some(path) = initial {
+        tracing::info!(
+            path = %path.display(),
+            "no API tokens yet: wrote the first admin token to this file (mode 0600); make your own with `weir tokens create`, then delete it and `weir tokens revoke initial-admin`"
+        );
+    }
+    Ok(Arc::new(store))
 }
 
 struct Daemon {

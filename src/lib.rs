@@ -19,13 +19,16 @@
 //! - [`codecs`]: payload decoding shared by sources and the `decode` transform;
 //! - [`template`]: minijinja conditions and templates, compiled at load time; [`tls`]: TLS
 //!   options shared by servers and clients; [`redact`]: secrets out of messages;
-//! - [`api`]: the HTTP API; [`cli`]: the command line; [`daemon`]: `weir run`, with its
+//! - [`api`]: the HTTP API, [`tokens`]: who may call it, [`audit`]: what they changed,
+//!   [`api_client`]: the CLIs' client of it; [`cli`]: the command line; [`daemon`]: `weir run`, with its
 //!   signals and reloads; [`systemd`]: its `sd_notify` messages.
 
 pub mod actions;
 pub mod aggregators;
 pub mod alarms;
 pub mod api;
+pub mod api_client;
+pub mod audit;
 #[cfg(test)]
 mod boundary;
 pub mod buffers;
@@ -46,6 +49,7 @@ pub mod template;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod tokens;
 pub mod topology;
 pub mod transforms;
 

@@ -6,32 +6,16 @@
 //! read when the component is built: a missing or malformed file fails the start (or rolls
 //! a reload back) with the file's name.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 use crate::config::FieldProblem;
 
-/// Certificates and keys for TLS.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain weir presents (a server's own; a client's for mutual TLS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-    /// PEM CA certificates: a server requires clients to present a certificate they signed
-    /// (mutual TLS); a client trusts servers they signed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-}
+pub use crate::config::TlsConfig;
 
 impl TlsConfig {
     /// Problems with the options of a TLS server (`field` is where `tls` sits).
@@ -117,6 +101,29 @@ impl TlsConfig {
         };
         Ok(Arc::new(config))
     }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown`, then stops accepting and lets
+/// the requests in flight finish. Handlers can read the caller's `ConnectInfo<SocketAddr>`.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: axum::Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stopper.graceful_shutdown(None);
+    });
+    axum_server::from_tcp_rustls(
+        listener.into_std()?,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )?
+    .handle(handle)
+    .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+    .await
 }
 
 /// Makes aws-lc-rs the process-wide rustls provider, for libraries that build their TLS

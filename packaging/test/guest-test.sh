@@ -41,6 +41,9 @@ check "/ready answers" wait_for 120 ready
 systemctl status --no-pager weir.service | head -12
 
 say "readings land in the file"
+check "the first admin token is the weir user's alone" [ "$(stat -c '%a %U' /var/lib/weir/initial-admin-token)" = "600 weir" ]
+export WEIR_TOKEN="$(cat /var/lib/weir/initial-admin-token)"
+check "/v1 needs a token (401)" [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8686/v1/devices)" = 401 ]
 weir devices add engine-1 --tag site=plant-1 >/dev/null
 TOKEN=$(weir devices token engine-1 --ttl 1h)
 check "reading accepted (200)" [ "$(post engine-1 '{"temperature": 71.5, "seq": 1001}')" = 200 ]

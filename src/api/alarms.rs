@@ -2,28 +2,29 @@
 //!
 //! - `GET /v1/alarms` — every active alarm (`?severity=major` narrows it down).
 //! - `GET /v1/alarms/{id}` — one alarm.
-//! - `POST /v1/alarms/{id}/ack` — acknowledge it (optional JSON body `{"by": "name"}`);
-//!   the alarm transform emits an `acknowledged` transition. 200 with the alarm, 404 when
-//!   no such alarm is active, 409 when it was acknowledged already.
+//! - `POST /v1/alarms/{id}/ack` — acknowledge it, as the caller: the alarm's `by` is the
+//!   name of the caller's token, not text the caller chose. The alarm transform emits an
+//!   `acknowledged` transition. 200 with the alarm, 404 when no such alarm is active, 409
+//!   when it was acknowledged already.
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::ApiState;
+use super::access::Routes;
+use super::{ApiState, Caller};
 use crate::alarms::{AckOutcome, Severity};
 
-pub fn routes() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route("/v1/alarms", get(list))
-        .route("/v1/alarms/{id}", get(one))
-        .route("/v1/alarms/{id}/ack", post(acknowledge))
+pub fn routes(routes: Routes) -> Routes {
+    routes
+        .get("/v1/alarms", list)
+        .get("/v1/alarms/{id}", one)
+        .post("/v1/alarms/{id}/ack", acknowledge)
 }
 
 #[derive(Deserialize)]
@@ -53,22 +54,15 @@ async fn one(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> impl
     }
 }
 
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AckBody {
-    by: Option<String>,
-}
-
 async fn acknowledge(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    body: Option<axum::Json<AckBody>>,
 ) -> impl IntoResponse {
-    let by = body.and_then(|b| b.0.by);
     let Some(board) = state.alarm_board() else {
         return not_found(&id);
     };
-    match board.acknowledge(&id, by).await {
+    match board.acknowledge(&id, Some(caller.name)).await {
         Some(AckOutcome::Acknowledged(alarm)) => (StatusCode::OK, axum::Json(json!(alarm))),
         Some(AckOutcome::AlreadyAcknowledged(alarm)) => (
             StatusCode::CONFLICT,

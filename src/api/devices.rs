@@ -16,40 +16,45 @@
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::ApiState;
+use super::access::{Routes, patch_field_role};
+use super::{ApiState, Caller};
 use crate::registry::{
     DevicePatch, DeviceSpec, GroupPatch, GroupSpec, ImportOutcome, Registry, RegistryError, Status,
 };
+use crate::tokens::Role;
 
 /// Most devices a list page holds.
 const MAX_PAGE: usize = 1000;
 /// Most rows one import request may carry (the CLI sends chunks).
 const MAX_IMPORT_ROWS: usize = 50_000;
 
-pub fn routes() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route("/v1/devices", get(list).post(create))
-        .route("/v1/devices/import", post(import))
-        .route("/v1/devices/{id}", get(fetch).patch(update).delete(remove))
-        .route("/v1/devices/{id}/enable", post(enable))
-        .route("/v1/devices/{id}/disable", post(disable))
-        .route("/v1/devices/{id}/rotate-key", post(rotate_key))
-        .route("/v1/enrollment-groups", get(list_groups).post(create_group))
-        .route(
-            "/v1/enrollment-groups/{id}",
-            get(fetch_group).patch(update_group).delete(remove_group),
-        )
+pub fn routes(routes: Routes) -> Routes {
+    routes
+        .get("/v1/devices", list)
+        .post("/v1/devices", create)
+        .post("/v1/devices/import", import)
+        .get("/v1/devices/{id}", fetch)
+        .patch("/v1/devices/{id}", update)
+        .delete("/v1/devices/{id}", remove)
+        .post("/v1/devices/{id}/enable", enable)
+        .post("/v1/devices/{id}/disable", disable)
+        .post("/v1/devices/{id}/rotate-key", rotate_key)
+        .post("/v1/devices/{id}/sas-token", sas_token)
+        .get("/v1/enrollment-groups", list_groups)
+        .post("/v1/enrollment-groups", create_group)
+        .get("/v1/enrollment-groups/{id}", fetch_group)
+        .patch("/v1/enrollment-groups/{id}", update_group)
+        .delete("/v1/enrollment-groups/{id}", remove_group)
 }
 
 /// An answer of this API: a status with a JSON body and maybe an `ETag`.
@@ -142,12 +147,24 @@ async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     )
 }
 
-async fn fetch(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
+/// The device; its keys only for `admin`.
+async fn fetch(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     answer((|| {
         let device = registry(&state)?
             .get(&id)
             .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("device `{id}` not found")))?;
-        Ok(record(StatusCode::OK, &device, &device.etag))
+        let mut shown = record(StatusCode::OK, &device, &device.etag);
+        if caller.role < Role::Admin
+            && let Value::Object(fields) = &mut shown.1
+        {
+            fields.remove("primary_key");
+            fields.remove("secondary_key");
+        }
+        Ok(shown)
     })())
 }
 
@@ -262,10 +279,14 @@ async fn removal(
 
 async fn update(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(refused) = patch_allowed(&caller, &body) {
+        return refused.into_response();
+    }
     match parse::<DevicePatch>(&body) {
         Ok(patch) => {
             change(&state, id, &headers, move |r, id, tag| {
@@ -274,6 +295,28 @@ async fn update(
             .await
         }
         Err(e) => e.into_response(),
+    }
+}
+
+/// Refuses a patch with a field the caller's role does not reach (keys need `admin`).
+fn patch_allowed(caller: &Caller, body: &Bytes) -> Result<(), Answer> {
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        // Not an object: the parse that follows says why.
+        return Ok(());
+    };
+    match fields
+        .keys()
+        .map(|field| (field, patch_field_role(field)))
+        .find(|(_, needed)| caller.role < *needed)
+    {
+        Some((field, needed)) => Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "changing `{field}` needs the `{needed}` role; the token `{}` has `{}`",
+                caller.name, caller.role
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -313,6 +356,63 @@ async fn rotate_key(
     headers: HeaderMap,
 ) -> Response {
     change(&state, id, &headers, |r, id, tag| r.rotate_key(id, tag)).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SasRequest {
+    #[serde(default = "default_sas_ttl")]
+    ttl: crate::config::Duration,
+    #[serde(default)]
+    key: SasKey,
+}
+
+#[derive(Clone, Copy, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SasKey {
+    #[default]
+    Primary,
+    Secondary,
+}
+
+fn default_sas_ttl() -> crate::config::Duration {
+    crate::config::Duration(std::time::Duration::from_secs(3600))
+}
+
+/// `POST /v1/devices/{id}/sas-token` (`{"ttl": "1h", "key": "primary"}`, both optional):
+/// a SAS token for the device, so an operator can issue one without reading its keys.
+async fn sas_token(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    answer((|| {
+        let request: SasRequest = match body.is_empty() {
+            true => parse(&Bytes::from_static(b"{}"))?,
+            false => parse(&body)?,
+        };
+        let device = registry(&state)?
+            .get(&id)
+            .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("device `{id}` not found")))?;
+        let key = match request.key {
+            SasKey::Primary => &device.primary_key,
+            SasKey::Secondary => &device.secondary_key,
+        };
+        let key = crate::registry::keys::decode(key).ok_or_else(|| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the stored key of device `{id}` is not Base64"),
+            )
+        })?;
+        let expiry = jiff::Timestamp::now().as_second().max(0) as u64 + request.ttl.get().as_secs();
+        let token =
+            crate::registry::sas::sign(&crate::registry::sas::device_resource(&id), &key, expiry);
+        Ok(Answer(
+            StatusCode::OK,
+            json!({ "token": token, "expires": expiry }),
+            None,
+        ))
+    })())
 }
 
 /// One outcome per row, in row order: rows that do not parse fail alone.

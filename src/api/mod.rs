@@ -1,16 +1,26 @@
-//! The HTTP API: `/health`, `/ready`, `/metrics`, `POST /v1/reload`, `/v1/alarms`.
+//! The HTTP API: `/health`, `/ready`, `/metrics`, `POST /v1/reload`, `/v1/alarms`,
+//! `/v1/tokens`.
 //!
-//! The registry's `/v1/devices` and `/v1/enrollment-groups` live in [`devices`].
+//! The registry's `/v1/devices` and `/v1/enrollment-groups` live in [`devices`]. Every
+//! request passes the request-forgery guard ([`forgery`]), then authentication ([`auth`])
+//! against the one table of who may call what ([`access`]). `weir reload` reaches
+//! `/v1/reload` without a token through the control socket ([`control`]).
 //!
 //! `/health` answers 200 while the process serves requests at all; `/ready` answers 200
 //! only while a topology is running (503 while starting or draining), for load balancers
 //! and systemd-style readiness checks.
 
+pub mod access;
 mod alarms;
+mod audit;
+pub mod auth;
+pub mod control;
 mod devices;
 mod forgery;
 pub mod reload;
+mod tokens;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -18,14 +28,15 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use self::auth::{Auth, Caller};
 pub use self::forgery::AllowedHosts;
 use self::reload::ReloadRequest;
 use crate::alarms::AlarmBoard;
+use crate::audit::AuditLog;
 use crate::config::ApiConfig;
 use crate::registry::Registry;
 use crate::telemetry::Telemetry;
@@ -40,18 +51,26 @@ pub struct ApiState {
     /// The running topology's shared services (the registry behind `/v1/devices`, the
     /// alarm board behind `/v1/alarms`), once it runs.
     services: OnceLock<Arc<Services>>,
+    /// The tokens and the failure limiter.
+    pub auth: Auth,
+    /// Where changes are written down, `data_dir/audit/`.
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl ApiState {
     pub fn new(
         telemetry: Arc<Telemetry>,
         reload: Option<mpsc::Sender<ReloadRequest>>,
+        auth: Auth,
+        audit: Option<Arc<AuditLog>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             telemetry,
             ready: AtomicBool::new(false),
             reload,
             services: OnceLock::new(),
+            auth,
+            audit,
         })
     }
 
@@ -79,15 +98,32 @@ impl ApiState {
     }
 }
 
-/// Every route, behind the request-forgery guard ([`forgery`]).
+/// Every route, each with its row in [`access::ACCESS`].
+pub fn routes() -> access::Routes {
+    let routes = access::Routes::default()
+        .get("/health", health)
+        .get("/ready", ready)
+        .get("/metrics", metrics)
+        .post("/v1/reload", reload::reload);
+    let routes = devices::routes(routes);
+    let routes = alarms::routes(routes);
+    let routes = audit::routes(routes);
+    tokens::routes(routes)
+}
+
+/// Every route, behind the request-forgery guard ([`forgery`]), the audit log
+/// ([`audit`]) and authentication ([`auth`]), in that order.
 pub fn router(state: Arc<ApiState>, allowed: AllowedHosts) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/v1/reload", post(reload::reload))
-        .merge(devices::routes())
-        .merge(alarms::routes())
+    routes()
+        .into_router()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(allowed),
             forgery::guard,
@@ -103,16 +139,33 @@ pub async fn serve(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listen = config.listen;
     let allowed = AllowedHosts::new(listen, &config.allowed_hosts);
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::TlsConfig::server_config)
+        .transpose()
+        .map_err(|err| anyhow::anyhow!("api.tls: {err:#}"))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {listen} (api.listen): {err}"))?;
-    tracing::info!(%listen, "API listening");
-    Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, router(state, allowed))
+    tracing::info!(%listen, tls = tls.is_some(), "API listening");
+    let app = router(state, allowed);
+    let served = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(err) = served {
-            tracing::error!("API server failed: {err}");
+            .await
+        }),
+        Some(tls) => tokio::spawn(crate::tls::serve_tls(listener, tls, app, shutdown)),
+    };
+    Ok(tokio::spawn(async move {
+        match served.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!("API server failed: {err}"),
+            Err(err) => tracing::error!("API server failed: {err}"),
         }
     }))
 }

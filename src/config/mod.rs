@@ -22,6 +22,7 @@ pub mod schema;
 pub mod service;
 pub mod sink;
 pub mod source;
+mod tls;
 pub mod transform;
 mod units;
 mod validate;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use self::tls::TlsConfig;
 pub use catalogue::{Catalogue, ComponentType, OptionsError, ServiceType};
 pub use component::{
     ComponentId, ComponentKind, ComponentTask, FieldProblem, OutputName, Resource,
@@ -322,6 +324,12 @@ pub struct ApiConfig {
     /// from another web page (`Origin`) are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub auth: ApiAuthConfig,
+    /// Serve the API over TLS (`cert_file`, `key_file`; with `ca_file`, callers must also
+    /// present a client certificate that CA signed), as the `http` source does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ApiConfig {
@@ -330,8 +338,37 @@ impl Default for ApiConfig {
             enabled: true,
             listen: default_api_listen(),
             allowed_hosts: Vec::new(),
+            auth: ApiAuthConfig::default(),
+            tls: None,
         }
     }
+}
+
+/// Who may call the API. Every `/v1` route needs an API token (`weir tokens create`);
+/// `/health` and `/ready` are public.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiAuthConfig {
+    /// Serve `/metrics` without a token (else it needs a `viewer` token).
+    #[serde(default)]
+    pub public_metrics: bool,
+    /// Failed authentications a client address may have in a minute; after that it gets
+    /// 429 until the minute is over.
+    #[serde(default = "default_failures_per_minute")]
+    pub failures_per_minute: std::num::NonZeroU32,
+}
+
+impl Default for ApiAuthConfig {
+    fn default() -> Self {
+        Self {
+            public_metrics: false,
+            failures_per_minute: default_failures_per_minute(),
+        }
+    }
+}
+
+fn default_failures_per_minute() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::MIN.saturating_add(9)
 }
 
 fn default_true() -> bool {

@@ -12,17 +12,12 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
 
 use super::{keys, sas};
+use crate::api_client::{ApiArgs, ApiClient};
 
 #[derive(Debug, Args)]
 pub struct DevicesArgs {
-    /// The admin API of the weir that keeps the registry.
-    #[arg(
-        long,
-        env = "WEIR_API",
-        default_value = "http://127.0.0.1:8686",
-        global = true
-    )]
-    api: String,
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     command: DevicesCommand,
 }
@@ -81,7 +76,8 @@ enum DevicesCommand {
         /// Which key signs it.
         #[arg(long, value_enum, default_value = "primary")]
         key: KeyChoice,
-        /// Sign with this Base64 key instead of asking the API (e.g. a group-derived key).
+        /// Sign with this Base64 key here instead of asking the API to sign (e.g. a
+        /// group-derived key).
         #[arg(long, conflicts_with = "key")]
         with_key: Option<String>,
     },
@@ -122,9 +118,12 @@ pub fn main(args: DevicesArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = Client {
-        base: args.api.trim_end_matches('/').to_owned(),
-        http: reqwest::Client::new(),
+    let client = match ApiClient::new(&args.api) {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
     };
     match runtime.block_on(run(&client, args.command)) {
         Ok(code) => code,
@@ -132,39 +131,6 @@ pub fn main(args: DevicesArgs) -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-struct Client {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Client {
-    /// Sends a request; the JSON answer on 2xx, the API's error otherwise.
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, String> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the weir API at {}: {e}", self.base))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| e.to_string())?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(value);
-        }
-        let reason = value["error"].as_str().map_or(text.clone(), str::to_owned);
-        Err(format!("{status}: {reason}"))
     }
 }
 
@@ -181,7 +147,7 @@ fn print(value: &Value) {
     }
 }
 
-async fn run(client: &Client, command: DevicesCommand) -> Result<ExitCode, String> {
+async fn run(client: &ApiClient, command: DevicesCommand) -> Result<ExitCode, String> {
     use reqwest::Method;
     let device = |id: &str| format!("/v1/devices/{}", segment(id));
     let answer = match command {
@@ -223,18 +189,11 @@ async fn run(client: &Client, command: DevicesCommand) -> Result<ExitCode, Strin
                 .await?
         }
         DevicesCommand::Rm { id, if_match } => {
-            let url = format!("{}{}", client.base, device(&id));
-            let mut request = client.http.delete(&url);
+            let mut request = client.request(Method::DELETE, &device(&id));
             if let Some(etag) = if_match {
                 request = request.header("If-Match", etag);
             }
-            let response = request.send().await.map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                let status = response.status();
-                let text = response.text().await.unwrap_or_default();
-                return Err(format!("{status}: {text}"));
-            }
-            Value::Null
+            client.send(request).await?
         }
         DevicesCommand::Enable { id } => {
             let path = format!("{}/enable", device(&id));
@@ -255,23 +214,29 @@ async fn run(client: &Client, command: DevicesCommand) -> Result<ExitCode, Strin
             with_key,
         } => {
             let ttl: crate::config::Duration = ttl.parse()?;
-            let key = match with_key {
-                Some(key) => key,
+            let token = match with_key {
+                Some(key) => {
+                    let key = keys::decode(&key).ok_or("the key is not Base64")?;
+                    let expiry =
+                        jiff::Timestamp::now().as_second().max(0) as u64 + ttl.get().as_secs();
+                    sas::sign(&sas::device_resource(&id), &key, expiry)
+                }
+                // The API signs it: an operator may issue tokens without reading keys.
                 None => {
-                    let record = client.call(Method::GET, &device(&id), None).await?;
-                    let name = match key {
-                        KeyChoice::Primary => "primary_key",
-                        KeyChoice::Secondary => "secondary_key",
+                    let key = match key {
+                        KeyChoice::Primary => "primary",
+                        KeyChoice::Secondary => "secondary",
                     };
-                    record[name]
+                    let body = json!({ "ttl": ttl.to_string(), "key": key });
+                    let path = format!("{}/sas-token", device(&id));
+                    let answer = client.call(Method::POST, &path, Some(&body)).await?;
+                    answer["token"]
                         .as_str()
-                        .ok_or("the API answered without keys")?
+                        .ok_or("the API answered without a token")?
                         .to_owned()
                 }
             };
-            let key = keys::decode(&key).ok_or("the key is not Base64")?;
-            let expiry = jiff::Timestamp::now().as_second().max(0) as u64 + ttl.get().as_secs();
-            println!("{}", sas::sign(&sas::device_resource(&id), &key, expiry));
+            println!("{token}");
             return Ok(ExitCode::SUCCESS);
         }
         DevicesCommand::Import {
@@ -384,7 +349,7 @@ fn csv_rows(text: &str) -> Result<Vec<Row>, String> {
 }
 
 async fn import(
-    client: &Client,
+    client: &ApiClient,
     file: &PathBuf,
     format: Option<ImportFormat>,
     chunk: usize,

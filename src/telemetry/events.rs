@@ -327,3 +327,36 @@ impl ReloadFailed<'_> {
             .inc();
     }
 }
+
+/// A request to the admin API that failed authentication, by `reason` (`missing`,
+/// `malformed`, `unknown_token`, `expired_token`, `rate_limited`).
+pub struct ApiAuthFailed {
+    pub reason: &'static str,
+}
+
+impl ApiAuthFailed {
+    pub fn emit(self, metrics: &super::Metrics) {
+        metrics
+            .api_auth_failures
+            .get_or_create(&super::ReasonLabels {
+                reason: self.reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// A change made through the API, written to the audit log.
+pub struct ApiAuditEvent {
+    pub outcome: &'static str,
+}
+
+impl ApiAuditEvent {
+    pub fn emit(self, metrics: &super::Metrics) {
+        metrics
+            .api_audit_events
+            .get_or_create(&super::AuditLabels {
+                outcome: self.outcome.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -87,6 +87,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Audit events by `outcome`: `ok`, `refused`, `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditLabels {
+    pub outcome: String,
+}
+
 /// Devices in the registry, by `status` (enabled, disabled).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeviceStatusLabels {
@@ -164,6 +170,8 @@ pub struct Metrics {
     pub started_at: Gauge,
     pub registry_devices: Family<DeviceStatusLabels, Gauge>,
     pub registry_auth_failures: Family<ReasonLabels, Counter>,
+    pub api_auth_failures: Family<ReasonLabels, Counter>,
+    pub api_audit_events: Family<AuditLabels, Counter>,
     pub registry_lookups: Counter,
     pub alarm_transitions: Family<AlarmLabels, Counter>,
     pub alarm_active: Family<ComponentLabels, Gauge>,
@@ -218,6 +226,8 @@ impl Default for Metrics {
             started_at: Gauge::default(),
             registry_devices: Family::default(),
             registry_auth_failures: Family::default(),
+            api_auth_failures: Family::default(),
+            api_audit_events: Family::default(),
             registry_lookups: Counter::default(),
             alarm_transitions: Family::default(),
             alarm_active: Family::default(),
@@ -410,6 +420,16 @@ impl Metrics {
             "registry_auth_failures",
             "Devices refused at a source, by reason (bad token, unknown, disabled, ...)",
             m.registry_auth_failures,
+        );
+        registry.register(
+            "api_auth_failures",
+            "Requests to the admin API that failed authentication, by reason",
+            m.api_auth_failures,
+        );
+        registry.register(
+            "api_audit_events",
+            "Changes made through the API, written to the audit log, by outcome",
+            m.api_audit_events,
         );
         registry.register(
             "registry_lookups",

@@ -40,19 +40,13 @@ async fn accepted(webhook: &HttpReceiver, n: usize) -> Vec<Value> {
 }
 
 async fn alarms(weir: &Weir) -> Vec<Value> {
-    let body: Value = reqwest::get(format!("http://{}/v1/alarms", weir.api))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = weir.get_json("/v1/alarms").await;
     body["alarms"].as_array().unwrap().clone()
 }
 
 async fn acknowledge(weir: &Weir, id: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/v1/alarms/{id}/ack", weir.api))
-        .json(&json!({ "by": "ops" }))
+    let response = weir
+        .request(reqwest::Method::POST, &format!("/v1/alarms/{id}/ack"))
         .send()
         .await
         .unwrap();
@@ -136,7 +130,19 @@ actions:
     let (status, body) = acknowledge(&weir, &id).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["acknowledged"], true);
-    assert_eq!(body["acknowledged_by"], "ops");
+    assert_eq!(
+        body["acknowledged_by"], "initial-admin",
+        "the caller's token, not text the caller chose"
+    );
+    let audit = weir.get_json("/v1/audit").await;
+    let acked = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["route"] == "POST /v1/alarms/{id}/ack")
+        .unwrap_or_else(|| panic!("the acknowledgement is audited: {audit}"));
+    assert_eq!(acked["target"], id.as_str());
+    assert_eq!(acked["who"], "initial-admin");
     let sent = accepted(&webhook, 2).await;
     assert_eq!(sent[1]["state"], "acknowledged");
     assert_eq!(sent[1]["alarm_id"], id.as_str());

@@ -7,30 +7,24 @@ use std::net::SocketAddr;
 
 use serde_json::{Value, json};
 
-use crate::support::{Weir, free_port};
+use crate::support::{Weir, free_port, registry_pipeline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_rebound_requests_are_refused_and_ordinary_ones_served() {
     let dir = tempfile::tempdir().unwrap();
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let pipeline = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "data_dir: '{d}'
-api: {{ listen: '{api}', allowed_hosts: [weir.test] }}
-registry: {{ path: registry.redb }}
-sources:
-  fleet: {{ type: simulator, devices: 1, rate: 1 }}
-sinks:
-  out: {{ type: blackhole, inputs: [fleet] }}
-",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let _weir = Weir::start(dir.path(), &pipeline, api).await;
-    let http = reqwest::Client::new();
+    let pipeline = registry_pipeline(dir.path(), api, "allowed_hosts: [weir.test]");
+    let weir = Weir::start(dir.path(), &pipeline, api).await;
+    // Every request carries the admin token: what is refused here is refused whoever asks.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", weir.token).parse().unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let devices = format!("http://{api}/v1/devices");
     let body = json!({ "id": "pump-1" }).to_string();
 

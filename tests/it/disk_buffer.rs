@@ -208,9 +208,8 @@ async fn a_crash_loses_nothing_the_buffer_acknowledged() {
     drop(weir);
 }
 
-async fn reload(api: u16) -> u16 {
-    reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{api}/v1/reload"))
+async fn reload(weir: &Weir) -> u16 {
+    weir.request(reqwest::Method::POST, "/v1/reload")
         .send()
         .await
         .map_or(0, |r| r.status().as_u16())
@@ -232,7 +231,7 @@ async fn a_reload_hands_the_buffer_to_the_new_instance_without_loss_or_duplicate
     // A changed sink: the old instance drains and commits, then the new one opens the
     // same buffer directory (never both at once).
     write_pipeline(dir.path(), port, api, "300ms");
-    assert_eq!(reload(api).await, 200);
+    assert_eq!(reload(&weir).await, 200);
     post_all(&client, port, 4..8).await;
     let ids = wait_for_rows(&dir.path().join("lake"), 400).await;
     assert_eq!(ids.len(), 400, "both instances' readings landed");

@@ -42,9 +42,9 @@ sinks:
     pipeline
 }
 
-async fn reload(api: u16, query: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{api}/v1/reload{query}"))
+async fn reload(weir: &Weir, query: &str) -> (u16, Value) {
+    let response = weir
+        .request(reqwest::Method::POST, &format!("/v1/reload{query}"))
         .send()
         .await
         .expect("POST /v1/reload");
@@ -71,7 +71,7 @@ async fn a_reload_that_drops_a_full_buffer_is_refused_until_told_to_discard() {
     post_all(&client, port, 0..4).await;
 
     write_pipeline(dir.path(), port, api, false);
-    let (status, body) = reload(api, "").await;
+    let (status, body) = reload(&weir, "").await;
     assert_eq!(status, 409, "refused: {body}");
     assert_eq!(body["reason"], "buffers_not_empty");
     let message = errors(&body);
@@ -84,10 +84,10 @@ async fn a_reload_that_drops_a_full_buffer_is_refused_until_told_to_discard() {
     post_all(&client, port, 4..5).await;
 
     // Naming a buffer the reload does not drop is refused too.
-    let (status, body) = reload(api, "?discard_buffers=other").await;
+    let (status, body) = reload(&weir, "?discard_buffers=other").await;
     assert_eq!(status, 409, "{body}");
 
-    let (status, body) = reload(api, "?discard_buffers=lake").await;
+    let (status, body) = reload(&weir, "?discard_buffers=lake").await;
     assert_eq!(status, 200, "{body}");
     assert!(!buffer.exists(), "the discarded buffer is deleted");
     assert!(

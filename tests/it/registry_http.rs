@@ -58,7 +58,7 @@ sinks:
 
     /// Runs `weir devices ARGS` against this weir; stdout on success.
     fn cli(&self, args: &[&str]) -> Result<String, String> {
-        cli(self.weir.api, args)
+        cli(&self.weir, args)
     }
 
     /// POSTs one reading of `device` with `authorization`; the status.
@@ -74,16 +74,16 @@ sinks:
     }
 
     async fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("http://{}{path}", self.weir.api))
+        self.weir.request(method, path)
     }
 }
 
-fn cli(api: SocketAddr, args: &[&str]) -> Result<String, String> {
+fn cli(weir: &Weir, args: &[&str]) -> Result<String, String> {
     let output = Command::new(env!("CARGO_BIN_EXE_weir"))
         .arg("devices")
         .arg("--api")
-        .arg(format!("http://{api}"))
+        .arg(format!("http://{}", weir.api))
+        .env("WEIR_TOKEN", &weir.token)
         .args(args)
         .output()
         .unwrap();

@@ -31,26 +31,31 @@ sinks:
     path
 }
 
-fn import(api: SocketAddr, file: &Path) -> Command {
+fn import(weir: &Weir, file: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
     command
-        .args(["devices", "--api", &format!("http://{api}"), "import"])
+        .args([
+            "devices",
+            "--api",
+            &format!("http://{}", weir.api),
+            "import",
+        ])
+        .env("WEIR_TOKEN", &weir.token)
         .arg(file)
         .args(["--chunk", &CHUNK.to_string()]);
     command
 }
 
 /// Every device, page by page.
-async fn all_devices(api: SocketAddr) -> Vec<Value> {
-    let client = reqwest::Client::new();
+async fn all_devices(weir: &Weir) -> Vec<Value> {
     let mut devices = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let mut url = format!("http://{api}/v1/devices?limit=1000");
+        let mut url = "/v1/devices?limit=1000".to_owned();
         if let Some(after) = &after {
             url.push_str(&format!("&after={after}"));
         }
-        let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        let page = weir.get_json(&url).await;
         devices.extend(page["devices"].as_array().unwrap().iter().cloned());
         match page["next"].as_str() {
             Some(next) => after = Some(next.to_owned()),
@@ -73,13 +78,12 @@ async fn kill_during_import_leaves_a_consistent_registry_and_a_rerun_completes_i
     let pipeline = pipeline(dir.path(), api);
     let weir = Weir::start(dir.path(), &pipeline, api).await;
 
-    let first = import(api, &file)
+    let first = import(&weir, &file)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Kill weir once a good part of the fleet is in.
-    let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let metrics = weir.metrics().await;
@@ -99,7 +103,7 @@ async fn kill_during_import_leaves_a_consistent_registry_and_a_rerun_completes_i
 
     // Restarted: whole chunks only, every record complete.
     let weir = Weir::start(dir.path(), &pipeline, api).await;
-    let devices = all_devices(api).await;
+    let devices = all_devices(&weir).await;
     assert!(
         !devices.is_empty() && devices.len() < DEVICES,
         "{}",
@@ -110,14 +114,7 @@ async fn kill_during_import_leaves_a_consistent_registry_and_a_rerun_completes_i
         assert_eq!(device["id"], format!("dev-{n:06}"));
         assert_eq!(device["tags"]["site"], format!("plant-{}", n % 7));
     }
-    let sample: Value = client
-        .get(format!("http://{api}/v1/devices/dev-000000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sample = weir.get_json("/v1/devices/dev-000000").await;
     assert_eq!(
         weir::registry::keys::decode(sample["primary_key"].as_str().unwrap())
             .unwrap()
@@ -126,7 +123,7 @@ async fn kill_during_import_leaves_a_consistent_registry_and_a_rerun_completes_i
     );
 
     // The re-run adds the rest and skips what is there.
-    let output = import(api, &file).output().unwrap();
+    let output = import(&weir, &file).output().unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -136,7 +133,7 @@ async fn kill_during_import_leaves_a_consistent_registry_and_a_rerun_completes_i
     assert_eq!(summary["existed"], devices.len());
     assert_eq!(summary["created"], DEVICES - devices.len());
     assert_eq!(summary["failed"], 0);
-    assert_eq!(all_devices(api).await.len(), DEVICES);
+    assert_eq!(all_devices(&weir).await.len(), DEVICES);
     drop(weir);
 }
 
@@ -158,8 +155,8 @@ not json
     )
     .unwrap();
     let pipeline = pipeline(dir.path(), api);
-    let _weir = Weir::start(dir.path(), &pipeline, api).await;
-    let output = import(api, &file).output().unwrap();
+    let weir = Weir::start(dir.path(), &pipeline, api).await;
+    let output = import(&weir, &file).output().unwrap();
     assert_eq!(output.status.code(), Some(2), "some rows failed");
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["created"], 2);
@@ -174,7 +171,7 @@ not json
     ] {
         assert!(stderr.contains(line), "{line} in {stderr}");
     }
-    let devices = all_devices(api).await;
+    let devices = all_devices(&weir).await;
     let ids: Vec<&str> = devices.iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a", "f"]);
 }

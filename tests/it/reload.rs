@@ -88,9 +88,9 @@ fn variant(n: usize, dir: &Path, ports: &Ports) -> String {
     }
 }
 
-async fn reload(client: &reqwest::Client, api: u16) -> (u16, Value) {
-    let response = client
-        .post(format!("http://127.0.0.1:{api}/v1/reload"))
+async fn reload(weir: &Weir) -> (u16, Value) {
+    let response = weir
+        .request(reqwest::Method::POST, "/v1/reload")
         .send()
         .await
         .unwrap();
@@ -176,7 +176,7 @@ async fn twenty_reloads_under_load_lose_and_double_nothing() {
             "readings are accepted before reload {n}"
         );
         std::fs::write(&pipeline, variant(n, dir.path(), &ports)).unwrap();
-        let (status, answer) = reload(&client, ports.api).await;
+        let (status, answer) = reload(&weir).await;
         if n % 6 == 5 {
             assert_eq!(status, 422, "the broken file is refused: {answer}");
             broken_error = answer["errors"][0].as_str().unwrap_or_default().to_owned();
@@ -322,7 +322,7 @@ async fn a_taken_port_rolls_the_reload_back() {
         simple(dir.path(), api, &[("a", a), ("b", taken)]),
     )
     .unwrap();
-    let (status, answer) = reload(&reqwest::Client::new(), api).await;
+    let (status, answer) = reload(&weir).await;
     assert_eq!(status, 500, "{answer}");
     assert_eq!(answer["reason"], "build_failed");
     assert!(
@@ -351,14 +351,14 @@ async fn a_port_moves_between_sources_in_one_reload() {
     let (api, p1, p2) = (free_port(), free_port(), free_port());
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(&pipeline, simple(dir.path(), api, &[("a", p1)])).unwrap();
-    let _weir = Weir::start(
+    let weir = Weir::start(
         dir.path(),
         &pipeline,
         format!("127.0.0.1:{api}").parse().unwrap(),
     )
     .await;
     std::fs::write(&pipeline, simple(dir.path(), api, &[("a", p2), ("b", p1)])).unwrap();
-    let (status, answer) = reload(&reqwest::Client::new(), api).await;
+    let (status, answer) = reload(&weir).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["diff"]["changed"], json!(["a"]));
     assert_eq!(answer["diff"]["added"], json!(["b"]));
@@ -371,7 +371,7 @@ async fn globals_that_cannot_change_are_refused_by_name() {
     let (api, a) = (free_port(), free_port());
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(&pipeline, simple(dir.path(), api, &[("a", a)])).unwrap();
-    let _weir = Weir::start(
+    let weir = Weir::start(
         dir.path(),
         &pipeline,
         format!("127.0.0.1:{api}").parse().unwrap(),
@@ -382,7 +382,7 @@ async fn globals_that_cannot_change_are_refused_by_name() {
         simple(dir.path(), api, &[("a", a)]).replace("/state", "/elsewhere"),
     )
     .unwrap();
-    let (status, answer) = reload(&reqwest::Client::new(), api).await;
+    let (status, answer) = reload(&weir).await;
     assert_eq!(status, 409, "{answer}");
     assert!(
         answer["errors"][0]

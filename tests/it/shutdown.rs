@@ -14,14 +14,16 @@ async fn sigterm_under_load_loses_no_accepted_reading() {
     std::fs::write(
         &pipeline,
         format!(
-            "api: {{ listen: 127.0.0.1:{api} }}
+            "data_dir: '{d}'
+api: {{ listen: 127.0.0.1:{api} }}
 sources:
   devices: {{ type: http, listen: 127.0.0.1:{port} }}
 transforms:
   shaped: {{ type: remap, inputs: [devices], set: {{ temperature_f: 'temperature * 9 / 5 + 32' }} }}
 sinks:
   out: {{ type: file, inputs: [shaped], path: out.ndjson }}
-"
+",
+            d = dir.path().display()
         ),
     )
     .unwrap();

@@ -51,11 +51,12 @@ async fn until(socket: &UnixDatagram, wanted: &str) -> Vec<String> {
     }
 }
 
-fn weir_reload(api: SocketAddr, args: &[&str]) -> Output {
+/// `weir reload ARGS` for the weir whose data_dir is `data_dir` (its control socket).
+fn weir_reload(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_weir"))
         .arg("reload")
         .args(args)
-        .env("WEIR_API", format!("http://{api}"))
+        .env("WEIR_DATA_DIR", data_dir)
         .output()
         .expect("run weir reload")
 }
@@ -92,7 +93,8 @@ async fn notifies_systemd_and_reload_wait_reports_the_outcome() {
 
     // A reload that adds a sink: RELOADING=1, then READY=1; the command says what changed.
     std::fs::write(&file, pipeline(dir.path(), api_port, devices, true)).expect("write");
-    let reload = tokio::task::spawn_blocking(move || weir_reload(api, &["--wait"]));
+    let data_dir = weir.data_dir.clone();
+    let reload = tokio::task::spawn_blocking(move || weir_reload(&data_dir, &["--wait"]));
     let seen = until(&socket, "RELOADING=1").await;
     assert!(!seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
     until(&socket, "READY=1").await;
@@ -111,7 +113,8 @@ async fn notifies_systemd_and_reload_wait_reports_the_outcome() {
             .replace("inputs: [devices]", "inptus: [devices]"),
     )
     .expect("write");
-    let reload = tokio::task::spawn_blocking(move || weir_reload(api, &["--wait"]));
+    let data_dir = weir.data_dir.clone();
+    let reload = tokio::task::spawn_blocking(move || weir_reload(&data_dir, &["--wait"]));
     until(&socket, "RELOADING=1").await;
     until(&socket, "READY=1").await;
     let output = reload.await.expect("join");
@@ -128,7 +131,8 @@ async fn notifies_systemd_and_reload_wait_reports_the_outcome() {
 
     // Without --wait the command returns once the reload is asked for.
     std::fs::write(&file, pipeline(dir.path(), api_port, devices, false)).expect("write");
-    let output = tokio::task::spawn_blocking(move || weir_reload(api, &[]))
+    let data_dir = weir.data_dir.clone();
+    let output = tokio::task::spawn_blocking(move || weir_reload(&data_dir, &[]))
         .await
         .expect("join");
     assert!(output.status.success(), "{output:?}");
@@ -143,10 +147,8 @@ async fn notifies_systemd_and_reload_wait_reports_the_outcome() {
 
 #[test]
 fn reload_wait_without_a_running_weir_fails() {
-    let api: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
-    let output = weir_reload(api, &["--wait"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = weir_reload(dir.path(), &["--wait"]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("cannot reach the running weir"),

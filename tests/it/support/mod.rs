@@ -35,7 +35,7 @@ pub mod receivers;
 pub mod services;
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,6 +138,46 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 pub struct Weir {
     pub child: Child,
     pub api: SocketAddr,
+    /// The admin token weir wrote to `data_dir/initial-admin-token` on its first start
+    /// (empty when the data_dir had tokens before).
+    pub token: String,
+    /// Its `data_dir` (where `weir reload` finds the control socket).
+    pub data_dir: PathBuf,
+}
+
+/// The `data_dir` of the pipeline `pipeline` run in `dir`.
+pub fn data_dir_of(dir: &Path, pipeline: &Path) -> PathBuf {
+    let (config, _) = weir::config::load(&weir::CATALOGUE, &[pipeline.to_path_buf()])
+        .unwrap_or_else(|e| panic!("invalid pipeline {}: {e}", pipeline.display()));
+    dir.join(config.globals.data_dir)
+}
+
+/// Writes `dir/pipeline.yaml`: a registry and a simulated device into a blackhole, with
+/// the API on `api` and `api_settings` (more keys of `api:`, e.g. `allowed_hosts: [x]`).
+pub fn registry_pipeline(dir: &Path, api: SocketAddr, api_settings: &str) -> PathBuf {
+    let pipeline = dir.join("pipeline.yaml");
+    let text = format!(
+        "data_dir: '{d}'
+api: {{ listen: '{api}', {api_settings} }}
+registry: {{ path: registry.redb }}
+sources:
+  fleet: {{ type: simulator, devices: 1, rate: 1 }}
+sinks:
+  out: {{ type: blackhole, inputs: [fleet] }}
+",
+        d = dir.display()
+    );
+    std::fs::write(&pipeline, text).expect("write the pipeline");
+    pipeline
+}
+
+/// The first admin token of a weir that ran with `data_dir`.
+pub fn initial_admin_token(data_dir: &Path) -> String {
+    let path = data_dir.join("initial-admin-token");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no admin token at {}: {e}", path.display()))
+        .trim()
+        .to_owned()
 }
 
 impl Weir {
@@ -174,7 +214,13 @@ impl Weir {
             .stdout(Stdio::null())
             .spawn()
             .expect("start weir");
-        let weir = Weir { child, api };
+        let data_dir = data_dir_of(dir, pipeline);
+        let mut weir = Weir {
+            child,
+            api,
+            token: String::new(),
+            data_dir,
+        };
         let client = reqwest::Client::new();
         let ready = format!("http://{api}/ready");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -182,6 +228,11 @@ impl Weir {
             if let Ok(response) = client.get(&ready).send().await
                 && response.status().is_success()
             {
+                // Written before the API listens; absent when tokens were made before.
+                let file = weir.data_dir.join("initial-admin-token");
+                if file.exists() {
+                    weir.token = initial_admin_token(&weir.data_dir);
+                }
                 return weir;
             }
             assert!(Instant::now() < deadline, "weir did not become ready");
@@ -189,8 +240,42 @@ impl Weir {
         }
     }
 
+    /// A request to this weir's API at `path`, with the admin token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, format!("http://{}{path}", self.api))
+            .bearer_auth(&self.token)
+    }
+
+    /// `GET path` with the admin token: the JSON answer.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
+    /// A new API token named `name` with `role` (a role's name), made with the admin token.
+    pub async fn make_token(&self, name: &str, role: &str) -> String {
+        let made = self
+            .request(reqwest::Method::POST, "/v1/tokens")
+            .json(&serde_json::json!({ "name": name, "role": role }))
+            .send()
+            .await
+            .expect("POST /v1/tokens");
+        assert_eq!(made.status(), 201, "POST /v1/tokens");
+        let made: serde_json::Value = made.json().await.expect("a JSON answer");
+        made["token"].as_str().expect("a token").to_owned()
+    }
+
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.api))
+        self.request(reqwest::Method::GET, "/metrics")
+            .send()
             .await
             .expect("GET /metrics")
             .text()

@@ -1,0 +1,207 @@
+//! Who may call which route: the one table the router consults ([`ACCESS`]).
+//!
+//! Every route is added through [`Routes`], which records it, and a unit test holds the
+//! recorded routes and the table to the same set: a route without a row fails it. At run
+//! time a route that has no row is refused to everyone (500), never served.
+//! `README.md` shows the same table; the integration test `api_auth` calls every row with
+//! every role.
+//!
+//! One route changes several kinds of thing: `PATCH /v1/devices/{id}` needs `operator`
+//! for status and properties and `admin` for keys ([`patch_field_role`]); and
+//! `GET /v1/devices/{id}` shows the keys to `admin` only.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{MethodRouter, delete, get, patch, post};
+
+use super::ApiState;
+use crate::tokens::Role;
+
+/// What a route asks of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (load balancers, systemd).
+    Public,
+    /// Public when `api.auth.public_metrics` says so, else `viewer`.
+    Metrics,
+    /// A token (or JWT) with at least this role.
+    Role(Role),
+}
+
+use Access::{Metrics, Public, Role as Needs};
+use Role::{Admin, Operator, Viewer};
+
+/// Every route, with what it asks of its caller.
+pub const ACCESS: &[(Method, &str, Access)] = &[
+    (Method::GET, "/health", Public),
+    (Method::GET, "/ready", Public),
+    (Method::GET, "/metrics", Metrics),
+    (Method::POST, "/v1/reload", Needs(Admin)),
+    (Method::GET, "/v1/alarms", Needs(Viewer)),
+    (Method::GET, "/v1/alarms/{id}", Needs(Viewer)),
+    (Method::POST, "/v1/alarms/{id}/ack", Needs(Operator)),
+    (Method::GET, "/v1/devices", Needs(Viewer)),
+    (Method::POST, "/v1/devices", Needs(Admin)),
+    (Method::POST, "/v1/devices/import", Needs(Admin)),
+    (Method::GET, "/v1/devices/{id}", Needs(Viewer)),
+    (Method::PATCH, "/v1/devices/{id}", Needs(Operator)),
+    (Method::DELETE, "/v1/devices/{id}", Needs(Admin)),
+    (Method::POST, "/v1/devices/{id}/enable", Needs(Operator)),
+    (Method::POST, "/v1/devices/{id}/disable", Needs(Operator)),
+    (Method::POST, "/v1/devices/{id}/rotate-key", Needs(Admin)),
+    (Method::POST, "/v1/devices/{id}/sas-token", Needs(Operator)),
+    (Method::GET, "/v1/enrollment-groups", Needs(Admin)),
+    (Method::POST, "/v1/enrollment-groups", Needs(Admin)),
+    (Method::GET, "/v1/enrollment-groups/{id}", Needs(Admin)),
+    (Method::PATCH, "/v1/enrollment-groups/{id}", Needs(Admin)),
+    (Method::DELETE, "/v1/enrollment-groups/{id}", Needs(Admin)),
+    (Method::GET, "/v1/audit", Needs(Admin)),
+    (Method::GET, "/v1/tokens", Needs(Admin)),
+    (Method::POST, "/v1/tokens", Needs(Admin)),
+    (Method::DELETE, "/v1/tokens/{name}", Needs(Admin)),
+];
+
+/// The fields of a device patch that need more than the route's `operator`.
+const ADMIN_PATCH_FIELDS: &[&str] = &["primary_key", "secondary_key", "x509_thumbprint"];
+
+/// The role a `PATCH /v1/devices/{id}` field needs.
+pub fn patch_field_role(field: &str) -> Role {
+    match ADMIN_PATCH_FIELDS.contains(&field) {
+        true => Admin,
+        false => Operator,
+    }
+}
+
+/// What the route `method path` (the router's pattern) asks; `None` for a path the
+/// table does not have with this method.
+pub fn lookup(method: &Method, path: &str) -> Option<Access> {
+    ACCESS
+        .iter()
+        .find(|(m, p, _)| m == method && *p == path)
+        .map(|(_, _, access)| *access)
+}
+
+/// Whether the table has `path` with any method (a wrong method is the router's 405).
+pub fn knows_path(path: &str) -> bool {
+    ACCESS.iter().any(|(_, p, _)| *p == path)
+}
+
+/// The router being built, and every route added to it.
+pub struct Routes {
+    router: Router<Arc<ApiState>>,
+    added: Vec<(Method, &'static str)>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            router: Router::new(),
+            added: Vec::new(),
+        }
+    }
+}
+
+impl Routes {
+    fn add(
+        mut self,
+        method: Method,
+        path: &'static str,
+        route: MethodRouter<Arc<ApiState>>,
+    ) -> Self {
+        self.router = self.router.route(path, route);
+        self.added.push((method, path));
+        self
+    }
+
+    pub fn get<H: Handler<T, Arc<ApiState>>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add(Method::GET, path, get(h))
+    }
+
+    pub fn post<H: Handler<T, Arc<ApiState>>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add(Method::POST, path, post(h))
+    }
+
+    pub fn patch<H: Handler<T, Arc<ApiState>>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add(Method::PATCH, path, patch(h))
+    }
+
+    pub fn delete<H: Handler<T, Arc<ApiState>>, T: 'static>(
+        self,
+        path: &'static str,
+        h: H,
+    ) -> Self {
+        self.add(Method::DELETE, path, delete(h))
+    }
+
+    pub fn added(&self) -> &[(Method, &'static str)] {
+        &self.added
+    }
+
+    pub fn into_router(self) -> Router<Arc<ApiState>> {
+        self.router
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_route_has_exactly_one_row_and_every_row_a_route() {
+        let routes = super::super::routes();
+        let added: BTreeSet<(String, &str)> = routes
+            .added()
+            .iter()
+            .map(|(m, p)| (m.to_string(), *p))
+            .collect();
+        assert_eq!(added.len(), routes.added().len(), "a route added twice");
+        let table: BTreeSet<(String, &str)> =
+            ACCESS.iter().map(|(m, p, _)| (m.to_string(), *p)).collect();
+        assert_eq!(table.len(), ACCESS.len(), "a route with two rows");
+        let without_row: Vec<_> = added.difference(&table).collect();
+        assert!(
+            without_row.is_empty(),
+            "routes without a role: {without_row:?}"
+        );
+        let without_route: Vec<_> = table.difference(&added).collect();
+        assert!(
+            without_route.is_empty(),
+            "rows without a route: {without_route:?}"
+        );
+    }
+
+    #[test]
+    fn every_v1_route_needs_a_role() {
+        for (method, path, access) in ACCESS {
+            if path.starts_with("/v1/") {
+                assert!(matches!(access, Needs(_)), "{method} {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_shows_the_table() {
+        let readme = include_str!("../../README.md");
+        for (method, path, access) in ACCESS {
+            let who = match access {
+                Public => "public".to_owned(),
+                Metrics => "viewer, or public with `api.auth.public_metrics`".to_owned(),
+                Needs(role) => role.to_string(),
+            };
+            let row = format!("| `{method} {path}` | {who} |");
+            assert!(readme.contains(&row), "README.md lacks the row\n{row}");
+        }
+    }
+
+    #[test]
+    fn keys_in_a_patch_need_admin() {
+        assert_eq!(patch_field_role("primary_key"), Admin);
+        assert_eq!(patch_field_role("status"), Operator);
+        assert_eq!(patch_field_role("desired"), Operator);
+    }
+}
