@@ -43,6 +43,8 @@ pub mod sources;
 pub mod systemd;
 pub mod telemetry;
 pub mod template;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod topology;
 pub mod transforms;

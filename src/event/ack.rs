@@ -75,9 +75,80 @@ impl Drop for Delivery {
     }
 }
 
+/// Deliveries a component holds while it works on their events, failed if it is dropped
+/// before [`Unsettled::settle`]: a task stopped mid-way (a stop out of time, an aborted
+/// sink) must not let its sources take what it was working on as committed.
+#[derive(Debug, Default)]
+pub struct Unsettled(Vec<std::sync::Arc<Delivery>>);
+
+impl Unsettled {
+    /// Holds the deliveries of `events`, each once (consecutive events mostly share one).
+    pub fn of(events: &[super::Event]) -> Self {
+        let mut held: Vec<std::sync::Arc<Delivery>> = Vec::new();
+        for delivery in events.iter().filter_map(super::Event::delivery) {
+            if held
+                .last()
+                .is_none_or(|last| !std::sync::Arc::ptr_eq(last, delivery))
+            {
+                held.push(std::sync::Arc::clone(delivery));
+            }
+        }
+        Self(held)
+    }
+
+    /// Adds `other`'s deliveries to these.
+    pub fn extend(&mut self, mut other: Unsettled) {
+        self.0.append(&mut other.0);
+    }
+
+    /// The work is done: let go without failing anything.
+    pub fn settle(mut self) {
+        self.0.clear();
+    }
+
+    /// The work is lost: fail every delivery now.
+    pub fn fail(mut self) {
+        for delivery in self.0.drain(..) {
+            delivery.fail();
+        }
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        for delivery in self.0.drain(..) {
+            delivery.fail();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unsettled_deliveries_fail_unless_settled() {
+        let event = |delivery: &std::sync::Arc<Delivery>| {
+            let mut event = crate::event::Event::new(
+                None,
+                crate::event::Fields::new(),
+                std::sync::Arc::new(crate::event::EventMeta::received_by("t".into())),
+            );
+            event.attach(delivery);
+            event
+        };
+        let (settled, settled_outcome) = Delivery::new();
+        let held = Unsettled::of(&[event(&settled), event(&settled)]);
+        drop(settled);
+        held.settle();
+        assert_eq!(settled_outcome.await.unwrap(), DeliveryStatus::Committed);
+
+        let (dropped, dropped_outcome) = Delivery::new();
+        let held = Unsettled::of(&[event(&dropped)]);
+        drop(dropped);
+        drop(held);
+        assert_eq!(dropped_outcome.await.unwrap(), DeliveryStatus::Failed);
+    }
 
     #[test]
     fn the_last_reference_reports_once() {

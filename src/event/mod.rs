@@ -19,7 +19,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-pub use ack::{Delivery, DeliveryStatus};
+pub use ack::{Delivery, DeliveryStatus, Unsettled};
 pub use serde_json::Value;
 pub use time::parse_event_time;
 pub use view::EventView;

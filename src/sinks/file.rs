@@ -3,7 +3,9 @@
 //! The active file keeps its configured name so `tail -f` works; when it would grow past
 //! `rotate_bytes` it is renamed to `<path>.1`, `<path>.2`, ... (highest is newest) and a new
 //! one is started. A failed write is retried with backoff rather than dropped: the sink
-//! stalls, backpressure holds the sources, and nothing is lost.
+//! stalls, backpressure holds the sources, and nothing is lost. The retry first cuts the
+//! file back to the end of the last complete write, and opening the file cuts off a last
+//! line without its newline (a crash mid-write), so no line is ever torn or doubled.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -119,7 +121,11 @@ struct RotatingFile {
     path: PathBuf,
     rotate_bytes: Option<u64>,
     file: Option<File>,
+    /// Bytes of the active file that are whole lines from complete writes.
     size: u64,
+    /// A write failed part-way: what follows `size` may be a torn or partial batch, to be
+    /// cut off before the retry (so the retry neither tears nor doubles a line).
+    dirty: bool,
     next_index: u64,
 }
 
@@ -134,19 +140,40 @@ impl RotatingFile {
             rotate_bytes: rotate_bytes.map(ByteSize::get),
             file: None,
             size: 0,
+            dirty: false,
             next_index,
         };
         this.open_active().await?;
         Ok(this)
     }
 
+    /// Opens the active file for appending and cuts off what is not known good: after a
+    /// failed write, everything past the last complete write; otherwise (a crash mid-write
+    /// in an earlier run) a last line without its newline, whose events were never
+    /// acknowledged and will be delivered again.
     async fn open_active(&mut self) -> std::io::Result<()> {
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&self.path)
             .await?;
-        self.size = file.metadata().await?.len();
+        let len = file.metadata().await?.len();
+        let good = match self.dirty {
+            true => self.size.min(len),
+            false => end_of_last_line(&mut file, len).await?,
+        };
+        if good < len {
+            file.set_len(good).await?;
+            file.sync_data().await?;
+            tracing::warn!(
+                path = %self.path.display(),
+                bytes = len - good,
+                "cut off a partial write at the end of the file"
+            );
+        }
+        self.size = good;
+        self.dirty = false;
         self.file = Some(file);
         Ok(())
     }
@@ -157,6 +184,20 @@ impl RotatingFile {
     }
 
     async fn write(&mut self, bytes: &[u8], fsync: bool) -> std::io::Result<()> {
+        if self.dirty {
+            self.file = None;
+        }
+        let written = self.write_whole(bytes, fsync).await;
+        if written.is_err() {
+            self.dirty = true;
+        }
+        written
+    }
+
+    async fn write_whole(&mut self, bytes: &[u8], fsync: bool) -> std::io::Result<()> {
+        if self.file.is_none() {
+            self.open_active().await?;
+        }
         if let Some(limit) = self.rotate_bytes
             && self.size > 0
             && self.size + bytes.len() as u64 > limit
@@ -202,6 +243,26 @@ impl RotatingFile {
     }
 }
 
+/// Where the last complete line of `file` (of `len` bytes) ends: `len` when the file ends
+/// with a newline (or is empty, or its last 64 KiB hold no newline at all: a line that long
+/// is left alone).
+async fn end_of_last_line(file: &mut File, len: u64) -> std::io::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    const TAIL: u64 = 64 * 1024;
+    if len == 0 {
+        return Ok(0);
+    }
+    let start = len.saturating_sub(TAIL);
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    file.read_to_end(&mut tail).await?;
+    Ok(match tail.iter().rposition(|b| *b == b'\n') {
+        Some(i) => start + i as u64 + 1,
+        None if start == 0 => 0,
+        None => len,
+    })
+}
+
 fn rotated_name(path: &Path, index: u64) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{index}"));
@@ -234,4 +295,49 @@ async fn highest_rotation(path: &Path) -> u64 {
         }
     }
     highest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Tmpfs;
+
+    fn lines(range: std::ops::Range<usize>) -> Vec<u8> {
+        range
+            .flat_map(|i| format!("{{\"i\":{i}}}\n").into_bytes())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_retried_without_a_torn_or_doubled_line() {
+        let disk = Tmpfs::mount("64k");
+        let path = disk.dir.path().join("out.ndjson");
+        let filler = disk.dir.path().join("filler");
+        let mut file = RotatingFile::open(path.clone(), None).await.unwrap();
+        file.write(&lines(0..10), true).await.unwrap();
+        // Leave less room than the next batch needs: it is written in part, then fails.
+        let room = 16 * 1024;
+        std::fs::write(&filler, vec![0u8; 64 * 1024 - room - 4096]).unwrap();
+        let batch = lines(10..3000);
+        assert!(batch.len() > room);
+        assert!(file.write(&batch, true).await.is_err(), "the disk is full");
+        std::fs::remove_file(&filler).unwrap();
+        file.reopen().await;
+        file.write(&batch, true).await.unwrap();
+        file.close().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), lines(0..3000));
+    }
+
+    #[tokio::test]
+    async fn a_partial_last_line_from_a_crash_is_cut_off_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        let mut torn = lines(0..3);
+        torn.extend_from_slice(b"{\"i\":3");
+        std::fs::write(&path, &torn).unwrap();
+        let mut file = RotatingFile::open(path.clone(), None).await.unwrap();
+        file.write(&lines(3..5), false).await.unwrap();
+        file.close().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), lines(0..5));
+    }
 }

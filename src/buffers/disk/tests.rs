@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::buffers::tests::{batch, ids, telemetry};
 use crate::event::{Delivery, DeliveryStatus, EventBatch};
+use crate::testing::Tmpfs;
 use crate::topology::channel::{InputSender, input_channel};
 
 struct Harness {
@@ -288,33 +289,6 @@ async fn acknowledged_segments_are_deleted() {
         "every event acknowledged: {}",
         h.metrics.events.get()
     );
-}
-
-/// A tmpfs of `size`, unmounted on drop. The tests run as root (see the README), which
-/// `mount` needs; a full disk cannot be made any other way without privileges.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs (needs root)");
-        Self { dir }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ use super::retry::{Backoff, RetryConfig, WriteError};
 use super::{SinkComponent, SinkContext};
 use crate::buffers::{Buffer, BufferConfig};
 use crate::config::{self, ByteSize, FieldProblem, Resource};
-use crate::event::{Event, EventBatch};
+use crate::event::{Event, EventBatch, Unsettled};
 use crate::telemetry::events::{BatchCommitted, ComponentError, ErrorType, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
 use crate::topology::ComponentTask;
@@ -418,14 +418,15 @@ impl DeltaSink {
         if encoded.accepted.is_empty() {
             return;
         }
+        // Held from here until the writer holds them: failed if the sink stops meanwhile.
+        let deliveries = Unsettled::of(&encoded.accepted);
+        let rows = encoded.accepted.len();
+        // The rows are encoded; the events themselves are no longer needed.
+        drop(encoded.accepted);
         let mut backoff = Backoff::new(&self.config.retry, &self.telemetry);
         while let Err(err) = table.ensure_columns(&mut self.columns).await {
             backoff.wait(&err).await;
         }
-        let deliveries = distinct_deliveries(&encoded.accepted);
-        let rows = encoded.accepted.len();
-        // The rows are in the writer now; the events themselves are no longer needed.
-        drop(encoded.accepted);
         if let Err(err) = table.write(encoded.batch, deliveries).await {
             ComponentError {
                 error_type: ErrorType::Io,
@@ -528,20 +529,6 @@ impl DeltaSink {
             .collect();
         self.out.send_named("errors", EventBatch::new(events)).await;
     }
-}
-
-/// The deliveries of `events`, each once (consecutive events mostly share one).
-fn distinct_deliveries(events: &[Event]) -> Vec<Arc<crate::event::Delivery>> {
-    let mut deliveries: Vec<Arc<crate::event::Delivery>> = Vec::new();
-    for delivery in events.iter().filter_map(Event::delivery) {
-        if deliveries
-            .last()
-            .is_none_or(|last| !Arc::ptr_eq(last, delivery))
-        {
-            deliveries.push(Arc::clone(delivery));
-        }
-    }
-    deliveries
 }
 
 fn after(interval: config::Duration) -> tokio::time::Instant {

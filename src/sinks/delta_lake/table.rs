@@ -8,7 +8,6 @@
 //! on retry instead of being written twice.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Transaction};
@@ -20,7 +19,7 @@ use url::Url;
 
 use super::columns::Columns;
 use super::compact::{Compacted, compact};
-use crate::event::Delivery;
+use crate::event::Unsettled;
 use crate::sinks::retry::WriteError;
 
 /// What to open and how to create it.
@@ -45,8 +44,9 @@ pub struct TableWriter {
     next_version: i64,
     /// Rows written since the last commit.
     rows: usize,
-    /// The deliveries of those rows: released (acknowledged) when the commit lands.
-    deliveries: Vec<Arc<Delivery>>,
+    /// The deliveries of those rows: settled (acknowledged) when the commit lands, failed
+    /// if the window is abandoned or the writer dropped before.
+    deliveries: Unsettled,
     /// Files finished for the open window but not yet in the log, with their size.
     staged: Option<(Vec<Add>, usize)>,
 }
@@ -96,7 +96,7 @@ impl TableWriter {
             committed_fields: 0,
             next_version: 0,
             rows: 0,
-            deliveries: Vec::new(),
+            deliveries: Unsettled::default(),
             staged: None,
         };
         if let Some(table) = table {
@@ -172,15 +172,13 @@ impl TableWriter {
     pub async fn write(
         &mut self,
         batch: deltalake::arrow::record_batch::RecordBatch,
-        deliveries: impl IntoIterator<Item = Arc<Delivery>>,
+        deliveries: Unsettled,
     ) -> Result<(), DeltaTableError> {
         let writer = self
             .writer
             .as_mut()
             .ok_or_else(|| DeltaTableError::Generic("the table is not open".into()))?;
         let rows = batch.num_rows();
-        // Held before the write: if the sink is stopped mid-write, dropping the writer
-        // fails them (see `Drop`), instead of dropping them here, which would commit them.
         self.deliveries.extend(deliveries);
         writer.write(batch).await?;
         self.rows += rows;
@@ -255,8 +253,8 @@ impl TableWriter {
         self.next_version = version + 1;
         self.rows = 0;
         self.staged = None;
-        // Dropping the deliveries acknowledges the committed rows upstream.
-        self.deliveries.clear();
+        // Acknowledges the committed rows upstream.
+        std::mem::take(&mut self.deliveries).settle();
         Ok(Committed { rows, bytes })
     }
 
@@ -291,25 +289,13 @@ impl TableWriter {
     /// Gives up on the open window after a write error: the writer has discarded its
     /// buffered rows, so their sources must deliver them again.
     pub fn abandon(&mut self) -> anyhow::Result<()> {
-        for delivery in self.deliveries.drain(..) {
-            delivery.fail();
-        }
+        std::mem::take(&mut self.deliveries).fail();
         self.rows = 0;
         self.staged = None;
         if let Some(table) = &self.table {
             self.writer = Some(RecordBatchWriter::for_table(table)?);
         }
         Ok(())
-    }
-}
-
-impl Drop for TableWriter {
-    /// A writer dropped with rows it has not committed (a stop that ran out of time, a
-    /// discarded buffer) must not let their sources take them as committed.
-    fn drop(&mut self) {
-        for delivery in self.deliveries.drain(..) {
-            delivery.fail();
-        }
     }
 }
 
@@ -322,8 +308,10 @@ pub struct Committed {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::event::DeliveryStatus;
+    use crate::event::{Delivery, DeliveryStatus};
 
     #[tokio::test]
     async fn rows_dropped_before_their_commit_fail_their_deliveries() {
@@ -349,11 +337,7 @@ mod tests {
         drop(delivery);
         let encoded = columns.encode(vec![event], true).unwrap();
         table.ensure_columns(&mut columns).await.unwrap();
-        let deliveries: Vec<_> = encoded
-            .accepted
-            .iter()
-            .filter_map(|e| e.delivery().cloned())
-            .collect();
+        let deliveries = Unsettled::of(&encoded.accepted);
         drop(encoded.accepted);
         table.write(encoded.batch, deliveries).await.unwrap();
         drop(table);
