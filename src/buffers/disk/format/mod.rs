@@ -37,7 +37,9 @@ mod wire;
 
 use crc::{CRC_32_ISCSI, Crc, Table};
 
-pub use record::{Decoder, Encoder, write_frame};
+#[cfg(test)]
+pub use record::write_frame;
+pub use record::{Decoder, Encoder};
 use wire::{eight, four};
 
 /// The version this code writes and the only one it reads.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::wire::{Reader, put_fields, put_str, put_time, put_varint, put_zigzag};
+use super::wire::{Reader, put_fields, put_opt_str, put_str, put_time, put_varint, put_zigzag};
 use super::{FRAME_LEN, FormatError, seal_frame};
 use crate::event::{Event, EventError, EventMeta};
 
@@ -29,6 +29,7 @@ const TIME_AFTER_RECEIVED: u8 = 1;
 const TIME_ABSOLUTE: u8 = 2;
 
 /// Appends one framed record for `event` to `out`; returns the frame's length.
+#[cfg(test)]
 pub fn write_frame(event: &Event, out: &mut Vec<u8>) -> usize {
     Encoder::default().frame(event, out)
 }
@@ -60,13 +61,7 @@ impl Encoder {
         };
         put_varint(out, encoded.len() as u64);
         out.extend_from_slice(encoded);
-        match event.device_id.as_deref() {
-            None => out.push(0),
-            Some(id) => {
-                out.push(1);
-                put_str(out, id);
-            }
-        }
+        put_opt_str(out, event.device_id.as_deref());
         let after = event.time.as_nanosecond() - meta.received_at.as_nanosecond();
         match i64::try_from(after) {
             Ok(0) => out.push(TIME_RECEIVED),

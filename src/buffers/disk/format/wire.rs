@@ -123,7 +123,8 @@ fn put_value(out: &mut Vec<u8>, value: &Value) {
 fn decimal(f: f64) -> Option<(u8, i64)> {
     for (k, scale) in POW10.iter().enumerate() {
         let m = (f * scale).round();
-        if !(m.abs() < EXACT_INT) {
+        // Also ends the search for NaN and infinities (they compare false).
+        if m.abs() >= EXACT_INT || m.is_nan() {
             return None;
         }
         let m = m as i64;
