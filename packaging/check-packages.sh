@@ -75,6 +75,10 @@ fi
 systemd-analyze security --offline=yes --threshold=25 --root="$root/fs" weir.service | tail -1 ||
 	fail "systemd-analyze security: exposure above 2.5"
 "$root/fs/usr/bin/weir" validate "$root/fs/etc/weir/weir.yaml" || fail "the packaged weir.yaml does not validate"
+# Crash points (WEIR_CRASH_AT) are for the tests only: the shipped binary has none.
+if strings "$root/fs/usr/bin/weir" | grep -q WEIR_CRASH_AT; then
+	fail "the packaged binary has crash points (built with the crash-points feature)"
+fi
 
 if [ "$failures" -gt 0 ]; then
 	echo "packages: $failures check(s) failed"

@@ -5,11 +5,16 @@
 //! Setting `WEIR_CRASH_AT=<name>` makes the process abort, as abruptly as `kill -9`, the
 //! first time it reaches the crash point of that name. Unset, a crash point costs one
 //! relaxed load.
-
-use std::sync::OnceLock;
+//!
+//! Only builds with the `crash-points` feature have them: the tests turn it on (weir is its
+//! own dev-dependency with that feature, so `cargo test` builds the library and the binary
+//! with it); in any other build, the shipped binary included, a crash point is nothing and
+//! `WEIR_CRASH_AT` is ignored (`packaging/check-packages.sh` checks).
 
 /// Aborts the process here if `WEIR_CRASH_AT` names this point.
+#[cfg(feature = "crash-points")]
 pub fn crash_point(name: &str) {
+    use std::sync::OnceLock;
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| std::env::var("WEIR_CRASH_AT").ok());
     if armed.as_deref() == Some(name) {
@@ -17,3 +22,8 @@ pub fn crash_point(name: &str) {
         std::process::abort();
     }
 }
+
+/// Without the `crash-points` feature, crash points are compiled out.
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn crash_point(_name: &str) {}

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::WhenFull;
 use crate::event::Event;
 use crate::telemetry::events::BufferDiscarded;
-use crate::telemetry::{ComponentTelemetry, InternalEvent, SinkBufferMetrics};
+use crate::telemetry::{BufferCapacity, ComponentTelemetry, InternalEvent, SinkBufferMetrics};
 use crate::topology::channel::InputReceiver;
 
 struct Shared {
@@ -60,7 +60,7 @@ impl MemoryBuffer {
             }),
             filled: Notify::new(),
             drained: Notify::new(),
-            metrics: telemetry.sink_buffer("memory"),
+            metrics: telemetry.sink_buffer("memory", BufferCapacity::Events(max_events)),
         });
         let pump = tokio::spawn(pump(
             input,

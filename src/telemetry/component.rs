@@ -110,10 +110,21 @@ impl ComponentTelemetry {
         }
     }
 
-    /// The series of a sink's `buffer` of `buffer_type` (`memory` or `disk`).
-    pub fn sink_buffer(&self, buffer_type: &str) -> SinkBufferMetrics {
+    /// The series of a sink's `buffer` of `buffer_type` (`memory` or `disk`), with its
+    /// capacity set.
+    pub fn sink_buffer(&self, buffer_type: &str, capacity: BufferCapacity) -> SinkBufferMetrics {
         let labels = self.buffer_labels(buffer_type);
         let m = &self.metrics;
+        match capacity {
+            BufferCapacity::Events(events) => m
+                .buffer_max_event_size
+                .get_or_create(&labels)
+                .set(i64::try_from(events).unwrap_or(i64::MAX)),
+            BufferCapacity::Bytes(bytes) => m
+                .buffer_max_byte_size
+                .get_or_create(&labels)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+        };
         SinkBufferMetrics {
             events: m.buffer_events.get_or_create_owned(&labels),
             byte_size: m.buffer_byte_size.get_or_create_owned(&labels),
@@ -140,11 +151,11 @@ impl ComponentTelemetry {
         )
     }
 
-    /// Gauges for this component's input buffer.
+    /// Gauges for this component's input channel.
     pub fn buffer(&self, capacity_batches: usize) -> BufferMetrics {
         let max = self
             .metrics
-            .buffer_max_events
+            .buffer_max_batches
             .get_or_create_owned(&self.labels);
         max.set(capacity_batches as i64);
         BufferMetrics {
@@ -272,6 +283,14 @@ pub struct ActionMetrics {
 pub struct BufferMetrics {
     pub events: Gauge,
     pub utilization: Gauge<f64, AtomicU64>,
+}
+
+/// How much a sink's buffer holds before `when_full` applies: a memory buffer counts
+/// events, a disk buffer bytes on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferCapacity {
+    Events(usize),
+    Bytes(u64),
 }
 
 /// Series of a sink's buffer, counted in events (never batches).

@@ -77,6 +77,9 @@ pub enum ErrorType {
     Unauthorized,
     /// A state file (a window checkpoint) that could not be read.
     CorruptState,
+    /// A client beyond a configured bound (connections, requests in flight, pending
+    /// bytes, header or body time).
+    OverLimit,
 }
 
 impl ErrorType {
@@ -90,6 +93,7 @@ impl ErrorType {
             Self::RateLimited => "rate_limited",
             Self::Unauthorized => "unauthorized",
             Self::CorruptState => "state_corrupt",
+            Self::OverLimit => "over_limit",
         }
     }
 }

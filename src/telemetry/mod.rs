@@ -19,7 +19,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use component::{
-    ActionMetrics, BufferMetrics, ComponentTelemetry, SinkBufferMetrics, WindowMetrics,
+    ActionMetrics, BufferCapacity, BufferMetrics, ComponentTelemetry, SinkBufferMetrics,
+    WindowMetrics,
 };
 pub use events::InternalEvent;
 
@@ -138,7 +139,9 @@ pub struct Metrics {
     pub buffer_received_events: Family<BufferLabels, Counter>,
     pub buffer_sent_events: Family<BufferLabels, Counter>,
     pub buffer_corrupted_records: Family<BufferLabels, Counter>,
-    pub buffer_max_events: Family<ComponentLabels, Gauge>,
+    pub buffer_max_batches: Family<ComponentLabels, Gauge>,
+    pub buffer_max_event_size: Family<BufferLabels, Gauge>,
+    pub buffer_max_byte_size: Family<BufferLabels, Gauge>,
     pub buffer_utilization: Family<ComponentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub http_requests: Family<StatusLabels, Counter>,
     pub window_out_of_bounds: Family<BoundLabels, Counter>,
@@ -184,7 +187,9 @@ impl Default for Metrics {
             buffer_received_events: Family::default(),
             buffer_sent_events: Family::default(),
             buffer_corrupted_records: Family::default(),
-            buffer_max_events: Family::default(),
+            buffer_max_batches: Family::default(),
+            buffer_max_event_size: Family::default(),
+            buffer_max_byte_size: Family::default(),
             buffer_utilization: Family::default(),
             http_requests: Family::default(),
             window_out_of_bounds: Family::default(),
@@ -284,13 +289,23 @@ impl Metrics {
             m.buffer_corrupted_records,
         );
         registry.register(
-            "buffer_max_events",
-            "Capacity of a component's input buffer, in batches",
-            m.buffer_max_events,
+            "buffer_max_batches",
+            "Batches (not events: a batch holds one or more) a component's input channel holds before its sender waits",
+            m.buffer_max_batches,
+        );
+        registry.register(
+            "buffer_max_event_size",
+            "Events (not batches) a sink's memory buffer holds before `when_full` applies",
+            m.buffer_max_event_size,
+        );
+        registry.register(
+            "buffer_max_byte_size",
+            "Bytes a sink's disk buffer may occupy on disk (`max_size`) before `when_full` applies",
+            m.buffer_max_byte_size,
         );
         registry.register(
             "buffer_utilization",
-            "Fill ratio (0..1) of a component's input buffer",
+            "Fill ratio (0..1) of a component's input channel, in batches",
             m.buffer_utilization,
         );
         registry.register(

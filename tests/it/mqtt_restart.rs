@@ -12,7 +12,7 @@ use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
 use crate::support::services::{Broker, Lease};
-use crate::support::{self, lines, metric, pipeline, services};
+use crate::support::{self, lines, metric, mqtt, pipeline, services};
 
 const MESSAGES: u64 = 1000;
 
@@ -56,7 +56,8 @@ sinks:
     let connected =
         |t: &std::sync::Arc<Telemetry>| metric(t, "source_connected", &[r#"component_id="plant""#]);
     assert!(support::eventually(Duration::from_secs(10), || connected(&telemetry) == 1.0).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Connected is not yet subscribed; the probe is undecodable, so not in the file.
+    mqtt::await_subscriber(&prefix, &format!("{prefix}/probe/t"), b"subscription probe").await;
 
     let mut options = MqttOptions::new(format!("{prefix}-publisher"), ("127.0.0.1", 1883));
     options.set_keep_alive(30);

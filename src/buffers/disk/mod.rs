@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 use crate::event::Event;
 use crate::telemetry::events::BufferIoFailed;
-use crate::telemetry::{ComponentTelemetry, InternalEvent, SinkBufferMetrics};
+use crate::telemetry::{BufferCapacity, ComponentTelemetry, InternalEvent, SinkBufferMetrics};
 use crate::topology::channel::InputReceiver;
 
 /// How a disk buffer is shaped.
@@ -150,7 +150,7 @@ impl DiskBuffer {
             acks: Notify::new(),
             persisting: Mutex::new(()),
             dir: options.dir.clone(),
-            metrics: telemetry.sink_buffer("disk"),
+            metrics: telemetry.sink_buffer("disk", BufferCapacity::Bytes(options.max_size)),
             telemetry,
         });
         let pump = tokio::spawn({

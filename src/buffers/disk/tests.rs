@@ -19,7 +19,7 @@ struct Harness {
 fn start(dir: &Path, max_size: u64, drop_newest: bool) -> Harness {
     let t = telemetry();
     let (tx, rx) = input_channel(&t, 1);
-    let metrics = t.sink_buffer("disk");
+    let metrics = t.sink_buffer("disk", crate::telemetry::BufferCapacity::Bytes(max_size));
     let buffer = DiskBuffer::new(
         rx,
         Options {

@@ -157,9 +157,11 @@ impl TableWriter {
                 // what it has, add the columns, and start a new window.
                 self.commit().await?;
                 let added = columns.delta_fields_after(self.committed_fields);
+                // A copy: if adding fails (the target is down), the table stays open and
+                // the retry adds them again, instead of trying to create the table.
                 let table = self
                     .table
-                    .take()
+                    .clone()
                     .ok_or_else(|| anyhow::anyhow!("table vanished while adding columns"))?;
                 let table = table.add_columns().with_fields(added).await?;
                 self.adopt(table, columns).await
@@ -210,8 +212,19 @@ impl TableWriter {
         };
         if self.staged.is_none() {
             let bytes = writer.buffer_len();
-            let adds = writer.flush().await?;
-            self.staged = Some((adds, bytes));
+            match writer.flush().await {
+                Ok(adds) => self.staged = Some((adds, bytes)),
+                Err(err) => {
+                    // deltalake discards a window whose files it could not write: a retry
+                    // would commit it empty and acknowledge rows that are nowhere. Hand
+                    // them back instead (a disk buffer delivers them again).
+                    let rows = self.rows;
+                    self.abandon()?;
+                    return Err(anyhow::Error::new(err).context(format!(
+                        "cannot write the files of {rows} rows; they go back to be delivered again"
+                    )));
+                }
+            }
         }
         let Some((adds, bytes)) = self.staged.clone() else {
             anyhow::bail!("no staged files");

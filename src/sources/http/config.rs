@@ -7,6 +7,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::limits::Limits;
 use crate::codecs::DecodingConfig;
 use crate::config::{ByteSize, Duration, FieldProblem, Resource, ServiceUse};
 use crate::event::DeviceId;
@@ -66,6 +67,9 @@ pub struct HttpSourceConfig {
     /// With `auth: none`, devices the registry does not know: `accept` or `refuse` (401).
     #[serde(default, skip_serializing_if = "UnknownDevices::is_accept")]
     pub unknown_devices: UnknownDevices,
+    /// Bounds on connections, requests in flight, client time and pending bytes.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// How the `http` source authenticates devices.
@@ -169,6 +173,7 @@ impl SourceComponent for HttpSourceConfig {
                 "with `auth: sas` unknown devices are always refused; remove `unknown_devices`",
             ));
         }
+        problems.extend(self.limits.check(self.max_body));
         if let Some(limit) = &self.rate_limit
             && (limit.per_second == 0 || limit.burst == Some(0))
         {

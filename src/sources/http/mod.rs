@@ -10,20 +10,22 @@
 //! | 401 | `auth: sas` and the `Authorization` token is missing, malformed, expired, for another device or signed with neither key; or the device is unknown (to the registry) |
 //! | 403 | the device is disabled in the registry |
 //! | 404 / 405 | wrong path or method |
+//! | 408 | the body did not arrive within `limits.body_timeout` |
 //! | 413 | the body is larger than `max_body` |
 //! | 429 + `Retry-After` | the device sent more than its `rate_limit` allows |
-//! | 503 + `Retry-After` | the pipeline did not take (or, with `on_commit`, commit) the readings in time, or weir is stopping |
+//! | 503 + `Retry-After` | the pipeline did not take (or, with `on_commit`, commit) the readings in time, `limits.requests_in_flight` or `limits.pending_bytes` is reached, or weir is stopping |
 //! | 500 | a reading was lost on the way (e.g. a component failed): send the request again |
 //!
 //! Handlers wait for room downstream before answering, so a slow pipeline slows clients.
 //!
-//! [`config`] holds the options, [`server`] listens and answers, [`admission`] decides who
-//! may send and how much, [`decode`] turns a body into events; this module follows one
-//! request through them.
+//! [`config`] holds the options, [`server`] listens and answers, [`limits`] bounds
+//! connections, requests and client time, [`admission`] decides who may send and how much,
+//! [`decode`] turns a body into events; this module follows one request through them.
 
 mod admission;
 mod config;
 mod decode;
+mod limits;
 mod server;
 
 use std::collections::HashMap;
@@ -59,6 +61,8 @@ struct Handler {
     ack: AckMode,
     ack_timeout: std::time::Duration,
     limiter: Option<DefaultKeyedRateLimiter<DeviceId>>,
+    budget: limits::RequestBudget,
+    body_timeout: std::time::Duration,
     headers: Vec<String>,
     out: Outputs,
     telemetry: ComponentTelemetry,
@@ -81,19 +85,52 @@ impl Handler {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<usize, Rejection> {
+        let Some(mut admitted) = self.budget.admit() else {
+            return Err(self.reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorType::OverLimit,
+                "`limits.requests_in_flight` requests are being handled; retry later".into(),
+            ));
+        };
         // Who is sending comes first: an unauthenticated body is not even read.
         if let Some(device) = params.get("device_id") {
             self.authorize(device.trim(), headers)?;
         }
-        let body = axum::body::to_bytes(body, self.max_body)
-            .await
-            .map_err(|_| {
-                self.reject(
+        let read = axum::body::to_bytes(body, self.max_body);
+        let body = match tokio::time::timeout(self.body_timeout, read).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => {
+                return Err(self.reject(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     ErrorType::Request,
                     format!("body is larger than max_body ({} bytes)", self.max_body),
-                )
-            })?;
+                ));
+            }
+            Err(_) => {
+                return Err(self.reject(
+                    StatusCode::REQUEST_TIMEOUT,
+                    ErrorType::OverLimit,
+                    format!(
+                        "the body did not arrive within `limits.body_timeout` ({:?})",
+                        self.body_timeout
+                    ),
+                ));
+            }
+        };
+        if !self
+            .budget
+            .reserve(&mut admitted, body.len(), self.queue_timeout)
+            .await
+        {
+            return Err(self.reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorType::OverLimit,
+                format!(
+                    "`limits.pending_bytes` of requests wait for their commit, and no room came within {:?}; retry later",
+                    self.queue_timeout
+                ),
+            ));
+        }
         let meta = Arc::new(self.meta(headers));
         let path_device = params.get("device_id").map(|id| id.trim());
         if path_device.is_some_and(|id| id.is_empty() || id.len() > 256) {

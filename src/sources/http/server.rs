@@ -10,9 +10,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::DefaultAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use serde_json::json;
 
+use super::limits::{ConnectionLimit, Limits, RequestBudget};
 use super::{Handler, HttpAuth, HttpSourceConfig, RateLimit};
 use crate::registry::Registry;
 use crate::sources::SourceContext;
@@ -27,7 +29,6 @@ pub(super) fn build(config: &HttpSourceConfig, cx: SourceContext) -> anyhow::Res
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
     let registry = cx.services.get::<Registry>();
     let sas = match (config.auth, &registry) {
         (HttpAuth::None, _) => None,
@@ -37,6 +38,7 @@ pub(super) fn build(config: &HttpSourceConfig, cx: SourceContext) -> anyhow::Res
         }
     };
     let listening = cx.telemetry.connected();
+    let telemetry = cx.telemetry.clone();
     let state = Arc::new(Handler {
         sas,
         gate: DeviceGate::new(registry, config.unknown_devices)?,
@@ -50,6 +52,8 @@ pub(super) fn build(config: &HttpSourceConfig, cx: SourceContext) -> anyhow::Res
         ack: config.ack,
         ack_timeout: config.ack_timeout.get(),
         limiter: config.rate_limit.as_ref().and_then(RateLimit::limiter),
+        budget: RequestBudget::new(&config.limits),
+        body_timeout: config.limits.body_timeout.get(),
         headers: config
             .headers
             .iter()
@@ -68,34 +72,54 @@ pub(super) fn build(config: &HttpSourceConfig, cx: SourceContext) -> anyhow::Res
         .transpose()?;
     let shutdown = cx.shutdown;
     let listen = config.listen;
+    let limits = config.limits;
     // `source_connected` reads 1 while the port is open, as a broker source's does while
     // it is connected; the guard lowers it however serving ends.
     let listening = ListeningGauge::raise(listening);
     Ok(Box::pin(async move {
         let _listening = listening;
         tracing::info!(component_id = %cx.id, %listen, tls = tls.is_some(), "http source listening");
+        // Graceful: stop accepting, let requests in flight (and their acks) finish.
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            stopper.graceful_shutdown(None);
+        });
+        let plain = axum_server::from_tcp(listener)?.handle(handle);
+        let service = router.into_make_service();
         match tls {
             None => {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                let acceptor = ConnectionLimit::new(DefaultAcceptor, limits.connections, telemetry);
+                with_header_timeout(plain.acceptor(acceptor), &limits)
+                    .serve(service)
                     .await?;
             }
             Some(tls) => {
-                // Graceful: stop accepting, let requests in flight (and their acks) finish.
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                tokio::spawn(async move {
-                    shutdown.cancelled().await;
-                    stopper.graceful_shutdown(None);
-                });
-                axum_server::from_tcp_rustls(listener.into_std()?, RustlsConfig::from_config(tls))?
-                    .handle(handle)
-                    .serve(router.into_make_service())
+                let acceptor = ConnectionLimit::new(
+                    RustlsAcceptor::new(RustlsConfig::from_config(tls)),
+                    limits.connections,
+                    telemetry,
+                );
+                with_header_timeout(plain.acceptor(acceptor), &limits)
+                    .serve(service)
                     .await?;
             }
         }
         Ok(())
     }))
+}
+
+/// Closes a connection whose request headers take longer than `limits.header_timeout`.
+fn with_header_timeout<A>(
+    mut server: axum_server::Server<std::net::SocketAddr, A>,
+    limits: &Limits,
+) -> axum_server::Server<std::net::SocketAddr, A> {
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(limits.header_timeout.get());
+    server
 }
 
 /// Holds `source_connected` at 1 while it lives.

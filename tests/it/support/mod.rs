@@ -25,6 +25,10 @@
 //!   amount of load with a wide margin; where the load a test makes would depend on the
 //!   machine's speed, it waits for that load instead of for a fixed time.
 
+pub mod azurite;
+pub mod delta;
+pub mod load;
+pub mod mounts;
 pub mod mqtt;
 pub mod pki;
 pub mod receivers;

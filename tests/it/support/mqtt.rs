@@ -1,5 +1,5 @@
-//! Publishing to the local Mosquitto as a device would, and starting pipelines that
-//! subscribe to it.
+//! Publishing to the local Mosquitto as a device would, starting pipelines that subscribe
+//! to it, and waiting until a subscription is in place (connected is not yet subscribed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,4 +97,42 @@ pub async fn publish_v5(prefix: &str, messages: Vec<Publish5>) {
         }
     }
     let _ = sender.await.unwrap().disconnect().await;
+}
+
+/// Returns once the broker has a subscriber for `topic`: publishes `payload` there at QoS 1,
+/// as MQTT 5 client `<prefix>-probe`, until the PUBACK says it was routed rather than "no
+/// matching subscribers". A `weir run` answers `/ready` (and sets `source_connected`)
+/// before its SUBSCRIBE is through, and what is published before then reaches nobody: a
+/// test that must count every publish waits here, not for a while. The probe that finds
+/// the subscriber is delivered to it, so `payload` must be one the test tells apart (an
+/// undecodable one goes to the source's `<id>.errors`).
+pub async fn await_subscriber(prefix: &str, topic: &str, payload: &[u8]) {
+    use rumqttc_v5::{AsyncClient, Event, Incoming, MqttOptions, PubAckReason, PublishOptions};
+    let mut options = MqttOptions::new(format!("{prefix}-probe"), ("127.0.0.1", 1883));
+    options.set_keep_alive(30);
+    let (client, mut eventloop) = AsyncClient::builder(options).capacity(16).build();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        client
+            .publish(topic, payload.to_vec(), PublishOptions::at_least_once())
+            .await
+            .unwrap();
+        let reason = loop {
+            if let Event::Incoming(Incoming::PubAck(ack)) = eventloop.poll().await.unwrap() {
+                break ack.reason;
+            }
+        };
+        match reason {
+            PubAckReason::Success => break,
+            PubAckReason::NoMatchingSubscribers => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "nobody subscribed to {topic} within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("the broker refused the probe on {topic}: {other:?}"),
+        }
+    }
+    let _ = client.disconnect().await;
 }
