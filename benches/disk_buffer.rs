@@ -92,7 +92,7 @@ fn prebuilt(events: usize) -> Vec<(EventBatch, tokio::sync::oneshot::Receiver<De
 
 fn buffer_config() -> BufferConfig {
     BufferConfig {
-        kind: BufferType::Disk,
+        kind: Some(BufferType::Disk),
         max_events: None,
         max_size: Some(ByteSize::mib(64 * 1024)),
         when_full: WhenFull::Block,
@@ -113,6 +113,7 @@ fn rig(dir: &Path, name: &str) -> Rig {
     let buffer = Buffer::new(
         rx,
         buffer_config(),
+        BufferType::Disk,
         component,
         dir.join("buffers").join(name),
     );
@@ -176,7 +177,7 @@ async fn phased(dir: &Path, events: usize) {
     let mut read = 0;
     while read < events {
         match buffer.next(8192).await {
-            Some(chunk) => read += chunk.len(),
+            Some(chunk) => read += chunk.events.len(),
             None => break,
         }
     }
@@ -220,7 +221,7 @@ async fn pipelined(dir: &Path, events: usize) {
     let mut read = 0;
     while read < events {
         match buffer.next(8192).await {
-            Some(chunk) => read += chunk.len(),
+            Some(chunk) => read += chunk.events.len(),
             None => break,
         }
     }

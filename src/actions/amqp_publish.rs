@@ -9,6 +9,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
+use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
@@ -55,6 +56,14 @@ fn default_timeout() -> Duration {
 }
 
 impl ActionComponent for AmqpPublishConfig {
+    fn buffer(&self) -> crate::buffers::BufferConfig {
+        self.policies().buffer()
+    }
+
+    fn warnings(&self) -> Vec<FieldProblem> {
+        self.policies().warnings()
+    }
+
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.policies().check();
         if !self.url.starts_with("amqp://") && !self.url.starts_with("amqps://") {
@@ -74,7 +83,7 @@ impl ActionComponent for AmqpPublishConfig {
             config: self.clone(),
             channel: tokio::sync::Mutex::new(None),
         };
-        Ok(runner::spawn(cx, self.policies(), notifier))
+        runner::spawn(cx, self.policies(), notifier)
     }
 }
 
@@ -108,9 +117,14 @@ impl AmqpPublish {
         Ok((connection, channel))
     }
 
-    async fn publish(&self, channel: &Channel, message: &Message) -> Result<(), SendError> {
+    async fn publish(
+        &self,
+        channel: &Channel,
+        message: &Message,
+        key: &IdempotencyKey,
+    ) -> Result<(), SendError> {
         let transient = |err: lapin::Error| SendError::Transient(format!("AMQP: {err}"));
-        let mut properties = BasicProperties::default();
+        let mut properties = BasicProperties::default().with_message_id(key.as_str().into());
         if self.config.persistent {
             properties = properties.with_delivery_mode(2);
         }
@@ -171,7 +185,7 @@ impl Notifier for AmqpPublish {
         message.payload.hash(&mut hasher);
     }
 
-    async fn send(&self, message: &Message) -> Result<(), SendError> {
+    async fn send(&self, message: &Message, key: &IdempotencyKey) -> Result<(), SendError> {
         let mut slot = self.channel.lock().await;
         if slot.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
             let opened = self.connect().await.map_err(|err| {
@@ -182,7 +196,7 @@ impl Notifier for AmqpPublish {
         let Some((_, channel)) = slot.as_ref() else {
             return Err(SendError::Transient("no AMQP channel".into()));
         };
-        let result = self.publish(channel, message).await;
+        let result = self.publish(channel, message, key).await;
         if let Err(SendError::Transient(_)) = &result {
             // Start over on a new connection next time.
             *slot = None;

@@ -12,6 +12,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
@@ -72,6 +73,14 @@ pub enum SmtpSecurity {
 }
 
 impl ActionComponent for EmailConfig {
+    fn buffer(&self) -> crate::buffers::BufferConfig {
+        self.policies().buffer()
+    }
+
+    fn warnings(&self) -> Vec<FieldProblem> {
+        self.policies().warnings()
+    }
+
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.policies().check();
         if self.host.is_empty() {
@@ -130,15 +139,18 @@ impl ActionComponent for EmailConfig {
             .parse::<Mailbox>()
             .map_err(|err| anyhow::anyhow!("`from`: {err}"))?;
         let notifier = Email {
+            component: cx.id.to_string(),
             transport: transport.build(),
             from,
             config: self.clone(),
         };
-        Ok(runner::spawn(cx, self.policies(), notifier))
+        runner::spawn(cx, self.policies(), notifier)
     }
 }
 
 struct Email {
+    /// In the `Message-ID`, beside the idempotency key.
+    component: String,
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     config: EmailConfig,
@@ -179,8 +191,9 @@ impl Notifier for Email {
         mail.body.hash(&mut hasher);
     }
 
-    async fn send(&self, mail: &Mail) -> Result<(), SendError> {
+    async fn send(&self, mail: &Mail, key: &IdempotencyKey) -> Result<(), SendError> {
         let mut builder = lettre::Message::builder()
+            .message_id(Some(format!("<{key}.{}@weir>", self.component)))
             .from(self.from.clone())
             .subject(mail.subject.clone())
             .header(ContentType::TEXT_PLAIN);

@@ -5,6 +5,7 @@ use std::hash::{Hash, Hasher};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
@@ -33,6 +34,14 @@ pub enum LogLevel {
 }
 
 impl ActionComponent for LogActionConfig {
+    fn buffer(&self) -> crate::buffers::BufferConfig {
+        self.policies().buffer()
+    }
+
+    fn warnings(&self) -> Vec<FieldProblem> {
+        self.policies().warnings()
+    }
+
     fn check(&self) -> Vec<FieldProblem> {
         self.policies().check()
     }
@@ -43,7 +52,7 @@ impl ActionComponent for LogActionConfig {
             message: self.message.clone(),
             level: self.level,
         };
-        Ok(runner::spawn(cx, self.policies(), notifier))
+        runner::spawn(cx, self.policies(), notifier)
     }
 }
 
@@ -79,13 +88,20 @@ impl Notifier for LogNotifier {
         message.device_id.hash(&mut hasher);
     }
 
-    async fn send(&self, record: &Record) -> Result<(), SendError> {
+    async fn send(&self, record: &Record, key: &IdempotencyKey) -> Result<(), SendError> {
         let device_id = record.device_id.as_deref().unwrap_or("-");
         let (component_id, event, message) = (&self.component, &record.event, &record.message);
+        let idempotency_key = key.as_str();
         match self.level {
-            LogLevel::Info => tracing::info!(component_id, device_id, event, "{message}"),
-            LogLevel::Warn => tracing::warn!(component_id, device_id, event, "{message}"),
-            LogLevel::Error => tracing::error!(component_id, device_id, event, "{message}"),
+            LogLevel::Info => {
+                tracing::info!(component_id, device_id, idempotency_key, event, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(component_id, device_id, idempotency_key, event, "{message}")
+            }
+            LogLevel::Error => {
+                tracing::error!(component_id, device_id, idempotency_key, event, "{message}")
+            }
         }
         Ok(())
     }

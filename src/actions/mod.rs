@@ -2,12 +2,16 @@
 //! `log`).
 //!
 //! An action reads its inputs like a sink and sends one notification per event. What is
-//! common to all of them — throttling, dedupe, the bounded queue, retries with backoff,
-//! dead letters, metrics and acknowledgement — lives in [`runner`]; each action's file only
-//! says how to render and send one notification and which failures are permanent.
+//! common to all of them — the buffer (disk by default: the outbox), throttling and dedupe
+//! that outlive a restart ([`limits`]), retries with backoff, idempotency keys
+//! ([`idempotency`]), dead letters, metrics and acknowledgement — lives in [`runner`]; each
+//! action's file only says how to render and send one notification and which failures are
+//! permanent.
 
 mod amqp_publish;
 mod email;
+pub mod idempotency;
+pub mod limits;
 mod log;
 mod mqtt_publish;
 pub mod policy;

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, PublishOptions, QoS};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
@@ -52,6 +53,14 @@ fn default_timeout() -> Duration {
 }
 
 impl ActionComponent for MqttPublishConfig {
+    fn buffer(&self) -> crate::buffers::BufferConfig {
+        self.policies().buffer()
+    }
+
+    fn warnings(&self) -> Vec<FieldProblem> {
+        self.policies().warnings()
+    }
+
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.policies().check();
         match crate::sources::broker_address(&self.url) {
@@ -92,7 +101,7 @@ impl ActionComponent for MqttPublishConfig {
             component: cx.id.to_string(),
             config: self.clone(),
         };
-        Ok(runner::spawn(cx, self.policies(), notifier))
+        runner::spawn(cx, self.policies(), notifier)
     }
 }
 
@@ -173,7 +182,9 @@ impl Notifier for MqttPublish {
         message.payload.hash(&mut hasher);
     }
 
-    async fn send(&self, message: &Message) -> Result<(), SendError> {
+    /// MQTT 3.1.1 has no message properties to carry `_key` in, and the payload is the
+    /// user's: see [`super::idempotency`] for how a receiver gets the key.
+    async fn send(&self, message: &Message, _key: &IdempotencyKey) -> Result<(), SendError> {
         self.start_eventloop();
         let qos = match self.config.qos {
             0 => QoS::AtMostOnce,

@@ -1,14 +1,13 @@
-//! The delivery policies every action shares: `throttle`, `dedupe`, `queue`, `retry`.
+//! The delivery policies every action shares: `throttle`, `dedupe`, `buffer` (and its
+//! deprecated spelling `queue`), `retry`.
 //!
 //! Throttling and dedupe count in wall-clock time: they limit how often people and
 //! systems are notified, whatever the event time of the readings was.
 
-use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::buffers::{BufferConfig, BufferType, WhenFull};
 use crate::config::{Duration, FieldProblem};
 use crate::template::Template;
 
@@ -27,7 +26,7 @@ pub struct ThrottleConfig {
     pub period: Duration,
 }
 
-fn default_throttle_key() -> Template {
+pub(super) fn default_throttle_key() -> Template {
     // A constant template always compiles.
     Template::compile("{{ device_id }}").unwrap_or_else(|_| unreachable!())
 }
@@ -44,21 +43,12 @@ pub struct DedupeConfig {
     pub window: Duration,
 }
 
-/// What to do with a notification when the queue is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Wait for room: backpressure reaches the sources (nothing is lost).
-    #[default]
-    Block,
-    /// Refuse the new notification (to `<id>.errors`, counted as dropped).
-    DropNewest,
-    /// Make room by dropping the oldest queued notification (to `<id>.errors`).
-    DropOldest,
-}
+/// An action's buffer type when `buffer.type` is not written: disk, the action's outbox,
+/// so what an alarm handed to it is sent after a crash too.
+pub const DEFAULT_BUFFER: BufferType = BufferType::Disk;
 
-/// The queue between an action's input and its sender.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+/// Deprecated: `queue:` is `buffer: { type: memory, max_events, when_full }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// Notifications the queue holds.
@@ -68,11 +58,14 @@ pub struct QueueConfig {
     pub when_full: WhenFull,
 }
 
-impl Default for QueueConfig {
-    fn default() -> Self {
-        Self {
-            max_events: default_queue_max(),
-            when_full: WhenFull::default(),
+impl QueueConfig {
+    /// The memory buffer this deprecated spelling stands for.
+    pub fn as_buffer(&self) -> BufferConfig {
+        BufferConfig {
+            kind: Some(BufferType::Memory),
+            max_events: Some(self.max_events),
+            max_size: None,
+            when_full: self.when_full,
         }
     }
 }
@@ -139,7 +132,9 @@ impl RetryConfig {
 pub struct Policies<'a> {
     pub throttle: Option<&'a ThrottleConfig>,
     pub dedupe: Option<&'a DedupeConfig>,
-    pub queue: &'a QueueConfig,
+    pub buffer: Option<&'a BufferConfig>,
+    /// The deprecated spelling of a memory `buffer`.
+    pub queue: Option<&'a QueueConfig>,
     pub retry: &'a RetryConfig,
 }
 
@@ -167,11 +162,16 @@ impl Policies<'_> {
                 "expected a window above zero",
             ));
         }
-        if self.queue.max_events == 0 {
-            problems.push(FieldProblem::at(
+        match (self.buffer, self.queue) {
+            (Some(_), Some(_)) => problems.push(FieldProblem::at(
+                ["queue"],
+                "`queue` is the deprecated spelling of `buffer`: keep only `buffer`",
+            )),
+            (None, Some(queue)) if queue.max_events == 0 => problems.push(FieldProblem::at(
                 ["queue", "max_events"],
                 "expected a queue of 1 or more",
-            ));
+            )),
+            _ => problems.extend(self.buffer().check(DEFAULT_BUFFER)),
         }
         if self.retry.attempts == 0 {
             problems.push(FieldProblem::at(
@@ -187,10 +187,48 @@ impl Policies<'_> {
         }
         problems
     }
+
+    /// What `weir validate` warns about: deprecated spellings.
+    pub fn warnings(&self) -> Vec<FieldProblem> {
+        match (self.buffer, self.queue) {
+            (None, Some(queue)) => vec![FieldProblem::at(
+                ["queue"],
+                format!(
+                    "`queue` is deprecated: write `buffer: {{ type: memory, max_events: {}, when_full: {} }}` (or leave it out for the default disk buffer, which survives a crash)",
+                    queue.max_events,
+                    when_full_name(queue.when_full),
+                ),
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The buffer the action reads through, its type resolved: `buffer`, else the memory
+    /// buffer `queue` stands for, else a disk buffer.
+    pub fn buffer(&self) -> BufferConfig {
+        let written = match (self.buffer, self.queue) {
+            (Some(buffer), _) => *buffer,
+            (None, Some(queue)) => queue.as_buffer(),
+            (None, None) => BufferConfig::default(),
+        };
+        BufferConfig {
+            kind: Some(written.kind_or(DEFAULT_BUFFER)),
+            ..written
+        }
+    }
+}
+
+fn when_full_name(when_full: WhenFull) -> &'static str {
+    match when_full {
+        WhenFull::Block => "block",
+        WhenFull::DropNewest => "drop_newest",
+        WhenFull::DropOldest => "drop_oldest",
+    }
 }
 
 /// Declares an action's config struct: its own fields, then the four policy fields every
-/// action shares (`throttle`, `dedupe`, `queue`, `retry`), and its [`Policies`].
+/// action shares (`throttle`, `dedupe`, `buffer`, the deprecated `queue`, `retry`), and its
+/// [`Policies`].
 macro_rules! action_config {
     ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
         $(#[$meta])*
@@ -207,9 +245,15 @@ macro_rules! action_config {
             /// Drops a notification identical to one sent within `window`.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub dedupe: Option<$crate::actions::policy::DedupeConfig>,
-            /// The bounded queue in front of the sender, and `when_full`.
-            #[serde(default)]
-            pub queue: $crate::actions::policy::QueueConfig,
+            /// Where notifications wait before they are sent: `{ type: disk }` (the default,
+            /// the action's outbox: it survives a crash) or `{ type: memory, max_events }`,
+            /// and `when_full`.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub buffer: Option<$crate::buffers::BufferConfig>,
+            /// Deprecated: the spelling of `buffer: { type: memory, max_events, when_full }`
+            /// before actions had disk buffers.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub queue: Option<$crate::actions::policy::QueueConfig>,
             /// Retries of transient failures, with exponential backoff and jitter.
             #[serde(default)]
             pub retry: $crate::actions::policy::RetryConfig,
@@ -220,7 +264,8 @@ macro_rules! action_config {
                 $crate::actions::policy::Policies {
                     throttle: self.throttle.as_ref(),
                     dedupe: self.dedupe.as_ref(),
-                    queue: &self.queue,
+                    buffer: self.buffer.as_ref(),
+                    queue: self.queue.as_ref(),
                     retry: &self.retry,
                 }
             }
@@ -229,130 +274,10 @@ macro_rules! action_config {
 }
 pub(crate) use action_config;
 
-/// How often idle keys are forgotten, so state stays bounded by recent activity.
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Sliding-window counts of notifications per key.
-pub struct Throttler {
-    max: usize,
-    period: std::time::Duration,
-    sent: HashMap<String, VecDeque<Instant>>,
-    last_sweep: Instant,
-}
-
-impl Throttler {
-    pub fn new(config: &ThrottleConfig) -> Self {
-        Self {
-            max: config.max as usize,
-            period: config.period.get(),
-            sent: HashMap::new(),
-            last_sweep: Instant::now(),
-        }
-    }
-
-    /// Whether a notification for `key` may go now; if so it is counted.
-    pub fn admit(&mut self, key: &str, now: Instant) -> bool {
-        self.sweep(now);
-        let times = self.sent.entry(key.to_owned()).or_default();
-        while times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.period)
-        {
-            times.pop_front();
-        }
-        if times.len() >= self.max {
-            return false;
-        }
-        times.push_back(now);
-        true
-    }
-
-    fn sweep(&mut self, now: Instant) {
-        if now.duration_since(self.last_sweep) < SWEEP_EVERY {
-            return;
-        }
-        self.last_sweep = now;
-        let period = self.period;
-        self.sent.retain(|_, times| {
-            times
-                .back()
-                .is_some_and(|t| now.duration_since(*t) < period)
-        });
-    }
-}
-
-/// Payload fingerprints seen within the window.
-pub struct Deduper {
-    window: std::time::Duration,
-    seen: HashMap<u64, Instant>,
-    last_sweep: Instant,
-}
-
-impl Deduper {
-    pub fn new(config: &DedupeConfig) -> Self {
-        Self {
-            window: config.window.get(),
-            seen: HashMap::new(),
-            last_sweep: Instant::now(),
-        }
-    }
-
-    /// Whether `fingerprint` was seen within the window; records it otherwise.
-    pub fn is_duplicate(&mut self, fingerprint: u64, now: Instant) -> bool {
-        if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
-            self.last_sweep = now;
-            let window = self.window;
-            self.seen.retain(|_, at| now.duration_since(*at) < window);
-        }
-        match self.seen.get(&fingerprint) {
-            Some(at) if now.duration_since(*at) < self.window => true,
-            _ => {
-                self.seen.insert(fingerprint, now);
-                false
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration as Std;
-
-    #[test]
-    fn throttle_allows_max_per_key_per_period() {
-        let config = ThrottleConfig {
-            key: default_throttle_key(),
-            max: 2,
-            period: Duration::from_secs(10),
-        };
-        let mut throttle = Throttler::new(&config);
-        let t0 = Instant::now();
-        assert!(throttle.admit("a", t0));
-        assert!(throttle.admit("a", t0 + Std::from_secs(1)));
-        assert!(!throttle.admit("a", t0 + Std::from_secs(2)));
-        assert!(
-            throttle.admit("b", t0 + Std::from_secs(2)),
-            "keys are separate"
-        );
-        assert!(
-            throttle.admit("a", t0 + Std::from_secs(10)),
-            "the window slides"
-        );
-        assert!(!throttle.admit("a", t0 + Std::from_secs(10)));
-    }
-
-    #[test]
-    fn dedupe_drops_identical_payloads_within_the_window() {
-        let mut dedupe = Deduper::new(&DedupeConfig {
-            window: Duration::from_secs(5),
-        });
-        let t0 = Instant::now();
-        assert!(!dedupe.is_duplicate(1, t0));
-        assert!(dedupe.is_duplicate(1, t0 + Std::from_secs(4)));
-        assert!(!dedupe.is_duplicate(2, t0 + Std::from_secs(4)));
-        assert!(!dedupe.is_duplicate(1, t0 + Std::from_secs(6)));
-    }
 
     #[test]
     fn retry_delays_grow_and_stop() {

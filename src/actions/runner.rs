@@ -1,24 +1,28 @@
 //! The runtime every action shares.
 //!
-//! Two tasks per action. The *intake* reads the input, renders each event into a message
-//! ([`Notifier::prepare`]), drops duplicates and throttled ones (counted), and puts the
-//! rest in a bounded queue (`when_full`: block, drop newest, drop oldest). The *sender*
-//! takes messages one at a time and sends each, retrying transient failures with
-//! exponential backoff and jitter; permanent failures and exhausted retries go to
-//! `<id>.errors`. An event is dropped — which acknowledges its delivery — only once its
-//! notification was sent or dead-lettered, so a source's acknowledgement waits for the
-//! action. On shutdown the intake finishes its input and the sender drains the queue.
+//! An action reads its input through a [`Buffer`] (`buffer:`; a disk buffer by default:
+//! the action's outbox, which acknowledges upstream once an event is durable and hands
+//! back after a crash whatever was not yet sent). The runner takes one event at a time,
+//! renders it ([`Notifier::prepare`]), drops duplicates and throttled ones (counted; their
+//! state is kept in [`limits`](super::limits)), and sends it with its
+//! [`IdempotencyKey`], retrying transient failures with exponential backoff and jitter;
+//! permanent failures and exhausted retries go to `<id>.errors`. An event is dropped —
+//! which acknowledges it to the buffer — only once its notification was sent (and the
+//! throttle and dedupe state that counts it was written) or dead-lettered. A crash in
+//! between sends that one notification again, with the same key: notifications are at
+//! least once. On shutdown the runner sends what its buffer hands out until it is empty.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::hash::Hasher;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::Notify;
-
 use super::ActionContext;
-use super::policy::{Deduper, Policies, RetryConfig, Throttler, WhenFull};
+use super::idempotency::{IdempotencyKey, StableHasher};
+use super::limits::{self, Limits};
+use super::policy::DEFAULT_BUFFER;
+use super::policy::{Policies, RetryConfig};
+use crate::buffers::Buffer;
 use crate::event::{Event, EventBatch};
 use crate::telemetry::events::{ComponentError, ErrorType, EventsDiscarded, Stage};
 use crate::telemetry::{ActionMetrics, ComponentTelemetry, InternalEvent};
@@ -45,8 +49,13 @@ pub trait Notifier: Send + Sync + 'static {
     /// Feeds what makes two messages identical, for `dedupe`.
     fn identity(&self, message: &Self::Message, hasher: &mut dyn Hasher);
 
-    /// One attempt to send. Called for one message at a time.
-    fn send(&self, message: &Self::Message) -> impl Future<Output = Result<(), SendError>> + Send;
+    /// One attempt to send, carrying `key` where the protocol has room for it (see
+    /// [`super::idempotency`]). Called for one message at a time.
+    fn send(
+        &self,
+        message: &Self::Message,
+        key: &IdempotencyKey,
+    ) -> impl Future<Output = Result<(), SendError>> + Send;
 }
 
 /// Renders `template` for one event; the error names the option.
@@ -73,71 +82,64 @@ pub fn body_or_event(
     }
 }
 
-/// One notification on its way: the message and the event whose delivery waits for it.
-struct Job<M> {
-    /// Taken out when the notification was sent or dead-lettered.
-    event: Option<Event>,
-    message: M,
-    queued_at: Instant,
-}
-
-impl<M> Drop for Job<M> {
-    /// A job dropped with its event still in it was abandoned (a drain that ran out of
-    /// time): its source must not take that as done.
-    fn drop(&mut self) {
-        if let Some(event) = &self.event {
-            event.fail_delivery();
-        }
-    }
-}
-
-/// Runs `notifier` under the action's policies.
-pub fn spawn<N: Notifier>(cx: ActionContext, policies: Policies<'_>, notifier: N) -> ComponentTask {
-    let notifier = Arc::new(notifier);
-    let metrics = cx.telemetry.action_metrics();
-    let queue = Arc::new(JobQueue::new(
-        policies.queue.max_events,
-        metrics.queued.clone(),
-    ));
+/// Runs `notifier` under the action's policies, reading through the action's buffer.
+pub fn spawn<N: Notifier>(
+    cx: ActionContext,
+    policies: Policies<'_>,
+    notifier: N,
+) -> anyhow::Result<ComponentTask> {
+    let limits = Limits::open(
+        limits::state_path(&cx.data_dir, &cx.id),
+        policies.throttle,
+        policies.dedupe,
+    )?;
+    let buffer_dir = cx.buffer_dir();
     let reporter = Reporter {
+        metrics: cx.telemetry.action_metrics(),
+        sent: cx.telemetry.sent_events("default"),
         out: cx.out,
-        telemetry: cx.telemetry,
-        metrics,
+        telemetry: cx.telemetry.clone(),
         component: cx.id.as_arc(),
     };
-    let mut intake = Intake {
-        notifier: Arc::clone(&notifier),
-        throttle: policies
-            .throttle
-            .map(|t| (t.key.clone(), Throttler::new(t))),
-        dedupe: policies.dedupe.map(Deduper::new),
-        when_full: policies.queue.when_full,
-        queue: Arc::clone(&queue),
-        reporter: reporter.clone(),
-    };
-    let sender = Sender {
+    let buffer_config = policies.buffer();
+    let disk = buffer_config.is_disk(DEFAULT_BUFFER);
+    let mut buffer = Buffer::new(
+        cx.input,
+        buffer_config,
+        DEFAULT_BUFFER,
+        cx.telemetry,
+        buffer_dir,
+    );
+    let mut runner = Runner {
         notifier,
-        queue,
+        throttle_key: policies.throttle.map(|t| t.key.clone()),
+        limits,
         retry: policies.retry.clone(),
         reporter,
     };
-    let mut input = cx.input;
-    Box::pin(async move {
-        let sending = tokio::spawn(sender.run());
-        while let Some(batch) = input.recv().await {
-            intake.take(batch).await;
+    let mut reread = disk;
+    Ok(Box::pin(async move {
+        // One at a time: each is acknowledged on its own, so a crash repeats at most the
+        // one being sent.
+        while let Some(chunk) = buffer.next(1).await {
+            // A disk buffer hands out its first event once this instance holds it, i.e.
+            // after a reload's old instance finished and wrote its state.
+            if std::mem::take(&mut reread) {
+                runner.limits.reread()?;
+            }
+            for event in chunk.events {
+                runner.handle(event).await;
+            }
         }
-        intake.queue.close();
-        sending
-            .await
-            .map_err(|err| anyhow::anyhow!("the action's sender failed: {err}"))
-    })
+        Ok(())
+    }))
 }
 
 /// Counts outcomes and routes dead letters.
-#[derive(Clone)]
 struct Reporter {
     out: Outputs,
+    /// `component_sent_events_total` of the default output.
+    sent: prometheus_client::metrics::counter::Counter,
     telemetry: ComponentTelemetry,
     metrics: ActionMetrics,
     component: Arc<str>,
@@ -148,11 +150,6 @@ impl Reporter {
     async fn dead_letter(&self, dead: Vec<(Event, String)>, error_type: ErrorType) {
         self.metrics.failed.inc_by(dead.len() as u64);
         self.route(dead, error_type).await;
-    }
-
-    /// Sends what a full queue dropped to `<id>.errors` (counted as dropped by the caller).
-    async fn dead_letter_dropped(&self, dropped: Vec<(Event, String)>) {
-        self.route(dropped, ErrorType::Io).await;
     }
 
     async fn route(&self, dead: Vec<(Event, String)>, error_type: ErrorType) {
@@ -176,118 +173,137 @@ impl Reporter {
     }
 }
 
-struct Intake<N: Notifier> {
-    notifier: Arc<N>,
-    throttle: Option<(Template, Throttler)>,
-    dedupe: Option<Deduper>,
-    when_full: WhenFull,
-    queue: Arc<JobQueue<Job<N::Message>>>,
-    reporter: Reporter,
+/// Whether a notification goes out, and why not.
+enum Admission {
+    Send,
+    /// Throttled or a duplicate: dropped on purpose (counted).
+    Skip,
+    /// `throttle.key` failed to render.
+    Fail(String),
 }
 
-impl<N: Notifier> Intake<N> {
-    async fn take(&mut self, batch: EventBatch) {
-        let mut dead = Vec::new();
-        let mut dropped = Vec::new();
-        let mut skipped = 0;
-        for event in batch {
-            let message = match self.notifier.prepare(&event) {
-                Ok(message) => message,
-                Err(err) => {
-                    dead.push((event, err));
-                    continue;
-                }
-            };
-            let now = Instant::now();
-            if let Some(dedupe) = &mut self.dedupe {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                self.notifier.identity(&message, &mut hasher);
-                if dedupe.is_duplicate(hasher.finish(), now) {
-                    self.reporter.metrics.deduplicated.inc();
-                    skipped += 1;
-                    continue;
-                }
-            }
-            if let Some((key, throttle)) = &mut self.throttle {
-                let key = match key.render(&event.view()) {
-                    Ok(key) => key,
-                    Err(err) => {
-                        dead.push((event, format!("`throttle.key` failed: {err}")));
-                        continue;
-                    }
-                };
-                if !throttle.admit(&key, now) {
-                    self.reporter.metrics.throttled.inc();
-                    skipped += 1;
-                    continue;
-                }
-            }
-            let job = Job {
-                event: Some(event),
-                message,
-                queued_at: now,
-            };
-            if let Some(mut lost) = self.queue.push(job, self.when_full).await {
-                self.reporter.metrics.dropped.inc();
-                if let Some(event) = lost.event.take() {
-                    dropped.push((event, "the action's queue was full".to_owned()));
-                }
-            }
-        }
-        // Throttled and duplicate notifications are dropped on purpose.
-        EventsDiscarded {
-            count: skipped,
-            intentional: true,
-        }
-        .emit(&self.reporter.telemetry);
-        self.reporter.dead_letter(dead, ErrorType::Expression).await;
-        // Dead-lettered so nothing is lost silently (counted as dropped, not as failed).
-        self.reporter.dead_letter_dropped(dropped).await;
-    }
-}
-
-struct Sender<N: Notifier> {
-    notifier: Arc<N>,
-    queue: Arc<JobQueue<Job<N::Message>>>,
+struct Runner<N: Notifier> {
+    notifier: N,
+    throttle_key: Option<Template>,
+    limits: Limits,
     retry: RetryConfig,
     reporter: Reporter,
 }
 
-impl<N: Notifier> Sender<N> {
-    async fn run(self) {
-        let sent = self.reporter.telemetry.sent_events("default");
-        while let Some(mut job) = self.queue.pop().await {
-            let outcome = self.send_with_retry(&job.message).await;
-            let Some(event) = job.event.take() else {
-                continue;
-            };
-            match outcome {
-                Ok(()) => {
-                    self.reporter.metrics.sent.inc();
-                    self.reporter
-                        .metrics
-                        .latency
-                        .observe(job.queued_at.elapsed().as_secs_f64());
-                    sent.inc();
-                    // Dropping the event acknowledges its delivery.
-                    drop(event);
-                }
-                Err(message) => {
-                    self.reporter
-                        .dead_letter(vec![(event, message)], ErrorType::Io)
-                        .await;
-                }
+impl<N: Notifier> Runner<N> {
+    /// Sends (or skips, or dead-letters) what `event` asks for; dropping the event at the
+    /// end acknowledges it.
+    async fn handle(&mut self, event: Event) {
+        let key = IdempotencyKey::of(&event);
+        if self.limits.was_sent(key.as_str()) {
+            // A second copy of a notification sent already (see `limits`).
+            self.reporter.metrics.deduplicated.inc();
+            self.skipped();
+            return;
+        }
+        let message = match self.notifier.prepare(&event) {
+            Ok(message) => message,
+            Err(err) => {
+                let dead = vec![(event, err)];
+                self.reporter.dead_letter(dead, ErrorType::Expression).await;
+                return;
+            }
+        };
+        match self.admit(&event, &message, limits::now_ms()) {
+            Admission::Send => {}
+            Admission::Skip => {
+                self.skipped();
+                return;
+            }
+            Admission::Fail(err) => {
+                let dead = vec![(event, err)];
+                self.reporter.dead_letter(dead, ErrorType::Expression).await;
+                return;
+            }
+        }
+        crate::fault::crash_point("action.before_send");
+        let started = Instant::now();
+        let outcome = self.send_with_retry(&message, &key).await;
+        if outcome.is_ok() {
+            crate::fault::crash_point("action.sent");
+            self.limits.sent(key.as_str());
+        }
+        // What was let through counts from now on, sent or not; written before the event
+        // is acknowledged, so a restart neither repeats nor forgets it.
+        self.remember();
+        match outcome {
+            Ok(()) => {
+                let metrics = &self.reporter.metrics;
+                metrics.sent.inc();
+                metrics.latency.observe(started.elapsed().as_secs_f64());
+                self.reporter.sent.inc();
+                // Dropping the event acknowledges it.
+                drop(event);
+            }
+            Err(message) => {
+                self.reporter
+                    .dead_letter(vec![(event, message)], ErrorType::Io)
+                    .await;
             }
         }
     }
 
+    /// Counts a notification dropped on purpose (throttled, a duplicate).
+    fn skipped(&self) {
+        EventsDiscarded {
+            count: 1,
+            intentional: true,
+        }
+        .emit(&self.reporter.telemetry);
+    }
+
+    fn admit(&mut self, event: &Event, message: &N::Message, now: i64) -> Admission {
+        if let Some(dedupe) = &mut self.limits.dedupe {
+            let mut hasher = StableHasher::default();
+            self.notifier.identity(message, &mut hasher);
+            if dedupe.is_duplicate(hasher.finish(), now) {
+                self.reporter.metrics.deduplicated.inc();
+                return Admission::Skip;
+            }
+        }
+        if let (Some(template), Some(throttle)) = (&self.throttle_key, &mut self.limits.throttle) {
+            let key = match template.render(&event.view()) {
+                Ok(key) => key,
+                Err(err) => return Admission::Fail(format!("`throttle.key` failed: {err}")),
+            };
+            if !throttle.admit(&key, now) {
+                self.reporter.metrics.throttled.inc();
+                return Admission::Skip;
+            }
+        }
+        Admission::Send
+    }
+
+    /// Writes the throttle and dedupe state and the keys sent; a failure is counted and logged (the next
+    /// notification tries again).
+    fn remember(&self) {
+        if let Err(err) = self.limits.save() {
+            ComponentError {
+                error_type: ErrorType::Io,
+                stage: Stage::Sending,
+                message: &format!("cannot keep the throttle and dedupe state: {err:#}"),
+                count: 1,
+            }
+            .emit(&self.reporter.telemetry);
+        }
+    }
+
     /// Sends until success, a permanent failure, or the last attempt.
-    async fn send_with_retry(&self, message: &N::Message) -> Result<(), String> {
+    async fn send_with_retry(
+        &self,
+        message: &N::Message,
+        key: &IdempotencyKey,
+    ) -> Result<(), String> {
         let mut delays = self.retry.delays();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            match self.notifier.send(message).await {
+            match self.notifier.send(message, key).await {
                 Ok(()) => return Ok(()),
                 Err(SendError::Permanent(err)) => return Err(err),
                 Err(SendError::Transient(err)) => match delays.next() {
@@ -306,165 +322,5 @@ impl<N: Notifier> Sender<N> {
                 },
             }
         }
-    }
-}
-
-/// A bounded FIFO that can block, refuse the newest or evict the oldest when full.
-struct JobQueue<T> {
-    state: Mutex<QueueState<T>>,
-    changed: Notify,
-    capacity: usize,
-    gauge: prometheus_client::metrics::gauge::Gauge,
-}
-
-struct QueueState<T> {
-    items: VecDeque<T>,
-    closed: bool,
-}
-
-impl<T> JobQueue<T> {
-    fn new(capacity: usize, gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
-        Self {
-            state: Mutex::new(QueueState {
-                items: VecDeque::new(),
-                closed: false,
-            }),
-            changed: Notify::new(),
-            capacity: capacity.max(1),
-            gauge,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<T>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues `item`; returns the item that had to go instead (the new one or the oldest).
-    async fn push(&self, item: T, when_full: WhenFull) -> Option<T> {
-        let mut item = Some(item);
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(outcome) = self.try_push(&mut item, when_full) {
-                return outcome;
-            }
-            notified.await;
-        }
-    }
-
-    /// `None` when the caller must wait for room; else what had to go instead.
-    fn try_push(&self, item: &mut Option<T>, when_full: WhenFull) -> Option<Option<T>> {
-        let mut state = self.lock();
-        let lost = match (state.items.len() >= self.capacity, when_full) {
-            (false, _) => None,
-            (true, WhenFull::Block) => return None,
-            (true, WhenFull::DropNewest) => return Some(item.take()),
-            (true, WhenFull::DropOldest) => state.items.pop_front(),
-        };
-        state.items.extend(item.take());
-        self.gauge.set(state.items.len() as i64);
-        drop(state);
-        self.changed.notify_waiters();
-        Some(lost)
-    }
-
-    /// The oldest item; `None` once the queue is closed and empty.
-    async fn pop(&self) -> Option<T> {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(outcome) = self.try_pop() {
-                return outcome;
-            }
-            notified.await;
-        }
-    }
-
-    /// `None` when the caller must wait; `Some(None)` once closed and empty.
-    fn try_pop(&self) -> Option<Option<T>> {
-        let mut state = self.lock();
-        match state.items.pop_front() {
-            Some(item) => {
-                self.gauge.set(state.items.len() as i64);
-                drop(state);
-                self.changed.notify_waiters();
-                Some(Some(item))
-            }
-            None if state.closed => Some(None),
-            None => None,
-        }
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.changed.notify_waiters();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn queue(capacity: usize) -> JobQueue<u32> {
-        JobQueue::new(capacity, Default::default())
-    }
-
-    #[test]
-    fn an_abandoned_job_fails_its_delivery_and_a_finished_one_commits() {
-        use crate::event::{Delivery, DeliveryStatus, EventMeta, Fields};
-        let job = |delivery: &Arc<Delivery>| {
-            let mut event = Event::new(
-                None,
-                Fields::new(),
-                Arc::new(EventMeta::received_by("s".into())),
-            );
-            event.attach(delivery);
-            Job {
-                event: Some(event),
-                message: (),
-                queued_at: Instant::now(),
-            }
-        };
-        let (delivery, mut abandoned) = Delivery::new();
-        drop(job(&delivery));
-        drop(delivery);
-        assert_eq!(abandoned.try_recv().unwrap(), DeliveryStatus::Failed);
-
-        let (delivery, mut finished) = Delivery::new();
-        let mut done = job(&delivery);
-        drop(delivery);
-        drop(done.event.take());
-        drop(done);
-        assert_eq!(finished.try_recv().unwrap(), DeliveryStatus::Committed);
-    }
-
-    #[tokio::test]
-    async fn drop_newest_and_drop_oldest() {
-        let q = queue(2);
-        assert_eq!(q.push(1, WhenFull::DropNewest).await, None);
-        assert_eq!(q.push(2, WhenFull::DropNewest).await, None);
-        assert_eq!(q.push(3, WhenFull::DropNewest).await, Some(3));
-        assert_eq!(q.push(4, WhenFull::DropOldest).await, Some(1));
-        q.close();
-        assert_eq!(q.pop().await, Some(2));
-        assert_eq!(q.pop().await, Some(4));
-        assert_eq!(q.pop().await, None);
-    }
-
-    #[tokio::test]
-    async fn block_waits_for_room() {
-        let q = Arc::new(queue(1));
-        q.push(1, WhenFull::Block).await;
-        let pusher = tokio::spawn({
-            let q = Arc::clone(&q);
-            async move { q.push(2, WhenFull::Block).await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!pusher.is_finished());
-        assert_eq!(q.pop().await, Some(1));
-        assert_eq!(pusher.await.unwrap(), None);
-        assert_eq!(q.pop().await, Some(2));
     }
 }

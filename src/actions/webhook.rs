@@ -1,5 +1,5 @@
 //! `webhook`: an HTTP request per notification (rustls; retries on 5xx and timeouts, never
-//! on a 4xx).
+//! on a 4xx), with an `Idempotency-Key` header (see [`super::idempotency`]).
 
 use std::hash::{Hash, Hasher};
 
@@ -7,6 +7,7 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
@@ -68,6 +69,14 @@ impl HttpMethod {
 }
 
 impl ActionComponent for WebhookConfig {
+    fn buffer(&self) -> crate::buffers::BufferConfig {
+        self.policies().buffer()
+    }
+
+    fn warnings(&self) -> Vec<FieldProblem> {
+        self.policies().warnings()
+    }
+
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.policies().check();
         let url = self.url.source();
@@ -104,7 +113,7 @@ impl ActionComponent for WebhookConfig {
             client,
             config: self.clone(),
         };
-        Ok(runner::spawn(cx, self.policies(), notifier))
+        runner::spawn(cx, self.policies(), notifier)
     }
 }
 
@@ -144,10 +153,11 @@ impl Notifier for Webhook {
         message.body.hash(&mut hasher);
     }
 
-    async fn send(&self, message: &Request) -> Result<(), SendError> {
+    async fn send(&self, message: &Request, key: &IdempotencyKey) -> Result<(), SendError> {
         let mut request = self
             .client
-            .request(self.config.method.as_reqwest(), &message.url);
+            .request(self.config.method.as_reqwest(), &message.url)
+            .header("idempotency-key", key.as_str());
         let mut has_content_type = false;
         for (name, value) in &message.headers {
             has_content_type |= name.eq_ignore_ascii_case("content-type");

@@ -2,14 +2,20 @@
 //! what happens when it is full (`when_full`). Part of the engine, so every component that
 //! consumes events at its own pace (sinks, and actions) reads through the same one.
 //!
-//! `buffer: { type: memory }` (the default for now) is a bounded queue of events
-//! ([`memory`]); `buffer: { type: disk }` is a log of segment files in
-//! `data_dir/buffers/<id>/` ([`disk`]) that acknowledges events upstream once they are
-//! durably appended, so a source's acknowledgement no longer waits for the sink's batching.
-//! Both sit behind [`Buffer`], so a sink reads the same way from either.
+//! `buffer: { type: memory }` is a bounded queue of events ([`memory`]); `buffer: { type:
+//! disk }` is a log of segment files in `data_dir/buffers/<id>/` ([`disk`]) that
+//! acknowledges events upstream once they are durably appended, so a source's
+//! acknowledgement no longer waits for the sink's batching. Which one a sink gets when its
+//! `buffer:` names no type is the sink type's choice (`delta_lake`: disk; the others:
+//! memory). Both sit behind [`Buffer`], so a sink reads the same way from either; a disk
+//! buffer also says where each [`Chunk`] sits in its log ([`Position`]), so a sink can
+//! record that in its destination and skip what it already holds after a crash.
 
+mod chunk;
 mod disk;
 mod memory;
+
+pub use chunk::{Chunk, Incarnation, Position};
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +23,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ByteSize, FieldProblem};
-use crate::event::Event;
 use crate::telemetry::ComponentTelemetry;
 use crate::topology::channel::InputReceiver;
 
@@ -62,14 +67,15 @@ pub async fn discard_disk(dir: &Path) -> std::io::Result<u64> {
 }
 
 /// Where a sink's events wait, how much of them, and what to do when it is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
     /// `memory` (lost on a crash; the source waits for the sink's commit) or `disk`
     /// (segment files in `data_dir/buffers/<id>/`; the source waits only for the
-    /// group-committed append, a few milliseconds).
-    #[serde(default, rename = "type")]
-    pub kind: BufferType,
+    /// group-committed append, a few milliseconds). Default: `disk` for `delta_lake`
+    /// sinks and for actions (their outbox), `memory` for the other sinks.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<BufferType>,
     /// Memory buffers: events held before `when_full` applies (default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_events: Option<usize>,
@@ -83,11 +89,10 @@ pub struct BufferConfig {
 }
 
 /// Which buffer a sink has.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BufferType {
     /// A bounded queue in memory.
-    #[default]
     Memory,
     /// A write-ahead log on disk, group-committed.
     Disk,
@@ -98,21 +103,16 @@ const DEFAULT_MAX_SIZE: ByteSize = ByteSize::mib(1024);
 /// Smaller than this, segments would be tiny and trimming coarse.
 const MIN_MAX_SIZE: ByteSize = ByteSize::mib(1);
 
-impl Default for BufferConfig {
-    fn default() -> Self {
-        Self {
-            kind: BufferType::Memory,
-            max_events: None,
-            max_size: None,
-            when_full: WhenFull::default(),
-        }
-    }
-}
-
 impl BufferConfig {
-    pub fn check(&self) -> Vec<FieldProblem> {
+    /// The type written, else the sink type's `default`.
+    pub fn kind_or(&self, default: BufferType) -> BufferType {
+        self.kind.unwrap_or(default)
+    }
+
+    /// Problems of the options, for a sink whose buffer is `default` unless a type is written.
+    pub fn check(&self, default: BufferType) -> Vec<FieldProblem> {
         let mut problems = Vec::new();
-        match self.kind {
+        match self.kind_or(default) {
             BufferType::Memory => {
                 if self.max_events == Some(0) {
                     problems.push(FieldProblem::at(
@@ -152,8 +152,8 @@ impl BufferConfig {
     }
 
     /// Whether events wait on disk (and are acknowledged upstream once appended there).
-    pub fn is_disk(&self) -> bool {
-        self.kind == BufferType::Disk
+    pub fn is_disk(&self, default: BufferType) -> bool {
+        self.kind_or(default) == BufferType::Disk
     }
 }
 
@@ -181,15 +181,16 @@ enum Inner {
 }
 
 impl Buffer {
-    /// Starts pumping `input` into a buffer shaped by `config`; a disk buffer lives in
-    /// `dir` (`SinkContext::buffer_dir`).
+    /// Starts pumping `input` into a buffer shaped by `config` (of type `default` unless
+    /// it names one); a disk buffer lives in `dir` (`SinkContext::buffer_dir`).
     pub fn new(
         input: InputReceiver,
         config: BufferConfig,
+        default: BufferType,
         telemetry: ComponentTelemetry,
         dir: PathBuf,
     ) -> Self {
-        let inner = match config.kind {
+        let inner = match config.kind_or(default) {
             BufferType::Memory => Inner::Memory(memory::MemoryBuffer::new(
                 input,
                 config.max_events.unwrap_or(DEFAULT_MAX_EVENTS),
@@ -212,9 +213,16 @@ impl Buffer {
     /// Up to `max` events, waiting until there is at least one; `None` once the input has
     /// closed and everything was handed out. Cancel-safe: events are only taken when
     /// returned. Dropping the events acknowledges them (a disk buffer then trims them).
-    pub async fn next(&mut self, max: usize) -> Option<Vec<Event>> {
+    ///
+    /// A disk buffer hands records out in the order of its log, and a chunk that failed
+    /// (a delivery reported `Failed`) again before any record after it, so a consumer that
+    /// commits what it was handed in order covers a gapless run of sequence numbers.
+    pub async fn next(&mut self, max: usize) -> Option<Chunk> {
         match &mut self.inner {
-            Inner::Memory(buffer) => buffer.next(max).await,
+            Inner::Memory(buffer) => buffer.next(max).await.map(|events| Chunk {
+                events,
+                position: None,
+            }),
             Inner::Disk(buffer) => buffer.next(max).await,
         }
     }
@@ -238,7 +246,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::config::{ComponentId, ComponentKind};
-    use crate::event::{EventBatch, EventMeta, Fields};
+    use crate::event::{Event, EventBatch, EventMeta, Fields};
     use crate::telemetry::Telemetry;
 
     pub fn telemetry() -> ComponentTelemetry {
@@ -280,18 +288,24 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_default_is_todays_memory_buffer() {
+    fn without_a_type_the_sink_types_default_applies() {
         let config = parse("{}");
         assert_eq!(config, BufferConfig::default());
-        assert!(!config.is_disk());
-        assert!(config.check().is_empty());
+        assert!(!config.is_disk(BufferType::Memory));
+        assert!(config.is_disk(BufferType::Disk));
+        assert!(config.check(BufferType::Memory).is_empty());
+        let sized = parse(r#"{"max_size":"8GiB"}"#);
+        assert!(sized.check(BufferType::Disk).is_empty());
+        assert_eq!(sized.check(BufferType::Memory).len(), 1);
+        let memory = parse(r#"{"type":"memory"}"#);
+        assert!(!memory.is_disk(BufferType::Disk), "a written type wins");
     }
 
     #[test]
     fn options_of_the_other_type_are_named() {
         let paths = |json: &str| -> Vec<String> {
             parse(json)
-                .check()
+                .check(BufferType::Memory)
                 .into_iter()
                 .map(|p| format!("{:?}", p.path))
                 .collect()

@@ -8,6 +8,7 @@ use super::component::{ComponentId, ComponentTask, FieldProblem, OutputName};
 use super::options::Options;
 use super::service::Services;
 use crate::telemetry::ComponentTelemetry;
+use crate::topology::InstanceIdentity;
 use crate::topology::channel::{InputReceiver, Outputs};
 
 /// What every aggregator type provides.
@@ -37,4 +38,7 @@ pub struct AggregatorContext {
     pub retired: Arc<AtomicBool>,
     /// The topology's shared services.
     pub services: Arc<Services>,
+    /// Which weir this is: a persistent id for names no other instance may share
+    /// (`data_dir/instance_id`, or `WEIR_INSTANCE_ID`).
+    pub instance_id: Arc<InstanceIdentity>,
 }

@@ -19,7 +19,10 @@ use serde_json::Value;
 use super::diagnostic::{Diagnostic, Diagnostics, Location, did_you_mean, list};
 use super::validate::{self, RawInput, TypedComponent};
 use super::yaml::{Key, Node, NodeKind, PathStep};
-use super::{Catalogue, ComponentKind, GlobalConfig, OptionsError, ServiceConfigs, TopologyConfig};
+use super::{
+    Catalogue, ComponentKind, FieldProblem, GlobalConfig, OptionsError, ServiceConfigs,
+    TopologyConfig,
+};
 
 /// Top-level keys that are not sections: the engine's settings, with the catalogue's
 /// services between the settings of the process (`data_dir`, `api`, `log`) and `watch`.
@@ -439,13 +442,17 @@ fn typed_component(
         }
         Some(Ok(config)) => config,
     };
+    let field_message = |problem: FieldProblem| match path_text(&problem.path) {
+        path if path.is_empty() => problem.message,
+        path => format!("`{path}`: {}", problem.message),
+    };
     for problem in typed.check() {
         let at = options.locate(&problem.path);
-        let message = match path_text(&problem.path) {
-            path if path.is_empty() => problem.message,
-            path => format!("`{path}`: {}", problem.message),
-        };
-        diagnostics.push(error(at, message));
+        diagnostics.push(error(at, field_message(problem)));
+    }
+    for problem in typed.warnings() {
+        let at = options.locate(&problem.path).clone();
+        diagnostics.push(Diagnostic::warning(Some(at), field_message(problem)).in_component(&id));
     }
     TypedComponent {
         id: id.as_str().into(),

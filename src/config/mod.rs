@@ -214,11 +214,21 @@ impl ComponentConfig {
         }
     }
 
-    /// Whether the component reads its input through a disk buffer (in
-    /// [`crate::buffers::disk_dir`]).
+    /// What `weir validate` warns about in the component's options (a deprecated
+    /// spelling), by field.
+    pub fn warnings(&self) -> Vec<FieldProblem> {
+        match &self.options {
+            SectionOptions::Action(c) => c.warnings(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the component (a sink or an action) reads its input through a disk buffer
+    /// (in [`crate::buffers::disk_dir`]).
     pub fn disk_buffer(&self) -> bool {
         match &self.options {
             SectionOptions::Sink(c) => c.disk_buffer(),
+            SectionOptions::Action(c) => c.disk_buffer(),
             _ => false,
         }
     }
@@ -235,7 +245,7 @@ impl ComponentConfig {
 
 impl Component {
     /// What the component holds exclusively while it runs: what its options name, and a
-    /// sink's disk buffer directory under `data_dir`.
+    /// sink's or action's disk buffer directory under `data_dir`.
     pub fn resources(&self, data_dir: &std::path::Path) -> Vec<Resource> {
         let mut resources = self.config.resources();
         if self.config.disk_buffer() {

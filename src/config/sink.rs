@@ -7,6 +7,7 @@ use super::component::{ComponentId, ComponentTask, FieldProblem, Resource};
 use super::options::Options;
 use super::service::Services;
 use crate::telemetry::ComponentTelemetry;
+use crate::topology::InstanceIdentity;
 use crate::topology::channel::{InputReceiver, Outputs};
 
 /// What every sink type provides.
@@ -54,6 +55,9 @@ pub struct SinkContext {
     pub data_dir: PathBuf,
     /// The topology's shared services.
     pub services: Arc<Services>,
+    /// Which weir this is: a persistent id for names no other instance may share
+    /// (`data_dir/instance_id`, or `WEIR_INSTANCE_ID`).
+    pub instance_id: Arc<InstanceIdentity>,
 }
 
 impl SinkContext {

@@ -9,6 +9,7 @@ use super::component::{ComponentId, ComponentTask, FieldProblem, Resource};
 use super::options::Options;
 use super::service::{ServiceUse, Services};
 use crate::telemetry::ComponentTelemetry;
+use crate::topology::InstanceIdentity;
 use crate::topology::channel::Outputs;
 
 /// What every source type provides.
@@ -49,4 +50,7 @@ pub struct SourceContext {
     pub data_dir: PathBuf,
     /// The topology's shared services (the device registry, ...).
     pub services: Arc<Services>,
+    /// Which weir this is: a persistent id for names no other instance may share
+    /// (`data_dir/instance_id`, or `WEIR_INSTANCE_ID`).
+    pub instance_id: Arc<InstanceIdentity>,
 }

@@ -6,7 +6,7 @@
 //! output. Keeping transforms synchronous keeps them easy to test and lets the runner batch
 //! all channel work.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::component::{ComponentId, DEFAULT_DATA_DIR, FieldProblem, OutputName};
@@ -15,6 +15,7 @@ use super::service::{ServiceUse, Services};
 use crate::event::{Event, EventBatch};
 use crate::telemetry::events::{ComponentError, ErrorType, EventsDiscarded, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
+use crate::topology::InstanceIdentity;
 use crate::topology::channel::PortBuffers;
 
 /// What every transform type provides.
@@ -49,6 +50,9 @@ pub struct TransformContext {
     pub data_dir: PathBuf,
     /// The topology's shared services (the device registry, the alarm board, ...).
     pub services: Arc<Services>,
+    /// Which weir this is: a persistent id for names no other instance may share
+    /// (`data_dir/instance_id`, or `WEIR_INSTANCE_ID`).
+    pub instance_id: Arc<InstanceIdentity>,
 }
 
 impl TransformContext {
@@ -58,6 +62,7 @@ impl TransformContext {
             id,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             services: Arc::default(),
+            instance_id: Arc::new(InstanceIdentity::new(Path::new(DEFAULT_DATA_DIR), None)),
         }
     }
 }

@@ -229,14 +229,9 @@ impl ComponentTelemetry {
             failed: outcome("failed"),
             throttled: outcome("throttled"),
             deduplicated: outcome("deduplicated"),
-            dropped: outcome("dropped"),
             retries: self
                 .metrics
                 .action_retries
-                .get_or_create_owned(&self.labels),
-            queued: self
-                .metrics
-                .action_queue_events
                 .get_or_create_owned(&self.labels),
             latency: self
                 .metrics
@@ -272,9 +267,7 @@ pub struct ActionMetrics {
     pub failed: Counter,
     pub throttled: Counter,
     pub deduplicated: Counter,
-    pub dropped: Counter,
     pub retries: Counter,
-    pub queued: Gauge,
     pub latency: prometheus_client::metrics::histogram::Histogram,
 }
 

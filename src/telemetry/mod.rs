@@ -169,7 +169,6 @@ pub struct Metrics {
     pub alarm_active: Family<ComponentLabels, Gauge>,
     pub action_notifications: Family<OutcomeLabels, Counter>,
     pub action_retries: Family<ComponentLabels, Counter>,
-    pub action_queue_events: Family<ComponentLabels, Gauge>,
     pub action_latency: HistogramFamily<ComponentLabels>,
 }
 
@@ -224,7 +223,6 @@ impl Default for Metrics {
             alarm_active: Family::default(),
             action_notifications: Family::default(),
             action_retries: Family::default(),
-            action_queue_events: Family::default(),
             action_latency: Family::new_with_constructor(action_latency_histogram),
         }
     }
@@ -345,7 +343,7 @@ impl Metrics {
         );
         registry.register(
             "source_connected",
-            "1 while a source is connected to its broker (an http source: listening), else 0",
+            "1 while a source is connected to its broker and subscribed (an http source: listening), else 0",
             m.source_connected,
         );
         registry.register(
@@ -426,7 +424,7 @@ impl Metrics {
         registry.register("alarm_active", "Alarms active right now", m.alarm_active);
         registry.register(
             "action_notifications",
-            "Notifications an action handled, by outcome (sent, failed: dead-lettered, throttled, deduplicated, dropped: queue full)",
+            "Notifications an action handled, by outcome (sent, failed: dead-lettered, throttled, deduplicated: an identical payload within `dedupe.window` or a copy of one already sent with the same idempotency key); what a full buffer drops is in buffer_discarded_events_total",
             m.action_notifications,
         );
         registry.register(
@@ -435,13 +433,8 @@ impl Metrics {
             m.action_retries,
         );
         registry.register(
-            "action_queue_events",
-            "Notifications waiting in an action's queue",
-            m.action_queue_events,
-        );
-        registry.register(
             "action_latency_seconds",
-            "Time from a notification entering an action's queue to its destination accepting it",
+            "Time from an action taking a notification from its buffer to its destination accepting it, retries included",
             m.action_latency,
         );
     }

@@ -16,6 +16,7 @@ use super::channel::{
     DEFAULT_BUFFER_BATCHES, Fanout, InputReceiver, InputSender, Outputs, Targets, WeakInputSender,
     input_channel, targets,
 };
+use super::instance::InstanceIdentity;
 use crate::config::action::ActionContext;
 use crate::config::aggregator::AggregatorContext;
 use crate::config::service::Services;
@@ -57,6 +58,7 @@ pub(super) struct Shared<'a> {
     pub telemetry: &'a Arc<Telemetry>,
     pub data_dir: &'a Path,
     pub services: &'a Arc<Services>,
+    pub instance_id: &'a Arc<InstanceIdentity>,
 }
 
 /// Builds one component with empty output lists (the rewiring fills them). A sink that
@@ -179,6 +181,7 @@ fn build_task(
     } = parts;
     let data_dir = shared.data_dir.to_path_buf();
     let services = Arc::clone(shared.services);
+    let instance_id = Arc::clone(shared.instance_id);
     match component.config.options() {
         SectionOptions::Source(config) => config.build(SourceContext {
             id: id.clone(),
@@ -187,12 +190,14 @@ fn build_task(
             telemetry,
             data_dir,
             services,
+            instance_id,
         }),
         SectionOptions::Transform(config) => {
             let transform = config.build(&TransformContext {
                 id: id.clone(),
                 data_dir,
                 services,
+                instance_id,
             })?;
             let output = TransformOutput::new(&id, telemetry, &component.config.named_outputs());
             let input = receiver.ok_or_else(missing_input)?;
@@ -205,6 +210,7 @@ fn build_task(
             telemetry,
             data_dir,
             services,
+            instance_id,
         }),
         SectionOptions::Aggregator(config) => config.build(AggregatorContext {
             id: id.clone(),
@@ -214,6 +220,7 @@ fn build_task(
             data_dir,
             retired,
             services,
+            instance_id,
         }),
         SectionOptions::Action(config) => config.build(ActionContext {
             id: id.clone(),
@@ -222,6 +229,7 @@ fn build_task(
             telemetry,
             data_dir,
             services,
+            instance_id,
         }),
     }
 }

@@ -24,6 +24,7 @@ mod build;
 pub mod channel;
 pub mod diff;
 pub mod graph;
+pub mod instance;
 pub mod leftovers;
 mod running;
 pub mod services;
@@ -32,6 +33,7 @@ use crate::config::component::ComponentId;
 pub use crate::config::component::ComponentTask;
 pub use crate::config::service::Services;
 pub use diff::Diff;
+pub use instance::{InstanceId, InstanceIdentity};
 pub use running::RunningTopology;
 
 /// Why a topology could not start or reload.

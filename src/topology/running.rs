@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::build::{self, Built, Instance, Shared};
 use super::channel::{InputSender, Targets};
+use super::instance::InstanceIdentity;
 use super::leftovers::{self, Discard};
 use super::services::RunningServices;
 use super::{ComponentTask, Diff, ReloadError, TaskOutcome, diff};
@@ -27,6 +28,8 @@ pub struct RunningTopology {
     failures: Vec<TaskOutcome>,
     /// The shared services, started before the first component and stopped after the last.
     services: RunningServices,
+    /// Which weir this is (`data_dir` cannot change by a reload, so neither can it).
+    instance_id: Arc<InstanceIdentity>,
 }
 
 impl RunningTopology {
@@ -49,6 +52,7 @@ impl RunningTopology {
             tasks: JoinSet::new(),
             failures: Vec::new(),
             services,
+            instance_id: Arc::new(InstanceIdentity::from_env(&config.globals.data_dir)),
         };
         topology.build_and_swap(
             config.clone(),
@@ -130,10 +134,16 @@ impl RunningTopology {
         }
 
         let applied = self.build_and_swap(new, &diff, stopped);
+        if applied.is_ok() {
+            // Before `hold` goes: a discarded instance must end while its input is still
+            // open, or it would drain its buffer into its destination on the way out.
+            for (discard, _) in &ended {
+                discard.cancel();
+            }
+        }
         drop(hold);
         applied?;
-        for (discard, finished) in ended {
-            discard.cancel();
+        for (_, finished) in ended {
             finished.cancelled().await;
         }
         for leftover in &discarding {
@@ -253,8 +263,10 @@ impl RunningTopology {
         let component = id.clone();
         self.tasks.spawn(async move {
             let result = tokio::select! {
-                result = task => result,
+                // First: once discarded, the task must not take another step.
+                biased;
                 () = discard.cancelled() => Ok(()),
+                result = task => result,
             };
             for list in outputs {
                 list.store(Arc::new(Vec::new()));
@@ -270,6 +282,7 @@ impl RunningTopology {
             telemetry: &self.telemetry,
             data_dir: &config.globals.data_dir,
             services: &self.services.services,
+            instance_id: &self.instance_id,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Actions against real receivers: a local HTTP server, Mosquitto, RabbitMQ and a local
 //! SMTP server. Readings enter through the `http` source, whose answer waits until every
-//! action on their path has sent (or dead-lettered) what they caused.
+//! action on their path has taken what they caused for good: appended to its disk buffer
+//! (the default), or, with a memory buffer, sent or dead-lettered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +77,24 @@ actions:
 
     fn metric(&self, name: &str, labels: &[&str]) -> f64 {
         metric(&self.telemetry, name, labels)
+    }
+
+    /// Waits until each `(action, outcome, count)` of `action_notifications_total` is
+    /// reached: a disk-buffered action sends after the source was answered.
+    async fn settled(&self, expected: &[(&str, &str, f64)]) {
+        let reached = support::eventually(Duration::from_secs(30), || {
+            expected.iter().all(|(action, outcome, count)| {
+                self.metric(
+                    "action_notifications_total",
+                    &[
+                        &format!("component_id=\"{action}\""),
+                        &format!("outcome=\"{outcome}\""),
+                    ],
+                ) >= *count
+            })
+        })
+        .await;
+        assert!(reached, "{expected:?}\n{}", self.telemetry.encode());
     }
 
     async fn stop(self) -> tempfile::TempDir {
@@ -157,7 +176,9 @@ async fn flapping_input_reaches_every_action_exactly_once_per_transition() {
     let cool: Vec<(i64, f64)> = (0..300).map(|s| (s, 70.0)).collect();
     assert_eq!(h.post("engine-2", &cool).await, 200);
 
-    // The source answered after every action finished: what was sent is there now.
+    let actions = ["page", "command", "broadcast", "mail", "journal"];
+    let sent: Vec<_> = actions.iter().map(|a| (*a, "sent", 2.0)).collect();
+    h.settled(&sent).await;
     let hooks = webhook.accepted();
     assert_eq!(
         states(&hooks, "state"),
@@ -215,7 +236,7 @@ async fn flapping_input_reaches_every_action_exactly_once_per_transition() {
     assert_eq!(commands[0].1["command"], "reduce_load");
     assert_eq!(commands[1].1["command"], "resume");
 
-    for action in ["page", "command", "broadcast", "mail", "journal"] {
+    for action in actions {
         let sent = h.metric(
             "action_notifications_total",
             &[&format!("component_id=\"{action}\""), "outcome=\"sent\""],
@@ -258,6 +279,13 @@ async fn throttling_caps_repeats_per_key_and_dedupe_drops_identical_payloads() {
         .collect();
     assert_eq!(h.post("engine-1", &cycles).await, 200);
     assert_eq!(h.post("engine-2", &[(0, 105.0)]).await, 200);
+    h.settled(&[
+        ("page", "sent", 3.0),
+        ("page", "throttled", 8.0),
+        ("same", "sent", 2.0),
+        ("same", "deduplicated", 9.0),
+    ])
+    .await;
 
     let states = states(&webhook.accepted(), "state");
     assert_eq!(
@@ -298,6 +326,7 @@ async fn a_receiver_answering_500_three_times_then_200_gets_the_notification_onc
     .replace("WEBHOOK", &webhook.url());
     let h = Harness::start(tempfile::tempdir().unwrap(), "", &actions);
     assert_eq!(h.post("engine-1", &[(0, 105.0)]).await, 200);
+    h.settled(&[("page", "sent", 1.0)]).await;
     assert_eq!(webhook.attempts(), 4);
     let accepted = webhook.accepted();
     assert_eq!(accepted.len(), 1);
@@ -337,6 +366,12 @@ sinks:
     .replace("DEAD", &dead.display().to_string());
     let h = Harness::start(dir, "", &actions);
     assert_eq!(h.post("engine-1", &[(0, 105.0)]).await, 200);
+    h.settled(&[("page", "failed", 1.0)]).await;
+    wait_for(Duration::from_secs(10), || {
+        (!lines(&dead).is_empty()).then_some(())
+    })
+    .await
+    .expect("a dead letter");
     assert_eq!(webhook.attempts(), 1, "a 4xx is not retried");
     let written = std::fs::read_to_string(&dead).unwrap();
     assert!(!written.contains("s3cr3t-t0ken"), "{written}");
@@ -390,6 +425,8 @@ async fn webhook_over_mutual_tls_and_email_over_starttls() {
     .replace("CA", &pki.ca.display().to_string());
     let h = Harness::start(dir, "", &actions);
     assert_eq!(h.post("engine-1", &[(0, 105.0)]).await, 200);
+    h.settled(&[("page", "sent", 1.0), ("mail", "sent", 1.0)])
+        .await;
     assert_eq!(states(&webhook.accepted(), "state"), ["raised"]);
     let mails = smtp.received();
     assert_eq!(mails.len(), 1, "{mails:?}");
@@ -407,25 +444,20 @@ async fn webhook_over_mutual_tls_and_email_over_starttls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_with_drop_newest_dead_letters_what_it_refuses() {
+async fn a_full_memory_buffer_with_drop_newest_counts_what_it_refuses() {
     // The receiver keeps failing, so the first notification stays in its retries.
     let webhook = HttpReceiver::start(vec![500; 1000]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let dead = dir.path().join("dead.ndjson");
     let actions = r#"
   page:
     type: webhook
     inputs: [hot]
     url: 'WEBHOOK'
-    queue: { max_events: 1, when_full: drop_newest }
+    buffer: { type: memory, max_events: 1, when_full: drop_newest }
     retry: { attempts: 1000, initial_backoff: 50ms, max_backoff: 50ms }
-sinks:
-  dead_letters: { type: file, inputs: [page.errors], path: 'DEAD' }
 "#
-    .replace("WEBHOOK", &webhook.url())
-    .replace("DEAD", &dead.display().to_string());
-    let h = Harness::start(dir, "", &actions);
-    // Four transitions: one being sent (or still queued), one queued, the newest refused.
+    .replace("WEBHOOK", &webhook.url());
+    let h = Harness::start(tempfile::tempdir().unwrap(), "", &actions);
+    // Four transitions in one batch: the buffer holds one, the newest three are refused.
     let readings = [(0, 105.0), (1, 80.0), (2, 105.0), (3, 80.0)];
     let port = h.port;
     let posting = tokio::spawn(async move {
@@ -441,32 +473,20 @@ sinks:
             .send()
             .await
     });
+    let discarded = || h.metric("buffer_discarded_events_total", &["component_id=\"page\""]);
+    assert!(
+        support::eventually(Duration::from_secs(10), || discarded() >= 3.0).await,
+        "{}",
+        h.telemetry.encode()
+    );
     wait_for(Duration::from_secs(10), || {
-        (lines(&dead).len() >= 2).then_some(())
+        (webhook.attempts() >= 1).then_some(())
     })
     .await
-    .expect("dead letters");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let letters = lines(&dead);
-    // Whether the sender took the first one off the queue before the rest arrived decides
-    // if two or three were refused; the refused are always the newest.
-    assert!((2..=3).contains(&letters.len()), "{letters:?}");
-    assert!(
-        states(&letters, "state").ends_with(&["raised".to_owned(), "cleared".to_owned()]),
-        "{letters:#?}"
-    );
-    let error = letters[0]["meta"]["error"]["message"].as_str().unwrap();
-    assert!(error.contains("queue was full"), "{error}");
-    assert_eq!(
-        h.metric(
-            "action_notifications_total",
-            &["component_id=\"page\"", "outcome=\"dropped\""]
-        ),
-        letters.len() as f64
-    );
-    assert!(webhook.attempts() >= 1);
+    .expect("the first notification is being sent");
+    assert_eq!(discarded(), 3.0);
     assert!(webhook.accepted().is_empty());
-    // The request still waits for the notifications in flight.
+    // The request still waits for the notification in flight.
     assert!(!posting.is_finished());
     posting.abort();
     let _ = h.topology.stop(Duration::from_millis(500)).await;

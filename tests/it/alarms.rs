@@ -28,6 +28,17 @@ async fn post(port: u16, readings: &[(i64, f64)]) -> u16 {
         .as_u16()
 }
 
+/// What the webhook accepted, once it is at least `n` notifications: the action's disk
+/// buffer answers the source before the send.
+async fn accepted(webhook: &HttpReceiver, n: usize) -> Vec<Value> {
+    wait_for(Duration::from_secs(20), || {
+        let sent = webhook.accepted();
+        (sent.len() >= n).then_some(sent)
+    })
+    .await
+    .unwrap_or_else(|| panic!("expected {n} notifications: {:?}", webhook.accepted()))
+}
+
 async fn alarms(weir: &Weir) -> Vec<Value> {
     let body: Value = reqwest::get(format!("http://{}/v1/alarms", weir.api))
         .await
@@ -80,7 +91,7 @@ actions:
     let weir = Weir::start(dir.path(), &pipeline, api).await;
 
     assert_eq!(post(port, &[(0, 105.0), (1, 106.0)]).await, 200);
-    let sent = webhook.accepted();
+    let sent = accepted(&webhook, 1).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["state"], "raised");
     let id = sent[0]["alarm_id"].as_str().unwrap().to_owned();
@@ -90,6 +101,22 @@ actions:
     assert_eq!(listed[0]["severity"], "major");
     assert_eq!(listed[0]["device_id"], "engine-1");
     assert_eq!(listed[0]["acknowledged"], false);
+
+    // Counted once the action recorded the send (a crash before that may repeat it, with
+    // the same idempotency key; this test is about the alarm not raising again).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while support::metric_in(
+        &weir.metrics().await,
+        "action_notifications_total",
+        &["component_id=\"page\"", "outcome=\"sent\""],
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A crash: the state written at the raise is what the next start reads.
     let weir = weir
@@ -110,12 +137,7 @@ actions:
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["acknowledged"], true);
     assert_eq!(body["acknowledged_by"], "ops");
-    let sent = wait_for(Duration::from_secs(10), || {
-        let sent = webhook.accepted();
-        (sent.len() == 2).then_some(sent)
-    })
-    .await
-    .expect("the acknowledgement reaches the webhook");
+    let sent = accepted(&webhook, 2).await;
     assert_eq!(sent[1]["state"], "acknowledged");
     assert_eq!(sent[1]["alarm_id"], id.as_str());
     assert_eq!(acknowledge(&weir, &id).await.0, 409);
@@ -129,7 +151,7 @@ actions:
 
     // Escalation and the clear still work on the restored alarm, with its id.
     assert_eq!(post(port, &[(4, 125.0), (5, 80.0)]).await, 200);
-    let sent = webhook.accepted();
+    let sent = accepted(&webhook, 4).await;
     let states: Vec<&str> = sent.iter().map(|s| s["state"].as_str().unwrap()).collect();
     assert_eq!(
         states,
@@ -170,7 +192,7 @@ actions:
     let mut topology =
         weir::topology::RunningTopology::start(&config(90, "5s"), &telemetry).unwrap();
     assert_eq!(post(port, &[(0, 105.0)]).await, 200);
-    assert_eq!(webhook.accepted().len(), 1);
+    assert_eq!(accepted(&webhook, 1).await.len(), 1);
 
     // The action changes, the alarm keeps running with its state.
     topology.reload(config(90, "6s")).await.unwrap();
@@ -195,7 +217,7 @@ actions:
         "88 is not below the new clear threshold"
     );
     assert_eq!(post(port, &[(4, 80.0)]).await, 200);
-    let sent = webhook.accepted();
+    let sent = accepted(&webhook, 2).await;
     let states: Vec<&str> = sent.iter().map(|s| s["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["raised", "cleared"]);
     assert_eq!(sent[0]["alarm_id"], sent[1]["alarm_id"]);

@@ -1,6 +1,7 @@
-//! The `delta_lake` sink, end to end: readings posted over HTTP are acknowledged only once
-//! committed, and the table weir wrote is read back with the `deltalake` crate (its log)
-//! and the `parquet` crate (its files).
+//! The `delta_lake` sink with a memory buffer, end to end: readings posted over HTTP are
+//! acknowledged only once committed, and the table weir wrote is read back with the
+//! `deltalake` crate (its log) and the `parquet` crate (its files). The default disk
+//! buffer and its exactly-once delivery are tested in `delta_once`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,23 +15,23 @@ use serde_json::{Value, json};
 use crate::support::{self, Weir, free_port, lines};
 
 /// What a table holds, read back independently of weir.
-struct TableContents {
+pub(crate) struct TableContents {
     /// Column name to Delta type name, in table order.
     columns: Vec<(String, String)>,
     partition_columns: Vec<String>,
     /// Data files in the log, relative to the table root.
     files: Vec<PathBuf>,
     /// Rows per file, from the Parquet footers.
-    rows: usize,
+    pub(crate) rows: usize,
     /// Every `id` value and how often it occurs.
-    ids: BTreeMap<u64, usize>,
+    pub(crate) ids: BTreeMap<u64, usize>,
     /// Rows where `column` is null, for each nullable field column asked about.
     nulls: BTreeMap<String, usize>,
     /// The `txn` version the log holds for `app_id`.
-    txn_version: Option<i64>,
+    pub(crate) txn_version: Option<i64>,
 }
 
-async fn read_table(root: &Path, app_id: &str, null_columns: &[&str]) -> TableContents {
+pub(crate) async fn read_table(root: &Path, app_id: &str, null_columns: &[&str]) -> TableContents {
     let url = url::Url::from_directory_path(root).unwrap();
     let table = deltalake::open_table(url).await.expect("open the table");
     let snapshot = table.snapshot().unwrap();
@@ -81,7 +82,23 @@ async fn read_table(root: &Path, app_id: &str, null_columns: &[&str]) -> TableCo
     contents
 }
 
-fn write_pipeline(dir: &Path, port: u16, api: u16, sink_options: &str) -> PathBuf {
+/// The app id of the sink `lake`'s transactions with a memory buffer, `weir-lake@<instance>`
+/// (the instance id weir made in `data_dir`).
+fn app_id(dir: &Path) -> String {
+    let instance = std::fs::read_to_string(dir.join("state/instance_id")).expect("an instance id");
+    format!("weir-lake@{}", instance.trim())
+}
+
+/// Starts weir in `dir` on a fresh `pipeline.yaml`: `data_dir: state`, an http source
+/// `devices` (with `source_options` appended to its flow mapping) and `sinks` (the lines
+/// under `sinks:`). Returns it with its HTTP port, the pipeline and the API address.
+pub(crate) async fn start_with_sinks(
+    dir: &Path,
+    source_options: &str,
+    sinks: &str,
+    env: &[(&str, &str)],
+) -> (Weir, u16, PathBuf, std::net::SocketAddr) {
+    let (port, api) = (free_port(), free_port());
     let pipeline = dir.join("pipeline.yaml");
     std::fs::write(
         &pipeline,
@@ -89,19 +106,15 @@ fn write_pipeline(dir: &Path, port: u16, api: u16, sink_options: &str) -> PathBu
             "api: {{ listen: 127.0.0.1:{api} }}
 data_dir: state
 sources:
-  devices: {{ type: http, listen: 127.0.0.1:{port}, event_time: ts }}
+  devices: {{ type: http, listen: 127.0.0.1:{port}{source_options} }}
 sinks:
-  lake:
-    type: delta_lake
-    inputs: [devices]
-    uri: lake
-    {sink_options}
-  rejected: {{ type: file, inputs: [lake.errors], path: rejected.ndjson }}
-"
+{sinks}"
         ),
     )
     .unwrap();
-    pipeline
+    let api = format!("127.0.0.1:{api}").parse().unwrap();
+    let weir = Weir::start_with_env(dir, &pipeline, api, env).await;
+    (weir, port, pipeline, api)
 }
 
 /// Starts weir on a fresh pipeline with `sink_options`; returns it with its HTTP port.
@@ -110,11 +123,17 @@ async fn start(
     sink_options: &str,
     env: &[(&str, &str)],
 ) -> (Weir, u16, PathBuf, std::net::SocketAddr) {
-    let (port, api) = (free_port(), free_port());
-    let pipeline = write_pipeline(dir, port, api, sink_options);
-    let api = format!("127.0.0.1:{api}").parse().unwrap();
-    let weir = Weir::start_with_env(dir, &pipeline, api, env).await;
-    (weir, port, pipeline, api)
+    let sinks = format!(
+        "  lake:
+    type: delta_lake
+    inputs: [devices]
+    uri: lake
+    buffer: {{ type: memory }}
+    {sink_options}
+  rejected: {{ type: file, inputs: [lake.errors], path: rejected.ndjson }}
+"
+    );
+    start_with_sinks(dir, ", event_time: ts", &sinks, env).await
 }
 
 /// Posts `readings` for `device`; true when weir answered 2xx (it committed them).
@@ -184,7 +203,7 @@ async fn acknowledged_readings_are_rows_of_a_partitioned_table() {
             .success()
     );
 
-    let table = read_table(&dir.path().join("lake"), "weir-lake", &[]).await;
+    let table = read_table(&dir.path().join("lake"), &app_id(dir.path()), &[]).await;
     assert_eq!(table.rows, 2000, "one row per acknowledged reading");
     assert_eq!(table.ids.len(), 2000);
     assert!(table.ids.values().all(|n| *n == 1), "no duplicates");
@@ -259,7 +278,7 @@ async fn new_fields_add_columns_and_type_conflicts_are_dead_lettered() {
             .success()
     );
 
-    let table = read_table(&dir.path().join("lake"), "weir-lake", &["humidity"]).await;
+    let table = read_table(&dir.path().join("lake"), &app_id(dir.path()), &["humidity"]).await;
     assert_eq!(table.rows, 81, "every reading but the conflicting one");
     assert!(!table.ids.contains_key(&80));
     let types: BTreeMap<&str, &str> = table
@@ -357,7 +376,7 @@ async fn a_crash_between_write_and_commit_loses_and_duplicates_nothing() {
             .success()
     );
 
-    let table = read_table(&dir.path().join("lake"), "weir-lake", &[]).await;
+    let table = read_table(&dir.path().join("lake"), &app_id(dir.path()), &[]).await;
     assert_eq!(table.rows, 600);
     assert_eq!(table.ids.len(), 600, "nothing lost");
     assert!(table.ids.values().all(|n| *n == 1), "nothing duplicated");
@@ -406,12 +425,12 @@ async fn compaction_rewrites_small_files_without_changing_rows() {
         assert!(post(&client, port, "d1", &readings(i * 10..i * 10 + 10)).await);
     }
     let lake = dir.path().join("lake");
-    let small = read_table(&lake, "weir-lake", &[]).await;
+    let small = read_table(&lake, &app_id(dir.path()), &[]).await;
     assert!(small.files.len() >= 8, "{} files before", small.files.len());
 
     let mut compacted = None;
     for _ in 0..100 {
-        let table = read_table(&lake, "weir-lake", &[]).await;
+        let table = read_table(&lake, &app_id(dir.path()), &[]).await;
         if table.files.len() == 2 {
             compacted = Some(table);
             break;

@@ -112,7 +112,7 @@ fn a_sink_slower_to_commit_than_an_http_source_waits_is_a_warning() {
 transforms:
   valid: {{ type: filter, inputs: [devices], condition: 'true' }}
 sinks:
-  lake: {{ type: delta_lake, inputs: [valid], uri: /tmp/lake, batch: {{ timeout: {timeout} }} }}
+  lake: {{ type: delta_lake, inputs: [valid], uri: /tmp/lake, batch: {{ timeout: {timeout} }}, buffer: {{ type: memory }} }}
 "
         )
     };
@@ -130,6 +130,34 @@ sinks:
         weir::config::load_str(&weir::CATALOGUE, "fast.yaml", &pipeline("10s"), &|_| None)
             .unwrap_or_else(|errors| panic!("valid:\n{errors}"));
     assert!(warnings.0.is_empty(), "{warnings}");
+}
+
+#[test]
+fn a_delta_sink_has_a_disk_buffer_by_default_so_its_batching_is_no_warning() {
+    // DESIGN's first example: http into redis and delta_lake, nothing about buffers written.
+    let text = "sources:
+  devices: { type: http, listen: 127.0.0.1:9999, ack_timeout: 30s }
+sinks:
+  warm: { type: redis, inputs: [devices], url: redis://127.0.0.1:6379/0, key: 'device:{{ device_id }}' }
+  lake: { type: delta_lake, inputs: [devices], uri: /tmp/lake, batch: { timeout: 60s } }
+";
+    let (config, warnings) =
+        weir::config::load_str(&weir::CATALOGUE, "default.yaml", text, &|_| None)
+            .unwrap_or_else(|errors| panic!("valid:\n{errors}"));
+    assert!(warnings.0.is_empty(), "{warnings}");
+    let data_dir = std::path::Path::new("/var/lib/weir");
+    let holds_buffer = |id: &str| {
+        config.components[id]
+            .resources(data_dir)
+            .contains(&weir::config::Resource::File(
+                data_dir.join("buffers").join(id),
+            ))
+    };
+    assert!(
+        holds_buffer("lake"),
+        "delta_lake buffers on disk by default"
+    );
+    assert!(!holds_buffer("warm"), "redis keeps its memory buffer");
 }
 
 #[test]

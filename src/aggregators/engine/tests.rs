@@ -60,6 +60,7 @@ async fn a_batch_a_stopped_shard_refuses_fails_its_deliveries() {
         data_dir: dir.path().to_path_buf(),
         retired: Arc::new(AtomicBool::new(false)),
         services: Arc::default(),
+        instance_id: Arc::new(crate::topology::InstanceIdentity::new(dir.path(), None)),
     };
     // A shard that has already ended (as a failed one does): its input is closed.
     let (shard_tx, shard_rx) = tokio::sync::mpsc::channel::<EventBatch>(4);

@@ -130,25 +130,24 @@ impl AckTracker {
             .insert(start, chunk.with(Status::InFlight(outcome)));
     }
 
-    /// The first failed range due for redelivery, marked as being read (the reader hands
-    /// out a prefix and gives the rest back with [`AckTracker::give_back`]); else when the
-    /// next one is due.
+    /// The first failed range, once it is due for redelivery, marked as being read (the
+    /// reader hands out a prefix and gives the rest back with [`AckTracker::give_back`]);
+    /// else when it is due. Only the first: failed ranges go out again in log order, so a
+    /// range that failed more often (a longer backoff) holds back the ones after it.
     pub fn take_redelivery(&mut self, now: Instant) -> Result<(u64, &Chunk), Option<Instant>> {
-        let mut due = None;
-        let mut found = None;
-        for (&start, chunk) in &self.outstanding {
-            if let Status::Redeliver { not_before } = chunk.status {
-                if not_before <= now {
-                    found = Some(start);
-                    break;
-                }
-                due = Some(due.map_or(not_before, |d: Instant| d.min(not_before)));
+        let (&start, chunk) = self
+            .outstanding
+            .iter_mut()
+            .find(|(_, chunk)| !matches!(chunk.status, Status::InFlight(_)))
+            .ok_or(None)?;
+        match chunk.status {
+            Status::Redeliver { not_before } if not_before <= now => {
+                chunk.status = Status::Reading;
+                Ok((start, chunk))
             }
+            Status::Redeliver { not_before } => Err(Some(not_before)),
+            Status::InFlight(_) | Status::Reading => Err(None),
         }
-        let start = found.ok_or(due)?;
-        let chunk = self.outstanding.get_mut(&start).ok_or(None)?;
-        chunk.status = Status::Reading;
-        Ok((start, chunk))
     }
 
     /// The part `start..end` of a redelivered range not handed out this time; due now.
@@ -406,6 +405,31 @@ mod tests {
         let (start, chunk) = acks.take_redelivery(due).expect("due now");
         assert_eq!((start, chunk.end, chunk.attempt), (0, 10, 1));
         assert!(acks.in_flight(), "being read counts as out");
+    }
+
+    #[test]
+    fn failed_ranges_go_out_again_in_log_order() {
+        let mut acks = AckTracker::new(0);
+        let (tx_a, rx_a) = oneshot::channel();
+        let (tx_b, rx_b) = oneshot::channel();
+        // The first range has failed before: its backoff is longer than the second's.
+        acks.handed_out(0, 10, pos(0), 100, 3, rx_a);
+        acks.handed_out(10, 20, pos(100), 200, 0, rx_b);
+        tx_a.send(DeliveryStatus::Failed).unwrap();
+        tx_b.send(DeliveryStatus::Failed).unwrap();
+        assert!(acks.resolve(None).failed);
+        let second_due = Instant::now() + backoff(1);
+        let first_due = acks
+            .take_redelivery(second_due)
+            .err()
+            .flatten()
+            .expect("the first range is not due yet");
+        assert!(
+            first_due > second_due,
+            "the second range waits for the first"
+        );
+        let (start, _) = acks.take_redelivery(first_due).expect("due now");
+        assert_eq!(start, 0);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! Three tasks share one [`State`]: the pump ([`writer`]) appends what arrives and
 //! group-commits it, then releases the incoming events (their sources hear "committed");
 //! the sink's `next` ([`reader`]) hands out durable records with a buffer-local delivery
-//! per chunk; the acknowledger ([`ack`]) collects those deliveries' outcomes, persists the
+//! per chunk, and says where the chunk sits (the incarnation and its first sequence
+//! number); the acknowledger ([`ack`]) collects those deliveries' outcomes, persists the
 //! ack position and deletes segments every record of which is acknowledged. A failed chunk
-//! is handed out again. A start ([`recover`]) hands the sink everything not acknowledged.
+//! is handed out again, before any record after it. A start ([`recover`]) hands the sink
+//! everything not acknowledged.
 //!
 //! ```text
 //! data_dir/buffers/<id>/incarnation              made with the directory, never changed
@@ -34,7 +36,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::event::Event;
+use super::{Chunk, Incarnation};
 use crate::telemetry::events::BufferIoFailed;
 use crate::telemetry::{BufferCapacity, ComponentTelemetry, InternalEvent, SinkBufferMetrics};
 use crate::topology::channel::InputReceiver;
@@ -78,8 +80,8 @@ pub struct Shared {
 }
 
 pub struct State {
-    /// Recovery has finished.
-    opened: bool,
+    /// Recovery has finished: the directory's incarnation.
+    incarnation: Option<Incarnation>,
     segments: VecDeque<SegmentInfo>,
     /// One past the last durable record.
     durable_seq: u64,
@@ -132,7 +134,7 @@ impl DiskBuffer {
     pub fn new(input: InputReceiver, options: Options, telemetry: ComponentTelemetry) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                opened: false,
+                incarnation: None,
                 segments: VecDeque::new(),
                 durable_seq: 0,
                 bytes: 0,
@@ -170,7 +172,7 @@ impl DiskBuffer {
         }
     }
 
-    pub async fn next(&mut self, max: usize) -> Option<Vec<Event>> {
+    pub async fn next(&mut self, max: usize) -> Option<Chunk> {
         self.reader.next(max).await
     }
 
@@ -270,7 +272,7 @@ async fn open(shared: &Arc<Shared>, options: &Options) -> Option<writer::Writer>
     state.start = recovered.start;
     state.acks = ack::AckTracker::new(recovered.position);
     state.acks.skip_to(recovered.start_seq);
-    state.opened = true;
+    state.incarnation = Some(Incarnation::new(&recovered.incarnation));
     shared.metrics.events.set(recovered.events as i64);
     shared.metrics.byte_size.set(state.bytes as i64);
     drop(state);

@@ -1,7 +1,9 @@
 //! Reading: the sink's `next(n)` served from the durable part of the log.
 //!
-//! The reader hands out chunks of records that are already fsynced: failed ranges due for
-//! redelivery first, then new records from where it left off. Every chunk gets one
+//! The reader hands out chunks of records that are already fsynced: a failed range again
+//! once its backoff has passed, and new records from where it left off only while no failed
+//! range waits, so records reach the sink in the order of the log (a sink that records
+//! how far its destination got, like `delta_lake`, relies on that). Every chunk gets one
 //! buffer-local `Delivery` whose outcome the acknowledger collects (see [`super::ack`]).
 //! Reading never waits once it has decided what to read, so `next` is cancel-safe: the
 //! reader's position moves only when a chunk is returned.
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::format::{self, Decoder, FRAME_LEN, FormatError, HEADER_LEN};
 use super::{ReadPos, Shared, State, segment};
+use crate::buffers::{Chunk, Position};
 use crate::event::{Delivery, Event};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{BufferIoFailed, BufferRecordsCorrupted};
@@ -66,7 +69,7 @@ impl Reader {
         }
     }
 
-    pub async fn next(&mut self, max: usize) -> Option<Vec<Event>> {
+    pub async fn next(&mut self, max: usize) -> Option<Chunk> {
         let max = max.max(1) as u64;
         let shared = Arc::clone(&self.shared);
         loop {
@@ -88,8 +91,8 @@ impl Reader {
             };
             let wanted = read.available.min(max);
             let (events, end_offset, error) = self.read(read.from, read.limit, wanted);
-            if let Some(events) = self.hand_out(&read, events, end_offset, error) {
-                return Some(events);
+            if let Some(chunk) = self.hand_out(&read, events, end_offset, error) {
+                return Some(chunk);
             }
             if self.pending_io_error {
                 self.pending_io_error = false;
@@ -99,8 +102,14 @@ impl Reader {
     }
 
     fn plan(&mut self, state: &mut State) -> Plan {
-        if !state.opened {
+        if state.incarnation.is_none() {
             return Plan::Wait(None);
+        }
+        // Outcomes the acknowledger has not collected yet: a chunk the sink failed a moment
+        // ago must be known before anything after it goes out.
+        let resolved = state.acks.resolve(None);
+        if self.shared.note(&resolved).is_ready() {
+            self.shared.acks.notify_one();
         }
         let due = match state.acks.take_redelivery(Instant::now()) {
             Ok((start, chunk)) => {
@@ -114,6 +123,10 @@ impl Reader {
             }
             Err(due) => due,
         };
+        if state.acks.redelivery_pending() {
+            // A failed range waits for its backoff: nothing after it goes out before it.
+            return Plan::Wait(due);
+        }
         let mut pos = *self.pos.get_or_insert(state.start);
         loop {
             let here = state.segments.iter().find(|s| s.first_seq == pos.segment);
@@ -228,9 +241,10 @@ impl Reader {
         mut events: Vec<Event>,
         end_offset: u64,
         error: Option<ReadError>,
-    ) -> Option<Vec<Event>> {
+    ) -> Option<Chunk> {
         let count = events.len() as u64;
         let mut state = self.shared.lock();
+        let incarnation = state.incarnation.clone();
         let end = read.start + count;
         match &error {
             Some(ReadError::Io(err)) => {
@@ -311,7 +325,13 @@ impl Reader {
         }
         drop(state);
         self.shared.acks.notify_one();
-        (count > 0).then_some(events)
+        (count > 0).then(|| Chunk {
+            events,
+            position: incarnation.map(|incarnation| Position {
+                incarnation,
+                first_seq: read.start,
+            }),
+        })
     }
 
     fn register(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::buffers::tests::{batch, ids, telemetry};
-use crate::event::{Delivery, DeliveryStatus, EventBatch};
+use crate::event::{Delivery, DeliveryStatus, Event, EventBatch};
 use crate::testing::Tmpfs;
 use crate::topology::channel::{InputSender, input_channel};
 
@@ -59,6 +59,10 @@ impl Harness {
     }
 
     async fn next(&mut self, max: usize) -> Option<Vec<Event>> {
+        self.chunk(max).await.map(|chunk| chunk.events)
+    }
+
+    async fn chunk(&mut self, max: usize) -> Option<Chunk> {
         tokio::time::timeout(Duration::from_secs(5), self.buffer.next(max))
             .await
             .expect("next answered in time")
@@ -160,6 +164,43 @@ async fn a_failed_chunk_is_delivered_again() {
     h.close();
     assert_eq!(h.drain().await, Vec::<i64>::new());
     assert_eq!(h.metrics.sent.get(), 10);
+}
+
+#[tokio::test]
+async fn chunks_say_where_they_sit_and_a_failed_one_goes_out_before_newer_records() {
+    let (_root, dir) = dir();
+    let mut h = start(&dir, 1 << 30, false);
+    h.send(batch(0..5)).await;
+    let first = h.chunk(3).await.unwrap();
+    let incarnation = std::fs::read_to_string(dir.join("incarnation")).unwrap();
+    let at = |chunk: &Chunk| {
+        chunk
+            .position
+            .as_ref()
+            .map(|p| (p.incarnation.to_string(), p.first_seq))
+    };
+    assert_eq!(at(&first), Some((incarnation.clone(), 0)));
+    first.events[0].fail_delivery();
+    drop(first);
+    // Newer records are durable before the failed range is due again.
+    h.send(batch(5..8)).await;
+    let again = h.chunk(100).await.unwrap();
+    assert_eq!(ids(&again.events), vec![0, 1, 2], "the failed range first");
+    assert_eq!(at(&again), Some((incarnation.clone(), 0)));
+    let rest = h.chunk(2).await.unwrap();
+    assert_eq!(ids(&rest.events), vec![3, 4]);
+    assert_eq!(at(&rest), Some((incarnation.clone(), 3)));
+    drop((again, rest));
+    drop(h);
+
+    let mut reopened = reopen(&dir).await;
+    let tail = reopened.chunk(100).await.unwrap();
+    assert_eq!(ids(&tail.events), vec![5, 6, 7]);
+    assert_eq!(
+        at(&tail),
+        Some((incarnation, 5)),
+        "positions survive a restart"
+    );
 }
 
 /// Appends bytes to the newest segment, as a crash mid-append would leave them.
@@ -325,7 +366,7 @@ async fn a_full_disk_is_backpressure_and_loses_nothing() {
             .await
             .expect("the rest arrives once there is room")
             .expect("not closed");
-        seen.extend(ids(&events));
+        seen.extend(ids(&events.events));
     }
     assert_eq!(
         seen,

@@ -3,14 +3,26 @@
 //!
 //! Rows are gathered into large files: the sink commits when the open window holds
 //! `batch.max_events` rows or `batch.max_bytes` of encoded Parquet, or when its oldest row
-//! is `batch.timeout` old. Events are acknowledged upstream only once the commit that holds
-//! them is in the Delta log; each commit carries a transaction id, so one whose outcome was
+//! is `batch.timeout` old.
+//!
+//! The sink reads through a disk buffer unless configured otherwise: a source's
+//! acknowledgement then waits for the buffer's durable append (milliseconds), not for a
+//! commit that may be a minute away, and the buffer is trimmed once a commit holds its
+//! records. Each commit records the buffer position it covers, so after a crash the sink
+//! skips what the table already holds: every record lands exactly once (see [`ledger`]).
+//! With `buffer: { type: memory }` events are acknowledged upstream only once the commit
+//! that holds them is in the Delta log, and a crash after a commit but before the
+//! acknowledgement makes the source send them again. Either way a commit whose outcome was
 //! unclear is never written twice. See [`columns`] for how fields become columns and
 //! [`table`] for the commit protocol.
 
 mod columns;
 mod compact;
+mod ledger;
+mod schedule;
 mod table;
+
+pub use schedule::{BatchConfig, OptimizeConfig, VacuumConfig};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -26,8 +38,8 @@ use self::columns::{ColumnType, Columns, Derived};
 use self::table::{TableSpec, TableWriter};
 use super::retry::{Backoff, RetryConfig, WriteError};
 use super::{SinkComponent, SinkContext};
-use crate::buffers::{Buffer, BufferConfig};
-use crate::config::{self, ByteSize, FieldProblem, Resource};
+use crate::buffers::{Buffer, BufferConfig, BufferType, Chunk};
+use crate::config::{self, FieldProblem, Resource};
 use crate::event::{Event, EventBatch, Unsettled};
 use crate::telemetry::events::{BatchCommitted, ComponentError, ErrorType, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
@@ -60,8 +72,9 @@ pub struct DeltaLakeConfig {
     /// Write a Delta checkpoint every this many commits (new tables).
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: u64,
-    /// Names this writer in the table's transaction log; default: the component id. Two
-    /// weir instances writing one table need different ids.
+    /// Names this writer in the table's transaction log (default `weir-<component id>`);
+    /// the log records it as `<app_id>@<instance id>` (see `WEIR_INSTANCE_ID`), so two weir
+    /// instances writing one table never share one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
     /// Rewrite small files into large ones now and then; default: never.
@@ -70,68 +83,20 @@ pub struct DeltaLakeConfig {
     /// Delete unreferenced data files now and then; default: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vacuum: Option<VacuumConfig>,
+    /// Where events wait for their commit. Default `{ type: disk }` (in
+    /// `data_dir/buffers/<id>/`, at most `max_size`, 1GiB unless set): sources are
+    /// acknowledged once an event is durably appended, in milliseconds, and each commit
+    /// records the buffer position it covers, so a crash neither loses nor duplicates a
+    /// row. `{ type: memory }`: sources wait for the commit (up to `batch.timeout`), and
+    /// a crash after a commit but before the acknowledgement duplicates what they resend.
     #[serde(default)]
     pub buffer: BufferConfig,
     #[serde(default)]
     pub retry: RetryConfig,
 }
 
-/// Scheduled `OPTIMIZE` (compaction): each partition's files smaller than `target_size`
-/// are rewritten into files of about that size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OptimizeConfig {
-    /// How often to compact.
-    #[serde(default = "default_optimize_interval")]
-    pub interval: config::Duration,
-    /// The file size to aim for.
-    #[serde(default = "default_target_size")]
-    pub target_size: ByteSize,
-}
-
-fn default_optimize_interval() -> config::Duration {
-    config::Duration::from_secs(3600)
-}
-
-fn default_target_size() -> ByteSize {
-    ByteSize::mib(128)
-}
-
-/// Scheduled `VACUUM`: removes data files the table no longer refers to (replaced by a
-/// compaction, or written by a window that crashed before its commit).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VacuumConfig {
-    /// How often to vacuum.
-    #[serde(default = "default_vacuum_interval")]
-    pub interval: config::Duration,
-    /// Keep files younger than this, so readers of recent versions still find them.
-    #[serde(default = "default_vacuum_retention")]
-    pub retention: config::Duration,
-}
-
-fn default_vacuum_interval() -> config::Duration {
-    config::Duration::from_secs(24 * 3600)
-}
-
-fn default_vacuum_retention() -> config::Duration {
-    config::Duration::from_secs(7 * 24 * 3600)
-}
-
-/// When the open window is committed: whichever limit is reached first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BatchConfig {
-    /// Rows per commit.
-    #[serde(default = "default_max_events")]
-    pub max_events: usize,
-    /// Encoded Parquet bytes per commit (so files are large, not thousands of small ones).
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: ByteSize,
-    /// The longest a row waits for its commit (and its source for the acknowledgement).
-    #[serde(default = "default_timeout")]
-    pub timeout: config::Duration,
-}
+/// The buffer a `delta_lake` sink gets when `buffer:` names no type.
+const DEFAULT_BUFFER: BufferType = BufferType::Disk;
 
 fn default_true() -> bool {
     true
@@ -139,28 +104,6 @@ fn default_true() -> bool {
 
 fn default_checkpoint_interval() -> u64 {
     10
-}
-
-fn default_max_events() -> usize {
-    5_000_000
-}
-
-fn default_max_bytes() -> ByteSize {
-    ByteSize::mib(64)
-}
-
-fn default_timeout() -> config::Duration {
-    config::Duration::from_secs(60)
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        Self {
-            max_events: default_max_events(),
-            max_bytes: default_max_bytes(),
-            timeout: default_timeout(),
-        }
-    }
 }
 
 /// Rows encoded per chunk: large enough for Arrow to be efficient, small enough that a
@@ -267,7 +210,7 @@ impl SinkComponent for DeltaLakeConfig {
                 "expected at least one commit",
             ));
         }
-        problems.extend(self.buffer.check());
+        problems.extend(self.buffer.check(DEFAULT_BUFFER));
         problems.extend(self.retry.check());
         problems
     }
@@ -289,13 +232,14 @@ impl SinkComponent for DeltaLakeConfig {
     }
 
     fn disk_buffer(&self) -> bool {
-        self.buffer.is_disk()
+        self.buffer.is_disk(DEFAULT_BUFFER)
     }
 
     fn build(&self, cx: SinkContext) -> anyhow::Result<ComponentTask> {
         let url = self.url().map_err(|message| anyhow::anyhow!(message))?;
         let config = self.clone();
         let buffer_dir = cx.buffer_dir();
+        let instance = cx.instance_id.get()?;
         let SinkContext {
             id,
             input,
@@ -320,12 +264,21 @@ impl SinkComponent for DeltaLakeConfig {
                     .collect::<Vec<_>>(),
             ),
             checkpoint_interval: config.checkpoint_interval,
-            app_id: config
-                .app_id
-                .clone()
-                .unwrap_or_else(|| format!("weir-{id}")),
+            writer: format!(
+                "{}@{instance}",
+                config
+                    .app_id
+                    .clone()
+                    .unwrap_or_else(|| format!("weir-{id}"))
+            ),
         };
-        let buffer = Buffer::new(input, config.buffer, telemetry.clone(), buffer_dir);
+        let buffer = Buffer::new(
+            input,
+            config.buffer,
+            DEFAULT_BUFFER,
+            telemetry.clone(),
+            buffer_dir,
+        );
         let sink = DeltaSink {
             component: Arc::from(id.as_str()),
             config,
@@ -382,8 +335,8 @@ impl DeltaSink {
                     continue;
                 }
             };
-            let Some(events) = events else { break };
-            self.write(&mut table, events).await;
+            let Some(chunk) = events else { break };
+            self.take(&mut table, chunk).await;
             if table.rows() > 0 && window_started.is_none() {
                 window_started = Some(Instant::now());
             }
@@ -397,8 +350,43 @@ impl DeltaSink {
         Ok(())
     }
 
-    /// Encodes one chunk, sends misfits to `errors`, and streams the rest into the window.
-    async fn write(&mut self, table: &mut TableWriter, events: Vec<Event>) {
+    /// Takes one chunk from the buffer: drops what the table already holds (records a
+    /// disk buffer hands out again after a crash), and writes the rest.
+    async fn take(&mut self, table: &mut TableWriter, mut chunk: Chunk) {
+        let abandons = table.abandons();
+        let mut backoff = Backoff::new(&self.config.retry, &self.telemetry);
+        while let Err(err) = table.follow(chunk.position.as_ref()).await {
+            backoff.wait(&err).await;
+        }
+        if table.abandons() != abandons {
+            // The rows before this chunk come again: so must it, after them.
+            Unsettled::of(&chunk.events).fail();
+            return;
+        }
+        let held = table.sort(&mut chunk);
+        if held > 0 {
+            tracing::info!(
+                component_id = %self.component,
+                records = held,
+                "skipped buffer records the table already holds"
+            );
+        }
+        if !chunk.events.is_empty() {
+            let end = chunk.end_seq();
+            self.write(table, chunk.events, end, abandons).await;
+        }
+    }
+
+    /// Encodes one chunk (which ends at buffer position `end`), sends misfits to `errors`,
+    /// and streams the rest into the window, unless the table gave up a window since it had
+    /// `abandons` (see [`TableWriter::abandons`]).
+    async fn write(
+        &mut self,
+        table: &mut TableWriter,
+        events: Vec<Event>,
+        end: Option<u64>,
+        abandons: u64,
+    ) {
         let encoded = match self.columns.encode(events, self.config.evolve_schema) {
             Ok(encoded) => encoded,
             Err(err) => {
@@ -427,7 +415,13 @@ impl DeltaSink {
         while let Err(err) = table.ensure_columns(&mut self.columns).await {
             backoff.wait(&err).await;
         }
-        if let Err(err) = table.write(encoded.batch, deliveries).await {
+        if table.abandons() != abandons {
+            // Adding columns committed the rows before and that failed: they come again,
+            // and this chunk after them.
+            deliveries.fail();
+            return;
+        }
+        if let Err(err) = table.write(encoded.batch, deliveries, end).await {
             ComponentError {
                 error_type: ErrorType::Io,
                 stage: Stage::Sending,

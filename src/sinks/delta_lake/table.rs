@@ -3,9 +3,10 @@
 //! Rows are streamed into Parquet files as they arrive (`RecordBatchWriter` encodes and
 //! uploads incrementally); nothing is visible to readers until [`TableWriter::commit`]
 //! adds those files to the Delta log in one transaction. The commit carries an application
-//! transaction (`txn`: this sink's `app_id` and a version that grows by one per commit), so
-//! a commit whose outcome was lost (a timeout after the log entry was written) is recognised
-//! on retry instead of being written twice.
+//! transaction (`txn`, see [`super::ledger`]: the buffer position the commit covers, or a
+//! count of commits), so a commit whose outcome was lost (a timeout after the log entry was
+//! written) is recognised on retry instead of being written twice, and so are records a
+//! disk buffer hands out again after a crash.
 
 use std::collections::HashMap;
 
@@ -19,6 +20,8 @@ use url::Url;
 
 use super::columns::Columns;
 use super::compact::{Compacted, compact};
+use super::ledger::{Ledger, Sorted};
+use crate::buffers::{Chunk, Position};
 use crate::event::Unsettled;
 use crate::sinks::retry::WriteError;
 
@@ -29,7 +32,8 @@ pub struct TableSpec {
     pub storage_options: HashMap<String, String>,
     pub partition_columns: Vec<String>,
     pub checkpoint_interval: u64,
-    pub app_id: String,
+    /// Names this sink's transactions: `<app_id>@<instance id>` (see [`super::ledger`]).
+    pub writer: String,
 }
 
 /// A table plus the rows written to it since the last commit.
@@ -40,8 +44,8 @@ pub struct TableWriter {
     writer: Option<RecordBatchWriter>,
     /// Field columns the table has in its log (the writer may know more after evolving).
     committed_fields: usize,
-    /// The `txn` version of the next commit.
-    next_version: i64,
+    /// Which transaction the next commit carries, and what the log holds.
+    ledger: Ledger,
     /// Rows written since the last commit.
     rows: usize,
     /// The deliveries of those rows: settled (acknowledged) when the commit lands, failed
@@ -49,6 +53,8 @@ pub struct TableWriter {
     deliveries: Unsettled,
     /// Files finished for the open window but not yet in the log, with their size.
     staged: Option<(Vec<Add>, usize)>,
+    /// Windows given up so far (see [`TableWriter::abandons`]).
+    abandons: u64,
 }
 
 impl TableWriter {
@@ -90,14 +96,15 @@ impl TableWriter {
             },
         };
         let mut this = Self {
+            ledger: Ledger::new(spec.writer.clone()),
             spec,
             table: None,
             writer: None,
             committed_fields: 0,
-            next_version: 0,
             rows: 0,
             deliveries: Unsettled::default(),
             staged: None,
+            abandons: 0,
         };
         if let Some(table) = table {
             // A table that does not match the configuration will not start matching.
@@ -121,15 +128,42 @@ impl TableWriter {
                 self.spec.partition_columns
             );
         }
-        let committed = snapshot
-            .transaction_version(table.log_store().as_ref(), &self.spec.app_id)
-            .await?;
-        self.next_version = committed.map_or(0, |v| v + 1);
+        self.ledger
+            .set_landed(logged_version(&table, self.ledger.app_id()).await?);
         let writer = RecordBatchWriter::for_table(&table)?;
         self.committed_fields = columns.adopt_table(&writer.arrow_schema())?;
         self.writer = Some(writer);
         self.table = Some(table);
         Ok(())
+    }
+
+    /// Takes up the transactions of chunks at `position` (the first chunk of a disk
+    /// buffer names its incarnation): commits the open window if it belongs to others,
+    /// then reads what the log holds for the new app id.
+    pub async fn follow(&mut self, position: Option<&Position>) -> anyhow::Result<()> {
+        if self.ledger.follows(position) {
+            return Ok(());
+        }
+        self.commit().await?;
+        self.ledger.switch(position);
+        if let Some(table) = &self.table {
+            self.ledger
+                .set_landed(logged_version(table, self.ledger.app_id()).await?);
+        }
+        Ok(())
+    }
+
+    /// Takes out of `chunk` the records the table already has: those committed are dropped
+    /// (acknowledged), those in the open window are held until its commit. Returns how many
+    /// were taken out.
+    pub fn sort(&mut self, chunk: &mut Chunk) -> usize {
+        let Sorted {
+            committed,
+            in_window,
+        } = self.ledger.sort(chunk);
+        let taken = committed + in_window.len();
+        self.deliveries.extend(Unsettled::of(&in_window));
+        taken
     }
 
     /// Makes sure the table exists and has every column of `columns`; columns added since
@@ -170,11 +204,13 @@ impl TableWriter {
         }
     }
 
-    /// Streams `batch` into the open window; `deliveries` are held until the commit.
+    /// Streams `batch` into the open window; `deliveries` are held until the commit. `end`:
+    /// the buffer position after the chunk the rows came from (a disk buffer's).
     pub async fn write(
         &mut self,
         batch: deltalake::arrow::record_batch::RecordBatch,
         deliveries: Unsettled,
+        end: Option<u64>,
     ) -> Result<(), DeltaTableError> {
         let writer = self
             .writer
@@ -184,6 +220,7 @@ impl TableWriter {
         self.deliveries.extend(deliveries);
         writer.write(batch).await?;
         self.rows += rows;
+        self.ledger.wrote(end);
         Ok(())
     }
 
@@ -199,7 +236,7 @@ impl TableWriter {
             .map_or(0, RecordBatchWriter::buffer_len)
     }
 
-    /// Commits the open window with `txn(app_id, next_version)`: finishes its Parquet files,
+    /// Commits the open window with the ledger's `txn`: finishes its Parquet files,
     /// then adds them to the log in one transaction. A retry after an unclear failure first
     /// asks the log whether that version already landed; files finished by an attempt that
     /// failed are kept and committed by the next one.
@@ -210,6 +247,9 @@ impl TableWriter {
         let (Some(table), Some(writer)) = (self.table.as_mut(), self.writer.as_mut()) else {
             anyhow::bail!("the table is not open");
         };
+        // Files staged by an earlier attempt: that attempt failed, perhaps after its log
+        // entry was written and before the log could be asked.
+        let retry = self.staged.is_some();
         if self.staged.is_none() {
             let bytes = writer.buffer_len();
             match writer.flush().await {
@@ -230,40 +270,48 @@ impl TableWriter {
             anyhow::bail!("no staged files");
         };
         crate::fault::crash_point("delta_lake.before_commit");
-        let version = self.next_version;
-        let partition_by =
-            Some(self.spec.partition_columns.clone()).filter(|columns| !columns.is_empty());
-        let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&self.spec.app_id, version))
-            .with_create_checkpoint(true);
-        let outcome = CommitBuilder::from(properties)
-            .with_actions(adds.into_iter().map(Action::Add).collect())
-            .build(
-                Some(table.snapshot()?),
-                table.log_store(),
-                DeltaOperation::Write {
-                    mode: SaveMode::Append,
-                    partition_by,
-                    predicate: None,
-                },
-            )
-            .await;
-        match outcome {
-            Ok(finalized) => table.state = Some(finalized.snapshot()),
-            Err(err) => {
-                // The log may hold the commit even though we heard an error.
+        let version = self.ledger.next_version()?;
+        let app_id = self.ledger.app_id().to_owned();
+        let landed_before = match retry {
+            true => {
                 table.update_state().await?;
-                let landed = table
-                    .snapshot()?
-                    .transaction_version(table.log_store().as_ref(), &self.spec.app_id)
-                    .await?;
-                if landed < Some(version) {
-                    return Err(err.into());
+                logged_version(table, &app_id).await? >= Some(version)
+            }
+            false => false,
+        };
+        if !landed_before {
+            let partition_by =
+                Some(self.spec.partition_columns.clone()).filter(|columns| !columns.is_empty());
+            let properties = CommitProperties::default()
+                .with_application_transaction(Transaction::new(&app_id, version))
+                .with_create_checkpoint(true);
+            let outcome = CommitBuilder::from(properties)
+                .with_actions(adds.into_iter().map(Action::Add).collect())
+                .build(
+                    Some(table.snapshot()?),
+                    table.log_store(),
+                    DeltaOperation::Write {
+                        mode: SaveMode::Append,
+                        partition_by,
+                        predicate: None,
+                    },
+                )
+                .await;
+            match outcome {
+                Ok(finalized) => table.state = Some(finalized.snapshot()),
+                Err(err) => {
+                    // The log may hold the commit even though we heard an error.
+                    table.update_state().await?;
+                    if logged_version(table, &app_id).await? < Some(version) {
+                        return Err(err.into());
+                    }
                 }
             }
         }
+        self.ledger.set_landed(Some(version));
+        // The rows are in the log; their sources (or buffer) have not heard so yet.
+        crate::fault::crash_point("delta_lake.after_commit");
         let rows = self.rows;
-        self.next_version = version + 1;
         self.rows = 0;
         self.staged = None;
         // Acknowledges the committed rows upstream.
@@ -305,11 +353,28 @@ impl TableWriter {
         std::mem::take(&mut self.deliveries).fail();
         self.rows = 0;
         self.staged = None;
+        self.ledger.abandoned();
+        self.abandons += 1;
         if let Some(table) = &self.table {
             self.writer = Some(RecordBatchWriter::for_table(table)?);
         }
         Ok(())
     }
+
+    /// How many windows were given up so far. A chunk the sink held while one was (its
+    /// commit of the rows before failed) must go back too: written after them, it would
+    /// land before records that come again, and a buffer position would then skip those.
+    pub fn abandons(&self) -> u64 {
+        self.abandons
+    }
+}
+
+/// The `txn` version the table's log holds for `app_id`.
+async fn logged_version(table: &DeltaTable, app_id: &str) -> anyhow::Result<Option<i64>> {
+    Ok(table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await?)
 }
 
 /// What one commit wrote.
@@ -334,7 +399,7 @@ mod tests {
             storage_options: HashMap::new(),
             partition_columns: Vec::new(),
             checkpoint_interval: 10,
-            app_id: "test".into(),
+            writer: "test".into(),
         };
         let mut columns = Columns::new(Vec::new(), Default::default());
         let mut table = TableWriter::open(spec, &mut columns).await.ok().unwrap();
@@ -352,7 +417,7 @@ mod tests {
         table.ensure_columns(&mut columns).await.unwrap();
         let deliveries = Unsettled::of(&encoded.accepted);
         drop(encoded.accepted);
-        table.write(encoded.batch, deliveries).await.unwrap();
+        table.write(encoded.batch, deliveries, None).await.unwrap();
         drop(table);
         assert_eq!(outcome.await.unwrap(), DeliveryStatus::Failed);
     }

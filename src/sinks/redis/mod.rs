@@ -23,7 +23,7 @@ use self::commands::Commands;
 use self::connection::{Connection, Replies, Target};
 use super::retry::{RetryConfig, WriteError, with_retries};
 use super::{SinkComponent, SinkContext};
-use crate::buffers::{Buffer, BufferConfig};
+use crate::buffers::{Buffer, BufferConfig, BufferType};
 use crate::config::{self, FieldProblem};
 use crate::event::{Event, EventBatch};
 use crate::telemetry::events::{BatchCommitted, ComponentError, ErrorType, EventsDiscarded, Stage};
@@ -108,7 +108,7 @@ const DEFAULT_MAXLEN: u64 = 10_000;
 
 impl SinkComponent for RedisConfig {
     fn disk_buffer(&self) -> bool {
-        self.buffer.is_disk()
+        self.buffer.is_disk(BufferType::Memory)
     }
 
     fn check(&self) -> Vec<FieldProblem> {
@@ -148,7 +148,7 @@ impl SinkComponent for RedisConfig {
                 "expected a duration above zero",
             ));
         }
-        problems.extend(self.buffer.check());
+        problems.extend(self.buffer.check(BufferType::Memory));
         problems.extend(self.retry.check());
         problems
     }
@@ -182,7 +182,13 @@ impl SinkComponent for RedisConfig {
             out: cx.out,
             telemetry: cx.telemetry.clone(),
         };
-        let buffer = Buffer::new(cx.input, self.buffer, cx.telemetry, buffer_dir);
+        let buffer = Buffer::new(
+            cx.input,
+            self.buffer,
+            BufferType::Memory,
+            cx.telemetry,
+            buffer_dir,
+        );
         let max_batch = self.max_batch;
         Ok(Box::pin(async move {
             sink.run(buffer, target, max_batch).await;
@@ -307,8 +313,8 @@ impl Sink {
         };
         // Scripts are loaded before the first EVALSHA, and again after a NOSCRIPT.
         let mut load_scripts = self.commands.only_newer;
-        while let Some(events) = buffer.next(max_batch).await {
-            load_scripts = self.write(events, &connection, load_scripts).await;
+        while let Some(chunk) = buffer.next(max_batch).await {
+            load_scripts = self.write(chunk.events, &connection, load_scripts).await;
         }
     }
 

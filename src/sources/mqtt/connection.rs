@@ -21,6 +21,8 @@ pub(super) async fn poll(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let connected = telemetry.connected();
+    // SUBACKs still to come for the current connection.
+    let mut awaiting_subacks = 0;
     let mut backoff = StdDuration::from_millis(200);
     let report = |message: &str| {
         ComponentError {
@@ -38,7 +40,6 @@ pub(super) async fn poll(
         };
         match polled {
             Ok(Polled::Connected { resumed }) => {
-                connected.set(1);
                 backoff = StdDuration::from_millis(200);
                 for topic in &config.topics {
                     let filter = match &config.shared_group {
@@ -49,7 +50,22 @@ pub(super) async fn poll(
                         return;
                     }
                 }
-                tracing::info!(component_id = %id, topics = ?config.topics, resumed, protocol = ?config.protocol, "subscribed over MQTT");
+                awaiting_subacks = config.topics.len();
+                tracing::info!(component_id = %id, topics = ?config.topics, resumed, protocol = ?config.protocol, "connected over MQTT; subscribing");
+            }
+            Ok(Polled::Subscribed(answer)) => {
+                if let Err(why) = answer {
+                    report(&format!(
+                        "MQTT broker {}: {why}",
+                        crate::redact::url(&config.url)
+                    ));
+                }
+                awaiting_subacks = awaiting_subacks.saturating_sub(1);
+                if awaiting_subacks == 0 {
+                    // Connected means able to receive: every subscription was answered.
+                    connected.set(1);
+                    tracing::info!(component_id = %id, topics = ?config.topics, "subscribed over MQTT");
+                }
             }
             Ok(Polled::Message(message)) => {
                 // Closed: the source is stopping; the publish stays unacked for redelivery.

@@ -239,7 +239,9 @@ pub(super) enum Polled {
         resumed: bool,
     },
     Message(Message),
-    /// The broker refused a subscription, or said why it is closing the connection.
+    /// The broker answered a subscription: granted, or refused (why).
+    Subscribed(Result<(), String>),
+    /// The broker said why it is closing the connection.
     Refused(String),
     /// Pings, acks of our own packets: nothing to do.
     Nothing,
@@ -291,14 +293,16 @@ fn v4_polled(packet: rumqttc::Incoming) -> Polled {
             payload: publish.payload,
             properties: Vec::new(),
         }),
-        Incoming::SubAck(suback)
-            if suback
+        Incoming::SubAck(suback) => Polled::Subscribed(
+            match suback
                 .return_codes
                 .iter()
-                .any(|code| matches!(code, SubscribeReasonCode::Failure)) =>
-        {
-            Polled::Refused("the broker refused a subscription".into())
-        }
+                .any(|code| matches!(code, SubscribeReasonCode::Failure))
+            {
+                true => Err("the broker refused a subscription".into()),
+                false => Ok(()),
+            },
+        ),
         _ => Polled::Nothing,
     }
 }
@@ -335,13 +339,13 @@ fn v5_polled(packet: v5::Incoming) -> Polled {
                 .filter(|code| !matches!(code, SubscribeReasonCode::Success(_)))
                 .map(|code| format!("{code:?}"))
                 .collect();
-            match refused.is_empty() {
-                true => Polled::Nothing,
-                false => Polled::Refused(format!(
+            Polled::Subscribed(match refused.is_empty() {
+                true => Ok(()),
+                false => Err(format!(
                     "the broker refused a subscription: {}",
                     refused.join(", ")
                 )),
-            }
+            })
         }
         v5::Incoming::Disconnect(disconnect) => Polled::Refused(format!(
             "the broker is disconnecting: {:?}",

@@ -10,8 +10,14 @@
 //! and the state of every key is written to `data_dir/alarms/<id>.json` after every batch
 //! in which an alarm changed (before that batch's transitions leave) and at shutdown, so a
 //! restart neither raises an active alarm again nor forgets it.
+//!
+//! Each transition carries its sequence number in its alarm (`alarm_seq`: 1 for the
+//! raise, then one more per severity change, acknowledgement and the clear), and stays in
+//! the state file's [`outbox`] until its consumers took it for good, so a crash between the
+//! transition and the notification re-emits it at the next start instead of losing it.
 
 pub mod machine;
+mod outbox;
 mod store;
 
 use std::collections::HashMap;
@@ -24,6 +30,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use self::machine::{Persistence, Severity, Transition};
+use self::outbox::Outbox;
 use self::store::{ActiveAlarm, KeyState, Snapshot};
 use super::{FunctionTransform, TransformComponent, TransformContext, TransformOutput};
 use crate::alarms::{AckOutcome, AckRequest, AlarmBoard, AlarmSummary, BoardInbox};
@@ -147,6 +154,7 @@ impl TransformComponent for AlarmConfig {
         let snapshot = Snapshot::read(&path)?;
         let board = cx.services.get_or_insert_with(AlarmBoard::new);
         let inbox = board.register(&cx.id);
+        let outbox = Outbox::new(cx.id.clone(), snapshot.pending, Arc::clone(&inbox.wake));
         let alarm = Alarm {
             component: cx.id.clone(),
             name: self.name.clone().unwrap_or_else(|| cx.id.to_string()),
@@ -164,6 +172,8 @@ impl TransformComponent for AlarmConfig {
             path,
             dirty: false,
             transitioned: false,
+            outbox,
+            outgoing: Vec::new(),
             board,
             inbox,
             telemetry: None,
@@ -196,6 +206,10 @@ pub struct Alarm {
     /// A transition happened in this batch: the snapshot is written before the batch's
     /// output leaves, so what was emitted is on disk.
     transitioned: bool,
+    /// Transitions recorded and not yet handed to the consumers.
+    outbox: Outbox,
+    /// Transitions of this batch (or wake), recorded, waiting for the snapshot to leave.
+    outgoing: Vec<Event>,
     board: Arc<AlarmBoard>,
     inbox: BoardInbox,
     /// Set by the first batch (the runner owns the handle).
@@ -280,6 +294,7 @@ impl Alarm {
                     values: event.fields().clone(),
                     acknowledged_at: None,
                     acknowledged_by: None,
+                    seq: 0,
                 });
                 ("raised", severity, None)
             }
@@ -292,6 +307,9 @@ impl Alarm {
             }
             Transition::Cleared(severity) => ("cleared", severity, None),
         };
+        if let Some(active) = &mut state.alarm {
+            active.seq += 1;
+        }
         let active = match transition {
             Transition::Cleared(_) => state.alarm.take(),
             _ => state.alarm.clone(),
@@ -318,7 +336,10 @@ impl Alarm {
             }
             .emit(telemetry);
         }
-        Some(self.transition_event(event, &key, &active, state_name, previous))
+        let event = self.transition_event(event, &key, &active, state_name, previous);
+        let given_up = self.outbox.record(&event);
+        self.report_given_up(&given_up);
+        Some(event)
     }
 
     /// The reading that caused a transition, with the alarm's fields added.
@@ -334,6 +355,7 @@ impl Alarm {
         fields.insert("alarm".into(), Value::from(self.name.as_str()));
         fields.insert("alarm_id".into(), Value::from(active.id.as_str()));
         fields.insert("alarm_key".into(), Value::from(key));
+        fields.insert("alarm_seq".into(), Value::from(active.seq));
         fields.insert("state".into(), Value::from(state));
         fields.insert("severity".into(), Value::from(active.severity.as_str()));
         if let Some(previous) = previous {
@@ -377,9 +399,20 @@ impl Alarm {
         }
         active.acknowledged_at = Some(Timestamp::now());
         active.acknowledged_by = by;
+        active.seq += 1;
         let active = active.clone();
         let summary = self.summary(&key, &active);
         self.inbox.entry.publish(&key, Some(summary.clone()));
+        // No reading caused it: the event carries the values that raised the alarm.
+        let mut event = Event::new(
+            active.device_id.as_deref().map(Into::into),
+            active.values.clone(),
+            Arc::new(EventMeta::received_by(self.component.as_arc())),
+        );
+        event.time = Timestamp::now();
+        let event = self.transition_event(event, &key, &active, "acknowledged", None);
+        let given_up = self.outbox.record(&event);
+        self.report_given_up(&given_up);
         self.persist();
         let _ = respond.send(AckOutcome::Acknowledged(summary));
         if let Some(telemetry) = &self.telemetry {
@@ -390,38 +423,35 @@ impl Alarm {
             }
             .emit(telemetry);
         }
-        // No reading caused it: the event carries the values that raised the alarm.
-        let mut event = Event::new(
-            active.device_id.as_deref().map(Into::into),
-            active.values.clone(),
-            Arc::new(EventMeta::received_by(self.component.as_arc())),
-        );
-        event.time = Timestamp::now();
-        Some(self.transition_event(event, &key, &active, "acknowledged", None))
+        Some(event)
     }
 
-    /// Writes the state of every key; a failure is counted and retried at the next change.
+    /// Writes the state of every key and the outbox; a failure is counted and retried at
+    /// the next change.
     fn persist(&mut self) {
-        let snapshot = Snapshot::of(&self.keys);
+        let snapshot = Snapshot::of(&self.keys, self.outbox.records());
         match snapshot.write(&self.path) {
             Ok(()) => self.dirty = false,
             Err(err) => {
                 self.dirty = true;
-                if let Some(telemetry) = &self.telemetry {
-                    ComponentError {
-                        error_type: ErrorType::Io,
-                        stage: Stage::Processing,
-                        message: &format!(
-                            "cannot write the alarm state to {}: {err:#}",
-                            self.path.display()
-                        ),
-                        count: 1,
-                    }
-                    .emit(telemetry);
-                } else {
-                    tracing::error!(component_id = %self.component, "cannot write the alarm state to {}: {err:#}", self.path.display());
-                }
+                let path = self.path.display();
+                self.error(&format!("cannot write the alarm state to {path}: {err:#}"));
             }
+        }
+    }
+
+    /// Counts and logs an I/O error of the alarm's state (logged only before the first
+    /// batch, when the metrics handle is not there yet).
+    fn error(&self, message: &str) {
+        match &self.telemetry {
+            Some(telemetry) => ComponentError {
+                error_type: ErrorType::Io,
+                stage: Stage::Processing,
+                message,
+                count: 1,
+            }
+            .emit(telemetry),
+            None => tracing::error!(component_id = %self.component, "{message}"),
         }
     }
 }
@@ -446,7 +476,7 @@ impl Alarm {
     fn one(&mut self, event: Event, out: &mut TransformOutput) {
         match self.judge(&event) {
             Ok(judged) => match self.apply(event, judged) {
-                Some(transition) => out.push(transition),
+                Some(transition) => self.outgoing.push(transition),
                 // A reading that changes nothing is handled: it is acknowledged here.
                 None => out.discard(1),
             },
@@ -454,10 +484,58 @@ impl Alarm {
         }
     }
 
-    /// Writes the snapshot once for all the transitions of a batch.
-    fn commit(&mut self) {
-        if std::mem::take(&mut self.transitioned) {
+    /// Emits, once per run, the transitions a previous run recorded and did not hand over.
+    fn resume(&mut self, out: &mut TransformOutput) {
+        for event in self.outbox.take_restored() {
+            out.push(event);
+        }
+    }
+
+    /// Writes the snapshot once for all the transitions of a batch (and for what the outbox
+    /// handed over), then lets the transitions leave.
+    fn commit(&mut self, out: &mut TransformOutput) {
+        let collected = self.outbox.collect();
+        self.report_lost(&collected.failed);
+        if std::mem::take(&mut self.transitioned) || collected.changed() {
             self.persist();
+        }
+        if self.outgoing.is_empty() {
+            return;
+        }
+        // `persist` leaves `dirty` set when it failed.
+        let durable = !self.dirty;
+        if durable {
+            crate::fault::crash_point("alarm.persisted");
+        }
+        for event in std::mem::take(&mut self.outgoing) {
+            let event = match durable {
+                true => self.outbox.hand_over(event),
+                false => {
+                    self.outbox.abandon(&event);
+                    event
+                }
+            };
+            out.push(event);
+        }
+    }
+
+    fn report_given_up(&self, given_up: &[outbox::PendingTransition]) {
+        for transition in given_up {
+            self.error(&format!(
+                "the outbox holds {} transitions its consumers have not taken: transition {} of alarm {} is given up",
+                outbox::MAX_PENDING,
+                transition.seq,
+                transition.alarm_id
+            ));
+        }
+    }
+
+    fn report_lost(&self, lost: &[(String, u64)]) {
+        for (alarm_id, seq) in lost {
+            self.error(&format!(
+                "transition {seq} of alarm {alarm_id} was lost downstream; it stays in {} and is emitted again at the next start",
+                self.path.display()
+            ));
         }
     }
 }
@@ -465,16 +543,18 @@ impl Alarm {
 impl FunctionTransform for Alarm {
     fn transform(&mut self, event: Event, out: &mut TransformOutput) {
         self.attach(out);
+        self.resume(out);
         self.one(event, out);
-        self.commit();
+        self.commit(out);
     }
 
     fn transform_batch(&mut self, batch: crate::event::EventBatch, out: &mut TransformOutput) {
         self.attach(out);
+        self.resume(out);
         for event in batch {
             self.one(event, out);
         }
-        self.commit();
+        self.commit(out);
     }
 
     fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
@@ -483,18 +563,21 @@ impl FunctionTransform for Alarm {
 
     fn on_wake(&mut self, out: &mut TransformOutput) {
         self.attach(out);
+        self.resume(out);
         while let Ok(request) = self.inbox.acks.try_recv() {
             if let Some(event) = self.acknowledge(request) {
-                out.push(event);
+                self.outgoing.push(event);
             }
         }
+        self.commit(out);
     }
 }
 
 impl Drop for Alarm {
     /// At shutdown (or when replaced), keep the streaks too, and leave the board.
     fn drop(&mut self) {
-        if self.dirty {
+        // What was handed meanwhile need not be emitted again at the next start.
+        if self.outbox.collect().changed() || self.dirty {
             self.persist();
         }
         self.board.unregister(&self.component, &self.inbox.entry);

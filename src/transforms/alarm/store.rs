@@ -1,5 +1,7 @@
 //! The alarm state on disk: `data_dir/alarms/<id>.json`, written atomically (temp file,
-//! fsync, rename) after each batch in which an alarm changed, and at shutdown.
+//! fsync, rename) after each batch in which an alarm changed, when the outbox handed
+//! transitions over, and at shutdown. It holds every key's state and the outbox
+//! (`pending`: transitions not yet handed to the alarm's consumers).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -9,6 +11,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::machine::{Severity, Tracker};
+use super::outbox::PendingTransition;
 use crate::config::ComponentId;
 use crate::event::Fields;
 
@@ -34,6 +37,10 @@ pub struct ActiveAlarm {
     pub acknowledged_at: Option<jiff::Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_by: Option<String>,
+    /// The sequence number of its last transition (1: raised); files written before
+    /// sequence numbers existed count from 0.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Everything kept about one key.
@@ -48,13 +55,20 @@ pub struct KeyState {
 pub struct Snapshot {
     version: u32,
     pub keys: HashMap<String, KeyState>,
+    /// Transitions recorded and not yet handed to the consumers, oldest first.
+    #[serde(default)]
+    pub pending: Vec<PendingTransition>,
 }
 
 impl Snapshot {
-    pub fn of(keys: &HashMap<String, KeyState>) -> SnapshotRef<'_> {
+    pub fn of<'a>(
+        keys: &'a HashMap<String, KeyState>,
+        pending: Vec<&'a PendingTransition>,
+    ) -> SnapshotRef<'a> {
         SnapshotRef {
             version: VERSION,
             keys,
+            pending,
         }
     }
 
@@ -67,6 +81,7 @@ impl Snapshot {
                 return Ok(Snapshot {
                     version: VERSION,
                     keys: HashMap::new(),
+                    pending: Vec::new(),
                 });
             }
             Err(err) => {
@@ -95,6 +110,8 @@ impl Snapshot {
 pub struct SnapshotRef<'a> {
     version: u32,
     keys: &'a HashMap<String, KeyState>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<&'a PendingTransition>,
 }
 
 impl SnapshotRef<'_> {
@@ -142,10 +159,11 @@ mod tests {
                     values: Fields::new(),
                     acknowledged_at: None,
                     acknowledged_by: None,
+                    seq: 1,
                 }),
             },
         );
-        Snapshot::of(&keys).write(&path).unwrap();
+        Snapshot::of(&keys, Vec::new()).write(&path).unwrap();
         assert_eq!(Snapshot::read(&path).unwrap().keys, keys);
     }
 

@@ -119,6 +119,8 @@ fn a_restart_neither_raises_again_nor_forgets() {
     ]);
     assert_eq!(raised.len(), 1);
     let id = raised[0].get("alarm_id").cloned();
+    // Handed to the consumers: not emitted again after the restart.
+    drop(raised);
     drop(h);
 
     let cx = context(dir.path());
@@ -189,6 +191,112 @@ fn acknowledging_emits_a_transition_and_is_remembered() {
         board(&cx).list()[0].acknowledged,
         "the acknowledgement survives a restart"
     );
+}
+
+fn seq(event: &Event) -> Option<u64> {
+    event.get("alarm_seq").and_then(|v| v.as_u64())
+}
+
+#[test]
+fn a_transition_not_yet_handed_is_emitted_again_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(serde_json::json!({ "raise": "temp_avg > 100", "clear": "temp_avg < 95" }));
+    let mut h = Harness::new(&cfg, &context(dir.path()));
+    let raised = h.feed(vec![reading("a", 0, 101.0)]);
+    assert_eq!(seq(&raised[0]), Some(1));
+    // The process dies with the transition still on its way: no shutdown runs.
+    std::mem::forget(h);
+
+    let mut h = Harness::new(&cfg, &context(dir.path()));
+    let again = h.feed(vec![]);
+    assert_eq!(
+        states(&again),
+        [("raised".into(), "major".into(), "a".into())]
+    );
+    assert_eq!(again[0].get("alarm_id"), raised[0].get("alarm_id"));
+    assert_eq!(seq(&again[0]), Some(1), "the same transition, the same key");
+    // Handed this time: the next start emits nothing, and the sequence goes on.
+    drop(again);
+    drop(h);
+    let mut h = Harness::new(&cfg, &context(dir.path()));
+    assert!(h.feed(vec![]).is_empty());
+    let cleared = h.feed(vec![reading("a", 1, 90.0)]);
+    assert_eq!(states(&cleared)[0].0, "cleared");
+    assert_eq!(seq(&cleared[0]), Some(2));
+}
+
+#[test]
+fn the_reading_is_acknowledged_once_its_transition_is_handed() {
+    use crate::event::{Delivery, DeliveryStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(serde_json::json!({ "raise": "temp_avg > 100", "clear": "temp_avg < 95" }));
+    let mut h = Harness::new(&cfg, &context(dir.path()));
+    let state_file = dir.path().join("alarms").join("hot.json");
+
+    let (delivery, mut source) = Delivery::new();
+    let mut hot = reading("a", 0, 101.0);
+    hot.attach(&delivery);
+    drop(delivery);
+    let raised = h.feed(vec![hot]);
+    assert!(
+        source.try_recv().is_err(),
+        "the source waits for the handover"
+    );
+    let on_disk = std::fs::read_to_string(&state_file).unwrap();
+    assert!(on_disk.contains("\"pending\""), "{on_disk}");
+
+    // The handover wakes the alarm (the topology then calls `on_wake`).
+    let wake = h.transform.wake_signal().unwrap();
+    drop(raised);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let woken = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(5), wake.notified()).await
+    });
+    assert!(woken.is_ok(), "the alarm was not woken by the handover");
+    h.transform.on_wake(&mut h.out);
+    assert_eq!(source.try_recv(), Ok(DeliveryStatus::Committed));
+    let on_disk = std::fs::read_to_string(&state_file).unwrap();
+    assert!(!on_disk.contains("\"pending\""), "{on_disk}");
+
+    // A transition a consumer lost fails its reading and stays for the next start.
+    let (delivery, mut source) = Delivery::new();
+    let mut cool = reading("a", 1, 90.0);
+    cool.attach(&delivery);
+    drop(delivery);
+    let cleared = h.feed(vec![cool]);
+    cleared[0].fail_delivery();
+    drop(cleared);
+    h.transform.on_wake(&mut h.out);
+    assert_eq!(source.try_recv(), Ok(DeliveryStatus::Failed));
+    drop(h);
+    let mut h = Harness::new(&cfg, &context(dir.path()));
+    let again = h.feed(vec![]);
+    assert_eq!(states(&again)[0].0, "cleared");
+    assert_eq!(seq(&again[0]), Some(2));
+}
+
+#[test]
+fn the_outbox_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(serde_json::json!({ "raise": "temp_avg > 100", "clear": "temp_avg < 95" }));
+    let mut h = Harness::new(&cfg, &context(dir.path()));
+    let cycles = outbox::MAX_PENDING as i64 + 2;
+    let readings = (0..cycles)
+        .map(|s| reading("a", s, if s % 2 == 0 { 101.0 } else { 90.0 }))
+        .collect();
+    // Nobody takes the transitions: they all wait for their handover.
+    let transitions = h.feed(readings);
+    assert_eq!(transitions.len(), cycles as usize);
+    let path = dir.path().join("alarms").join("hot.json");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let pending = state["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), outbox::MAX_PENDING);
+    // The oldest were given up: the first kept is the third transition.
+    assert_eq!(pending[0]["fields"]["state"], "raised");
+    assert_eq!(pending[0]["time"], transitions[2].time.to_string());
 }
 
 #[test]

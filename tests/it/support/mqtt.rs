@@ -25,8 +25,8 @@ pub async fn start_subscribed(text: &str, sources: &[&str]) -> (RunningTopology,
             "{source} connects and subscribes"
         );
     }
-    // The SUBACK comes after the CONNACK the gauge reports.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The gauge rises once the broker answered every SUBSCRIBE: messages published from
+    // now on reach the source.
     (topology, telemetry)
 }
 

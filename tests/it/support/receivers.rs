@@ -18,6 +18,8 @@ pub struct Seen {
     pub attempts: Vec<Value>,
     /// Bodies answered with a 2xx.
     pub accepted: Vec<Value>,
+    /// The `Idempotency-Key` header of each accepted request, in the same order.
+    pub keys: Vec<Option<String>>,
 }
 
 /// An HTTP server that answers requests with the statuses of `script` in turn, then 200.
@@ -36,16 +38,21 @@ impl HttpReceiver {
         let addr = listener.local_addr().unwrap();
         let handler = {
             let seen = Arc::clone(&seen);
-            move |body: axum::body::Bytes| {
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let seen = Arc::clone(&seen);
                 let script = Arc::clone(&script);
                 async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
                     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                     let status = script.lock().unwrap().pop_front().unwrap_or(200);
                     let mut seen = seen.lock().unwrap();
                     seen.attempts.push(body.clone());
                     if (200..300).contains(&status) {
                         seen.accepted.push(body);
+                        seen.keys.push(key);
                     }
                     axum::http::StatusCode::from_u16(status).unwrap()
                 }
@@ -62,6 +69,16 @@ impl HttpReceiver {
 
     pub fn accepted(&self) -> Vec<Value> {
         self.seen.lock().unwrap().accepted.clone()
+    }
+
+    /// The accepted bodies with their `Idempotency-Key` headers.
+    pub fn accepted_with_keys(&self) -> Vec<(Option<String>, Value)> {
+        let seen = self.seen.lock().unwrap();
+        seen.keys
+            .iter()
+            .cloned()
+            .zip(seen.accepted.clone())
+            .collect()
     }
 
     pub fn attempts(&self) -> usize {
