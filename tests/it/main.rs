@@ -19,6 +19,7 @@ mod api_auth;
 mod api_forgery;
 mod api_tls;
 mod cli;
+mod delta_columns;
 mod delta_lake;
 mod delta_once;
 mod delta_outage;
