@@ -9,9 +9,13 @@
 //!
 //! Target (issue 4): >= 300,000 readings/s, files >= 32 MiB at default settings.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
+
+use support::delta::table_files;
+use support::peak_rss_kib;
 
 const READINGS: u64 = 6_000_000;
 const TARGET_PER_S: f64 = 300_000.0;
@@ -75,7 +79,7 @@ sinks:
     let elapsed = started.elapsed().as_secs_f64();
     assert!(status.success(), "weir failed: {status}");
 
-    let files = table_files(&dir.path().join("lake"));
+    let files = table_files(&dir.path().join("lake")).expect("read the table back");
     let rows: u64 = files.iter().map(|f| f.rows).sum();
     assert_eq!(rows, READINGS, "every reading is a row");
     let per_s = rows as f64 / elapsed;
@@ -109,51 +113,4 @@ sinks:
         "  memory      {:>12.1} MiB peak RSS of weir (VmHWM)",
         peak_kib as f64 / 1024.0
     );
-}
-
-struct DataFile {
-    rows: u64,
-    bytes: u64,
-}
-
-/// The data files of the table's current version, from its log, with their row counts
-/// from the Parquet footers.
-fn table_files(root: &Path) -> Vec<DataFile> {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let url = url::Url::from_directory_path(root).expect("table url");
-        let table = deltalake::open_table(url).await.expect("open the table");
-        table
-            .get_file_uris()
-            .expect("file list")
-            .map(|uri| {
-                let path = local_path(&uri);
-                let file = std::fs::File::open(&path).expect("open a data file");
-                let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-                let reader = deltalake::parquet::file::reader::SerializedFileReader::new(file)
-                    .expect("a Parquet file");
-                use deltalake::parquet::file::reader::FileReader as _;
-                DataFile {
-                    rows: reader.metadata().file_metadata().num_rows() as u64,
-                    bytes,
-                }
-            })
-            .collect()
-    })
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// A data file's path: deltalake lists local files as plain paths or as `file://` URLs.
-fn local_path(uri: &str) -> PathBuf {
-    url::Url::parse(uri)
-        .ok()
-        .and_then(|url| url.to_file_path().ok())
-        .unwrap_or_else(|| PathBuf::from(uri))
 }

@@ -16,8 +16,6 @@
 //! acknowledge) >= 1,000,000 events/s. `WEIR_BENCH_EVENTS` overrides the count (default
 //! 2,000,000); `WEIR_BENCH_DIR` the directory (default: a temp dir under `target/`).
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +27,10 @@ use weir::config::{ByteSize, ComponentId, ComponentKind};
 use weir::event::{Delivery, DeliveryStatus, Event, EventBatch, EventMeta, Fields};
 use weir::telemetry::Telemetry;
 use weir::topology::channel::{Fanout, input_channel, targets};
+
+mod support;
+
+use support::disk::DiskProbe;
 
 #[global_allocator]
 static ALLOCATOR: MiMalloc = MiMalloc;
@@ -47,7 +49,9 @@ fn main() {
     std::fs::create_dir_all(&base).expect("bench dir");
     let scratch = tempfile::tempdir_in(&base).expect("temp dir");
     println!("disk buffer bench in {}", scratch.path().display());
-    disk_probe(scratch.path());
+    DiskProbe::measure(scratch.path())
+        .expect("measure the disk")
+        .print();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -57,39 +61,6 @@ fn main() {
         phased(scratch.path(), events).await;
         pipelined(scratch.path(), events).await;
     });
-}
-
-/// fdatasync latency (4 KiB writes) and synced throughput (1 MiB writes) of this disk.
-fn disk_probe(dir: &Path) {
-    let path = dir.join("probe");
-    let mut file = File::create(&path).expect("probe file");
-    let block = vec![7u8; 4096];
-    let mut latencies = Vec::new();
-    for _ in 0..200 {
-        let started = Instant::now();
-        file.write_all(&block).expect("write");
-        file.sync_data().expect("fdatasync");
-        latencies.push(started.elapsed());
-    }
-    latencies.sort();
-    let mean = latencies.iter().sum::<Duration>() / latencies.len() as u32;
-    println!(
-        "disk: 4 KiB write + fdatasync: mean {mean:?}, p50 {:?}, p99 {:?} (200 runs)",
-        latencies[100], latencies[197]
-    );
-    let mib = vec![7u8; 1 << 20];
-    let started = Instant::now();
-    for _ in 0..128 {
-        file.write_all(&mib).expect("write");
-        file.sync_data().expect("fdatasync");
-    }
-    let took = started.elapsed();
-    println!(
-        "disk: 1 MiB write + fdatasync: {:.0} MiB/s (128 MiB in {took:?})",
-        128.0 / took.as_secs_f64()
-    );
-    drop(file);
-    let _ = std::fs::remove_file(path);
 }
 
 /// Readings shaped like the load generator's, one device per batch.

@@ -26,7 +26,6 @@
 //! The targets (≥ 500,000 events/s, ≤ 100 MiB peak RSS) are reported as PASS/MISS; a miss
 //! does not fail the bench, a broken harness (weir not starting, no request accepted) does.
 
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -34,7 +33,10 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{cpu_seconds, free_port, http_get, machine_busy_seconds, peak_rss_kib};
+use support::load;
+use support::{
+    cpu_seconds, free_port, machine_busy_seconds, metric, peak_rss_kib, stop, wait_ready,
+};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const WEIR_LOAD: &str = env!("CARGO_BIN_EXE_weir-load");
@@ -205,7 +207,7 @@ fn round(settings: &Settings, concurrency: usize) -> Result<Round, String> {
         .spawn()
         .map_err(|e| format!("cannot start {WEIR}: {e}"))?;
     let result = measure(settings, concurrency, &mut weir, source, api);
-    stop(&mut weir);
+    stop(&mut weir, Duration::from_secs(30));
     if result.is_err()
         && let Ok(log) = std::fs::read_to_string(&log_path)
     {
@@ -225,53 +227,26 @@ fn measure(
     let weir_cpu_before = cpu_seconds(weir.id()).unwrap_or(0.0);
     let machine_before = machine_busy_seconds().unwrap_or(0.0);
 
-    let mut load = Command::new(WEIR_LOAD)
-        .args(["--url", &format!("http://{source}")])
-        .args(["--devices", &settings.devices.to_string()])
-        .args(["--batch", &settings.batch.to_string()])
-        .args(["--concurrency", &concurrency.to_string()])
-        .args(["--duration", &settings.duration])
-        .args(["--threads", &settings.load_threads.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {WEIR_LOAD}: {e}"))?;
-    // Poll rather than block, to read the generator's CPU time just before it exits.
-    let mut load_cpu_s = 0.0;
-    let load_status = loop {
-        if let Some(cpu) = cpu_seconds(load.id()) {
-            load_cpu_s = cpu;
-        }
-        match load.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(format!("cannot wait for weir-load: {e}")),
-        }
-    };
+    let load = load::run(
+        WEIR_LOAD,
+        &[
+            "--url".into(),
+            format!("http://{source}"),
+            "--devices".into(),
+            settings.devices.to_string(),
+            "--batch".into(),
+            settings.batch.to_string(),
+            "--concurrency".into(),
+            concurrency.to_string(),
+            "--duration".into(),
+            settings.duration.clone(),
+            "--threads".into(),
+            settings.load_threads.to_string(),
+        ],
+    )?;
     let machine_busy_s = machine_busy_seconds().unwrap_or(0.0) - machine_before;
-    let mut stdout = String::new();
-    if let Some(mut out) = load.stdout.take() {
-        out.read_to_string(&mut stdout)
-            .map_err(|e| format!("cannot read weir-load's output: {e}"))?;
-    }
-    print!(
-        "{}",
-        stdout
-            .lines()
-            .next()
-            .map(|l| format!("  {l}\n"))
-            .unwrap_or_default()
-    );
-    if !load_status.success() {
-        return Err(format!("weir-load failed ({load_status}):\n{stdout}"));
-    }
-    let summary: serde_json::Value = stdout
-        .lines()
-        .rev()
-        .find(|line| line.starts_with('{'))
-        .and_then(|line| serde_json::from_str(line).ok())
-        .ok_or_else(|| format!("weir-load printed no JSON summary:\n{stdout}"))?;
-    let number = |key: &str| summary[key].as_f64().unwrap_or(0.0);
-    let accepted = summary["readings_accepted"].as_u64().unwrap_or(0);
+    println!("  {}", load.human);
+    let accepted = load.readings_accepted;
 
     let events = wait_drained(api, accepted)?;
     let weir_cpu_s = cpu_seconds(weir.id()).unwrap_or(0.0) - weir_cpu_before;
@@ -281,15 +256,15 @@ fn measure(
     Ok(Round {
         concurrency,
         events,
-        load_elapsed_s: number("elapsed_s"),
+        load_elapsed_s: load.elapsed_s,
         accepted,
-        accepted_per_s: number("readings_per_s"),
-        errors: summary["errors"].as_u64().unwrap_or(0),
-        p50_ms: number("p50_ms"),
-        p99_ms: number("p99_ms"),
+        accepted_per_s: load.readings_per_s,
+        errors: load.errors,
+        p50_ms: load.p50_ms,
+        p99_ms: load.p99_ms,
         peak_rss_mib,
         weir_cpu_s,
-        load_cpu_s,
+        load_cpu_s: load.cpu_s,
         machine_busy_s,
     })
 }
@@ -328,21 +303,6 @@ sinks:
     )
 }
 
-/// A port that was free a moment ago (weir binds it right after).
-fn wait_ready(weir: &mut Child, api: SocketAddr) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = weir.try_wait() {
-            return Err(format!("weir exited during start-up ({status})"));
-        }
-        if http_get(api, "/ready").is_ok_and(|(status, _)| status == 200) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err("weir was not ready within 30 s".into())
-}
-
 /// Waits until the blackhole has counted `accepted` events, or its count stops moving.
 fn wait_drained(api: SocketAddr, accepted: u64) -> Result<u64, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -359,35 +319,10 @@ fn wait_drained(api: SocketAddr, accepted: u64) -> Result<u64, String> {
 
 /// `component_sent_events_total` of the blackhole `sink`.
 fn sink_events(api: SocketAddr) -> Result<u64, String> {
-    let (status, body) = http_get(api, "/metrics").map_err(|e| format!("GET /metrics: {e}"))?;
-    if status != 200 {
-        return Err(format!("GET /metrics answered {status}"));
-    }
-    body.lines()
-        .find(|line| {
-            line.starts_with("component_sent_events_total{")
-                && line.contains("component_id=\"sink\"")
-                && line.contains("output=\"default\"")
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|value| value as u64)
-        .ok_or_else(|| "no component_sent_events_total for the blackhole in /metrics".into())
-}
-
-/// Stops weir with SIGTERM and waits for it to drain; SIGKILL after 30 s.
-fn stop(weir: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &weir.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = weir.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("e2e_http: weir did not stop within 30 s of SIGTERM; killing it");
-    let _ = weir.kill();
-    let _ = weir.wait();
+    metric(
+        api,
+        "component_sent_events_total",
+        &["component_id=\"sink\"", "output=\"default\""],
+    )
+    .map(|value| value as u64)
 }

@@ -1,9 +1,17 @@
-//! Helpers shared by the end-to-end benches: ports, a tiny HTTP client, /proc readings.
+//! Helpers shared by the end-to-end benches: ports, a tiny HTTP client, /proc readings,
+//! starting and stopping weir, the load generator ([`load`]), the disk's own speed
+//! ([`disk`]) and reading a Delta table back ([`delta`]).
 #![allow(dead_code)]
+
+pub mod delta;
+pub mod disk;
+pub mod load;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 /// Linux reports CPU time in `/proc/<pid>/stat` in ticks of 1/100 s (USER_HZ).
 pub const TICKS_PER_S: f64 = 100.0;
@@ -73,4 +81,70 @@ pub fn machine_busy_seconds() -> Option<f64> {
         .map(|(_, t)| t)
         .sum();
     Some(busy as f64 / TICKS_PER_S)
+}
+
+/// Waits until weir answers `/ready` on `api` (30 s at most), failing early if it exits.
+pub fn wait_ready(weir: &mut Child, api: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = weir.try_wait() {
+            return Err(format!("weir exited during start-up ({status})"));
+        }
+        if http_get(api, "/ready").is_ok_and(|(status, _)| status == 200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("weir was not ready within 30 s".into())
+}
+
+/// Stops weir with SIGTERM and waits for it to drain; SIGKILL after `patience`. Whether it
+/// exited by itself, successfully.
+pub fn stop(weir: &mut Child, patience: Duration) -> bool {
+    let _ = Command::new("kill")
+        .args(["-TERM", &weir.id().to_string()])
+        .status();
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = weir.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("weir did not stop within {patience:?} of SIGTERM; killing it");
+    let _ = weir.kill();
+    let _ = weir.wait();
+    false
+}
+
+/// The value of the first sample of `metric` in weir's `/metrics` whose labels contain
+/// every one of `labels` (each written `name="value"`).
+pub fn metric(api: SocketAddr, metric: &str, labels: &[&str]) -> Result<f64, String> {
+    let (status, body) = http_get(api, "/metrics").map_err(|e| format!("GET /metrics: {e}"))?;
+    if status != 200 {
+        return Err(format!("GET /metrics answered {status}"));
+    }
+    body.lines()
+        .find(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{'))
+                && labels.iter().all(|label| line.contains(label))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("no {metric} with {labels:?} in /metrics"))
+}
+
+/// Bytes of every file under `dir` (recursively).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            _ => entry.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
 }

@@ -3,14 +3,21 @@
 //! Sources decode what they receive with their `decoding` option; the `decode` transform
 //! applies the same codecs to a field (for payloads wrapped in another envelope, such as a
 //! Base64 `data` field in a LoRaWAN uplink). One payload may hold many readings.
+//!
+//! A payload is outside data: every reading it yields is held to [`ReadingLimits`] (fields
+//! per reading, nesting depth) before the decoder hands it out, and a payload with a reading
+//! over a bound is refused as a whole, like one that does not parse. No codec decompresses,
+//! so there is no decompressed size to bound; a codec that does must bound it here.
 
 mod binary;
+mod limits;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use binary::{BinaryType, LayoutField};
+pub use limits::ReadingLimits;
 
 use crate::event::Fields;
 
@@ -32,7 +39,7 @@ pub enum Codec {
 }
 
 /// The `decoding` option of a source.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecodingConfig {
     #[serde(default)]
@@ -40,11 +47,32 @@ pub struct DecodingConfig {
     /// Field layout of a `binary` frame, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<Vec<LayoutField>>,
+    /// The most fields one reading may have; a payload with a reading over it is refused
+    /// like an undecodable one.
+    #[serde(default = "limits::default_max_fields")]
+    pub max_fields: usize,
+    /// The deepest nesting of objects and arrays one reading may have (a flat reading is
+    /// 1); a payload with a reading over it is refused like an undecodable one.
+    #[serde(default = "limits::default_max_depth")]
+    pub max_depth: usize,
+}
+
+impl Default for DecodingConfig {
+    fn default() -> Self {
+        Self {
+            codec: Codec::default(),
+            layout: None,
+            max_fields: limits::default_max_fields(),
+            max_depth: limits::default_max_depth(),
+        }
+    }
 }
 
 impl DecodingConfig {
-    /// Checks that `layout` is given exactly when the codec is `binary`.
+    /// Checks that `layout` is given exactly when the codec is `binary`, and that the
+    /// reading limits admit something.
     pub fn check(&self) -> Result<(), String> {
+        self.limits().check()?;
         match (&self.codec, &self.layout) {
             (Codec::Binary, None) => Err(
                 "codec `binary` needs a `layout`: a list of `{ name, type, scale }` fields".into(),
@@ -58,10 +86,18 @@ impl DecodingConfig {
         }
     }
 
+    fn limits(&self) -> ReadingLimits {
+        ReadingLimits {
+            max_fields: self.max_fields,
+            max_depth: self.max_depth,
+        }
+    }
+
     pub fn decoder(&self) -> Decoder {
         Decoder {
             codec: self.codec,
             layout: self.layout.clone().unwrap_or_default(),
+            limits: self.limits(),
         }
     }
 }
@@ -76,11 +112,22 @@ pub struct DecodeError(pub String);
 pub struct Decoder {
     codec: Codec,
     layout: Vec<LayoutField>,
+    limits: ReadingLimits,
 }
 
 impl Decoder {
-    /// Decodes one payload into one or more readings.
+    /// Decodes one payload into one or more readings, each within the limits.
     pub fn decode(&self, payload: &[u8]) -> Result<Vec<Fields>, DecodeError> {
+        let readings = self.decode_unchecked(payload)?;
+        for (n, reading) in readings.iter().enumerate() {
+            self.limits
+                .admit(reading)
+                .map_err(|problem| DecodeError(format!("reading {n}: {problem}")))?;
+        }
+        Ok(readings)
+    }
+
+    fn decode_unchecked(&self, payload: &[u8]) -> Result<Vec<Fields>, DecodeError> {
         match self.codec {
             Codec::Json | Codec::Ndjson => decode_json(payload),
             Codec::Msgpack => decode_msgpack(payload),
@@ -209,7 +256,7 @@ mod tests {
         let payload = rmp_serde::to_vec_named(&serde_json::json!({"temperature": 21.5})).unwrap();
         let decoder = DecodingConfig {
             codec: Codec::Msgpack,
-            layout: None,
+            ..DecodingConfig::default()
         }
         .decoder();
         assert_eq!(decoder.decode(&payload).unwrap()[0]["temperature"], 21.5);
@@ -220,13 +267,55 @@ mod tests {
     fn layout_only_with_binary() {
         let cfg = DecodingConfig {
             codec: Codec::Binary,
-            layout: None,
+            ..DecodingConfig::default()
         };
         assert!(cfg.check().is_err());
         let cfg = DecodingConfig {
             codec: Codec::Json,
             layout: Some(vec![]),
+            ..DecodingConfig::default()
         };
         assert!(cfg.check().is_err());
+    }
+
+    #[test]
+    fn a_reading_over_a_limit_refuses_the_payload() {
+        let limited = DecodingConfig {
+            max_fields: 2,
+            max_depth: 3,
+            ..DecodingConfig::default()
+        }
+        .decoder();
+        assert!(
+            limited
+                .decode(br#"[{"a":1,"b":2},{"a":{"b":[1]}}]"#)
+                .is_ok()
+        );
+        let err = limited
+            .decode(br#"[{"a":1},{"a":1,"b":2,"c":3}]"#)
+            .unwrap_err();
+        assert_eq!(
+            err.0,
+            "reading 1: it has 3 fields, more than `max_fields` (2)"
+        );
+        let err = limited.decode(br#"{"a":{"b":[[1]]}}"#).unwrap_err();
+        assert_eq!(
+            err.0,
+            "reading 0: its objects and arrays nest deeper than `max_depth` (3)"
+        );
+        let payload = rmp_serde::to_vec_named(&serde_json::json!({"a":1,"b":2,"c":3})).unwrap();
+        let msgpack = DecodingConfig {
+            codec: Codec::Msgpack,
+            max_fields: 2,
+            ..DecodingConfig::default()
+        }
+        .decoder();
+        assert!(
+            msgpack
+                .decode(&payload)
+                .unwrap_err()
+                .0
+                .contains("max_fields")
+        );
     }
 }

@@ -58,6 +58,7 @@ impl DecodeConfig {
         DecodingConfig {
             codec: self.codec,
             layout: self.layout.clone(),
+            ..DecodingConfig::default()
         }
     }
 }

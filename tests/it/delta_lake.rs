@@ -17,7 +17,7 @@ use crate::support::{self, Weir, free_port, lines};
 /// What a table holds, read back independently of weir.
 pub(crate) struct TableContents {
     /// Column name to Delta type name, in table order.
-    columns: Vec<(String, String)>,
+    pub(crate) columns: Vec<(String, String)>,
     partition_columns: Vec<String>,
     /// Data files in the log, relative to the table root.
     files: Vec<PathBuf>,

@@ -266,3 +266,35 @@ async fn msgpack_bodies_are_decoded() {
     let (readings, _) = h.finish().await;
     assert_eq!(readings.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_over_the_decoding_bounds_get_400_and_nothing_lands() {
+    let h = Harness::start("    decoding: { max_fields: 3, max_depth: 2 }").await;
+    assert_eq!(
+        h.post("/v1/devices/d/messages", r#"{"a":1,"b":{"c":2}}"#)
+            .await,
+        (200, json!({"accepted": 1}))
+    );
+    let (status, answer) = h
+        .post(
+            "/v1/devices/d/messages",
+            r#"[{"a":1},{"a":1,"b":2,"c":3,"d":4}]"#,
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("max_fields"),
+        "{answer}"
+    );
+    let (status, answer) = h
+        .post("/v1/devices/d/messages", r#"{"a":{"b":{"c":1}}}"#)
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("max_depth"),
+        "{answer}"
+    );
+    let (readings, rejected) = h.finish().await;
+    assert_eq!(readings.len(), 1, "only the reading within the bounds");
+    assert_eq!(rejected.len(), 2);
+}

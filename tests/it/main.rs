@@ -20,6 +20,7 @@ mod api_forgery;
 mod api_jwt;
 mod api_tls;
 mod cli;
+mod delta_columns;
 mod delta_lake;
 mod delta_once;
 mod delta_outage;

@@ -12,7 +12,7 @@
 //! ```text
 //! data_dir/buffers/<id>/incarnation              made with the directory, never changed
 //!                       ack                      the ack position (atomic rewrite)
-//!                       00000000000000000000.seg segments (see format.rs)
+//!                       00000000000000000000.seg segments (see format/)
 //! data_dir/buffers/<id>.lock                     held while a buffer runs (lock.rs)
 //! ```
 

@@ -153,6 +153,8 @@ impl Derived {
 const DEVICE_ID: &str = "device_id";
 const TIME: &str = "time";
 const RECEIVED_AT: &str = "received_at";
+/// How many of those there are.
+const OWN_COLUMNS: usize = 3;
 
 /// The table's columns as the sink sees them.
 #[derive(Clone, Debug, PartialEq)]
@@ -160,6 +162,9 @@ pub struct Columns {
     derived: Vec<Derived>,
     /// Columns holding event fields, in table order.
     fields: IndexMap<String, ColumnType>,
+    /// The most columns (own and field columns together) schema evolution may grow the
+    /// table to: devices sending ever new field names cannot widen it without limit.
+    max_columns: usize,
 }
 
 /// One chunk of events turned into a record batch.
@@ -173,12 +178,25 @@ pub struct Encoded {
 }
 
 impl Columns {
-    /// Columns for a table partitioned by `derived`, with `declared` field columns.
-    pub fn new(derived: Vec<Derived>, declared: IndexMap<String, ColumnType>) -> Self {
+    /// Columns for a table partitioned by `derived`, with `declared` field columns, that
+    /// schema evolution grows to at most `max_columns` columns.
+    pub fn new(
+        derived: Vec<Derived>,
+        declared: IndexMap<String, ColumnType>,
+        max_columns: usize,
+    ) -> Self {
         Self {
             derived,
             fields: declared,
+            max_columns,
         }
+    }
+
+    /// How many columns a table with `derived` partitions and `declared` fields starts
+    /// with: the sink's own columns (`device_id`, `time`, `received_at`), the derived
+    /// partitions and the declared fields.
+    pub fn column_count(derived: usize, declared: usize) -> usize {
+        OWN_COLUMNS + derived + declared
     }
 
     /// Takes the columns of an existing table (in its order), keeping the columns this
@@ -306,6 +324,25 @@ impl Columns {
                     }
                 }
             }
+        }
+        let columns = Self::column_count(self.derived.len(), self.fields.len());
+        if !new_columns.is_empty() && columns + new_columns.len() > self.max_columns {
+            let names: Vec<String> = new_columns
+                .iter()
+                .take(3)
+                .map(|(name, _)| format!("`{name}`"))
+                .collect();
+            return Err(format!(
+                "new field {}{} would grow the table to {} columns, beyond `max_columns` ({})",
+                names.join(", "),
+                if new_columns.len() > names.len() {
+                    ", ..."
+                } else {
+                    ""
+                },
+                columns + new_columns.len(),
+                self.max_columns
+            ));
         }
         self.fields.extend(new_columns);
         Ok(())
@@ -467,7 +504,7 @@ mod tests {
 
     #[test]
     fn new_fields_become_columns_typed_by_their_first_value() {
-        let mut columns = Columns::new(vec![Derived::Date], IndexMap::new());
+        let mut columns = Columns::new(vec![Derived::Date], IndexMap::new(), 500);
         let encoded = columns
             .encode(
                 vec![
@@ -504,7 +541,7 @@ mod tests {
     fn a_value_that_does_not_fit_its_column_rejects_only_its_event() {
         let mut declared = IndexMap::new();
         declared.insert("rpm".to_owned(), ColumnType::Long);
-        let mut columns = Columns::new(Vec::new(), declared);
+        let mut columns = Columns::new(Vec::new(), declared, 500);
         let encoded = columns
             .encode(
                 vec![
@@ -531,7 +568,7 @@ mod tests {
     fn without_evolution_unknown_fields_are_rejected() {
         let mut declared = IndexMap::new();
         declared.insert("temperature".to_owned(), ColumnType::Double);
-        let mut columns = Columns::new(Vec::new(), declared);
+        let mut columns = Columns::new(Vec::new(), declared, 500);
         let encoded = columns
             .encode(vec![event(serde_json::json!({"humidity": 40}))], false)
             .expect("encodes");
@@ -541,7 +578,7 @@ mod tests {
 
     #[test]
     fn fields_named_like_own_columns_are_refused_unless_they_agree() {
-        let mut columns = Columns::new(vec![Derived::Hour], IndexMap::new());
+        let mut columns = Columns::new(vec![Derived::Hour], IndexMap::new(), 500);
         let encoded = columns
             .encode(
                 vec![
@@ -554,5 +591,30 @@ mod tests {
             .expect("encodes");
         assert_eq!(encoded.batch.num_rows(), 1);
         assert_eq!(encoded.rejected.len(), 2);
+    }
+
+    #[test]
+    fn new_fields_beyond_max_columns_reject_only_their_event() {
+        // Three own columns and `temperature`: room for one more.
+        let mut declared = IndexMap::new();
+        declared.insert("temperature".to_owned(), ColumnType::Double);
+        let mut columns = Columns::new(Vec::new(), declared, 5);
+        let encoded = columns
+            .encode(
+                vec![
+                    event(serde_json::json!({"temperature": 20.5, "humidity": 40})),
+                    event(serde_json::json!({"temperature": 21.5, "pressure": 1013})),
+                    event(serde_json::json!({"temperature": 22.5, "humidity": 41})),
+                ],
+                true,
+            )
+            .expect("encodes");
+        assert_eq!(encoded.batch.num_rows(), 2);
+        assert_eq!(columns.field_count(), 2);
+        let reasons: Vec<&str> = encoded.rejected.iter().map(|(_, r)| r.as_str()).collect();
+        assert_eq!(
+            reasons,
+            ["new field `pressure` would grow the table to 6 columns, beyond `max_columns` (5)"]
+        );
     }
 }

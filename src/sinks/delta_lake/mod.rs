@@ -67,6 +67,12 @@ pub struct DeltaLakeConfig {
     /// to the `errors` output.
     #[serde(default = "default_true")]
     pub evolve_schema: bool,
+    /// The most columns schema evolution may grow the table to, the sink's own columns
+    /// (`device_id`, `time`, `received_at`, derived partitions) included. An event whose
+    /// new field would go beyond it goes to the `errors` output, so devices sending ever
+    /// new field names cannot widen the table without limit.
+    #[serde(default = "default_max_columns")]
+    pub max_columns: usize,
     #[serde(default)]
     pub batch: BatchConfig,
     /// Write a Delta checkpoint every this many commits (new tables).
@@ -100,6 +106,10 @@ const DEFAULT_BUFFER: BufferType = BufferType::Disk;
 
 fn default_true() -> bool {
     true
+}
+
+fn default_max_columns() -> usize {
+    500
 }
 
 fn default_checkpoint_interval() -> u64 {
@@ -204,6 +214,15 @@ impl SinkComponent for DeltaLakeConfig {
                 "expected at least one event",
             ));
         }
+        let initial = Columns::column_count(self.derived().len(), self.declared().len());
+        if self.max_columns < initial {
+            problems.push(FieldProblem::at(
+                ["max_columns"],
+                format!(
+                    "expected at least {initial}: the sink's own, partition and declared columns"
+                ),
+            ));
+        }
         if self.checkpoint_interval == 0 {
             problems.push(FieldProblem::at(
                 ["checkpoint_interval"],
@@ -247,7 +266,7 @@ impl SinkComponent for DeltaLakeConfig {
             telemetry,
             ..
         } = cx;
-        let columns = Columns::new(config.derived(), config.declared());
+        let columns = Columns::new(config.derived(), config.declared(), config.max_columns);
         let spec = TableSpec {
             url,
             storage_options: config

@@ -401,7 +401,7 @@ mod tests {
             checkpoint_interval: 10,
             writer: "test".into(),
         };
-        let mut columns = Columns::new(Vec::new(), Default::default());
+        let mut columns = Columns::new(Vec::new(), Default::default(), 500);
         let mut table = TableWriter::open(spec, &mut columns).await.ok().unwrap();
         let (delivery, outcome) = Delivery::new();
         let mut event = crate::event::Event::new(
