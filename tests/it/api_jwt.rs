@@ -87,6 +87,8 @@ fn with(mut claims: Value, field: &str, value: Value) -> Value {
 /// A JWKS served over HTTP, that the test can change, counting its fetches.
 struct JwksServer {
     uri: String,
+    /// The issuer whose discovery document names `uri`.
+    issuer: String,
     keys: Arc<Mutex<Vec<Jwk>>>,
     fetches: Arc<AtomicUsize>,
 }
@@ -109,9 +111,15 @@ impl JwksServer {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let discovery = json!({ "issuer": format!("http://{address}"), "jwks_uri": format!("http://{address}/keys") });
+        let app = app.route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || async move { axum::Json(discovery) }),
+        );
         tokio::spawn(async move { axum::serve(listener, app).await });
         JwksServer {
             uri: format!("http://{address}/keys"),
+            issuer: format!("http://{address}"),
             keys,
             fetches,
         }
@@ -121,8 +129,12 @@ impl JwksServer {
 const ROLE_MAP: &str = "role_map: { Weir.Read: viewer, Weir.Operate: operator, Weir.Admin: admin }";
 
 async fn start(dir: &Path, keys: &str) -> Weir {
+    start_for(dir, ISSUER, keys).await
+}
+
+async fn start_for(dir: &Path, issuer: &str, keys: &str) -> Weir {
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let jwt = format!("jwt: {{ issuer: '{ISSUER}', audience: '{AUDIENCE}', {keys}, {ROLE_MAP} }}");
+    let jwt = format!("jwt: {{ issuer: '{issuer}', audience: '{AUDIENCE}', {keys}{ROLE_MAP} }}");
     let auth = format!("auth: {{ failures_per_minute: 100000, {jwt} }}");
     let pipeline = registry_pipeline(dir, api, &auth);
     Weir::start(dir, &pipeline, api).await
@@ -151,7 +163,7 @@ async fn a_valid_jwt_gets_its_mapped_role_and_refused_ones_the_one_401() {
     let rsa = Signer::rsa("rsa-1");
     let ec = Signer::ec("ec-1");
     let server = JwksServer::start(vec![rsa.jwk.clone(), ec.jwk.clone()]).await;
-    let weir = start(dir.path(), &format!("jwks_uri: '{}'", server.uri)).await;
+    let weir = start(dir.path(), &format!("jwks_uri: '{}', ", server.uri)).await;
 
     let viewer = rsa.sign(&claims(&["Weir.Read", "Unmapped"]));
     assert_eq!(get(&weir, "/v1/devices", &viewer).await.0, StatusCode::OK);
@@ -225,7 +237,7 @@ async fn an_unknown_kid_is_found_by_a_refetch_at_most_every_30_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let first = Signer::rsa("first");
     let server = JwksServer::start(vec![first.jwk.clone()]).await;
-    let weir = start(dir.path(), &format!("jwks_uri: '{}'", server.uri)).await;
+    let weir = start(dir.path(), &format!("jwks_uri: '{}', ", server.uri)).await;
     let viewer = claims(&["Weir.Read"]);
     assert_eq!(
         get(&weir, "/v1/devices", &first.sign(&viewer)).await.0,
@@ -264,7 +276,7 @@ async fn keys_can_come_from_a_jwks_file() {
         keys: vec![signer.jwk.clone()],
     };
     std::fs::write(&file, serde_json::to_string(&set).unwrap()).unwrap();
-    let weir = start(dir.path(), &format!("jwks_file: '{}'", file.display())).await;
+    let weir = start(dir.path(), &format!("jwks_file: '{}', ", file.display())).await;
     let operator = signer.sign(&claims(&["Weir.Operate"]));
     assert_eq!(get(&weir, "/v1/devices", &operator).await.0, StatusCode::OK);
     assert_eq!(
@@ -274,4 +286,15 @@ async fn keys_can_come_from_a_jwks_file() {
     let refused = bad_api_token_answer(&weir).await;
     let stranger = Signer::rsa("not-in-file").sign(&claims(&["Weir.Admin"]));
     assert_eq!(get(&weir, "/v1/devices", &stranger).await, refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_jwks_setting_the_keys_are_found_by_oidc_discovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Signer::rsa("discovered");
+    let server = JwksServer::start(vec![signer.jwk.clone()]).await;
+    let weir = start_for(dir.path(), &server.issuer, "").await;
+    let admin = signer.sign(&with(claims(&["Weir.Admin"]), "iss", json!(server.issuer)));
+    assert_eq!(get(&weir, "/v1/tokens", &admin).await.0, StatusCode::OK);
+    assert_eq!(server.fetches.load(Ordering::SeqCst), 1);
 }
