@@ -48,7 +48,8 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
         true => Some(open_tokens(data_dir).await?),
         false => None,
     };
-    let auth = api::Auth::new(tokens.clone(), &config.globals.api.auth);
+    let auth =
+        api::Auth::new(tokens.clone(), &config.globals.api.auth).map_err(anyhow::Error::msg)?;
     let audit = Arc::new(crate::audit::AuditLog::new(data_dir));
     let api_state = ApiState::new(telemetry.clone(), Some(reload_tx), auth, Some(audit));
     let api_shutdown = CancellationToken::new();

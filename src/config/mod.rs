@@ -12,8 +12,10 @@
 
 pub mod action;
 pub mod aggregator;
+mod api_jwt;
 mod catalogue;
 pub mod component;
+pub use api_jwt::{JwksSource, JwtConfig};
 mod diagnostic;
 mod env;
 mod load;
@@ -356,6 +358,9 @@ pub struct ApiAuthConfig {
     /// 429 until the minute is over.
     #[serde(default = "default_failures_per_minute")]
     pub failures_per_minute: std::num::NonZeroU32,
+    /// Also accept JWT bearer tokens from an OIDC provider (Entra ID, Keycloak, Auth0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
 }
 
 impl Default for ApiAuthConfig {
@@ -363,6 +368,7 @@ impl Default for ApiAuthConfig {
         Self {
             public_metrics: false,
             failures_per_minute: default_failures_per_minute(),
+            jwt: None,
         }
     }
 }

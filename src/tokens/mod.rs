@@ -45,6 +45,7 @@ pub use self::file::{INITIAL_ADMIN_FILE, LOCK_FILE, TOKENS_FILE};
     Hash,
     Serialize,
     Deserialize,
+    schemars::JsonSchema,
     clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]

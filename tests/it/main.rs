@@ -17,6 +17,7 @@ mod amqp_restart;
 mod api_audit;
 mod api_auth;
 mod api_forgery;
+mod api_jwt;
 mod api_tls;
 mod cli;
 mod delta_columns;

@@ -3,11 +3,14 @@
 //! The middleware finds the route's row in [`super::access::ACCESS`], and for a route
 //! that needs a role reads `Authorization: Bearer <token>` (never a cookie: a browser
 //! does not add this header to a forged request by itself), checks it against the
-//! [`TokenStore`], and hands the handler the [`Caller`]. Every failure gets the same 401,
+//! [`TokenStore`] (or, if it is shaped like a JWT and `api.auth.jwt` is set, checks it as
+//! one: [`jwt`]), and hands the handler the [`Caller`]. Every failure gets the same 401,
 //! whatever went wrong, and is counted by reason in `api_auth_failures_total`; an
 //! address that fails too often gets 429 for a while ([`limit`]). A valid token with too
 //! small a role gets 403.
 
+mod jwks;
+mod jwt;
 mod limit;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,6 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use self::jwt::{JwtRejection, JwtVerifier, looks_like_jwt};
 use self::limit::FailureLimiter;
 use super::ApiState;
 use super::access::{self, Access};
@@ -29,26 +33,33 @@ use crate::tokens::{Role, TokenStore};
 /// Who is calling, as the handlers (and the audit log) see them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
-    /// The token's name.
+    /// The token's name, or a JWT's `name`, `preferred_username` or `sub`.
     pub name: String,
     pub role: Role,
 }
 
-/// What authentication needs: the tokens, the limiter, the settings.
+/// What authentication needs: the tokens, the JWT checker, the limiter, the settings.
 pub struct Auth {
     tokens: Option<Arc<TokenStore>>,
+    jwt: Option<JwtVerifier>,
     limiter: FailureLimiter,
     public_metrics: bool,
 }
 
 impl Auth {
-    /// With no `tokens`, every route that needs a role is refused.
-    pub fn new(tokens: Option<Arc<TokenStore>>, settings: &crate::config::ApiAuthConfig) -> Self {
-        Self {
+    /// With no `tokens` and no `jwt` settings, every route that needs a role is refused.
+    /// Fails on `api.auth.jwt` settings that name no usable key source.
+    pub fn new(
+        tokens: Option<Arc<TokenStore>>,
+        settings: &crate::config::ApiAuthConfig,
+    ) -> Result<Self, String> {
+        let jwt = settings.jwt.as_ref().map(JwtVerifier::new).transpose()?;
+        Ok(Self {
             tokens,
+            jwt,
             limiter: FailureLimiter::new(settings.failures_per_minute.get()),
             public_metrics: settings.public_metrics,
-        }
+        })
     }
 
     pub fn tokens(&self) -> Option<&Arc<TokenStore>> {
@@ -133,23 +144,41 @@ pub async fn authenticate(
             None => return failed("malformed"),
         },
     };
-    let Some(tokens) = auth.tokens.clone() else {
-        return failed("unknown_token");
-    };
-    let (holder, persist) = match tokens.authenticate(&presented) {
-        Ok(found) => found,
-        Err(rejection) => return failed(rejection.reason()),
-    };
-    if persist {
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = tokens.save() {
-                tracing::warn!("cannot note the last use of an API token: {e}");
+    let caller = match (&auth.jwt, looks_like_jwt(&presented)) {
+        (Some(verifier), true) => match verifier.verify(&presented).await {
+            Ok(found) => Caller {
+                name: found.name,
+                role: found.role,
+            },
+            Err(JwtRejection::Invalid(reason)) => return failed(reason),
+            Err(JwtRejection::NoRole { caller }) => {
+                tracing::debug!(%address, caller, "a valid JWT maps to no role");
+                return refusal(
+                    StatusCode::FORBIDDEN,
+                    "the token maps to no role: see `api.auth.jwt.role_map`",
+                );
             }
-        });
-    }
-    let caller = Caller {
-        name: holder.name,
-        role: holder.role,
+        },
+        _ => {
+            let Some(tokens) = auth.tokens.clone() else {
+                return failed("unknown_token");
+            };
+            let (holder, persist) = match tokens.authenticate(&presented) {
+                Ok(found) => found,
+                Err(rejection) => return failed(rejection.reason()),
+            };
+            if persist {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = tokens.save() {
+                        tracing::warn!("cannot note the last use of an API token: {e}");
+                    }
+                });
+            }
+            Caller {
+                name: holder.name,
+                role: holder.role,
+            }
+        }
     };
     // The answer names its caller too, for the audit log outside.
     let mut response = if caller.role < needed {
