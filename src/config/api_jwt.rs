@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::tokens::Role;
+use super::Role;
 
 /// JWT bearer tokens (RS256 or ES256) from an OIDC provider. A bearer token of three
 /// dot-separated parts is checked as a JWT; anything else as an API token.

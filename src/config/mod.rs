@@ -20,6 +20,7 @@ mod diagnostic;
 mod env;
 mod load;
 mod options;
+mod role;
 pub mod schema;
 pub mod service;
 pub mod sink;
@@ -46,6 +47,7 @@ pub use component::{
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
 pub use load::{load, load_str};
 pub use options::Options;
+pub use role::Role;
 pub use service::{ServiceConfigs, ServiceUse};
 pub use units::{ByteSize, Duration};
 pub use yaml::PathStep;
