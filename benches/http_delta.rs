@@ -372,6 +372,7 @@ fn pipeline_yaml(data_dir: &Path, lake: &Path, source: SocketAddr, api: SocketAd
         r#"data_dir: {data_dir}
 api:
   listen: {api}
+  auth: {{ public_metrics: true }}
 log:
   level: warn
 sources:
