@@ -35,7 +35,7 @@ mod support;
 
 use support::load;
 use support::{
-    cpu_seconds, free_port, machine_busy_seconds, metric, peak_rss_kib, stop, wait_ready,
+    cpu_seconds, env_var, free_port, machine_busy_seconds, metric, peak_rss_kib, stop, wait_ready,
 };
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
@@ -54,16 +54,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Self, String> {
-        fn var<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
-            match std::env::var(name) {
-                Ok(text) => text
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("{name}={text}: not a valid value")),
-                Err(_) => Ok(default),
-            }
-        }
-        let concurrencies = var("WEIR_E2E_CONCURRENCY", "32".to_owned())?
+        let concurrencies = env_var("WEIR_E2E_CONCURRENCY", "32".to_owned())?
             .split(',')
             .map(|c| {
                 c.trim()
@@ -72,11 +63,11 @@ impl Settings {
             })
             .collect::<Result<Vec<usize>, _>>()?;
         Ok(Self {
-            duration: var("WEIR_E2E_DURATION", "15s".to_owned())?,
+            duration: env_var("WEIR_E2E_DURATION", "15s".to_owned())?,
             concurrencies,
-            batch: var("WEIR_E2E_BATCH", 100)?,
-            devices: var("WEIR_E2E_DEVICES", 1000)?,
-            load_threads: var("WEIR_E2E_LOAD_THREADS", 1)?,
+            batch: env_var("WEIR_E2E_BATCH", 100)?,
+            devices: env_var("WEIR_E2E_DEVICES", 1000)?,
+            load_threads: env_var("WEIR_E2E_LOAD_THREADS", 1)?,
         })
     }
 }

@@ -41,7 +41,9 @@ mod support;
 use support::delta::{distinct_values, table_files};
 use support::disk::DiskProbe;
 use support::load::{self, LoadRun};
-use support::{cpu_seconds, dir_bytes, free_port, machine_busy_seconds, metric, stop, wait_ready};
+use support::{
+    cpu_seconds, dir_bytes, env_var, free_port, machine_busy_seconds, metric, stop, wait_ready,
+};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const WEIR_LOAD: &str = env!("CARGO_BIN_EXE_weir-load");
@@ -62,22 +64,13 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Self, String> {
-        fn var<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
-            match std::env::var(name) {
-                Ok(text) => text
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("{name}={text}: not a valid value")),
-                Err(_) => Ok(default),
-            }
-        }
         Ok(Self {
-            duration: var("WEIR_HTTP_DELTA_DURATION", "15s".to_owned())?,
-            concurrency: var("WEIR_HTTP_DELTA_CONCURRENCY", 64)?,
-            batch: var("WEIR_HTTP_DELTA_BATCH", 100)?,
-            rate: var("WEIR_HTTP_DELTA_RATE", 100_000.0)?,
-            load_threads: var("WEIR_HTTP_DELTA_LOAD_THREADS", 1)?,
-            base: var("WEIR_BENCH_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")))?,
+            duration: env_var("WEIR_HTTP_DELTA_DURATION", "15s".to_owned())?,
+            concurrency: env_var("WEIR_HTTP_DELTA_CONCURRENCY", 64)?,
+            batch: env_var("WEIR_HTTP_DELTA_BATCH", 100)?,
+            rate: env_var("WEIR_HTTP_DELTA_RATE", 100_000.0)?,
+            load_threads: env_var("WEIR_HTTP_DELTA_LOAD_THREADS", 1)?,
+            base: env_var("WEIR_BENCH_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")))?,
         })
     }
 }

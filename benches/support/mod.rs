@@ -13,6 +13,17 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// The environment variable `name` parsed as a `T`, or `default` when it is unset.
+pub fn env_var<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={text}: not a valid value")),
+        Err(_) => Ok(default),
+    }
+}
+
 /// Linux reports CPU time in `/proc/<pid>/stat` in ticks of 1/100 s (USER_HZ).
 pub const TICKS_PER_S: f64 = 100.0;
 
