@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::support::{Weir, free_port, metric_in};
-use deltalake::arrow::array::AsArray;
-use deltalake::arrow::datatypes::Float64Type;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 
 fn write_pipeline(dir: &Path, port: u16, api: u16, timeout: &str) -> PathBuf {
@@ -35,34 +32,10 @@ sinks:
     pipeline
 }
 
-/// How often each `id` occurs in the table (empty while it does not exist).
+/// How often each `id` occurs in the local table at `root` (empty while it does not exist).
 pub async fn table_ids(root: &Path) -> BTreeMap<u64, usize> {
-    let mut ids = BTreeMap::new();
-    let Ok(url) = url::Url::from_directory_path(root) else {
-        return ids;
-    };
-    let Ok(table) = deltalake::open_table(url).await else {
-        return ids;
-    };
-    for uri in table.get_file_uris().unwrap() {
-        let path = url::Url::parse(&uri)
-            .ok()
-            .and_then(|url| url.to_file_path().ok())
-            .unwrap_or_else(|| PathBuf::from(&uri));
-        let file = std::fs::File::open(&path).unwrap();
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            let batch = batch.unwrap();
-            let column = batch.column_by_name("id").expect("an id column");
-            for id in column.as_primitive::<Float64Type>().iter().flatten() {
-                *ids.entry(id as u64).or_default() += 1;
-            }
-        }
-    }
-    ids
+    let url = url::Url::from_directory_path(root).expect("an absolute table path");
+    crate::support::delta::ids(&url, &Default::default()).await
 }
 
 /// Waits until the table holds `expected` distinct ids (or 60 s passed).
