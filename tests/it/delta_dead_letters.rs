@@ -1,16 +1,19 @@
 //! The dead letters of a disk-buffered `delta_lake` sink (readings that do not fit the
 //! table, sent to `lake.errors`) keep the promise its rows keep: a crash after the commit
-//! of their chunk's rows does not lose them, a window the sink gives up does not send them
-//! twice, and with `errors` wired to nothing they are counted, not redelivered for ever.
+//! of their chunk's rows does not lose them, nor does a failure downstream of `errors`; a
+//! window the sink gives up does not send them twice; and with `errors` wired to nothing
+//! they are counted, not redelivered for ever.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
+use redis::Commands as _;
 use serde_json::{Value, json};
 
 use crate::delta_lake::start_with_sinks;
 use crate::support::mounts::ReadOnly;
+use crate::support::services::{self, Broker, Lease};
 use crate::support::{Weir, delta, eventually, lines, metric_in};
 
 /// The sink under test: a table of `id` and `temperature` only, so a reading with any
@@ -100,6 +103,51 @@ async fn a_crash_after_the_commit_loses_no_dead_letter() {
         [(2, 1)].into_iter().collect(),
         "the dead letter reached `errors` after the crash"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_refused_downstream_is_sent_again_until_it_lands() {
+    let _redis = Lease::shared(&[Broker::Redis]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}/9", services::redis());
+    let prefix = format!("weir-test-{}-delta-dead-letters", std::process::id());
+    let key = format!("{prefix}:d1");
+    let mut redis = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect to Redis");
+    // A key of another type: the dead letter's HSET fails with WRONGTYPE, and with
+    // `rejected.errors` wired to nothing its delivery fails, so the chunk comes back.
+    let _: () = redis.set(&key, "taken").unwrap();
+    let sinks = lake("batch: { timeout: 200ms }")
+        + &format!(
+            "  rejected: {{ type: redis, inputs: [lake.errors], url: '{url}', key: '{prefix}:{{{{ device_id }}}}' }}\n"
+        );
+    let (weir, port, _, _) = start_with_sinks(dir.path(), "", &sinks, &[]).await;
+    assert!(post(port, &[fits(0), misfit(1)]).await);
+    let table = dir.path().join("lake");
+    let landed = async {
+        while table_ids(&table).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), landed)
+        .await
+        .expect("the row lands");
+    // Refused a few times; then the key is free.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _: () = redis.del(&key).unwrap();
+    let arrived = eventually(Duration::from_secs(30), || {
+        redis
+            .hget::<_, _, Option<String>>(&key, "id")
+            .ok()
+            .flatten()
+            == Some("1".to_owned())
+    })
+    .await;
+    terminate(weir).await;
+    let _: redis::RedisResult<()> = redis.del(&key);
+    assert!(arrived, "the dead letter reached Redis once it could");
+    assert_eq!(table_ids(&table).await, [(0, 1)].into_iter().collect());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
