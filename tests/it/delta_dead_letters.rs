@@ -244,3 +244,20 @@ async fn dead_letters_with_errors_wired_to_nothing_are_counted_and_do_not_hold_t
         [(0, 1), (2, 1), (3, 1)].into_iter().collect()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_holding_many_dead_letters_commits_early() {
+    let dir = tempfile::tempdir().unwrap();
+    // A commit an hour away, unless the window holds 4 rows, or 4 dead letters.
+    let sinks = lake("batch: { max_events: 4, timeout: 1h }")
+        + "  rejected: { type: file, inputs: [lake.errors], path: rejected.ndjson }\n";
+    let (weir, port, _, _) = start_with_sinks(dir.path(), "", &sinks, &[]).await;
+    let readings = [fits(0), misfit(1), misfit(2), misfit(3), misfit(4)];
+    assert!(post(port, &readings).await);
+    let rejected = dir.path().join("rejected.ndjson");
+    let sent = eventually(Duration::from_secs(20), || lines(&rejected).len() == 4).await;
+    let table = table_ids(&dir.path().join("lake")).await;
+    terminate(weir).await;
+    assert!(sent, "the dead letters went out with an early commit");
+    assert_eq!(table, [(0, 1)].into_iter().collect(), "committed with them");
+}

@@ -11,7 +11,8 @@
 //!   the open window ([`DeadLetters::hold`]) and go out after its commit. If the window is
 //!   given up, they fail with its rows without having been sent, so the chunk's redelivery
 //!   sends them once, not once per attempt. A chunk with no row in the window sends them
-//!   at once: nothing it waits for can be given up.
+//!   at once: nothing it waits for can be given up. A window holding many dead letters
+//!   commits early, so they do not pile up in memory.
 //! - **Determined again when skipped.** Records the table already holds (below the buffer
 //!   position of its last commit) come back after a crash, or when their dead letters
 //!   failed downstream; the sink checks them against its columns again
@@ -61,6 +62,11 @@ impl DeadLetters {
     /// letters again.
     pub fn abandoned(&mut self) {
         fail(std::mem::take(&mut self.window));
+    }
+
+    /// Dead letters waiting for the open window's commit.
+    pub fn held(&self) -> usize {
+        self.window.len()
     }
 
     /// The dead letters to send now.

@@ -123,6 +123,11 @@ fn default_checkpoint_interval() -> u64 {
 /// chunk's events are not held long.
 const CHUNK_EVENTS: usize = 8192;
 
+/// The open window commits early once it holds this many dead letters (or
+/// `batch.max_events`, if fewer): they wait for its commit as whole events in memory, not
+/// encoded like rows, so a stream of mostly misfits must not pile them up for a minute.
+const MAX_HELD_DEAD_LETTERS: usize = 50_000;
+
 impl DeltaLakeConfig {
     /// The table's URL; a plain path is a local directory.
     fn url(&self) -> Result<Url, String> {
@@ -365,8 +370,10 @@ impl DeltaSink {
             if table.rows() > 0 && window_started.is_none() {
                 window_started = Some(Instant::now());
             }
-            if table.rows() >= self.config.batch.max_events
+            let max_events = self.config.batch.max_events;
+            if table.rows() >= max_events
                 || table.bytes() as u64 >= self.config.batch.max_bytes.get()
+                || table.dead_letters_held() >= max_events.min(MAX_HELD_DEAD_LETTERS)
             {
                 self.commit(&mut table, &mut window_started).await;
             }

@@ -332,6 +332,11 @@ impl TableWriter {
         self.dead_letters.take_ready()
     }
 
+    /// Dead letters waiting for the open window's commit.
+    pub fn dead_letters_held(&self) -> usize {
+        self.dead_letters.held()
+    }
+
     /// Deletes data files that no table version younger than `retention` refers to (the
     /// files of a crashed window included); returns how many.
     pub async fn vacuum(&mut self, retention: std::time::Duration) -> anyhow::Result<usize> {
