@@ -223,6 +223,13 @@ impl Outputs {
         }
     }
 
+    /// Whether any component reads the named output `name`.
+    pub fn named_connected(&self, name: &str) -> bool {
+        self.named
+            .iter()
+            .any(|f| f.name == name && f.is_connected())
+    }
+
     /// Sends to a named output (`errors`, a route). Sending to an undeclared output is a
     /// programming error in the component; the events are counted as discarded.
     pub async fn send_named(&self, name: &str, batch: EventBatch) {

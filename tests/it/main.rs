@@ -21,6 +21,7 @@ mod api_jwt;
 mod api_tls;
 mod cli;
 mod delta_columns;
+mod delta_dead_letters;
 mod delta_lake;
 mod delta_once;
 mod delta_outage;

@@ -304,6 +304,14 @@ impl Weir {
 }
 
 impl Weir {
+    /// Waits for weir to die at the crash point `WEIR_CRASH_AT` named (see `fault.rs`).
+    pub async fn wait_for_crash(mut self) {
+        let status = tokio::task::spawn_blocking(move || self.child.wait().expect("wait"))
+            .await
+            .expect("the waiting task");
+        assert!(!status.success(), "weir died at the crash point: {status}");
+    }
+
     /// Kills weir with SIGKILL `times` times, `every` apart, starting it again after each.
     pub async fn crash_and_restart(
         mut self,
