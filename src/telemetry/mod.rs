@@ -156,6 +156,7 @@ pub struct Metrics {
     pub window_open: Family<ComponentLabels, Gauge>,
     pub window_state_bytes: Family<ComponentLabels, Gauge>,
     pub topology_components: Gauge,
+    pub topology_failed_components: Gauge,
     pub source_connected: Family<ComponentLabels, Gauge>,
     pub source_pending_deliveries: Family<ComponentLabels, Gauge>,
     pub source_lag: Family<ComponentLabels, Gauge>,
@@ -205,6 +206,7 @@ impl Default for Metrics {
             window_open: Family::default(),
             window_state_bytes: Family::default(),
             topology_components: Gauge::default(),
+            topology_failed_components: Gauge::default(),
             source_connected: Family::default(),
             source_pending_deliveries: Family::default(),
             source_lag: Family::default(),
@@ -352,6 +354,11 @@ impl Metrics {
             m.topology_components,
         );
         registry.register(
+            "topology_failed_components",
+            "Components that failed and stopped (the error log says why); `/ready` answers 503 while there is one",
+            m.topology_failed_components,
+        );
+        registry.register(
             "source_connected",
             "1 while a source is connected to its broker and subscribed (an http source: listening), else 0",
             m.source_connected,
@@ -464,6 +471,8 @@ impl Metrics {
 pub struct Telemetry {
     metrics: Metrics,
     registry: Mutex<Registry>,
+    /// Components whose task failed, until a reload replaces or removes them.
+    failed: Mutex<std::collections::BTreeSet<ComponentId>>,
 }
 
 impl Telemetry {
@@ -476,7 +485,26 @@ impl Telemetry {
         Arc::new(Self {
             metrics,
             registry: Mutex::new(registry),
+            failed: Mutex::new(std::collections::BTreeSet::new()),
         })
+    }
+
+    /// Records that `id` failed (`true`) or was replaced or removed (`false`).
+    pub fn set_failed(&self, id: &ComponentId, failed: bool) {
+        let mut set = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        match failed {
+            true => set.insert(id.clone()),
+            false => set.remove(id),
+        };
+        self.metrics
+            .topology_failed_components
+            .set(set.len() as i64);
+    }
+
+    /// The components that failed and stopped.
+    pub fn failed_components(&self) -> Vec<ComponentId> {
+        let set = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        set.iter().cloned().collect()
     }
 
     pub fn metrics(&self) -> &Metrics {
