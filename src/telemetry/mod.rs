@@ -145,7 +145,6 @@ pub struct Metrics {
     pub buffer_received_events: Family<BufferLabels, Counter>,
     pub buffer_sent_events: Family<BufferLabels, Counter>,
     pub buffer_corrupted_records: Family<BufferLabels, Counter>,
-    pub buffer_max_batches: Family<ComponentLabels, Gauge>,
     pub buffer_max_event_size: Family<BufferLabels, Gauge>,
     pub buffer_max_byte_size: Family<BufferLabels, Gauge>,
     pub buffer_utilization: Family<ComponentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -195,7 +194,6 @@ impl Default for Metrics {
             buffer_received_events: Family::default(),
             buffer_sent_events: Family::default(),
             buffer_corrupted_records: Family::default(),
-            buffer_max_batches: Family::default(),
             buffer_max_event_size: Family::default(),
             buffer_max_byte_size: Family::default(),
             buffer_utilization: Family::default(),
@@ -299,13 +297,8 @@ impl Metrics {
             m.buffer_corrupted_records,
         );
         registry.register(
-            "buffer_max_batches",
-            "Batches (not events: a batch holds one or more) a component's input channel holds before its sender waits",
-            m.buffer_max_batches,
-        );
-        registry.register(
             "buffer_max_event_size",
-            "Events (not batches) a sink's memory buffer holds before `when_full` applies",
+            "Events (not batches) a buffer holds: a sink's memory buffer before `when_full` applies, a component's input channel (`buffer_type=\"channel\"`, `channel_max_events`) before its producers wait",
             m.buffer_max_event_size,
         );
         registry.register(
@@ -315,7 +308,7 @@ impl Metrics {
         );
         registry.register(
             "buffer_utilization",
-            "Fill ratio (0..1) of a component's input channel, in batches",
+            "Fill ratio (0..1) of a component's input channel, in events",
             m.buffer_utilization,
         );
         registry.register(
