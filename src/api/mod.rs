@@ -7,8 +7,9 @@
 //! `/v1/reload` without a token through the control socket ([`control`]).
 //!
 //! `/health` answers 200 while the process serves requests at all; `/ready` answers 200
-//! only while a topology is running (503 while starting or draining), for load balancers
-//! and systemd-style readiness checks.
+//! only while a topology is running with none of its components failed (503 while
+//! starting or draining, or once a component failed and stopped, until a reload replaces
+//! it), for load balancers and systemd-style readiness checks.
 
 pub mod access;
 mod alarms;
@@ -175,12 +176,15 @@ async fn health() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
+    // A failed component (a source that gave up) leaves the rest running but not whole.
+    let failed = state.telemetry.failed_components();
+    if state.ready.load(Ordering::Acquire) && failed.is_empty() {
         (StatusCode::OK, axum::Json(json!({ "status": "ready" })))
     } else {
+        let failed: Vec<String> = failed.iter().map(ToString::to_string).collect();
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "not ready" })),
+            axum::Json(json!({ "status": "not ready", "failed_components": failed })),
         )
     }
 }

@@ -296,6 +296,14 @@ pub struct GlobalConfig {
     /// Reload when a pipeline file changes (as `weir run --watch`).
     #[serde(default)]
     pub watch: bool,
+    /// Events each component's input channel holds before its producers wait (default
+    /// 8192). A batch larger than this (one big request) still passes, alone.
+    #[serde(default = "default_channel_max_events")]
+    pub channel_max_events: usize,
+}
+
+fn default_channel_max_events() -> usize {
+    crate::topology::channel::DEFAULT_CHANNEL_EVENTS
 }
 
 impl Default for GlobalConfig {
@@ -306,6 +314,7 @@ impl Default for GlobalConfig {
             log: LogConfig::default(),
             services: ServiceConfigs::default(),
             watch: false,
+            channel_max_events: default_channel_max_events(),
         }
     }
 }

@@ -18,11 +18,11 @@ pub use amqp::AmqpSourceConfig;
 pub use device_registry::DeviceRegistrySourceConfig;
 pub use gate::UnknownDevices;
 pub use http::HttpSourceConfig;
-pub use mqtt::MqttSourceConfig;
+pub use mqtt::{MqttPassword, MqttSourceConfig};
 pub use simulator::SimulatorConfig;
 
 pub(crate) use amqp::amqp_tls;
-pub(crate) use mqtt::broker_address;
+pub(crate) use mqtt::{CredentialFields, broker_address};
 
 use crate::config::ComponentType;
 pub use crate::config::source::{SourceComponent, SourceContext};

@@ -1,9 +1,12 @@
 //! The `mqtt` source's options, the protocol version's two spellings, and the checks
 //! `validate` runs on them.
 
+use std::path::PathBuf;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::credentials::{CredentialFields, MqttPassword};
 use super::decode::{DEVICE_ID_PARAM, DeviceIdRule};
 use super::session::Settings;
 use crate::codecs::DecodingConfig;
@@ -34,6 +37,16 @@ pub struct MqttSourceConfig {
     /// Default: `weir-<component id>`. Keep it stable: the persistent session is keyed by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The user name weir connects as, for brokers that want credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The password, e.g. `${MQTT_PASSWORD}`; never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<MqttPassword>,
+    /// A file holding the password (its trailing newline is not part of it), read when
+    /// the source starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Subscribe as `$share/<group>/<topic>`, so instances split the traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_group: Option<String>,
@@ -180,6 +193,14 @@ impl MqttSourceConfig {
         }
     }
 
+    fn credentials(&self) -> CredentialFields<'_> {
+        CredentialFields {
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            password_file: self.password_file.as_deref(),
+        }
+    }
+
     pub(super) fn device_rule(&self) -> Result<DeviceIdRule, String> {
         match &self.device_id {
             None => Ok(DeviceIdRule::Field(self.device_id_field.clone())),
@@ -242,6 +263,7 @@ impl SourceComponent for MqttSourceConfig {
         if let Err(message) = self.decoding.check() {
             problems.push(FieldProblem::at(["decoding"], message));
         }
+        problems.extend(self.credentials().check());
         problems
     }
 
@@ -258,6 +280,8 @@ impl SourceComponent for MqttSourceConfig {
             true => Some(self.tls.clone().unwrap_or_default().client_config()?),
             false => None,
         };
+        // The password file is read now, so a missing one fails the start with its name.
+        let credentials = self.credentials().resolve()?;
         let gate = DeviceGate::new(cx.services.get(), self.unknown_devices)?;
         let settings = Settings {
             version: self.protocol,
@@ -274,6 +298,7 @@ impl SourceComponent for MqttSourceConfig {
                 .map(|expiry| u32::try_from(expiry.get().as_secs()).unwrap_or(u32::MAX)),
             max_inflight: self.max_inflight,
             max_packet_bytes,
+            credentials,
         };
         let config = self.clone();
         Ok(Box::pin(async move {
