@@ -11,7 +11,7 @@ use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
-use crate::config::{Duration, FieldProblem};
+use crate::config::{Duration, FieldProblem, RedactedUrl};
 use crate::event::Event;
 use crate::template::Template;
 use crate::tls::TlsConfig;
@@ -21,7 +21,7 @@ action_config! {
     /// Publishes one MQTT message per event.
     pub struct MqttPublishConfig {
         /// e.g. `mqtt://127.0.0.1:1883`, or `mqtts://broker:8883` (TLS).
-        pub url: String,
+        pub url: RedactedUrl,
         /// e.g. `devices/{{ device_id }}/commands`.
         pub topic: Template,
         /// e.g. `{"command":"reduce_load"}`; default: the event as JSON.
@@ -63,7 +63,7 @@ impl ActionComponent for MqttPublishConfig {
 
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.policies().check();
-        match crate::sources::broker_address(&self.url) {
+        match crate::sources::broker_address(self.url.expose_str()) {
             Err(message) => problems.push(FieldProblem::at(["url"], message)),
             Ok((_, _, false)) if self.tls.is_some() => {
                 problems.push(FieldProblem::at(["tls"], "`tls` needs an `mqtts://` URL"))
@@ -78,7 +78,7 @@ impl ActionComponent for MqttPublishConfig {
 
     fn build(&self, cx: ActionContext) -> anyhow::Result<ComponentTask> {
         let (host, port, secure) =
-            crate::sources::broker_address(&self.url).map_err(anyhow::Error::msg)?;
+            crate::sources::broker_address(self.url.expose_str()).map_err(anyhow::Error::msg)?;
         let client_id = self
             .client_id
             .clone()

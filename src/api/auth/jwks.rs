@@ -90,7 +90,9 @@ impl Jwks {
                 let uri = document
                     .get("jwks_uri")
                     .and_then(|v| v.as_str())
-                    .ok_or_else(|| format!("{discovery}: no `jwks_uri` string"))?;
+                    .ok_or_else(|| {
+                        format!("{}: no `jwks_uri` string", crate::redact::url(&discovery))
+                    })?;
                 self.get_json(uri).await
             }
         }
@@ -103,11 +105,14 @@ impl Jwks {
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("{uri}: {e}"))?;
-        response
-            .json()
-            .await
-            .map_err(|e| format!("{uri}: not the JSON expected: {e}"))
+            .map_err(|e| format!("{}: {}", crate::redact::url(uri), e.without_url()))?;
+        response.json().await.map_err(|e| {
+            format!(
+                "{}: not the JSON expected: {}",
+                crate::redact::url(uri),
+                e.without_url()
+            )
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::decode::{DEVICE_ID_PARAM, DeviceIdRule};
 use super::session::Settings;
 use crate::codecs::DecodingConfig;
-use crate::config::{ByteSize, Duration, FieldProblem, ServiceUse};
+use crate::config::{ByteSize, Duration, FieldProblem, RedactedUrl, ServiceUse};
 use crate::sources::gate::{DeviceGate, UnknownDevices};
 use crate::sources::{SourceComponent, SourceContext};
 use crate::template::Template;
@@ -19,7 +19,7 @@ use crate::topology::ComponentTask;
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
     /// e.g. `mqtt://127.0.0.1:1883`, or `mqtts://broker:8883` (TLS).
-    pub url: String,
+    pub url: RedactedUrl,
     /// Topic filters, e.g. `devices/+/telemetry`.
     pub topics: Vec<String>,
     /// A topic pattern (`devices/{device_id}/telemetry`) or a template over `topic`
@@ -160,7 +160,7 @@ pub(crate) fn broker_address(url: &str) -> Result<(String, u16, bool), String> {
 impl MqttSourceConfig {
     /// Host, port, and whether the connection uses TLS.
     fn broker(&self) -> Result<(String, u16, bool), String> {
-        broker_address(&self.url)
+        broker_address(self.url.expose_str())
     }
 
     /// The packet size limit in bytes: at least a small packet, at most what MQTT's

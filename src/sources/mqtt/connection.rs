@@ -55,10 +55,7 @@ pub(super) async fn poll(
             }
             Ok(Polled::Subscribed(answer)) => {
                 if let Err(why) = answer {
-                    report(&format!(
-                        "MQTT broker {}: {why}",
-                        crate::redact::url(&config.url)
-                    ));
+                    report(&format!("MQTT broker {}: {why}", config.url.redacted()));
                 }
                 awaiting_subacks = awaiting_subacks.saturating_sub(1);
                 if awaiting_subacks == 0 {
@@ -71,10 +68,9 @@ pub(super) async fn poll(
                 // Closed: the source is stopping; the publish stays unacked for redelivery.
                 let _ = messages.send(message).await;
             }
-            Ok(Polled::Refused(why)) => report(&format!(
-                "MQTT broker {}: {why}",
-                crate::redact::url(&config.url)
-            )),
+            Ok(Polled::Refused(why)) => {
+                report(&format!("MQTT broker {}: {why}", config.url.redacted()))
+            }
             Ok(Polled::Nothing) => {}
             Err(PollError::Stopped) => break,
             Err(PollError::Failed(err)) => {
@@ -90,7 +86,7 @@ pub(super) async fn poll(
                 };
                 report(&format!(
                     "MQTT connection to {} failed: {err}{hint}; retrying in {backoff:?}",
-                    config.url
+                    config.url.redacted()
                 ));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
