@@ -188,3 +188,19 @@ sinks:
         assert!(!logged.contains(secret), "log shows `{secret}`:\n{logged}");
     }
 }
+
+#[test]
+fn the_http_source_refuses_to_copy_credentials_into_events() {
+    let text = "
+sources:
+  devices: { type: http, listen: '127.0.0.1:9', headers: [x-request-id, Authorization] }
+sinks:
+  out: { type: blackhole, inputs: [devices] }
+";
+    let refused =
+        weir::config::load_str(&weir::CATALOGUE, "h.yaml", text, &|_| None).expect_err("refused");
+    assert!(
+        refused.to_string().contains("holds a credential"),
+        "{refused}"
+    );
+}
