@@ -11,9 +11,9 @@ use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
-use crate::config::{Duration, FieldProblem};
+use crate::config::{Duration, FieldProblem, RedactedUrl};
 use crate::event::Event;
-use crate::sources::{CredentialFields, MqttPassword};
+use crate::sources::CredentialFields;
 use crate::telemetry::events::{ComponentError, ErrorType, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
 use crate::template::Template;
@@ -24,7 +24,7 @@ action_config! {
     /// Publishes one MQTT message per event.
     pub struct MqttPublishConfig {
         /// e.g. `mqtt://127.0.0.1:1883`, or `mqtts://broker:8883` (TLS).
-        pub url: String,
+        pub url: RedactedUrl,
         /// e.g. `devices/{{ device_id }}/commands`.
         pub topic: Template,
         /// e.g. `{"command":"reduce_load"}`; default: the event as JSON.
@@ -43,7 +43,7 @@ action_config! {
         pub username: Option<String>,
         /// The password, e.g. `${MQTT_PASSWORD}`; never logged.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub password: Option<MqttPassword>,
+        pub password: Option<crate::config::Sensitive>,
         /// A file holding the password (its trailing newline is not part of it), read when
         /// the action starts.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,7 +76,7 @@ impl ActionComponent for MqttPublishConfig {
 
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.policies().check();
-        match crate::sources::broker_address(&self.url) {
+        match crate::sources::broker_address(self.url.expose_str()) {
             Err(message) => problems.push(FieldProblem::at(["url"], message)),
             Ok((_, _, false)) if self.tls.is_some() => {
                 problems.push(FieldProblem::at(["tls"], "`tls` needs an `mqtts://` URL"))
@@ -92,7 +92,7 @@ impl ActionComponent for MqttPublishConfig {
 
     fn build(&self, cx: ActionContext) -> anyhow::Result<ComponentTask> {
         let (host, port, secure) =
-            crate::sources::broker_address(&self.url).map_err(anyhow::Error::msg)?;
+            crate::sources::broker_address(self.url.expose_str()).map_err(anyhow::Error::msg)?;
         let client_id = self
             .client_id
             .clone()
@@ -164,7 +164,7 @@ impl MqttPublish {
         let Some(mut eventloop) = taken else { return };
         let stop = self.stop.clone();
         let telemetry = self.telemetry.clone();
-        let url = crate::redact::url(&self.config.url);
+        let url = self.config.url.redacted();
         let last_error = std::sync::Arc::clone(&self.connection_error);
         tokio::spawn(async move {
             loop {

@@ -398,7 +398,7 @@ async fn sas_token(
             SasKey::Primary => &device.primary_key,
             SasKey::Secondary => &device.secondary_key,
         };
-        let key = crate::registry::keys::decode(key).ok_or_else(|| {
+        let key = crate::registry::keys::decode(key.expose_str()).ok_or_else(|| {
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("the stored key of device `{id}` is not Base64"),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Role;
+use super::{RedactedUrl, Role};
 
 /// JWT bearer tokens (RS256 or ES256) from an OIDC provider. A bearer token of three
 /// dot-separated parts is checked as a JWT; anything else as an API token.
@@ -26,7 +26,7 @@ pub struct JwtConfig {
     /// The provider's JWKS URL. With neither this nor `jwks_file`, it is read from the
     /// issuer's `/.well-known/openid-configuration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_uri: Option<String>,
+    pub jwks_uri: Option<RedactedUrl>,
     /// A JWKS file instead of a URL (for providers weir cannot reach).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
@@ -61,7 +61,7 @@ impl JwtConfig {
             (Some(_), Some(_)) => {
                 Err("api.auth.jwt: give `jwks_uri` or `jwks_file`, not both".to_owned())
             }
-            (Some(uri), None) => Ok(JwksSource::Uri(uri.clone())),
+            (Some(uri), None) => Ok(JwksSource::Uri(uri.expose_str().to_owned())),
             (None, Some(file)) => Ok(JwksSource::File(file.clone())),
             (None, None) => Ok(JwksSource::Discovery {
                 issuer: self.issuer.clone(),

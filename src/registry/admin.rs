@@ -82,7 +82,8 @@ impl Registry {
     /// working.
     pub fn rotate_key(&self, id: &str, if_match: Option<&str>) -> Result<Device, RegistryError> {
         self.modify(id, if_match, |device| {
-            device.primary_key = std::mem::replace(&mut device.secondary_key, keys::generate());
+            device.primary_key =
+                std::mem::replace(&mut device.secondary_key, keys::generate().into());
             ChangeKind::KeyRotated
         })
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::keys;
+use crate::config::Sensitive;
 
 /// Free key/values: tags and desired/reported properties.
 pub type Properties = Map<String, Value>;
@@ -37,8 +38,8 @@ pub struct Device {
     pub id: String,
     pub status: Status,
     /// Base64 of 32 random bytes (or derived from an enrollment group's key).
-    pub primary_key: String,
-    pub secondary_key: String,
+    pub primary_key: Sensitive,
+    pub secondary_key: Sensitive,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509_thumbprint: Option<String>,
     #[serde(default)]
@@ -65,8 +66,12 @@ impl Device {
         Self {
             id: spec.id,
             status: fields.status.unwrap_or_default(),
-            primary_key: fields.primary_key.unwrap_or_else(keys::generate),
-            secondary_key: fields.secondary_key.unwrap_or_else(keys::generate),
+            primary_key: fields
+                .primary_key
+                .unwrap_or_else(|| keys::generate().into()),
+            secondary_key: fields
+                .secondary_key
+                .unwrap_or_else(|| keys::generate().into()),
             x509_thumbprint: fields.x509_thumbprint.filter(|t| !t.is_empty()),
             tags: fields.tags.unwrap_or_default(),
             desired: fields.desired.unwrap_or_default(),
@@ -174,9 +179,9 @@ pub struct DevicePatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub primary_key: Option<String>,
+    pub primary_key: Option<Sensitive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secondary_key: Option<String>,
+    pub secondary_key: Option<Sensitive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509_thumbprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,7 +199,7 @@ impl DevicePatch {
             ("secondary_key", &self.secondary_key),
         ] {
             if let Some(key) = key {
-                check_key(name, key)?;
+                check_key(name, key.expose_str())?;
             }
         }
         Ok(())
@@ -264,7 +269,7 @@ fn check_key(name: &str, key: &str) -> Result<(), String> {
 pub struct EnrollmentGroup {
     pub id: String,
     /// Base64; device keys are Base64(HMAC-SHA256(this key decoded, device id)).
-    pub key: String,
+    pub key: Sensitive,
     #[serde(default)]
     pub tags: Properties,
     /// Whether a device with a valid derived-key token registers itself on first contact.
@@ -285,7 +290,7 @@ impl GroupSpec {
         let fields = self.fields;
         EnrollmentGroup {
             id: self.id,
-            key: fields.key.unwrap_or_else(keys::generate),
+            key: fields.key.unwrap_or_else(|| keys::generate().into()),
             tags: fields.tags.unwrap_or_default(),
             auto_register: fields.auto_register.unwrap_or(true),
             status: fields.status.unwrap_or_default(),
@@ -301,7 +306,7 @@ impl GroupSpec {
 #[serde(deny_unknown_fields)]
 pub struct GroupPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    pub key: Option<Sensitive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Properties>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -313,7 +318,7 @@ pub struct GroupPatch {
 impl GroupPatch {
     pub fn check(&self) -> Result<(), String> {
         match &self.key {
-            Some(key) => check_key("key", key),
+            Some(key) => check_key("key", key.expose_str()),
             None => Ok(()),
         }
     }
@@ -354,8 +359,8 @@ impl Entry {
         Arc::new(Self {
             last_seen: std::sync::atomic::AtomicI64::new(seen),
             stored_seen: std::sync::atomic::AtomicI64::new(seen),
-            primary: keys::decode(&device.primary_key).unwrap_or_default(),
-            secondary: keys::decode(&device.secondary_key).unwrap_or_default(),
+            primary: keys::decode(device.primary_key.expose_str()).unwrap_or_default(),
+            secondary: keys::decode(device.secondary_key.expose_str()).unwrap_or_default(),
             enrichment: device.enrichment(),
             device,
         })

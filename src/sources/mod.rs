@@ -18,7 +18,7 @@ pub use amqp::AmqpSourceConfig;
 pub use device_registry::DeviceRegistrySourceConfig;
 pub use gate::UnknownDevices;
 pub use http::HttpSourceConfig;
-pub use mqtt::{MqttPassword, MqttSourceConfig};
+pub use mqtt::MqttSourceConfig;
 pub use simulator::SimulatorConfig;
 
 pub(crate) use amqp::amqp_tls;

@@ -48,6 +48,7 @@ mod registry_import;
 mod registry_mqtt;
 mod registry_simulator;
 mod reload;
+mod secrets;
 mod shutdown;
 mod systemd;
 mod topology;

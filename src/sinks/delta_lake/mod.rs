@@ -42,7 +42,7 @@ use self::table::{TableSpec, TableWriter};
 use super::retry::{Backoff, RetryConfig, WriteError};
 use super::{SinkComponent, SinkContext};
 use crate::buffers::{Buffer, BufferConfig, BufferType, Chunk};
-use crate::config::{self, FieldProblem, Resource};
+use crate::config::{self, FieldProblem, RedactedUrl, Resource, Sensitive};
 use crate::event::{Event, Unsettled};
 use crate::telemetry::events::{BatchCommitted, ComponentError, ErrorType, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
@@ -55,10 +55,11 @@ use crate::topology::channel::Outputs;
 pub struct DeltaLakeConfig {
     /// Where the table lives: `file:///var/lib/weir/lake/telemetry`, a local path,
     /// `s3://bucket/prefix` or `az://container/prefix`. Created on the first commit if absent.
-    pub uri: String,
+    pub uri: RedactedUrl,
     /// Options of the object store (credentials, region, endpoint), e.g. `AWS_REGION`.
+    /// Their values are never shown (they may be keys).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub storage_options: BTreeMap<String, String>,
+    pub storage_options: BTreeMap<String, Sensitive>,
     /// Partition columns: `date` or `hour` (derived from event time, UTC) or field names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partition_by: Vec<String>,
@@ -131,11 +132,11 @@ const MAX_HELD_DEAD_LETTERS: usize = 50_000;
 impl DeltaLakeConfig {
     /// The table's URL; a plain path is a local directory.
     fn url(&self) -> Result<Url, String> {
-        match Url::parse(&self.uri) {
+        match Url::parse(self.uri.expose_str()) {
             Ok(url) if url.scheme().len() > 1 => Ok(url),
             // `C:\...` parses with a one-letter scheme; a path without a scheme fails.
             _ => {
-                let path = PathBuf::from(&self.uri);
+                let path = PathBuf::from(self.uri.expose_str());
                 let path = match path.is_absolute() {
                     true => path,
                     false => std::env::current_dir()
@@ -280,8 +281,9 @@ impl SinkComponent for DeltaLakeConfig {
             storage_options: config
                 .storage_options
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<HashMap<_, _>>(),
+                .map(|(k, v)| (k.clone(), v.expose().clone()))
+                .collect::<HashMap<_, _>>()
+                .into(),
             partition_columns: columns.partition_columns(
                 &config
                     .partition_by

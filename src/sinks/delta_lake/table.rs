@@ -23,6 +23,7 @@ use super::compact::{Compacted, compact};
 use super::dead_letters::DeadLetters;
 use super::ledger::{Ledger, Sorted};
 use crate::buffers::{Chunk, Position};
+use crate::config::Sensitive;
 use crate::event::{Event, Unsettled};
 use crate::sinks::retry::WriteError;
 
@@ -30,7 +31,8 @@ use crate::sinks::retry::WriteError;
 #[derive(Clone, Debug)]
 pub struct TableSpec {
     pub url: Url,
-    pub storage_options: HashMap<String, String>,
+    /// Shown as `***`: it holds the object store's credentials.
+    pub storage_options: Sensitive<HashMap<String, String>>,
     pub partition_columns: Vec<String>,
     pub checkpoint_interval: u64,
     /// Names this sink's transactions: `<app_id>@<instance id>` (see [`super::ledger`]).
@@ -87,7 +89,7 @@ impl TableWriter {
         let mut table = DeltaTableBuilder::from_url(spec.url.clone())
             .and_then(|builder| {
                 builder
-                    .with_storage_options(spec.storage_options.clone())
+                    .with_storage_options(spec.storage_options.expose().clone())
                     .build()
             })
             .map_err(|err| WriteError::Permanent(err.into()))?;
@@ -128,7 +130,7 @@ impl TableWriter {
         if existing != self.spec.partition_columns {
             anyhow::bail!(
                 "the table at {} is partitioned by {:?}, but `partition_by` asks for {:?}",
-                self.spec.url,
+                crate::redact::url(self.spec.url.as_str()),
                 existing,
                 self.spec.partition_columns
             );
@@ -178,7 +180,7 @@ impl TableWriter {
                 // `build` without `load`: probing a table that does not exist yet only
                 // makes deltalake log an error.
                 let table = DeltaTableBuilder::from_url(self.spec.url.clone())?
-                    .with_storage_options(self.spec.storage_options.clone())
+                    .with_storage_options(self.spec.storage_options.expose().clone())
                     .build()?
                     .create()
                     .with_columns(columns.delta_fields())
@@ -415,7 +417,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = TableSpec {
             url: Url::from_directory_path(dir.path()).unwrap(),
-            storage_options: HashMap::new(),
+            storage_options: Default::default(),
             partition_columns: Vec::new(),
             checkpoint_interval: 10,
             writer: "test".into(),

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::credentials::{CredentialFields, MqttPassword};
+use super::credentials::CredentialFields;
 use super::decode::{DEVICE_ID_PARAM, DeviceIdRule};
 use super::session::Settings;
 use crate::codecs::DecodingConfig;
-use crate::config::{ByteSize, Duration, FieldProblem, ServiceUse};
+use crate::config::Sensitive;
+use crate::config::{ByteSize, Duration, FieldProblem, RedactedUrl, ServiceUse};
 use crate::sources::gate::{DeviceGate, UnknownDevices};
 use crate::sources::{SourceComponent, SourceContext};
 use crate::template::Template;
@@ -22,7 +23,7 @@ use crate::topology::ComponentTask;
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
     /// e.g. `mqtt://127.0.0.1:1883`, or `mqtts://broker:8883` (TLS).
-    pub url: String,
+    pub url: RedactedUrl,
     /// Topic filters, e.g. `devices/+/telemetry`.
     pub topics: Vec<String>,
     /// A topic pattern (`devices/{device_id}/telemetry`) or a template over `topic`
@@ -42,7 +43,7 @@ pub struct MqttSourceConfig {
     pub username: Option<String>,
     /// The password, e.g. `${MQTT_PASSWORD}`; never logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<MqttPassword>,
+    pub password: Option<Sensitive>,
     /// A file holding the password (its trailing newline is not part of it), read when
     /// the source starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,7 +174,7 @@ pub(crate) fn broker_address(url: &str) -> Result<(String, u16, bool), String> {
 impl MqttSourceConfig {
     /// Host, port, and whether the connection uses TLS.
     fn broker(&self) -> Result<(String, u16, bool), String> {
-        broker_address(&self.url)
+        broker_address(self.url.expose_str())
     }
 
     /// The packet size limit in bytes: at least a small packet, at most what MQTT's

@@ -63,10 +63,7 @@ pub(super) async fn poll(
             }
             Ok(Polled::Subscribed(answer)) => {
                 if let Err(why) = answer {
-                    report(&format!(
-                        "MQTT broker {}: {why}",
-                        crate::redact::url(&config.url)
-                    ));
+                    report(&format!("MQTT broker {}: {why}", config.url.redacted()));
                 }
                 awaiting_subacks = awaiting_subacks.saturating_sub(1);
                 if awaiting_subacks == 0 {
@@ -79,10 +76,9 @@ pub(super) async fn poll(
                 // Closed: the source is stopping; the publish stays unacked for redelivery.
                 let _ = messages.send(message).await;
             }
-            Ok(Polled::Refused(why)) => report(&format!(
-                "MQTT broker {}: {why}",
-                crate::redact::url(&config.url)
-            )),
+            Ok(Polled::Refused(why)) => {
+                report(&format!("MQTT broker {}: {why}", config.url.redacted()))
+            }
             Ok(Polled::Nothing) => {}
             Err(PollError::Stopped) => break,
             Err(PollError::Failed(failure)) => {
@@ -115,7 +111,7 @@ pub(super) async fn poll(
                     error_type,
                     &format!(
                         "MQTT connection to {} failed: {err}{hint}; retrying in {backoff:?}",
-                        crate::redact::url(&config.url)
+                        config.url.redacted()
                     ),
                 );
                 tokio::select! {
@@ -141,7 +137,7 @@ fn taken_over(client_id: &str, config: &MqttSourceConfig, last: FailureKind) -> 
          {} take-overs within {:?} ({how}); this source stops rather than fight over the \
          session. Give each weir (and every other client) its own `client_id`, or use \
          `shared_group` to split a subscription, then reload",
-        crate::redact::url(&config.url),
+        config.url.redacted(),
         takeover::LIMIT,
         takeover::WINDOW,
     )

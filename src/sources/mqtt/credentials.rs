@@ -6,38 +6,12 @@
 
 use std::path::Path;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-use crate::config::FieldProblem;
-
-/// A broker password that never shows in `Debug` output (the configuration's Debug, a
-/// log line): a stand-in until weir has one sensitive-string type for every secret.
-#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(transparent)]
-pub struct MqttPassword(String);
-
-impl MqttPassword {
-    pub fn new(password: impl Into<String>) -> Self {
-        Self(password.into())
-    }
-
-    /// The password itself, for the CONNECT packet only.
-    fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for MqttPassword {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
+use crate::config::{FieldProblem, Sensitive};
 
 /// What a component's configuration says about credentials.
 pub(crate) struct CredentialFields<'a> {
     pub username: Option<&'a str>,
-    pub password: Option<&'a MqttPassword>,
+    pub password: Option<&'a Sensitive>,
     pub password_file: Option<&'a Path>,
 }
 
@@ -45,7 +19,7 @@ pub(crate) struct CredentialFields<'a> {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Credentials {
     username: String,
-    password: Option<MqttPassword>,
+    password: Option<Sensitive>,
 }
 
 impl CredentialFields<'_> {
@@ -86,11 +60,13 @@ impl CredentialFields<'_> {
     }
 }
 
-fn read_password_file(file: &Path) -> anyhow::Result<MqttPassword> {
+fn read_password_file(file: &Path) -> anyhow::Result<Sensitive> {
     let text = std::fs::read_to_string(file).map_err(|err| {
         anyhow::anyhow!("cannot read the password file {}: {err}", file.display())
     })?;
-    Ok(MqttPassword(text.trim_end_matches(['\n', '\r']).to_owned()))
+    Ok(Sensitive::new(
+        text.trim_end_matches(['\n', '\r']).to_owned(),
+    ))
 }
 
 impl Credentials {
@@ -121,7 +97,7 @@ mod tests {
 
     fn fields<'a>(
         username: Option<&'a str>,
-        password: Option<&'a MqttPassword>,
+        password: Option<&'a Sensitive>,
         password_file: Option<&'a Path>,
     ) -> CredentialFields<'a> {
         CredentialFields {
@@ -133,7 +109,7 @@ mod tests {
 
     #[test]
     fn the_password_never_shows_in_debug_output() {
-        let password = MqttPassword::new("hunter2");
+        let password = Sensitive::from("hunter2");
         let credentials = fields(Some("app"), Some(&password), None)
             .resolve()
             .unwrap()
@@ -152,7 +128,7 @@ mod tests {
             .resolve()
             .unwrap()
             .unwrap();
-        assert_eq!(credentials.password, Some(MqttPassword::new("s3cret ")));
+        assert_eq!(credentials.password, Some(Sensitive::from("s3cret ")));
 
         let missing = dir.path().join("nope.pw");
         let err = fields(Some("app"), None, Some(&missing))
@@ -164,7 +140,7 @@ mod tests {
 
     #[test]
     fn a_password_needs_a_user_and_only_one_source() {
-        let password = MqttPassword::new("x");
+        let password = Sensitive::from("x");
         let file = Path::new("/x");
         let both = fields(Some("app"), Some(&password), Some(file)).check();
         assert!(format!("{both:?}").contains("not both"), "{both:?}");

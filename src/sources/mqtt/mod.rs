@@ -32,7 +32,6 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) use config::broker_address;
 pub use config::{MqttSourceConfig, MqttVersion};
 pub(crate) use credentials::CredentialFields;
-pub use credentials::MqttPassword;
 
 use self::decode::{DeviceIdRule, events_of};
 use self::session::{Ack, Client, Message, Settings};
