@@ -18,6 +18,7 @@ pub mod control;
 mod devices;
 mod forgery;
 pub mod reload;
+mod scope;
 mod tokens;
 
 use std::net::SocketAddr;
