@@ -12,7 +12,9 @@
 //! | `POST/GET /v1/enrollment-groups`, `GET/PATCH/DELETE /v1/enrollment-groups/{id}` | the same for groups |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 404, 409 (exists), 412 (etag),
-//! 500 (the store failed) or 503 (no `registry:` section in the pipeline).
+//! 500 (the store failed) or 503 (no `registry:` section in the pipeline). A caller whose
+//! role is limited to devices by tag sees and acts on the devices in scope only (see
+//! [`super::scope`]).
 
 use std::sync::Arc;
 
@@ -27,7 +29,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::access::{Routes, patch_field_role};
-use super::{ApiState, Caller};
+use super::{ApiState, Caller, scope};
 use crate::registry::{
     DevicePatch, DeviceSpec, GroupPatch, GroupSpec, ImportOutcome, Registry, RegistryError, Status,
 };
@@ -75,6 +77,17 @@ impl IntoResponse for Answer {
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Answer {
     Answer(status, json!({ "error": message.to_string() }), None)
+}
+
+/// [`scope::check`] as an answer: the etag a scoped caller's change is pinned to.
+fn in_scope(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+    needed: Role,
+) -> Result<Option<String>, Answer> {
+    scope::check(&*registry(state)?, caller, id, needed)
+        .map_err(|(status, message)| error(status, message))
 }
 
 impl From<RegistryError> for Answer {
@@ -154,11 +167,12 @@ async fn fetch(
     Path(id): Path<String>,
 ) -> Response {
     answer((|| {
+        in_scope(&state, &caller, &id, Role::Viewer)?;
         let device = registry(&state)?
             .get(&id)
             .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("device `{id}` not found")))?;
         let mut shown = record(StatusCode::OK, &device, &device.etag);
-        if caller.role < Role::Admin
+        if caller.grants.everywhere() < Some(Role::Admin)
             && let Value::Object(fields) = &mut shown.1
         {
             fields.remove("primary_key");
@@ -168,7 +182,11 @@ async fn fetch(
     })())
 }
 
-async fn list(State(state): State<Arc<ApiState>>, RawQuery(query): RawQuery) -> Response {
+async fn list(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Response {
     answer((|| {
         let registry = registry(&state)?;
         let (mut after, mut limit, mut tags) = (None, 100, Vec::new());
@@ -204,7 +222,9 @@ async fn list(State(state): State<Arc<ApiState>>, RawQuery(query): RawQuery) -> 
                 }
             }
         }
-        let page = registry.list(after.as_deref(), limit, &tags);
+        let page = registry.list_where(after.as_deref(), limit, &|device| {
+            device.has_tags(&tags) && scope::lists(&caller, device)
+        });
         Ok(Answer(
             StatusCode::OK,
             serde_json::to_value(page).unwrap_or(Value::Null),
@@ -247,14 +267,16 @@ impl Etagged for crate::registry::EnrollmentGroup {
     }
 }
 
-/// A change to the record `id` that honours `If-Match`; answers the changed record.
+/// A change to the record `id` that honours `If-Match` (or, for a scoped caller, the etag
+/// its scope was checked against: `checked`); answers the changed record.
 async fn change<T: Etagged>(
     state: &ApiState,
     id: String,
     headers: &HeaderMap,
+    checked: Option<String>,
     op: impl FnOnce(&Registry, &str, Option<&str>) -> Result<T, RegistryError> + Send + 'static,
 ) -> Response {
-    let tag = if_match(headers);
+    let tag = scope::if_match(if_match(headers), checked);
     answer(
         blocking(state, move |r| op(r, &id, tag.as_deref()))
             .await
@@ -284,12 +306,19 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = patch_allowed(&caller, &body) {
-        return refused.into_response();
-    }
-    match parse::<DevicePatch>(&body) {
-        Ok(patch) => {
-            change(&state, id, &headers, move |r, id, tag| {
+    let checked = (|| -> Result<_, Answer> {
+        let needed = patch_allowed(&caller, &body)?;
+        let patch = parse::<DevicePatch>(&body)?;
+        let checked = in_scope(&state, &caller, &id, needed)?;
+        if let (Some(_), Some(tags)) = (&checked, &patch.tags) {
+            scope::check_new_tags(&caller, tags, needed)
+                .map_err(|(status, message)| error(status, message))?;
+        }
+        Ok((patch, checked))
+    })();
+    match checked {
+        Ok((patch, checked)) => {
+            change(&state, id, &headers, checked, move |r, id, tag| {
                 r.update(id, patch, tag)
             })
             .await
@@ -298,25 +327,31 @@ async fn update(
     }
 }
 
-/// Refuses a patch with a field the caller's role does not reach (keys need `admin`).
-fn patch_allowed(caller: &Caller, body: &Bytes) -> Result<(), Answer> {
+/// Refuses a patch with a field the caller's role does not reach (keys need `admin`);
+/// else the role the patch needs.
+fn patch_allowed(caller: &Caller, body: &Bytes) -> Result<Role, Answer> {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
         // Not an object: the parse that follows says why.
-        return Ok(());
+        return Ok(Role::Operator);
     };
+    let highest = caller.grants.highest();
     match fields
         .keys()
         .map(|field| (field, patch_field_role(field)))
-        .find(|(_, needed)| caller.role < *needed)
+        .find(|(_, needed)| highest < Some(*needed))
     {
         Some((field, needed)) => Err(error(
             StatusCode::FORBIDDEN,
             format!(
                 "changing `{field}` needs the `{needed}` role; the token `{}` has `{}`",
-                caller.name, caller.role
+                caller.name,
+                caller.grants.describe()
             ),
         )),
-        None => Ok(()),
+        None => Ok(fields
+            .keys()
+            .map(|field| patch_field_role(field))
+            .fold(Role::Operator, Role::max)),
     }
 }
 
@@ -330,24 +365,38 @@ async fn remove(
 
 async fn enable(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    change(&state, id, &headers, |r, id, tag| {
-        r.set_status(id, Status::Enabled, tag)
-    })
-    .await
+    set_status(&state, &caller, id, &headers, Status::Enabled).await
 }
 
 async fn disable(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    change(&state, id, &headers, |r, id, tag| {
-        r.set_status(id, Status::Disabled, tag)
-    })
-    .await
+    set_status(&state, &caller, id, &headers, Status::Disabled).await
+}
+
+async fn set_status(
+    state: &ApiState,
+    caller: &Caller,
+    id: String,
+    headers: &HeaderMap,
+    status: Status,
+) -> Response {
+    match in_scope(state, caller, &id, Role::Operator) {
+        Ok(checked) => {
+            change(state, id, headers, checked, move |r, id, tag| {
+                r.set_status(id, status, tag)
+            })
+            .await
+        }
+        Err(refused) => refused.into_response(),
+    }
 }
 
 async fn rotate_key(
@@ -355,7 +404,10 @@ async fn rotate_key(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    change(&state, id, &headers, |r, id, tag| r.rotate_key(id, tag)).await
+    change(&state, id, &headers, None, |r, id, tag| {
+        r.rotate_key(id, tag)
+    })
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -383,10 +435,12 @@ fn default_sas_ttl() -> crate::config::Duration {
 /// a SAS token for the device, so an operator can issue one without reading its keys.
 async fn sas_token(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
     answer((|| {
+        in_scope(&state, &caller, &id, Role::Operator)?;
         let request: SasRequest = match body.is_empty() {
             true => parse(&Bytes::from_static(b"{}"))?,
             false => parse(&body)?,
@@ -498,7 +552,7 @@ async fn update_group(
 ) -> Response {
     match parse::<GroupPatch>(&body) {
         Ok(patch) => {
-            change(&state, id, &headers, move |r, id, tag| {
+            change(&state, id, &headers, None, move |r, id, tag| {
                 r.update_group(id, patch, tag)
             })
             .await

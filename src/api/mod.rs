@@ -19,6 +19,7 @@ pub mod control;
 mod devices;
 mod forgery;
 pub mod reload;
+mod scope;
 mod tokens;
 
 use std::net::SocketAddr;

@@ -1,8 +1,9 @@
 //! `/v1/tokens`: API tokens, for admins, while weir runs.
 //!
 //! - `GET /v1/tokens` — every token: name, role, created, expires, last used (no hashes).
-//! - `POST /v1/tokens` — `{"name": "ci", "role": "viewer", "ttl": "90d"}` (ttl optional):
-//!   201 with the token's value, shown this once.
+//! - `POST /v1/tokens` — `{"name": "ci", "role": "viewer", "ttl": "90d"}` (ttl optional;
+//!   `"scope": {"site": "plant-3"}` limits the role to devices with those tags): 201 with
+//!   the token's value, shown this once.
 //! - `DELETE /v1/tokens/{name}` — revoke: 204; refused from the next request on.
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use serde_json::json;
 
 use super::ApiState;
 use super::access::Routes;
-use crate::tokens::{Role, TokenError, TokenStore};
+use crate::tokens::{Grant, Role, Scope, TokenError, TokenStore};
 
 pub fn routes(routes: Routes) -> Routes {
     routes
@@ -30,6 +31,8 @@ pub fn routes(routes: Routes) -> Routes {
 struct NewToken {
     name: String,
     role: Role,
+    #[serde(default)]
+    scope: Scope,
     #[serde(default)]
     ttl: Option<crate::config::Duration>,
 }
@@ -82,12 +85,16 @@ async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
         Err(e) => {
             return failure(
                 StatusCode::BAD_REQUEST,
-                format!("expected {{\"name\", \"role\", \"ttl\"}}: {e}"),
+                format!("expected {{\"name\", \"role\", \"scope\", \"ttl\"}}: {e}"),
             );
         }
     };
     let made = blocking(&state, move |store| {
-        store.create(&new.name, new.role, new.ttl.map(|t| t.get()))
+        let grant = Grant {
+            role: new.role,
+            scope: new.scope,
+        };
+        store.create_with(&new.name, grant, new.ttl.map(|t| t.get()))
     })
     .await;
     match made {

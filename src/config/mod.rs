@@ -48,7 +48,7 @@ pub use component::{
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
 pub use load::{load, load_str};
 pub use options::Options;
-pub use role::Role;
+pub use role::{Grant, Role, RoleBinding, Scope, describe_scope};
 pub use sensitive::{RedactedUrl, SecretText, Sensitive, scrub};
 pub use service::{ServiceConfigs, ServiceUse};
 pub use units::{ByteSize, Duration};

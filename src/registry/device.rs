@@ -107,11 +107,10 @@ impl Device {
     /// Whether every `key=value` of `filter` is among the tags (values compared as text, so
     /// `max_temp=95` finds the number 95).
     pub fn has_tags(&self, filter: &[(String, String)]) -> bool {
-        filter.iter().all(|(key, wanted)| match self.tags.get(key) {
-            Some(Value::String(s)) => s == wanted,
-            Some(other) => other.to_string().as_str() == wanted.as_str(),
-            None => false,
-        })
+        tags_match(
+            &self.tags,
+            filter.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
     }
 
     /// The record without its keys, for lists and lifecycle events.
@@ -123,6 +122,18 @@ impl Device {
         }
         value
     }
+}
+
+/// Whether `tags` has every `key=value` of `filter` (values compared as text).
+pub fn tags_match<'a>(
+    tags: &Properties,
+    mut filter: impl Iterator<Item = (&'a str, &'a str)>,
+) -> bool {
+    filter.all(|(key, wanted)| match tags.get(key) {
+        Some(Value::String(s)) => s == wanted,
+        Some(other) => other.to_string().as_str() == wanted,
+        None => false,
+    })
 }
 
 /// A fresh etag: 16 hex digits, unique per write (a counter would repeat after a delete and
