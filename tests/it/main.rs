@@ -24,6 +24,7 @@ mod delta_columns;
 mod delta_lake;
 mod delta_once;
 mod delta_outage;
+mod device_gateway;
 mod disk_buffer;
 mod http_limits;
 mod http_source;
