@@ -11,6 +11,7 @@ use std::time::Duration;
 use rumqttc::{
     AsyncClient, Event, Incoming, MqttOptions, PublishOptions, QoS, TlsConfiguration, Transport,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir::registry::{DevicePatch, DeviceSpec, Registry, Status};
 use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
@@ -114,11 +115,21 @@ sources:
         let mut options = MqttOptions::new(device, (host.as_str(), 8883));
         options
             .set_keep_alive(30)
+            .set_max_packet_size(1 << 20, 1 << 20)
             .set_credentials(format!("{host}/{device}/?api-version=2021-04-12"), token);
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             client_tls(&self.ca),
         )));
         AsyncClient::builder(options).capacity(16).build()
+    }
+
+    /// Whether one connection ended for `reason` (within 5 s).
+    async fn disconnected(&self, reason: &str) -> bool {
+        let label = format!(r#"reason="{reason}""#);
+        eventually(Duration::from_secs(5), || {
+            self.metric("device_gateway_disconnects_total", &[&label]) == 1.0
+        })
+        .await
     }
 
     async fn stop(self) {
@@ -243,13 +254,7 @@ async fn a_device_subscribing_to_another_devices_topics_is_disconnected() {
         gateway.metric("device_gateway_topic_violations_total", &[]),
         1.0
     );
-    assert!(
-        eventually(Duration::from_secs(5), || gateway.metric(
-            "device_gateway_disconnects_total",
-            &[r#"reason="topic_violation""#]
-        ) == 1.0)
-        .await
-    );
+    assert!(gateway.disconnected("topic_violation").await);
     gateway.stop().await;
 }
 
@@ -289,13 +294,7 @@ async fn qos2_publishes_are_refused_and_a_second_connection_replaces_the_first()
     })
     .await;
     assert!(answer.is_none(), "QoS 2 closes the connection: {answer:?}");
-    assert!(
-        eventually(Duration::from_secs(5), || gateway.metric(
-            "device_gateway_disconnects_total",
-            &[r#"reason="qos2_refused""#]
-        ) == 1.0)
-        .await
-    );
+    assert!(gateway.disconnected("qos2_refused").await);
     assert_eq!(gateway.out().len(), 1, "the QoS 2 reading went nowhere");
 
     // One connection per device: the second closes the first.
@@ -322,13 +321,7 @@ async fn qos2_publishes_are_refused_and_a_second_connection_replaces_the_first()
         until(&mut first_loop, |_| false).await.is_none(),
         "the first connection is closed"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || gateway.metric(
-            "device_gateway_disconnects_total",
-            &[r#"reason="replaced""#]
-        ) == 1.0)
-        .await
-    );
+    assert!(gateway.disconnected("replaced").await);
     let _ = second.await;
     gateway.stop().await;
 }
@@ -362,13 +355,80 @@ sinks:
     publish(90).await;
     let acked = until(&mut eventloop, |i| matches!(i, Incoming::PubAck(_))).await;
     assert!(acked.is_none(), "a lost reading is not: {acked:?}");
-    assert!(
-        eventually(Duration::from_secs(5), || gateway.metric(
-            "device_gateway_disconnects_total",
-            &[r#"reason="not_committed""#]
-        ) == 1.0)
-        .await
-    );
+    assert!(gateway.disconnected("not_committed").await);
     assert_eq!(gateway.out().len(), 1);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_packet_size_and_keep_alive_are_bounded() {
+    let gateway = Gateway::start();
+    let key = gateway.device("tank-4", Status::Enabled);
+    let (client, mut eventloop) = gateway.mqtt("tank-4", &key);
+    // Five subscriptions at most; QoS 2 is granted as QoS 1.
+    for n in 0..6 {
+        let filter = format!("devices/tank-4/messages/devicebound/{n}");
+        client.subscribe(filter, QoS::ExactlyOnce).await.unwrap();
+    }
+    let mut codes = Vec::new();
+    while codes.len() < 6 {
+        let Some(Incoming::SubAck(ack)) =
+            until(&mut eventloop, |i| matches!(i, Incoming::SubAck(_))).await
+        else {
+            panic!("the connection closed while subscribing");
+        };
+        codes.extend(ack.return_codes);
+    }
+    let granted = rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    assert_eq!(codes[..5], [granted; 5]);
+    assert_eq!(codes[5], rumqttc::SubscribeReasonCode::Failure);
+
+    // A packet over max_packet_size (256 KiB by default) closes the connection.
+    client
+        .publish(
+            "devices/tank-4/messages/events/",
+            vec![b' '; 300 * 1024],
+            PublishOptions::at_least_once(),
+        )
+        .await
+        .unwrap();
+    assert!(until(&mut eventloop, |_| false).await.is_none());
+    assert!(gateway.disconnected("packet_too_large").await);
+
+    // A device that asked for a 1 s keep-alive and stays silent is gone after 1.5 s.
+    let connector = tokio_rustls::TlsConnector::from(client_tls(&gateway.ca));
+    let tcp = tokio::net::TcpStream::connect((gateway.host, 8883))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::from(std::net::IpAddr::from(gateway.host));
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let host = gateway.host;
+    let expiry = jiff::Timestamp::now().as_second() as u64 + 3600;
+    let token = weir::registry::sas::sign(
+        &format!("{host}/devices/tank-4"),
+        &weir::registry::keys::decode(&key).unwrap(),
+        expiry,
+    );
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new("tank-4");
+    connect.keep_alive = 1;
+    connect.set_credentials(format!("{host}/tank-4/?api-version=2021-04-12"), token);
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Packet::Connect(connect)
+        .write(&mut buf, 1 << 20)
+        .unwrap();
+    tls.write_all(&buf).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut connack = [0u8; 4];
+    tls.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK accepted");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await;
+    let silent_for = started.elapsed();
+    assert!(closed.is_ok(), "closed within 10 s");
+    assert!(
+        silent_for >= Duration::from_millis(1400),
+        "not before 1.5 keep-alives: {silent_for:?}"
+    );
+    assert!(gateway.disconnected("keep_alive_expired").await);
     gateway.stop().await;
 }
