@@ -53,6 +53,11 @@ pub const ACCESS: &[(Method, &str, Access)] = &[
     (Method::POST, "/v1/devices/{id}/disable", Needs(Operator)),
     (Method::POST, "/v1/devices/{id}/rotate-key", Needs(Admin)),
     (Method::POST, "/v1/devices/{id}/sas-token", Needs(Operator)),
+    (
+        Method::POST,
+        "/v1/devices/{id}/messages/devicebound",
+        Needs(Operator),
+    ),
     (Method::GET, "/v1/enrollment-groups", Needs(Admin)),
     (Method::POST, "/v1/enrollment-groups", Needs(Admin)),
     (Method::GET, "/v1/enrollment-groups/{id}", Needs(Admin)),

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use super::connections::Connections;
 use super::telemetry::Decoders;
 use super::{DeviceGatewayConfig, Gateway, session};
+use crate::devicebound::Devicebound;
 use crate::registry::Registry;
 use crate::sources::SourceContext;
 use crate::topology::ComponentTask;
@@ -33,8 +34,16 @@ pub(super) fn build(
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     listener.set_nonblocking(true)?;
+    let devicebound = match cx.services.get::<Devicebound>() {
+        Some(queues) => queues,
+        None => {
+            let queues = Arc::new(Devicebound::open(&cx.data_dir)?);
+            cx.services.get_or_insert_with(|| queues)
+        }
+    };
     let gateway = Arc::new(Gateway {
         registry,
+        devicebound,
         decoders: Decoders::new(&config.decoding),
         source: cx.id.as_arc(),
         out: cx.out,

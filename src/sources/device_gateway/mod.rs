@@ -23,9 +23,14 @@
 //! device that publishes or subscribes outside its own topics (`devices/{its id}/…`,
 //! `$iothub/…`) is disconnected and counted.
 //!
+//! Cloud-to-device messages queued through the API (the `devicebound` service) go out on
+//! `devices/{id}/messages/devicebound/{property bag}` at QoS 1, one at a time, once the
+//! device subscribes to them, and leave the queue on its PUBACK ([`devicebound`]).
+//!
 //! Not served yet: `$iothub/…` requests (twins, direct methods: such a publish closes the
-//! connection), cloud-to-device messages, provisioning, X.509 client certificates,
-//! per-device rate limits, MQTT over WebSocket, modules. AMQP is out of scope.
+//! connection), feedback and dead-lettering of expired cloud-to-device messages,
+//! provisioning, X.509 client certificates, per-device rate limits, MQTT over WebSocket,
+//! modules. AMQP is out of scope.
 //!
 //! # How it is built
 //!
@@ -41,6 +46,7 @@
 mod auth;
 mod config;
 mod connections;
+mod devicebound;
 mod listener;
 mod session;
 mod telemetry;
@@ -54,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::DeviceGatewayConfig;
 
+use crate::devicebound::Devicebound;
 use crate::registry::Registry;
 use crate::telemetry::{ComponentTelemetry, GatewayMetrics};
 use crate::topology::channel::Outputs;
@@ -61,6 +68,7 @@ use crate::topology::channel::Outputs;
 /// What every session of one gateway shares.
 struct Gateway {
     registry: Arc<Registry>,
+    devicebound: Arc<Devicebound>,
     decoders: telemetry::Decoders,
     source: Arc<str>,
     out: Outputs,

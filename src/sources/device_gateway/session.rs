@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::connections::Connections;
+use super::devicebound::{Deliveries, is_devicebound_filter};
 use super::telemetry;
 use super::topics::{self, PublishTopic};
 use super::wire::{self, PacketReader};
@@ -103,11 +104,19 @@ where
         out: out_tx,
         pending: pending_tx,
         subscriptions: BTreeSet::new(),
+        deliveries: None,
     };
     let reason = session
         .run(&mut reader, keep_alive * 3 / 2, &claim.replaced, &broken)
         .await;
-    let Session { out, pending, .. } = session;
+    let Session {
+        out,
+        pending,
+        deliveries,
+        ..
+    } = session;
+    // A message in flight stays queued for the next connection.
+    drop(deliveries);
     // Stopping, let what the pipeline took be acknowledged (within `ack_timeout`) before
     // closing; otherwise the device is gone and nothing more can reach it.
     drop(pending);
@@ -134,6 +143,8 @@ struct Session<'a> {
     out: mpsc::Sender<Packet>,
     pending: mpsc::Sender<Pending>,
     subscriptions: BTreeSet<String>,
+    /// Cloud-to-device delivery, once the device subscribed to it.
+    deliveries: Option<Deliveries>,
 }
 
 impl Session<'_> {
@@ -162,14 +173,21 @@ impl Session<'_> {
                 Packet::Unsubscribe(unsubscribe) => {
                     for filter in &unsubscribe.topics {
                         self.subscriptions.remove(filter);
+                        if is_devicebound_filter(self.device_id, filter) {
+                            self.deliveries = None;
+                        }
                     }
                     self.send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
                         .await
                 }
                 Packet::PingReq => self.send(Packet::PingResp).await,
                 Packet::Disconnect => Err("client_disconnect"),
-                // Acks of cloud-to-device messages: none are sent yet.
-                Packet::PubAck(_) => Ok(()),
+                Packet::PubAck(ack) => {
+                    if let Some(deliveries) = &self.deliveries {
+                        deliveries.acknowledge(ack.pkid);
+                    }
+                    Ok(())
+                }
                 _ => Err("protocol_violation"),
             };
             if let Err(reason) = handled {
@@ -288,6 +306,14 @@ impl Session<'_> {
         for filter in subscribe.filters {
             let room = self.subscriptions.len() < super::config::MAX_SUBSCRIPTIONS;
             if room || self.subscriptions.contains(&filter.path) {
+                if is_devicebound_filter(self.device_id, &filter.path) && self.deliveries.is_none()
+                {
+                    self.deliveries = Some(Deliveries::start(
+                        std::sync::Arc::clone(&self.gateway.devicebound),
+                        self.device_id,
+                        self.out.clone(),
+                    ));
+                }
                 self.subscriptions.insert(filter.path);
                 let qos = match filter.qos {
                     QoS::AtMostOnce => QoS::AtMostOnce,

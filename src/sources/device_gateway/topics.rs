@@ -1,7 +1,15 @@
 //! The topics of an IoT hub's device protocol, and which of them a device may use: only
 //! its own (`devices/{its id}/…`) and the hub's request topics (`$iothub/…`).
 
-use percent_encoding::percent_decode_str;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+/// What a property bag leaves unencoded: letters, digits and `-_.~` (as Python's
+/// `urllib.parse.quote`, which the SDKs decode with).
+const BAG: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// What a device's PUBLISH is for.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,6 +68,32 @@ pub(super) fn property_bag(bag: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The topic a cloud-to-device message reaches its device on:
+/// `devices/{id}/messages/devicebound/$.mid=…&$.to=…&{properties}`.
+pub(super) fn devicebound_topic(
+    device_id: &str,
+    message_id: &str,
+    properties: &[(String, String)],
+) -> String {
+    let to = format!("/devices/{device_id}/messages/devicebound");
+    let system = [("$.mid", message_id), ("$.to", to.as_str())];
+    let pairs = system
+        .into_iter()
+        .chain(properties.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        .map(|(name, value)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(name, BAG),
+                utf8_percent_encode(value, BAG)
+            )
+        })
+        .collect::<Vec<_>>();
+    format!(
+        "devices/{device_id}/messages/devicebound/{}",
+        pairs.join("&")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +119,26 @@ mod tests {
                 ("room".into(), "a b".into()),
                 ("flag".into(), String::new()),
             ])
+        );
+    }
+
+    #[test]
+    fn devicebound_topics_round_trip_their_properties() {
+        let props = vec![("colour".to_owned(), "red & blue".to_owned())];
+        let topic = devicebound_topic("d1", "m-1", &props);
+        let bag = topic
+            .strip_prefix("devices/d1/messages/devicebound/")
+            .unwrap();
+        assert_eq!(
+            property_bag(bag),
+            vec![
+                ("$.mid".to_owned(), "m-1".to_owned()),
+                (
+                    "$.to".to_owned(),
+                    "/devices/d1/messages/devicebound".to_owned()
+                ),
+                ("colour".to_owned(), "red & blue".to_owned()),
+            ]
         );
     }
 

@@ -64,6 +64,9 @@ pub fn python() -> PathBuf {
 ///   properties `seq` and `kind`, 20 at a time; prints `sent COUNT` once every send
 ///   returned (each returns on the gateway's PUBACK).
 /// - `connect`: connects once without retrying; prints `connected` or `refused: <error>`.
+/// - `receive`: connects, prints `listening` once its `on_message_received` handler is
+///   set, then one JSON line per cloud-to-device message (`data`, `message_id`,
+///   `custom_properties`) until COUNT arrived (or 60 s passed).
 const SCRIPT: &str = r#"
 import asyncio, json, sys
 from azure.iot.device.aio import IoTHubDeviceClient
@@ -92,6 +95,15 @@ async def main():
         for start in range(0, count, 20):
             await asyncio.gather(*(send(s) for s in range(start, min(start + 20, count))))
         print("sent %d" % count, flush=True)
+    elif mode == "receive":
+        count, received = int(sys.argv[4]), asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        client.on_message_received = lambda m: loop.call_soon_threadsafe(received.put_nowait, m)
+        print("listening", flush=True)
+        for _ in range(count):
+            m = await asyncio.wait_for(received.get(), 60)
+            print(json.dumps({"data": m.data.decode(), "message_id": m.message_id,
+                              "custom_properties": m.custom_properties}), flush=True)
     await client.shutdown()
 
 asyncio.run(main())
