@@ -57,6 +57,7 @@ sources:
             cert = pki.server_cert.display(),
             key = pki.server_key.display(),
         );
+        std::fs::write(dir.path().join("pipeline.yaml"), &text).unwrap();
         let telemetry = Telemetry::new();
         let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
         let registry = topology.services().get::<Registry>().unwrap();
@@ -430,5 +431,73 @@ async fn subscriptions_packet_size_and_keep_alive_are_bounded() {
         "not before 1.5 keep-alives: {silent_for:?}"
     );
     assert!(gateway.disconnected("keep_alive_expired").await);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_device_holding_a_group_derived_key_registers_itself_at_connect() {
+    let gateway = Gateway::start();
+    let group = gateway
+        .registry
+        .create_group(weir::registry::GroupSpec {
+            id: "plant-3".into(),
+            fields: weir::registry::GroupPatch {
+                tags: Some(serde_json::from_str(r#"{"site": "plant-3"}"#).unwrap()),
+                ..Default::default()
+            },
+        })
+        .unwrap();
+    let group_key = weir::registry::keys::decode(&group.key).unwrap();
+    let derived = weir::registry::keys::derive(&group_key, "sensor-9");
+    assert!(gateway.registry.get("sensor-9").is_none());
+    let said = gateway.sdk("send", "sensor-9", &derived, 3).await;
+    assert_eq!(said.trim(), "sent 3", "{said}");
+    let device = gateway.registry.get("sensor-9").expect("registered");
+    assert_eq!(device.enrollment_group.as_deref(), Some("plant-3"));
+    assert_eq!(device.tags["site"], "plant-3");
+    assert_eq!(gateway.out().len(), 3);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_leaves_the_gateway_unchanged_keeps_its_connections() {
+    let mut gateway = Gateway::start();
+    let key = gateway.device("pump-9", Status::Enabled);
+    let (client, mut eventloop) = gateway.mqtt("pump-9", &key);
+    let topic = "devices/pump-9/messages/events/";
+    let publish = |n: u32| {
+        let client = client.clone();
+        async move {
+            let payload = format!(r#"{{"n": {n}}}"#).into_bytes();
+            client
+                .publish(topic, payload, PublishOptions::at_least_once())
+                .await
+                .unwrap();
+        }
+    };
+    publish(1).await;
+    assert!(
+        until(&mut eventloop, |i| matches!(i, Incoming::PubAck(_)))
+            .await
+            .is_some()
+    );
+    // The same gateway, one more sink.
+    let d = gateway.dir.path().display().to_string();
+    let text = std::fs::read_to_string(gateway.dir.path().join("pipeline.yaml")).unwrap();
+    let changed =
+        format!("{text}  copy: {{ type: file, inputs: [devices], path: '{d}/copy.ndjson' }}\n");
+    gateway.topology.reload(pipeline(&changed)).await.unwrap();
+    publish(2).await;
+    let acked = until(&mut eventloop, |i| {
+        matches!(i, Incoming::PubAck(_) | Incoming::ConnAck(_))
+    })
+    .await;
+    assert!(
+        matches!(acked, Some(Incoming::PubAck(_))),
+        "the same connection answers: {acked:?}"
+    );
+    assert_eq!(gateway.metric("device_gateway_connects_total", &[]), 1.0);
+    assert_eq!(gateway.metric("device_gateway_disconnects_total", &[]), 0.0);
+    assert_eq!(lines(&gateway.dir.path().join("copy.ndjson")).len(), 1);
     gateway.stop().await;
 }
