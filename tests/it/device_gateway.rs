@@ -147,6 +147,14 @@ fn client_tls(ca: &Path) -> Arc<rustls::ClientConfig> {
     .unwrap()
 }
 
+/// Queues a QoS 1 publish of `reading` on `topic`.
+async fn publish_qos1(client: &AsyncClient, topic: &'static str, reading: String) {
+    client
+        .publish(topic, reading.into_bytes(), PublishOptions::at_least_once())
+        .await
+        .unwrap();
+}
+
 /// Polls `eventloop` until `stop` says so for an incoming packet, or the connection
 /// ends (`None`), within 10 s.
 async fn until(
@@ -339,16 +347,9 @@ sinks:
     );
     let key = gateway.device("oven-1", Status::Enabled);
     let (client, mut eventloop) = gateway.mqtt("oven-1", &key);
-    let topic = "devices/oven-1/messages/events/";
     let publish = |temperature: u32| {
-        let client = client.clone();
-        async move {
-            let payload = format!(r#"{{"temperature": {temperature}}}"#).into_bytes();
-            client
-                .publish(topic, payload, PublishOptions::at_least_once())
-                .await
-                .unwrap();
-        }
+        let reading = format!(r#"{{"temperature": {temperature}}}"#);
+        publish_qos1(&client, "devices/oven-1/messages/events/", reading)
     };
     publish(20).await;
     let acked = until(&mut eventloop, |i| matches!(i, Incoming::PubAck(_))).await;
@@ -464,16 +465,12 @@ async fn a_reload_that_leaves_the_gateway_unchanged_keeps_its_connections() {
     let mut gateway = Gateway::start();
     let key = gateway.device("pump-9", Status::Enabled);
     let (client, mut eventloop) = gateway.mqtt("pump-9", &key);
-    let topic = "devices/pump-9/messages/events/";
     let publish = |n: u32| {
-        let client = client.clone();
-        async move {
-            let payload = format!(r#"{{"n": {n}}}"#).into_bytes();
-            client
-                .publish(topic, payload, PublishOptions::at_least_once())
-                .await
-                .unwrap();
-        }
+        publish_qos1(
+            &client,
+            "devices/pump-9/messages/events/",
+            format!(r#"{{"n": {n}}}"#),
+        )
     };
     publish(1).await;
     assert!(
