@@ -242,8 +242,12 @@ impl Session<'_> {
                 // At QoS 0 nobody waits for the commit: the events travel without a delivery.
                 let outcome = ack.map(|_| Delivery::attach_all(&mut events));
                 if let Some(pkid) = ack {
-                    gateway.telemetry.pending_deliveries().inc();
-                    self.queue_ack(pkid, outcome).await?;
+                    let waiting = gateway.telemetry.pending_deliveries();
+                    waiting.inc();
+                    if let Err(reason) = self.queue_ack(pkid, outcome).await {
+                        waiting.dec();
+                        return Err(reason);
+                    }
                 }
                 gateway.out.send(EventBatch::new(events)).await;
             }
