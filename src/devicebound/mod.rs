@@ -11,9 +11,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use jiff::Timestamp;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -51,6 +52,8 @@ pub struct Devicebound {
     queues: Mutex<BTreeMap<String, VecDeque<Message>>>,
     /// Wakes the connection of a device when a message is queued for it.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Messages waiting, all devices together (the first gateway's gauge).
+    depth: OnceLock<Gauge>,
 }
 
 impl Devicebound {
@@ -68,6 +71,7 @@ impl Devicebound {
             file,
             queues: Mutex::new(queues),
             waiters: Mutex::default(),
+            depth: OnceLock::new(),
         })
     }
 
@@ -100,6 +104,7 @@ impl Devicebound {
                 if let Some(queue) = queues.get_mut(device_id) {
                     queue.pop_back();
                 }
+                self.update_depth(&queues);
                 return Err(e.into());
             }
         }
@@ -147,12 +152,27 @@ impl Devicebound {
         Arc::clone(waiters.entry(device_id.to_owned()).or_default())
     }
 
+    /// Reports the messages waiting into `gauge` from now on (once; later calls do nothing).
+    pub fn report_depth(&self, gauge: Gauge) {
+        let queues = self.lock();
+        if self.depth.set(gauge).is_ok() {
+            self.update_depth(&queues);
+        }
+    }
+
+    fn update_depth(&self, queues: &BTreeMap<String, VecDeque<Message>>) {
+        if let Some(gauge) = self.depth.get() {
+            gauge.set(queues.values().map(VecDeque::len).sum::<usize>() as i64);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, VecDeque<Message>>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Rewrites the file: a temporary one, fsync'd, renamed over it.
+    /// Rewrites the file: a temporary one, fsync'd, renamed over it (and the depth gauge).
     fn persist(&self, queues: &BTreeMap<String, VecDeque<Message>>) -> std::io::Result<()> {
+        self.update_depth(queues);
         let bytes = serde_json::to_vec(queues).map_err(std::io::Error::other)?;
         let temporary = self.file.with_extension("json.tmp");
         let mut file = std::fs::File::create(&temporary)?;

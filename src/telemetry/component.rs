@@ -258,6 +258,10 @@ impl ComponentTelemetry {
                 .metrics
                 .gateway_topic_violations
                 .get_or_create_owned(&self.labels),
+            devicebound_messages: self
+                .metrics
+                .gateway_devicebound_messages
+                .get_or_create_owned(&self.labels),
         }
     }
 
@@ -289,6 +293,7 @@ pub struct GatewayMetrics {
     pub connected: Gauge,
     pub connects: Counter,
     pub topic_violations: Counter,
+    pub devicebound_messages: Gauge,
 }
 
 impl GatewayMetrics {

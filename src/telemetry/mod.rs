@@ -191,6 +191,7 @@ pub struct Metrics {
     pub gateway_disconnects: Family<ComponentReasonLabels, Counter>,
     pub gateway_auth_failures: Family<ComponentReasonLabels, Counter>,
     pub gateway_topic_violations: Family<ComponentLabels, Counter>,
+    pub gateway_devicebound_messages: Family<ComponentLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -252,6 +253,7 @@ impl Default for Metrics {
             gateway_disconnects: Family::default(),
             gateway_auth_failures: Family::default(),
             gateway_topic_violations: Family::default(),
+            gateway_devicebound_messages: Family::default(),
         }
     }
 }
@@ -499,6 +501,11 @@ impl Metrics {
             "device_gateway_topic_violations",
             "Devices disconnected for publishing or subscribing outside their own topics",
             m.gateway_topic_violations,
+        );
+        registry.register(
+            "device_gateway_devicebound_messages",
+            "Cloud-to-device messages waiting for their devices (queued, not yet acknowledged), all devices together",
+            m.gateway_devicebound_messages,
         );
     }
 }

@@ -129,6 +129,8 @@ async fn queued_messages_reach_the_sdks_on_message_received_with_their_propertie
     }
     let (status, full) = queue(&weir, "lamp-2", json!({ "payload": "m50" })).await;
     assert_eq!(status, 409, "{full}");
+    let depth = |metrics: &str| metric_in(metrics, "device_gateway_devicebound_messages", &[]);
+    assert_eq!(depth(&weir.metrics().await), 50.0);
     let token = weir.token.clone();
     assert!(weir.terminate().success());
     let mut weir = Weir::start(dir.path(), &pipeline, api).await;
@@ -161,5 +163,6 @@ async fn queued_messages_reach_the_sdks_on_message_received_with_their_propertie
     let (status, again) = queue(&weir, "lamp-2", json!({ "payload": "again" })).await;
     assert_eq!(status, 202, "{again}");
     assert_eq!(again["queued"], 1);
+    assert_eq!(depth(&weir.metrics().await), 1.0);
     assert!(weir.terminate().success());
 }

@@ -41,13 +41,15 @@ pub(super) fn build(
             cx.services.get_or_insert_with(|| queues)
         }
     };
+    let metrics = cx.telemetry.gateway_metrics();
+    devicebound.report_depth(metrics.devicebound_messages.clone());
     let gateway = Arc::new(Gateway {
         registry,
         devicebound,
         decoders: Decoders::new(&config.decoding),
         source: cx.id.as_arc(),
         out: cx.out,
-        metrics: cx.telemetry.gateway_metrics(),
+        metrics,
         telemetry: cx.telemetry,
         connections: Connections::default(),
         max_packet_size: config.max_packet_size.get() as usize,
