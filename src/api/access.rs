@@ -61,6 +61,11 @@ pub const ACCESS: &[(Method, &str, Access)] = &[
         "/v1/devices/{id}/sas-token",
         OnDevice(Operator),
     ),
+    (
+        Method::POST,
+        "/v1/devices/{id}/messages/devicebound",
+        Needs(Operator),
+    ),
     (Method::GET, "/v1/enrollment-groups", Needs(Admin)),
     (Method::POST, "/v1/enrollment-groups", Needs(Admin)),
     (Method::GET, "/v1/enrollment-groups/{id}", Needs(Admin)),

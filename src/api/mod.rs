@@ -1,7 +1,8 @@
 //! The HTTP API: `/health`, `/ready`, `/metrics`, `POST /v1/reload`, `/v1/alarms`,
 //! `/v1/tokens`.
 //!
-//! The registry's `/v1/devices` and `/v1/enrollment-groups` live in [`devices`]. Every
+//! The registry's `/v1/devices` and `/v1/enrollment-groups` live in [`devices`];
+//! cloud-to-device messages (`/v1/devices/{id}/messages/devicebound`) in [`devicebound`]. Every
 //! request passes the request-forgery guard ([`forgery`]), then authentication ([`auth`])
 //! against the one table of who may call what ([`access`]). `weir reload` reaches
 //! `/v1/reload` without a token through the control socket ([`control`]).
@@ -16,6 +17,7 @@ mod alarms;
 mod audit;
 pub mod auth;
 pub mod control;
+mod devicebound;
 mod devices;
 mod forgery;
 pub mod reload;
@@ -108,6 +110,7 @@ pub fn routes() -> access::Routes {
         .get("/metrics", metrics)
         .post("/v1/reload", reload::reload);
     let routes = devices::routes(routes);
+    let routes = devicebound::routes(routes);
     let routes = alarms::routes(routes);
     let routes = audit::routes(routes);
     tokens::routes(routes)

@@ -7,6 +7,7 @@
 //! Every source has an `errors` output for payloads it could not turn into events.
 
 mod amqp;
+mod device_gateway;
 mod device_registry;
 mod gate;
 mod http;
@@ -15,6 +16,7 @@ mod reading;
 mod simulator;
 
 pub use amqp::AmqpSourceConfig;
+pub use device_gateway::DeviceGatewayConfig;
 pub use device_registry::DeviceRegistrySourceConfig;
 pub use gate::UnknownDevices;
 pub use http::HttpSourceConfig;
@@ -34,4 +36,5 @@ pub const TYPES: &[ComponentType<dyn SourceComponent>] = &[
     ComponentType::of::<MqttSourceConfig>("mqtt"),
     ComponentType::of::<AmqpSourceConfig>("amqp"),
     ComponentType::of::<DeviceRegistrySourceConfig>("device_registry"),
+    ComponentType::of::<DeviceGatewayConfig>("device_gateway"),
 ];

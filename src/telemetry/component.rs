@@ -8,8 +8,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::{
-    AggregateLabels, AlarmLabels, BoundLabels, BufferLabels, ComponentLabels, DiscardLabels,
-    ErrorLabels, Metrics, OutcomeLabels, OutputLabels, StatusLabels,
+    AggregateLabels, AlarmLabels, BoundLabels, BufferLabels, ComponentLabels,
+    ComponentReasonLabels, DiscardLabels, ErrorLabels, Metrics, OutcomeLabels, OutputLabels,
+    StatusLabels,
 };
 
 /// A component's view of [`Metrics`], with its labels already applied.
@@ -239,6 +240,30 @@ impl ComponentTelemetry {
         }
     }
 
+    /// The series of a device gateway.
+    pub fn gateway_metrics(&self) -> GatewayMetrics {
+        GatewayMetrics {
+            metrics: self.metrics.clone(),
+            labels: self.labels.clone(),
+            connected: self
+                .metrics
+                .gateway_connected_devices
+                .get_or_create_owned(&self.labels),
+            connects: self
+                .metrics
+                .gateway_connects
+                .get_or_create_owned(&self.labels),
+            topic_violations: self
+                .metrics
+                .gateway_topic_violations
+                .get_or_create_owned(&self.labels),
+            devicebound_messages: self
+                .metrics
+                .gateway_devicebound_messages
+                .get_or_create_owned(&self.labels),
+        }
+    }
+
     /// Whether an error may be logged now (at most one line per 10 s per component);
     /// returns how many were held back since the last line.
     pub(crate) fn error_log_permit(&self) -> Option<u64> {
@@ -255,6 +280,40 @@ impl ComponentTelemetry {
         } else {
             self.suppressed_errors.fetch_add(1, Ordering::Relaxed);
             None
+        }
+    }
+}
+
+/// Series of one device gateway.
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    metrics: Metrics,
+    labels: ComponentLabels,
+    pub connected: Gauge,
+    pub connects: Counter,
+    pub topic_violations: Counter,
+    pub devicebound_messages: Gauge,
+}
+
+impl GatewayMetrics {
+    /// The counter of connections that ended for `reason`.
+    pub fn disconnects(&self, reason: &str) -> Counter {
+        self.metrics
+            .gateway_disconnects
+            .get_or_create_owned(&self.reason_labels(reason))
+    }
+
+    /// The counter of CONNECTs refused for `reason`.
+    pub fn auth_failures(&self, reason: &str) -> Counter {
+        self.metrics
+            .gateway_auth_failures
+            .get_or_create_owned(&self.reason_labels(reason))
+    }
+
+    fn reason_labels(&self, reason: &str) -> ComponentReasonLabels {
+        ComponentReasonLabels {
+            component: self.labels.clone(),
+            reason: reason.to_owned(),
         }
     }
 }

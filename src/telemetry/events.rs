@@ -364,3 +364,72 @@ impl ApiAuditEvent {
             .inc();
     }
 }
+
+/// A device gateway let a device in; `connected` devices are connected now.
+pub struct DeviceConnected<'a> {
+    pub device_id: &'a str,
+    pub connected: usize,
+}
+
+impl DeviceConnected<'_> {
+    pub fn emit(self, m: &super::GatewayMetrics) {
+        m.connects.inc();
+        m.connected.set(self.connected as i64);
+        tracing::debug!(device_id = self.device_id, "device connected");
+    }
+}
+
+/// A device's connection to a gateway ended, for `reason`.
+pub struct DeviceDisconnected<'a> {
+    pub device_id: &'a str,
+    pub reason: &'static str,
+    pub connected: usize,
+}
+
+impl DeviceDisconnected<'_> {
+    pub fn emit(self, m: &super::GatewayMetrics) {
+        m.disconnects(self.reason).inc();
+        m.connected.set(self.connected as i64);
+        tracing::debug!(
+            device_id = self.device_id,
+            reason = self.reason,
+            "device disconnected"
+        );
+    }
+}
+
+/// A gateway refused a device's CONNECT, for `reason`.
+pub struct DeviceRefused<'a> {
+    pub device_id: &'a str,
+    pub reason: &'static str,
+    pub detail: &'a str,
+}
+
+impl DeviceRefused<'_> {
+    pub fn emit(self, m: &super::GatewayMetrics) {
+        m.auth_failures(self.reason).inc();
+        tracing::info!(
+            device_id = self.device_id,
+            reason = self.reason,
+            detail = self.detail,
+            "device refused"
+        );
+    }
+}
+
+/// A device published or subscribed outside its own topics, and was disconnected.
+pub struct TopicViolation<'a> {
+    pub device_id: &'a str,
+    pub topic: &'a str,
+}
+
+impl TopicViolation<'_> {
+    pub fn emit(self, m: &super::GatewayMetrics) {
+        m.topic_violations.inc();
+        tracing::warn!(
+            device_id = self.device_id,
+            topic = self.topic,
+            "device used a topic outside its own; disconnected"
+        );
+    }
+}

@@ -19,8 +19,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use component::{
-    ActionMetrics, BufferCapacity, BufferMetrics, ComponentTelemetry, SinkBufferMetrics,
-    WindowMetrics,
+    ActionMetrics, BufferCapacity, BufferMetrics, ComponentTelemetry, GatewayMetrics,
+    SinkBufferMetrics, WindowMetrics,
 };
 pub use events::InternalEvent;
 
@@ -84,6 +84,14 @@ pub struct AggregateLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// A component's series by `reason` (a device gateway's disconnects and refusals).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentReasonLabels {
+    #[prometheus(flatten)]
+    pub component: ComponentLabels,
     pub reason: String,
 }
 
@@ -178,6 +186,12 @@ pub struct Metrics {
     pub action_notifications: Family<OutcomeLabels, Counter>,
     pub action_retries: Family<ComponentLabels, Counter>,
     pub action_latency: HistogramFamily<ComponentLabels>,
+    pub gateway_connected_devices: Family<ComponentLabels, Gauge>,
+    pub gateway_connects: Family<ComponentLabels, Counter>,
+    pub gateway_disconnects: Family<ComponentReasonLabels, Counter>,
+    pub gateway_auth_failures: Family<ComponentReasonLabels, Counter>,
+    pub gateway_topic_violations: Family<ComponentLabels, Counter>,
+    pub gateway_devicebound_messages: Family<ComponentLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -234,6 +248,12 @@ impl Default for Metrics {
             action_notifications: Family::default(),
             action_retries: Family::default(),
             action_latency: Family::new_with_constructor(action_latency_histogram),
+            gateway_connected_devices: Family::default(),
+            gateway_connects: Family::default(),
+            gateway_disconnects: Family::default(),
+            gateway_auth_failures: Family::default(),
+            gateway_topic_violations: Family::default(),
+            gateway_devicebound_messages: Family::default(),
         }
     }
 }
@@ -456,6 +476,36 @@ impl Metrics {
             "action_latency_seconds",
             "Time from an action taking a notification from its buffer to its destination accepting it, retries included",
             m.action_latency,
+        );
+        registry.register(
+            "device_gateway_connected_devices",
+            "Devices connected to a device gateway right now (one connection each)",
+            m.gateway_connected_devices,
+        );
+        registry.register(
+            "device_gateway_connects",
+            "Devices a device gateway let in (CONNACK accepted)",
+            m.gateway_connects,
+        );
+        registry.register(
+            "device_gateway_disconnects",
+            "Connections of admitted devices that ended, by reason",
+            m.gateway_disconnects,
+        );
+        registry.register(
+            "device_gateway_auth_failures",
+            "CONNECTs a device gateway refused, by reason (the registry's reasons, bad_client_id, bad_username)",
+            m.gateway_auth_failures,
+        );
+        registry.register(
+            "device_gateway_topic_violations",
+            "Devices disconnected for publishing or subscribing outside their own topics",
+            m.gateway_topic_violations,
+        );
+        registry.register(
+            "device_gateway_devicebound_messages",
+            "Cloud-to-device messages waiting for their devices (queued, not yet acknowledged), all devices together",
+            m.gateway_devicebound_messages,
         );
     }
 }

@@ -25,6 +25,8 @@ mod delta_dead_letters;
 mod delta_lake;
 mod delta_once;
 mod delta_outage;
+mod device_gateway;
+mod device_gateway_c2d;
 mod disk_buffer;
 mod http_limits;
 mod http_source;

@@ -13,6 +13,11 @@ pub struct Pki {
 }
 
 pub fn generate(dir: &Path) -> Pki {
+    generate_for(dir, &["localhost", "127.0.0.1"])
+}
+
+/// As [`generate`], with a server certificate for `names` (host names or IP addresses).
+pub fn generate_for(dir: &Path, names: &[&str]) -> Pki {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -29,7 +34,8 @@ pub fn generate(dir: &Path) -> Pki {
         let cert = params.signed_by(&key, &issuer).expect("certificate");
         (cert.pem(), key.serialize_pem())
     };
-    let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], "localhost");
+    let names = names.iter().map(|n| n.to_string()).collect();
+    let (server_cert, server_key) = leaf(names, "localhost");
     let (client_cert, client_key) = leaf(vec!["device-1".into()], "device-1");
 
     let write = |name: &str, pem: &str| {

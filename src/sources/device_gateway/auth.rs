@@ -1,0 +1,119 @@
+//! Who a CONNECT is: the client id is the device id, the username
+//! `{host}/{device id}/?api-version=…`, the password a SAS token the registry checks
+//! exactly as it does for the `http` source (constant time, expiry, disabled, unknown
+//! unless an enrollment group's derived key registers it).
+
+use rumqttc::mqttbytes::v4::{Connect, ConnectAuth, ConnectReturnCode};
+
+use crate::registry::{AuthError, Registry, device};
+
+/// A refused CONNECT: the return code the device gets and the `reason` label it is
+/// counted under.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Refusal {
+    pub code: ConnectReturnCode,
+    pub reason: &'static str,
+    /// What the log says (never sent to the device).
+    pub detail: String,
+}
+
+impl Refusal {
+    fn not_authorized(reason: &'static str, detail: String) -> Self {
+        Self {
+            code: ConnectReturnCode::NotAuthorized,
+            reason,
+            detail,
+        }
+    }
+}
+
+/// Lets the device of `connect` in, or says why not.
+pub(super) fn admit(registry: &Registry, connect: &Connect) -> Result<(), Refusal> {
+    let device_id = connect.client_id.as_str();
+    if let Err(detail) = check_client_id(device_id) {
+        return Err(Refusal {
+            code: ConnectReturnCode::BadClientId,
+            reason: "bad_client_id",
+            detail,
+        });
+    }
+    let ConnectAuth::UsernamePassword { username, password } = &connect.auth else {
+        return Err(Refusal::not_authorized(
+            "missing_token",
+            format!("device `{device_id}` sent no username and password"),
+        ));
+    };
+    check_username(username, device_id).map_err(|detail| {
+        Refusal::not_authorized("bad_username", format!("device `{device_id}`: {detail}"))
+    })?;
+    let token = std::str::from_utf8(password).map_err(|_| {
+        Refusal::not_authorized(
+            "malformed_token",
+            format!("device `{device_id}`: the password is not UTF-8"),
+        )
+    })?;
+    registry
+        .authenticate(device_id, Some(token))
+        .map(drop)
+        .map_err(|e: AuthError| Refusal::not_authorized(e.reason(), e.to_string()))
+}
+
+/// A registry id that is also safe inside topic filters (no MQTT wildcards).
+fn check_client_id(id: &str) -> Result<(), String> {
+    device::check_id(id)?;
+    match id.contains(['+', '#']) {
+        true => Err(format!("client id `{id}` holds an MQTT wildcard")),
+        false => Ok(()),
+    }
+}
+
+/// The username of a device (not a module): `{host}/{device id}/?api-version=…`, or
+/// `{host}/{device id}/` from older SDKs.
+fn check_username(username: &str, device_id: &str) -> Result<(), String> {
+    let path = username.split_once('?').map_or(username, |(path, _)| path);
+    let mut segments = path.split('/');
+    let (Some(host), Some(device), rest) = (segments.next(), segments.next(), segments.next())
+    else {
+        return Err(format!(
+            "username `{username}` is not `{{host}}/{{device id}}/?api-version=…`"
+        ));
+    };
+    if host.is_empty() || device != device_id {
+        return Err(format!(
+            "username `{username}` does not name device `{device_id}`"
+        ));
+    }
+    match rest {
+        None | Some("") if segments.next().is_none() => Ok(()),
+        _ => Err(format!(
+            "username `{username}` names a module; modules are not served"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_name_the_device() {
+        let ok = |u: &str| check_username(u, "d1").is_ok();
+        assert!(ok(
+            "hub.example/d1/?api-version=2021-04-12&DeviceClientType=py"
+        ));
+        assert!(ok("127.0.0.5/d1/"));
+        assert!(ok("hub/d1"));
+        assert!(!ok("hub/d2/?api-version=1"));
+        assert!(!ok("/d1/?api-version=1"));
+        assert!(!ok("hub/d1/module-a/?api-version=1"));
+        assert!(!ok("d1"));
+    }
+
+    #[test]
+    fn client_ids_hold_no_wildcards() {
+        assert!(check_client_id("pump-7").is_ok());
+        assert!(check_client_id("a+b").is_err());
+        assert!(check_client_id("a#").is_err());
+        assert!(check_client_id("").is_err());
+    }
+}

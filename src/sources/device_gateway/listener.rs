@@ -1,0 +1,107 @@
+//! The gateway's listener: binds the port at build time, accepts TLS connections and
+//! runs a session for each until the topology stops it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::connections::Connections;
+use super::telemetry::Decoders;
+use super::{DeviceGatewayConfig, Gateway, session};
+use crate::devicebound::Devicebound;
+use crate::registry::Registry;
+use crate::sources::SourceContext;
+use crate::topology::ComponentTask;
+
+/// How long stopping waits for sessions to hand in their last acknowledgements, beyond
+/// `ack_timeout`.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Binds the port now (so a taken port fails the start) and returns the task that serves it.
+pub(super) fn build(
+    config: &DeviceGatewayConfig,
+    cx: SourceContext,
+) -> anyhow::Result<ComponentTask> {
+    let registry = cx.services.get::<Registry>().ok_or_else(|| {
+        anyhow::anyhow!("the device gateway needs the device registry: add a `registry:` section")
+    })?;
+    let mut tls = (*config.tls.server_config()?).clone();
+    // Device SDKs speak MQTT straight after the handshake: the `http/1.1` the shared
+    // server configuration offers would refuse clients that ask for another protocol.
+    tls.alpn_protocols.clear();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let devicebound = match cx.services.get::<Devicebound>() {
+        Some(queues) => queues,
+        None => {
+            let queues = Arc::new(Devicebound::open(&cx.data_dir)?);
+            cx.services.get_or_insert_with(|| queues)
+        }
+    };
+    let metrics = cx.telemetry.gateway_metrics();
+    devicebound.report_depth(metrics.devicebound_messages.clone());
+    let gateway = Arc::new(Gateway {
+        registry,
+        devicebound,
+        decoders: Decoders::new(&config.decoding),
+        source: cx.id.as_arc(),
+        out: cx.out,
+        metrics,
+        telemetry: cx.telemetry,
+        connections: Connections::default(),
+        max_packet_size: config.max_packet_size.get() as usize,
+        max_keep_alive: config.max_keep_alive.get(),
+        connect_timeout: config.connect_timeout.get(),
+        max_inflight: config.max_inflight,
+        ack_timeout: config.ack_timeout.get(),
+        shutdown: cx.shutdown,
+    });
+    let listen = config.listen;
+    let id = cx.id;
+    Ok(Box::pin(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let listening = gateway.telemetry.connected();
+        listening.set(1);
+        tracing::info!(component_id = %id, %listen, "device gateway listening");
+        let mut sessions = JoinSet::new();
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = gateway.shutdown.cancelled() => break,
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of descriptors and the like: wait, rather than spin.
+                        tracing::warn!(component_id = %id, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, gateway) = (acceptor.clone(), Arc::clone(&gateway));
+            sessions.spawn(async move {
+                let handshake = tokio::time::timeout(gateway.connect_timeout, acceptor.accept(tcp));
+                match handshake.await {
+                    Ok(Ok(stream)) => session::serve(gateway, stream).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+        drop(listener);
+        listening.set(0);
+        // Sessions see the same shutdown: they stop reading and hand in their last acks.
+        let drained = async { while sessions.join_next().await.is_some() {} };
+        if tokio::time::timeout(gateway.ack_timeout + STOP_GRACE, drained)
+            .await
+            .is_err()
+        {
+            sessions.shutdown().await;
+        }
+        Ok(())
+    }))
+}

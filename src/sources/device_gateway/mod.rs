@@ -1,0 +1,84 @@
+//! `device_gateway`: devices written against an IoT hub's device SDKs (Microsoft's
+//! `azure-iot-device` and its siblings) connect to weir unchanged, over the hub's MQTT
+//! device protocol.
+//!
+//! # What a device sees
+//!
+//! MQTT 3.1.1 over TLS (default `0.0.0.0:8883`, the port the SDKs dial). The CONNECT's
+//! client id is the device id, its username `{host}/{device id}/?api-version=…` and its
+//! password a SAS token, checked by the device registry exactly as the `http` source's
+//! `auth: sas` checks it (constant time, expiry, both keys; an unknown device is
+//! registered when an enrollment group's derived key signed the token). A refused device
+//! gets CONNACK 5 ("not authorized"; 2 for a client id that cannot be a device id). One
+//! connection per device: a new one closes the old. A device silent for 1.5 times its
+//! keep-alive is disconnected. QoS 2 publishes end the connection (a hub refuses QoS 2
+//! too); subscriptions are granted at QoS 1 at most, five per connection.
+//!
+//! Telemetry is a PUBLISH to `devices/{id}/messages/events/{property bag}`: its readings
+//! become events of that device, the URL-decoded property bag becomes `meta.headers`
+//! (with `iothub-connection-device-id` and `iothub-enqueuedtime` added, as a hub adds
+//! them), and `$.ct` picks the codec (JSON, MessagePack, octet-stream) over the
+//! configured `decoding`. A QoS 1 publish is acknowledged (PUBACK) only once every sink
+//! on its path has committed its readings: acknowledged end to end, from the device. A
+//! device that publishes or subscribes outside its own topics (`devices/{its id}/…`,
+//! `$iothub/…`) is disconnected and counted.
+//!
+//! Cloud-to-device messages queued through the API (the `devicebound` service) go out on
+//! `devices/{id}/messages/devicebound/{property bag}` at QoS 1, one at a time, once the
+//! device subscribes to them, and leave the queue on its PUBACK ([`devicebound`]).
+//!
+//! Not served yet: `$iothub/…` requests (twins, direct methods: such a publish closes the
+//! connection), feedback and dead-lettering of expired cloud-to-device messages,
+//! provisioning, X.509 client certificates, per-device rate limits, MQTT over WebSocket,
+//! modules. AMQP is out of scope.
+//!
+//! # How it is built
+//!
+//! weir's own server logic on rumqttc's `mqttbytes::v4` packet codec (no broker): the
+//! [`listener`] accepts TLS connections (rustls, the shared `tls` options), each runs a
+//! [`session`] that admits the device ([`auth`]), reads its packets ([`wire`]) under the
+//! keep-alive and classifies topics ([`topics`]); [`telemetry`] turns a publish into
+//! events, and [`connections`] keeps one connection per device. A session's PUBACKs go
+//! out in arrival order from a task of their own, so a slow commit holds back later
+//! acknowledgements (as MQTT requires) but never the reading of pings; `max_inflight`
+//! publishes waiting for their commit stop the reading, which slows the device.
+
+mod auth;
+mod config;
+mod connections;
+mod devicebound;
+mod listener;
+mod session;
+mod telemetry;
+mod topics;
+mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::DeviceGatewayConfig;
+
+use crate::devicebound::Devicebound;
+use crate::registry::Registry;
+use crate::telemetry::{ComponentTelemetry, GatewayMetrics};
+use crate::topology::channel::Outputs;
+
+/// What every session of one gateway shares.
+struct Gateway {
+    registry: Arc<Registry>,
+    devicebound: Arc<Devicebound>,
+    decoders: telemetry::Decoders,
+    source: Arc<str>,
+    out: Outputs,
+    telemetry: ComponentTelemetry,
+    metrics: GatewayMetrics,
+    connections: connections::Connections,
+    max_packet_size: usize,
+    max_keep_alive: Duration,
+    connect_timeout: Duration,
+    max_inflight: usize,
+    ack_timeout: Duration,
+    shutdown: CancellationToken,
+}

@@ -1,0 +1,134 @@
+//! A device's telemetry PUBLISH as events: the payload decoded by its content type
+//! (`$.ct`, else the configured `decoding`), the property bag as headers, and the
+//! properties a hub adds (`iothub-connection-device-id`, `iothub-enqueuedtime`).
+
+use std::sync::Arc;
+
+use crate::codecs::{Codec, Decoder, DecodingConfig};
+use crate::event::{Event, EventMeta};
+use crate::sources::reading;
+
+/// The property naming the device that sent a message, as a hub stamps it.
+pub(super) const CONNECTION_DEVICE_ID: &str = "iothub-connection-device-id";
+/// When the gateway took the message in (RFC 3339), as a hub stamps it.
+pub(super) const ENQUEUED_TIME: &str = "iothub-enqueuedtime";
+
+/// The decoders a publish may ask for by content type, and the configured one.
+pub(super) struct Decoders {
+    configured: Decoder,
+    json: Decoder,
+    msgpack: Decoder,
+    bytes: Decoder,
+}
+
+impl Decoders {
+    pub(super) fn new(config: &DecodingConfig) -> Self {
+        let with = |codec| {
+            DecodingConfig {
+                codec,
+                ..config.clone()
+            }
+            .decoder()
+        };
+        Self {
+            configured: config.decoder(),
+            json: with(Codec::Json),
+            msgpack: with(Codec::Msgpack),
+            bytes: with(Codec::Bytes),
+        }
+    }
+
+    /// The decoder for content type `ct` (parameters such as `; charset=utf-8` ignored);
+    /// the configured one when there is none or weir does not know it.
+    fn for_content_type(&self, ct: Option<&str>) -> &Decoder {
+        let essence = ct
+            .map(|ct| ct.split(';').next().unwrap_or_default().trim())
+            .map(str::to_ascii_lowercase);
+        match essence.as_deref() {
+            Some("application/json" | "application/x-ndjson" | "application/ndjson") => &self.json,
+            Some("application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack") => {
+                &self.msgpack
+            }
+            Some("application/octet-stream") => &self.bytes,
+            _ => &self.configured,
+        }
+    }
+}
+
+/// The metadata every reading of one publish shares.
+pub(super) fn meta(
+    source: &Arc<str>,
+    device_id: &str,
+    topic: &str,
+    properties: Vec<(String, String)>,
+) -> EventMeta {
+    let mut meta = EventMeta::received_by(Arc::clone(source));
+    let enqueued = meta.received_at.to_string();
+    meta.topic = Some(topic.to_owned());
+    meta.headers = properties;
+    meta.headers
+        .push((CONNECTION_DEVICE_ID.into(), device_id.to_owned()));
+    meta.headers.push((ENQUEUED_TIME.into(), enqueued));
+    meta
+}
+
+/// The readings of one telemetry payload, or why it holds none.
+pub(super) fn events(
+    decoders: &Decoders,
+    device_id: &str,
+    payload: &[u8],
+    meta: &Arc<EventMeta>,
+) -> Result<Vec<Event>, String> {
+    let ct = meta
+        .headers
+        .iter()
+        .find(|(name, _)| name == "$.ct")
+        .map(|(_, value)| value.as_str());
+    let readings = decoders
+        .for_content_type(ct)
+        .decode(payload)
+        .map_err(|e| e.0)?;
+    readings
+        .into_iter()
+        .enumerate()
+        .map(|(n, fields)| reading::event(fields, device_id.into(), None, meta, n))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_content_type_picks_the_decoder() {
+        let decoders = Decoders::new(&DecodingConfig {
+            codec: Codec::Bytes,
+            ..DecodingConfig::default()
+        });
+        let source: Arc<str> = "gw".into();
+        let of = |ct: Option<&str>| {
+            let mut properties = vec![("room".to_owned(), "a".to_owned())];
+            if let Some(ct) = ct {
+                properties.push(("$.ct".into(), ct.into()));
+            }
+            let meta = Arc::new(meta(
+                &source,
+                "d1",
+                "devices/d1/messages/events/",
+                properties,
+            ));
+            events(&decoders, "d1", br#"{"t": 21}"#, &meta).unwrap()
+        };
+        let json = of(Some("application/json; charset=utf-8"));
+        assert_eq!(json[0].fields().get("t"), Some(&serde_json::json!(21)));
+        let raw = of(None);
+        assert!(
+            raw[0].fields().get("payload").is_some(),
+            "configured codec: bytes"
+        );
+        let headers = &json[0].meta().headers;
+        assert!(headers.contains(&(CONNECTION_DEVICE_ID.into(), "d1".into())));
+        assert!(headers.iter().any(|(name, _)| name == ENQUEUED_TIME));
+        assert!(headers.contains(&("room".into(), "a".into())));
+    }
+}
