@@ -391,6 +391,21 @@ async fn globals_that_cannot_change_are_refused_by_name() {
             .contains("`data_dir` cannot change while weir runs"),
         "{answer}"
     );
+    // Running channels keep their size.
+    let resized = format!(
+        "channel_max_events: 100\n{}",
+        simple(dir.path(), api, &[("a", a)])
+    );
+    std::fs::write(&pipeline, resized).unwrap();
+    let (status, answer) = reload(&weir).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("`channel_max_events` cannot change while weir runs"),
+        "{answer}"
+    );
 }
 
 /// Whether process `pid` has an inotify watch on `dir`. weir answers `/ready` a moment
