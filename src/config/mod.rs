@@ -301,10 +301,10 @@ pub struct GlobalConfig {
     /// Events each component's input channel holds before its producers wait (default
     /// 8192). A batch larger than this (one big request) still passes, alone.
     #[serde(default = "default_channel_max_events")]
-    pub channel_max_events: usize,
+    pub channel_max_events: std::num::NonZeroUsize,
 }
 
-fn default_channel_max_events() -> usize {
+fn default_channel_max_events() -> std::num::NonZeroUsize {
     crate::topology::channel::DEFAULT_CHANNEL_EVENTS
 }
 

@@ -25,7 +25,8 @@ use crate::telemetry::events::{EventsDiscarded, EventsReceived};
 use crate::telemetry::{BufferMetrics, ComponentTelemetry, InternalEvent};
 
 /// Events a component's input channel holds unless `channel_max_events` says otherwise.
-pub const DEFAULT_CHANNEL_EVENTS: usize = 8192;
+pub const DEFAULT_CHANNEL_EVENTS: std::num::NonZeroUsize =
+    std::num::NonZeroUsize::new(8192).unwrap();
 
 /// A batch in a channel, with the permits it holds there.
 type Queued = (EventBatch, OwnedSemaphorePermit);

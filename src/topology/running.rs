@@ -291,7 +291,7 @@ impl RunningTopology {
             data_dir: &config.globals.data_dir,
             services: &self.services.services,
             instance_id: &self.instance_id,
-            channel_max_events: config.globals.channel_max_events,
+            channel_max_events: config.globals.channel_max_events.get(),
         }
     }
 

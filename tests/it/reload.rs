@@ -377,20 +377,26 @@ async fn globals_that_cannot_change_are_refused_by_name() {
         format!("127.0.0.1:{api}").parse().unwrap(),
     )
     .await;
-    std::fs::write(
-        &pipeline,
-        simple(dir.path(), api, &[("a", a)]).replace("/state", "/elsewhere"),
-    )
-    .unwrap();
-    let (status, answer) = reload(&weir).await;
-    assert_eq!(status, 409, "{answer}");
-    assert!(
-        answer["errors"][0]
-            .as_str()
-            .unwrap()
-            .contains("`data_dir` cannot change while weir runs"),
-        "{answer}"
-    );
+    let original = simple(dir.path(), api, &[("a", a)]);
+    for (key, changed) in [
+        ("data_dir", original.replace("/state", "/elsewhere")),
+        // Running channels keep their size.
+        (
+            "channel_max_events",
+            format!("channel_max_events: 100\n{original}"),
+        ),
+    ] {
+        std::fs::write(&pipeline, changed).unwrap();
+        let (status, answer) = reload(&weir).await;
+        assert_eq!(status, 409, "{answer}");
+        assert!(
+            answer["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{key}` cannot change while weir runs")),
+            "{answer}"
+        );
+    }
 }
 
 /// Whether process `pid` has an inotify watch on `dir`. weir answers `/ready` a moment
