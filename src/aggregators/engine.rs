@@ -275,11 +275,13 @@ async fn route<G: Serialize + Send + 'static>(
         for shard in 0..shards {
             let _ = tokio::fs::remove_file(shard_path(&checkpoint, shard)).await;
         }
-        WindowsClosedEarly {
-            count: closed_early,
-            why: "replaced by a reload with another window definition",
+        if closed_early > 0 {
+            WindowsClosedEarly {
+                count: closed_early,
+                why: "replaced by a reload with another window definition",
+            }
+            .emit(&cx.telemetry);
         }
-        .emit(&cx.telemetry);
     } else {
         let path = &checkpoint;
         let open = groups.len();
