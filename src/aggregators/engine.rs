@@ -8,6 +8,7 @@
 //! hands back its open groups and the router writes them to one checkpoint file, which the
 //! next start reads back and spreads over its shards again.
 
+mod checkpoint;
 mod groups;
 #[cfg(test)]
 mod tests;
@@ -16,13 +17,15 @@ pub use groups::{GroupState, Groups};
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use checkpoint::{Checkpoint, Closed, restore, shard_path, write_checkpoint};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -30,9 +33,9 @@ use super::handover::{Arrival, Handover};
 use super::window::{GroupKey, Outcome, WindowSpec};
 use super::{AggregatorContext, LATE};
 use crate::config::{ComponentId, OutputName};
-use crate::event::{Delivery, Event, EventBatch};
+use crate::event::{Delivery, DeliveryStatus, Event, EventBatch};
 use crate::telemetry::events::{
-    ComponentError, ErrorType, EventsDiscarded, Stage, StateFileCorrupt,
+    ComponentError, ErrorType, EventsDiscarded, Stage, WindowsClosedEarly,
 };
 use crate::telemetry::{ComponentTelemetry, InternalEvent, WindowMetrics};
 use crate::topology::ComponentTask;
@@ -82,16 +85,18 @@ pub trait WindowEngine: Send + 'static {
     fn close_all(&mut self, emitted: &mut Vec<Event>);
 }
 
-/// What a shard hands back when its input ends: its definition, its open groups, and the
-/// deliveries of events folded since its last checkpoint (released once the final
-/// checkpoint is written).
-type ShardState<G> = (String, Vec<(GroupKey, G)>, Vec<Arc<Delivery>>);
-
-#[derive(Serialize, serde::Deserialize)]
-#[serde(bound(serialize = "G: Serialize", deserialize = "G: DeserializeOwned"))]
-struct Checkpoint<G> {
+/// What a shard hands back when its input ends.
+struct ShardState<G> {
     definition: String,
+    /// Its open groups (none if it closed them early)...
     groups: Vec<(GroupKey, G)>,
+    /// ...and what closing them early would emit, for a start under another definition.
+    closing: Vec<Closed>,
+    /// The deliveries of events folded since its last checkpoint (released once the final
+    /// checkpoint is written).
+    held: Vec<Arc<Delivery>>,
+    /// How many windows it closed early (a reload with another definition).
+    closed_early: usize,
 }
 
 /// How an engine is run.
@@ -139,6 +144,7 @@ pub fn spawn<E: WindowEngine>(
 ) -> anyhow::Result<ComponentTask> {
     let shards = runner.shards.max(1);
     let mut engines: Vec<E> = (0..shards).map(|_| make()).collect();
+    let spares: Vec<E> = (0..shards).map(|_| make()).collect();
     let definition = engines[0].definition();
     let checkpoint = super::checkpoint_path(&cx.data_dir, &cx.id);
     let handover = cx
@@ -148,11 +154,18 @@ pub fn spawn<E: WindowEngine>(
     let metrics = cx.telemetry.window_metrics(&runner.spec.names);
     Ok(Box::pin(async move {
         wait_for_predecessors(&arrival.predecessors, &cx.id).await;
-        restore(&mut engines, &checkpoint, &cx.telemetry)?;
+        let superseded = restore(&mut engines, &checkpoint, &cx.telemetry)?;
+        if !superseded.closed.is_empty() {
+            cx.out.send(EventBatch::new(superseded.closed)).await;
+        }
+        // Only now: until the results are on their way, the files are all that holds them.
+        for file in superseded.files {
+            std::fs::remove_file(&file)?;
+        }
         let close = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
-        for (n, engine) in engines.into_iter().enumerate() {
+        for (n, (engine, spare)) in engines.into_iter().zip(spares).enumerate() {
             let (tx, rx) = mpsc::channel::<EventBatch>(4);
             senders.push(tx);
             let shard = Shard {
@@ -162,6 +175,7 @@ pub fn spawn<E: WindowEngine>(
                 held: Vec::new(),
                 close: Arc::clone(&close),
                 engine,
+                spare,
                 input: rx,
                 out: cx.out.clone(),
                 id: cx.id.clone(),
@@ -244,24 +258,39 @@ async fn route<G: Serialize + Send + 'static>(
     drop(senders);
     let mut definition = String::new();
     let mut groups = Vec::new();
+    let mut closed = Vec::new();
     let mut held = Vec::new();
+    let mut closed_early = 0;
     for handle in handles {
-        let (def, shard_groups, shard_held) = handle
+        let shard = handle
             .await
             .map_err(|err| anyhow::anyhow!("window shard failed: {err}"))?;
-        definition = def;
-        groups.extend(shard_groups);
-        held.extend(shard_held);
+        definition = shard.definition;
+        groups.extend(shard.groups);
+        closed.extend(shard.closing);
+        held.extend(shard.held);
+        closed_early += shard.closed_early;
     }
     if closing {
         for shard in 0..shards {
             let _ = tokio::fs::remove_file(shard_path(&checkpoint, shard)).await;
         }
-        tracing::info!(component_id = %cx.id, "replaced by a reload with another window definition: its open windows were closed early and emitted with `partial: true`");
+        if closed_early > 0 {
+            WindowsClosedEarly {
+                count: closed_early,
+                why: "replaced by a reload with another window definition",
+            }
+            .emit(&cx.telemetry);
+        }
     } else {
         let path = &checkpoint;
         let open = groups.len();
-        write_checkpoint(path, &Checkpoint { definition, groups }).await?;
+        let checkpoint = Checkpoint {
+            definition,
+            groups,
+            closing: closed,
+        };
+        write_checkpoint(path, &checkpoint).await?;
         // The one file now holds everything the periodic shard files held.
         for shard in 0..shards {
             let _ = tokio::fs::remove_file(shard_path(path, shard)).await;
@@ -294,11 +323,35 @@ async fn hand_to(
     }
 }
 
-/// The periodic checkpoint file of shard `n`: `<id>.json.shard-<n>`.
-fn shard_path(path: &Path, n: usize) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".shard-{n}"));
-    PathBuf::from(name)
+/// What closing `groups` early would emit, worked out on `spare`, an empty engine of their
+/// definition (the shard's own engine keeps running).
+fn closing<E: WindowEngine>(spare: &mut E, groups: &[(GroupKey, E::Group)]) -> Vec<Closed> {
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    let mut results = Vec::new();
+    spare.import(groups.to_vec());
+    spare.close_all(&mut results);
+    results.iter().map(Closed::of).collect()
+}
+
+/// Makes the deliveries `held` wait for `results`, windows closed early: the results carry
+/// one new delivery, and once the sinks have committed them all (or lost one) the held
+/// deliveries are let go (or failed). So a source hears "committed" for events whose state
+/// was never checkpointed only once the results holding them are.
+fn chain(held: Vec<Arc<Delivery>>, results: &mut [Event]) {
+    if held.is_empty() || results.is_empty() {
+        return;
+    }
+    let outcome = Delivery::attach_all(results);
+    tokio::spawn(async move {
+        if outcome.await != Ok(DeliveryStatus::Committed) {
+            for delivery in &held {
+                delivery.fail();
+            }
+        }
+        drop(held);
+    });
 }
 
 fn shard_of(key: &GroupKey, shards: usize) -> usize {
@@ -309,6 +362,9 @@ fn shard_of(key: &GroupKey, shards: usize) -> usize {
 
 struct Shard<E> {
     engine: E,
+    /// An empty engine of the same definition, to work out what closing the open windows
+    /// early would emit without touching `engine`.
+    spare: E,
     /// This shard's periodic checkpoint file, when the aggregator checkpoints.
     checkpoint: Option<PathBuf>,
     checkpoint_every: Duration,
@@ -354,12 +410,23 @@ impl<E: WindowEngine> Shard<E> {
                 }
             }
         }
+        let mut closed_early = 0;
         if self.close.load(std::sync::atomic::Ordering::Acquire) {
             self.engine.close_all(&mut emitted);
+            closed_early = emitted.len();
+            chain(std::mem::take(&mut self.held), &mut emitted);
             self.emit(&mut emitted).await;
         }
         self.metrics.open_windows.dec_by(self.reported_open);
-        (self.engine.definition(), self.engine.export(), self.held)
+        let groups = self.engine.export();
+        let closing = closing(&mut self.spare, &groups);
+        ShardState {
+            definition: self.engine.definition(),
+            groups,
+            closing,
+            held: self.held,
+            closed_early,
+        }
     }
 
     /// Writes this shard's open windows, then lets go of the deliveries they hold.
@@ -368,9 +435,11 @@ impl<E: WindowEngine> Shard<E> {
         if self.held.is_empty() && self.engine.open_windows() == 0 {
             return;
         }
+        let groups = self.engine.snapshot();
         let checkpoint = Checkpoint {
             definition: self.engine.definition(),
-            groups: self.engine.snapshot(),
+            closing: closing(&mut self.spare, &groups),
+            groups,
         };
         match write_checkpoint(path, &checkpoint).await {
             Ok(()) => self.held.clear(),
@@ -481,93 +550,4 @@ impl<E: WindowEngine> Shard<E> {
                 .set(self.engine.state_bytes() as i64);
         }
     }
-}
-
-/// Writes a checkpoint atomically: a temp file, fsync, rename.
-async fn write_checkpoint<G: Serialize>(
-    path: &Path,
-    checkpoint: &Checkpoint<G>,
-) -> anyhow::Result<()> {
-    let bytes = serde_json::to_vec(checkpoint)?;
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent).await?;
-    }
-    // Next to the target, with a name of its own (shards write their files concurrently).
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(".tmp");
-    let temp = PathBuf::from(temp);
-    tokio::fs::write(&temp, &bytes).await?;
-    tokio::fs::File::open(&temp).await?.sync_all().await?;
-    tokio::fs::rename(&temp, path).await?;
-    Ok(())
-}
-
-/// Spreads the checkpointed groups over the shards, then removes the files so a crash
-/// later cannot replay them twice. After a graceful stop there is one file; after a crash,
-/// the periodic files of each shard.
-fn restore<E: WindowEngine>(
-    engines: &mut [E],
-    path: &Path,
-    telemetry: &ComponentTelemetry,
-) -> anyhow::Result<()> {
-    let id = telemetry.component_id();
-    let mut files = vec![path.to_path_buf()];
-    if let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) {
-        let prefix = format!("{name}.shard-");
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            files.extend(
-                entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with(&prefix) && !n.ends_with(".tmp"))
-                    }),
-            );
-        }
-    }
-    let shards = engines.len();
-    let mut parts: Vec<Vec<(GroupKey, E::Group)>> = (0..shards).map(|_| Vec::new()).collect();
-    let mut restored = 0;
-    for file in files {
-        let bytes = match std::fs::read(&file) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(err) => anyhow::bail!("cannot read checkpoint {}: {err}", file.display()),
-        };
-        match serde_json::from_slice::<Checkpoint<E::Group>>(&bytes) {
-            Ok(checkpoint) if checkpoint.definition == engines[0].definition() => {
-                restored += checkpoint.groups.len();
-                for (key, group) in checkpoint.groups {
-                    parts[shard_of(&key, shards)].push((key, group));
-                }
-            }
-            Ok(_) => {
-                tracing::warn!(component_id = %id, file = %file.display(), "the window definition changed since the checkpoint; starting without its open windows")
-            }
-            Err(err) => {
-                // Kept for whoever wants to look, and out of the next start's way.
-                let mut aside = file.as_os_str().to_owned();
-                aside.push(".corrupt");
-                let aside = PathBuf::from(aside);
-                std::fs::rename(&file, &aside)?;
-                StateFileCorrupt {
-                    file: &file,
-                    moved_to: &aside,
-                    error: &err.to_string(),
-                    consequence: "starting without its open windows",
-                }
-                .emit(telemetry);
-                continue;
-            }
-        }
-        std::fs::remove_file(&file)?;
-    }
-    for (engine, part) in engines.iter_mut().zip(parts) {
-        engine.import(part);
-    }
-    if restored > 0 {
-        tracing::info!(component_id = %id, groups = restored, "resumed open windows from the checkpoint");
-    }
-    Ok(())
 }

@@ -78,6 +78,12 @@ impl ComponentTelemetry {
             })
     }
 
+    pub(crate) fn windows_closed_early(&self) -> Counter {
+        self.metrics
+            .window_closed_early
+            .get_or_create_owned(&self.labels)
+    }
+
     pub(crate) fn http_requests(&self, status: u16) -> Counter {
         self.metrics
             .http_requests

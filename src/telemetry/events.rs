@@ -129,6 +129,28 @@ impl InternalEvent for ComponentError<'_> {
     }
 }
 
+/// Open windows a changed window definition could not take over, closed early and emitted
+/// with `partial: true`: counted, and logged once per occasion.
+pub struct WindowsClosedEarly {
+    pub count: usize,
+    /// When it happened: at a reload, or at a start.
+    pub why: &'static str,
+}
+
+impl InternalEvent for WindowsClosedEarly {
+    fn emit(self, t: &ComponentTelemetry) {
+        t.windows_closed_early().inc_by(self.count as u64);
+        tracing::warn!(
+            component_id = t.component_id(),
+            component_type = t.component_type(),
+            windows = self.count,
+            "{}: {} open windows were closed early and emitted with `partial: true`",
+            self.why,
+            self.count
+        );
+    }
+}
+
 /// A state file that could not be read was moved aside: counted as an error and logged
 /// at error level, never rate-limited (each one is state given up).
 pub struct StateFileCorrupt<'a> {

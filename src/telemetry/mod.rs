@@ -161,6 +161,7 @@ pub struct Metrics {
     pub window_overflow: Family<ComponentLabels, Counter>,
     pub window_invalid_values: Family<AggregateLabels, Counter>,
     pub window_open: Family<ComponentLabels, Gauge>,
+    pub window_closed_early: Family<ComponentLabels, Counter>,
     pub window_state_bytes: Family<ComponentLabels, Gauge>,
     pub topology_components: Gauge,
     pub topology_failed_components: Gauge,
@@ -216,6 +217,7 @@ impl Default for Metrics {
             window_overflow: Family::default(),
             window_invalid_values: Family::default(),
             window_open: Family::default(),
+            window_closed_early: Family::default(),
             window_state_bytes: Family::default(),
             topology_components: Gauge::default(),
             topology_failed_components: Gauge::default(),
@@ -355,6 +357,11 @@ impl Metrics {
             "aggregator_open_windows",
             "Windows open right now",
             m.window_open,
+        );
+        registry.register(
+            "aggregator_windows_closed_early",
+            "Open windows closed early and emitted with partial: true because the window definition changed (at a reload, or since the checkpoint a start resumes), in windows",
+            m.window_closed_early,
         );
         registry.register(
             "aggregator_state_bytes",

@@ -56,5 +56,6 @@ mod systemd;
 mod topology;
 mod validate;
 mod window_kill;
+mod window_redefine;
 mod window_reload;
 mod windows;

@@ -60,7 +60,7 @@ async fn post(port: u16, readings: &[Value]) {
 }
 
 /// The windows written so far, by (start, partial), without metadata.
-fn written(dir: &Path) -> Vec<(String, bool, u64)> {
+pub fn written(dir: &Path) -> Vec<(String, bool, u64)> {
     let mut out: Vec<(String, bool, u64)> = lines(&dir.join("windows.ndjson"))
         .into_iter()
         .map(|w| {
