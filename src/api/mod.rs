@@ -17,6 +17,10 @@ pub mod auth;
 pub mod control;
 mod devices;
 mod forgery;
+mod groups;
+pub mod openapi;
+mod records;
+mod rejections;
 pub mod reload;
 mod tokens;
 
@@ -28,9 +32,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 pub use self::auth::{Auth, Caller};
 pub use self::forgery::AllowedHosts;
@@ -98,21 +104,24 @@ impl ApiState {
     }
 }
 
-/// Every route, each with its row in [`access::ACCESS`].
+/// Every route, each with its row in [`access::ACCESS`] and its OpenAPI description.
 pub fn routes() -> access::Routes {
     let routes = access::Routes::default()
-        .get("/health", health)
-        .get("/ready", ready)
-        .get("/metrics", metrics)
-        .post("/v1/reload", reload::reload);
+        .route(routes!(health))
+        .route(routes!(ready))
+        .route(routes!(metrics))
+        .route(routes!(reload::reload))
+        .route(routes!(openapi::serve));
     let routes = devices::routes(routes);
+    let routes = groups::routes(routes);
     let routes = alarms::routes(routes);
     let routes = audit::routes(routes);
     tokens::routes(routes)
 }
 
 /// Every route, behind the request-forgery guard ([`forgery`]), the audit log
-/// ([`audit`]) and authentication ([`auth`]), in that order.
+/// ([`audit`]) and authentication ([`auth`]), in that order; every error answer, axum's
+/// own included, made JSON ([`rejections`]).
 pub fn router(state: Arc<ApiState>, allowed: AllowedHosts) -> Router {
     routes()
         .into_router()
@@ -128,6 +137,7 @@ pub fn router(state: Arc<ApiState>, allowed: AllowedHosts) -> Router {
             Arc::new(allowed),
             forgery::guard,
         ))
+        .layer(axum::middleware::from_fn(rejections::json_errors))
         .with_state(state)
 }
 
@@ -170,21 +180,62 @@ pub async fn serve(
     }))
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(json!({ "status": "ok" }))
+/// The answer of `/health` and `/ready`.
+#[derive(Serialize, ToSchema)]
+struct Liveness {
+    /// `ok` (`/health`), `ready` or `not ready` (`/ready`).
+    status: &'static str,
 }
 
+/// Whether the process serves requests at all.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "meta",
+    responses((status = 200, body = Liveness))
+)]
+async fn health() -> impl IntoResponse {
+    axum::Json(Liveness { status: "ok" })
+}
+
+/// Whether a topology is running.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    operation_id = "ready",
+    tag = "meta",
+    responses(
+        (status = 200, description = "A topology runs", body = Liveness),
+        (status = 503, description = "Starting or draining", body = Liveness),
+    )
+)]
 async fn ready(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, axum::Json(json!({ "status": "ready" })))
+        (StatusCode::OK, axum::Json(Liveness { status: "ready" }))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "not ready" })),
+            axum::Json(Liveness {
+                status: "not ready",
+            }),
         )
     }
 }
 
+/// Every metric, in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "meta",
+    responses((
+        status = 200,
+        description = "OpenMetrics text",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body = String
+    ))
+)]
 async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     (
         [(
