@@ -66,7 +66,6 @@ pub fn routes(routes: Routes) -> Routes {
     responses(
         (status = 201, description = "Created, with its keys", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
         (status = 409, description = "A device with this id exists", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
@@ -90,7 +89,6 @@ async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     responses(
         (status = 200, description = "The device (its keys for `admin` only)", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn fetch(
@@ -122,11 +120,10 @@ async fn fetch(
     params(
         ("after" = Option<String>, Query, description = "The `next` of the page before"),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Most devices in the page (default 100)"),
-        ("tag" = Option<Vec<String>>, Query, description = "Only devices with this tag, `key=value`; repeatable", explode = true, style = Form),
+        ("tag" = Option<Vec<String>>, Query, description = "Only devices with this tag, `key=value`; repeatable", explode = true, style = Form, pattern = "^[^=:]*[=:]"),
     ),
     responses(
         (status = 200, body = Page),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn list(State(state): State<Arc<ApiState>>, RawQuery(query): RawQuery) -> Response {
@@ -205,8 +202,6 @@ fn query_pairs(query: &str) -> Vec<(String, String)> {
     responses(
         (status = 200, description = "Changed", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 412, description = "The etag is not `If-Match`", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn update(
@@ -265,8 +260,6 @@ fn patch_allowed(caller: &Caller, body: &Bytes) -> Result<(), Answer> {
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 412, description = "The etag is not `If-Match`", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn remove(
@@ -290,8 +283,6 @@ async fn remove(
     responses(
         (status = 200, description = "Enabled", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 412, description = "The etag is not `If-Match`", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn enable(
@@ -318,8 +309,6 @@ async fn enable(
     responses(
         (status = 200, description = "Disabled", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 412, description = "The etag is not `If-Match`", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn disable(
@@ -346,8 +335,6 @@ async fn disable(
     responses(
         (status = 200, description = "Rotated: the old primary key is the secondary", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 412, description = "The etag is not `If-Match`", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn rotate_key(
@@ -394,6 +381,15 @@ enum SasKey {
     Secondary,
 }
 
+impl Default for SasRequest {
+    fn default() -> Self {
+        Self {
+            ttl: default_sas_ttl(),
+            key: SasKey::default(),
+        }
+    }
+}
+
 fn default_sas_ttl() -> crate::config::Duration {
     crate::config::Duration(std::time::Duration::from_secs(3600))
 }
@@ -410,7 +406,6 @@ fn default_sas_ttl() -> crate::config::Duration {
     responses(
         (status = 200, body = SasAnswer),
         (status = 404, description = "No such device", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn sas_token(
@@ -419,10 +414,12 @@ async fn sas_token(
     body: Bytes,
 ) -> Response {
     answer((|| {
+        // No body, or `null`, asks for the defaults.
         let request: SasRequest = match body.is_empty() {
-            true => parse(&Bytes::from_static(b"{}"))?,
-            false => parse(&body)?,
-        };
+            true => None,
+            false => parse::<Option<SasRequest>>(&body)?,
+        }
+        .unwrap_or_default();
         let device = registry(&state)?
             .get(&id)
             .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("device `{id}` not found")))?;
@@ -436,7 +433,10 @@ async fn sas_token(
                 format!("the stored key of device `{id}` is not Base64"),
             )
         })?;
-        let expiry = jiff::Timestamp::now().as_second().max(0) as u64 + request.ttl.get().as_secs();
+        // A ttl of more than 500 billion years would overflow (it panicked here once).
+        let expiry = (jiff::Timestamp::now().as_second().max(0) as u64)
+            .checked_add(request.ttl.get().as_secs())
+            .ok_or_else(|| error(StatusCode::BAD_REQUEST, "the ttl is too long"))?;
         let token =
             crate::registry::sas::sign(&crate::registry::sas::device_resource(&id), &key, expiry);
         Ok(Answer(
@@ -460,7 +460,6 @@ async fn sas_token(
     responses(
         (status = 200, description = "One outcome per row, in row order", body = ImportResults),
         (status = 413, description = "More than 50000 rows", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn import(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {

@@ -43,7 +43,6 @@ struct GroupList {
     responses(
         (status = 201, description = "Created", body = EnrollmentGroup, headers(("ETag" = String))),
         (status = 409, description = "A group with this id exists", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn create_group(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
@@ -65,7 +64,6 @@ async fn create_group(State(state): State<Arc<ApiState>>, body: Bytes) -> Respon
     tag = "enrollment-groups",
     responses(
         (status = 200, body = GroupList),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn list_groups(State(state): State<Arc<ApiState>>) -> Response {
@@ -92,7 +90,6 @@ async fn list_groups(State(state): State<Arc<ApiState>>) -> Response {
     responses(
         (status = 200, body = EnrollmentGroup, headers(("ETag" = String))),
         (status = 404, description = "No such group", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn fetch_group(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
@@ -121,8 +118,6 @@ async fn fetch_group(State(state): State<Arc<ApiState>>, Path(id): Path<String>)
     responses(
         (status = 200, description = "Changed", body = EnrollmentGroup, headers(("ETag" = String))),
         (status = 404, description = "No such group", body = ErrorBody),
-        (status = 412, description = "The etag is not `If-Match`", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn update_group(
@@ -155,8 +150,6 @@ async fn update_group(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such group", body = ErrorBody),
-        (status = 412, description = "The etag is not `If-Match`", body = ErrorBody),
-        (status = 503, description = "This weir has no registry", body = ErrorBody),
     )
 )]
 async fn remove_group(

@@ -6,7 +6,8 @@
 //! [`super::access::Routes`] collects those descriptions as it adds the routes. What every
 //! route shares is added here, from the same tables the middleware reads: who may call it
 //! ([`super::access::ACCESS`]: the bearer token it needs, 401, 403, 429), the request
-//! forgery guard (403, 415) and the rejections of malformed requests (400, 404, 413),
+//! forgery guard (403, 415), the rejections of malformed requests (400, 404, 413), and
+//! what the registry's routes share (412 for `If-Match`, 503 without a registry),
 //! all of them [`ErrorBody`] ([`super::rejections`] makes axum's own ones JSON too).
 
 use std::sync::OnceLock;
@@ -28,6 +29,9 @@ pub struct ErrorBody {
     /// What went wrong, for a person.
     pub error: String,
 }
+
+/// The routes of the device registry (503 without one).
+const REGISTRY_PATHS: &[&str] = &["/v1/devices", "/v1/enrollment-groups"];
 
 /// The name of the bearer security scheme.
 const BEARER: &str = "bearer";
@@ -125,6 +129,15 @@ fn describe_common(method: &Method, path: &str, operation: &mut Operation) {
     }
     if path.contains('{') {
         errors.push(("404", "Not found"));
+    }
+    if parameters.iter().any(|p| p.name == "If-Match") {
+        errors.push(("412", "The record's etag is not `If-Match`"));
+    }
+    if REGISTRY_PATHS.iter().any(|prefix| path.starts_with(prefix)) {
+        errors.push((
+            "503",
+            "This weir has no registry: the pipeline has no `registry:` section",
+        ));
     }
     for (status, description) in errors {
         if !operation.responses.responses.contains_key(status) {

@@ -178,8 +178,9 @@ impl<P: ToSchema> utoipa::PartialSchema for Spec<P> {
     fn schema() -> RefOr<Schema> {
         let mut schema = P::schema();
         if let RefOr::T(Schema::Object(object)) = &mut schema {
+            // A number is taken as its text (CSV and NDJSON imports have numeric ids).
             let id = ObjectBuilder::new()
-                .schema_type(Type::String)
+                .schema_type(SchemaType::from_iter([Type::String, Type::Number]))
                 .min_length(Some(1))
                 .max_length(Some(128))
                 .pattern(Some(r"^[^/\s\x00-\x1f\x7f-\x9f]+$"))
