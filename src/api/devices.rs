@@ -32,7 +32,9 @@ use utoipa_axum::routes;
 
 use super::access::{Routes, patch_field_role};
 use super::openapi::ErrorBody;
-use super::records::{Answer, answer, blocking, change, error, parse, record, registry, removal};
+use super::records::{
+    Answer, IfMatch, answer, blocking, change, error, parse, record, registry, removal,
+};
 use super::{ApiState, Caller};
 use crate::registry::{Device, DevicePatch, DeviceSpec, ImportOutcome, Page, Status};
 use crate::tokens::Role;
@@ -64,7 +66,7 @@ pub fn routes(routes: Routes) -> Routes {
     tag = "devices",
     request_body = DeviceSpec,
     responses(
-        (status = 201, description = "Created, with its keys", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
+        (status = 201, description = "Created, with its keys", body = Device),
         (status = 409, description = "A device with this id exists", body = ErrorBody),
     )
 )]
@@ -87,7 +89,7 @@ async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     tag = "devices",
     params(("id" = String, Path, description = "The device's id")),
     responses(
-        (status = 200, description = "The device (its keys for `admin` only)", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
+        (status = 200, description = "The device (its keys for `admin` only)", body = Device),
         (status = 404, description = "No such device", body = ErrorBody),
     )
 )]
@@ -196,11 +198,11 @@ fn query_pairs(query: &str) -> Vec<(String, String)> {
     tag = "devices",
     params(
         ("id" = String, Path, description = "The device's id"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the etag is this"),
+        IfMatch,
     ),
     request_body = DevicePatch,
     responses(
-        (status = 200, description = "Changed", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
+        (status = 200, description = "Changed", body = Device),
         (status = 404, description = "No such device", body = ErrorBody),
     )
 )]
@@ -255,7 +257,7 @@ fn patch_allowed(caller: &Caller, body: &Bytes) -> Result<(), Answer> {
     tag = "devices",
     params(
         ("id" = String, Path, description = "The device's id"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if the etag is this"),
+        IfMatch,
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -278,10 +280,10 @@ async fn remove(
     tag = "devices",
     params(
         ("id" = String, Path, description = "The device's id"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the etag is this"),
+        IfMatch,
     ),
     responses(
-        (status = 200, description = "Enabled", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
+        (status = 200, description = "Enabled", body = Device),
         (status = 404, description = "No such device", body = ErrorBody),
     )
 )]
@@ -304,10 +306,10 @@ async fn enable(
     tag = "devices",
     params(
         ("id" = String, Path, description = "The device's id"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the etag is this"),
+        IfMatch,
     ),
     responses(
-        (status = 200, description = "Disabled", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
+        (status = 200, description = "Disabled", body = Device),
         (status = 404, description = "No such device", body = ErrorBody),
     )
 )]
@@ -330,10 +332,10 @@ async fn disable(
     tag = "devices",
     params(
         ("id" = String, Path, description = "The device's id"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the etag is this"),
+        IfMatch,
     ),
     responses(
-        (status = 200, description = "Rotated: the old primary key is the secondary", body = Device, headers(("ETag" = String, description = "The record's etag, quoted"))),
+        (status = 200, description = "Rotated: the old primary key is the secondary", body = Device),
         (status = 404, description = "No such device", body = ErrorBody),
     )
 )]

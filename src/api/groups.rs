@@ -15,7 +15,9 @@ use utoipa_axum::routes;
 use super::ApiState;
 use super::access::Routes;
 use super::openapi::ErrorBody;
-use super::records::{Answer, answer, blocking, change, error, parse, record, registry, removal};
+use super::records::{
+    Answer, IfMatch, answer, blocking, change, error, parse, record, registry, removal,
+};
 use crate::registry::{EnrollmentGroup, GroupPatch, GroupSpec};
 
 pub fn routes(routes: Routes) -> Routes {
@@ -41,7 +43,7 @@ struct GroupList {
     tag = "enrollment-groups",
     request_body = GroupSpec,
     responses(
-        (status = 201, description = "Created", body = EnrollmentGroup, headers(("ETag" = String))),
+        (status = 201, description = "Created", body = EnrollmentGroup),
         (status = 409, description = "A group with this id exists", body = ErrorBody),
     )
 )]
@@ -88,7 +90,7 @@ async fn list_groups(State(state): State<Arc<ApiState>>) -> Response {
     tag = "enrollment-groups",
     params(("id" = String, Path, description = "The group's id")),
     responses(
-        (status = 200, body = EnrollmentGroup, headers(("ETag" = String))),
+        (status = 200, body = EnrollmentGroup),
         (status = 404, description = "No such group", body = ErrorBody),
     )
 )]
@@ -112,11 +114,11 @@ async fn fetch_group(State(state): State<Arc<ApiState>>, Path(id): Path<String>)
     tag = "enrollment-groups",
     params(
         ("id" = String, Path, description = "The group's id"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the etag is this"),
+        IfMatch,
     ),
     request_body = GroupPatch,
     responses(
-        (status = 200, description = "Changed", body = EnrollmentGroup, headers(("ETag" = String))),
+        (status = 200, description = "Changed", body = EnrollmentGroup),
         (status = 404, description = "No such group", body = ErrorBody),
     )
 )]
@@ -145,7 +147,7 @@ async fn update_group(
     tag = "enrollment-groups",
     params(
         ("id" = String, Path, description = "The group's id"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if the etag is this"),
+        IfMatch,
     ),
     responses(
         (status = 204, description = "Deleted"),

@@ -7,7 +7,7 @@
 //! route shares is added here, from the same tables the middleware reads: who may call it
 //! ([`super::access::ACCESS`]: the bearer token it needs, 401, 403, 429), the request
 //! forgery guard (403, 415), the rejections of malformed requests (400, 404, 413), and
-//! what the registry's routes share (412 for `If-Match`, 503 without a registry),
+//! what the registry's routes share (`ETag`, 412 for `If-Match`, 503 without a registry),
 //! all of them [`ErrorBody`] ([`super::rejections`] makes axum's own ones JSON too).
 
 use std::sync::OnceLock;
@@ -15,8 +15,9 @@ use std::sync::OnceLock;
 use axum::http::{Method, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
+use utoipa::openapi::header::Header;
 use utoipa::openapi::path::{Operation, ParameterIn};
-use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, InfoBuilder, OpenApi, Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
@@ -29,6 +30,9 @@ pub struct ErrorBody {
     /// What went wrong, for a person.
     pub error: String,
 }
+
+/// The records answered with an `ETag`.
+const ETAGGED: &[&str] = &["Device", "EnrollmentGroup"];
 
 /// The routes of the device registry (503 without one).
 const REGISTRY_PATHS: &[&str] = &["/v1/devices", "/v1/enrollment-groups"];
@@ -139,6 +143,11 @@ fn describe_common(method: &Method, path: &str, operation: &mut Operation) {
             "This weir has no registry: the pipeline has no `registry:` section",
         ));
     }
+    for (status, response) in operation.responses.responses.iter_mut() {
+        if let (true, RefOr::T(response)) = (status.starts_with('2'), response) {
+            add_etag(response);
+        }
+    }
     for (status, description) in errors {
         if !operation.responses.responses.contains_key(status) {
             operation
@@ -149,8 +158,24 @@ fn describe_common(method: &Method, path: &str, operation: &mut Operation) {
     }
 }
 
+/// Registry records are answered with their `ETag` ([`super::records`]).
+fn add_etag(response: &mut Response) {
+    let answers_a_record = response.content.values().any(|content| {
+        matches!(&content.schema, Some(RefOr::Ref(r)) if ETAGGED.iter().any(|name| {
+            r.ref_location == format!("#/components/schemas/{name}")
+        }))
+    });
+    if answers_a_record {
+        let header = Header::builder()
+            .schema(String::schema())
+            .description(Some("The record's etag, quoted: `If-Match` takes it"))
+            .build();
+        response.headers.insert("ETag".into(), header);
+    }
+}
+
 /// An answer with an [`ErrorBody`].
-pub fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+pub fn error_response(description: &str) -> RefOr<Response> {
     ResponseBuilder::new()
         .description(description)
         .content(

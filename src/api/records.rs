@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 
 use super::ApiState;
 use crate::registry::{Registry, RegistryError};
@@ -68,11 +69,25 @@ pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Answer> {
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
-pub fn if_match(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// The `If-Match` header of a change: it is made only if the record's etag is this
+/// (412 otherwise).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IfMatch {
+    /// Change only if the record's etag is this (as its `ETag` gave it).
+    #[param(rename = "If-Match")]
+    pub tag: Option<String>,
+}
+
+impl IfMatch {
+    pub fn of(headers: &HeaderMap) -> Self {
+        Self {
+            tag: headers
+                .get(header::IF_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
+    }
 }
 
 /// Runs a registry change off the async threads (each one waits for an fsync).
@@ -117,7 +132,7 @@ pub async fn change<T: Etagged>(
     headers: &HeaderMap,
     op: impl FnOnce(&Registry, &str, Option<&str>) -> Result<T, RegistryError> + Send + 'static,
 ) -> Response {
-    let tag = if_match(headers);
+    let tag = IfMatch::of(headers).tag;
     answer(
         blocking(state, move |r| op(r, &id, tag.as_deref()))
             .await
@@ -132,7 +147,7 @@ pub async fn removal(
     headers: &HeaderMap,
     op: impl FnOnce(&Registry, &str, Option<&str>) -> Result<(), RegistryError> + Send + 'static,
 ) -> Response {
-    let tag = if_match(headers);
+    let tag = IfMatch::of(headers).tag;
     answer(
         blocking(state, move |r| op(r, &id, tag.as_deref()))
             .await
