@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +29,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use utoipa::ToSchema;
+use utoipa_axum::router::UtoipaMethodRouter;
 use utoipa_axum::routes;
 
 use super::access::{Routes, patch_field_role};
@@ -43,12 +45,14 @@ use crate::tokens::Role;
 const MAX_PAGE: usize = 1000;
 /// Most rows one import request may carry (the CLI sends chunks).
 const MAX_IMPORT_ROWS: usize = 50_000;
+/// Most bytes one import request may carry: 50 000 rows of about 1 KiB.
+const MAX_IMPORT_BYTES: usize = 64 << 20;
 
 pub fn routes(routes: Routes) -> Routes {
     routes
         .route(routes!(list))
         .route(routes!(create))
-        .route(routes!(import))
+        .route(import_route())
         .route(routes!(fetch))
         .route(routes!(update))
         .route(routes!(remove))
@@ -56,6 +60,17 @@ pub fn routes(routes: Routes) -> Routes {
         .route(routes!(disable))
         .route(routes!(rotate_key))
         .route(routes!(sas_token))
+}
+
+/// `POST /v1/devices/import`, with room for [`MAX_IMPORT_ROWS`] rows: axum's default
+/// body limit (2 MiB) refused a tenth of them with keys and tags.
+fn import_route() -> UtoipaMethodRouter<Arc<ApiState>> {
+    let (schemas, paths, route) = routes!(import);
+    (
+        schemas,
+        paths,
+        route.layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+    )
 }
 
 /// Registers a device; missing keys are generated.
