@@ -121,8 +121,8 @@ fn bench_lookup(c: &mut Criterion, registry: &Arc<Registry>) {
 
 fn bench_sas(c: &mut Criterion, registry: &Arc<Registry>) {
     let device = registry.get("dev-000042").expect("device");
-    let primary = keys::decode(&device.primary_key).expect("key");
-    let secondary = keys::decode(&device.secondary_key).expect("key");
+    let primary = keys::decode(device.primary_key.expose_str()).expect("key");
+    let secondary = keys::decode(device.secondary_key.expose_str()).expect("key");
     let expiry = jiff::Timestamp::now().as_second() as u64 + 3600;
     let token = sas::sign("devices/dev-000042", &secondary, expiry);
     let now = expiry - 60;

@@ -5,6 +5,8 @@
 //! in an error message).
 
 use clap::Args;
+
+use crate::config::Sensitive;
 use serde_json::Value;
 
 /// Where the admin API is, and who is calling.
@@ -21,7 +23,7 @@ pub struct ApiArgs {
     /// An API token (`weir tokens create`; the first admin token is in
     /// `data_dir/initial-admin-token`).
     #[arg(long, env = "WEIR_TOKEN", global = true, hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<Sensitive>,
     /// PEM CA certificates that signed the API's certificate (`https://` with
     /// `api.tls`; default: the system's roots).
     #[arg(long, env = "WEIR_CA", global = true)]
@@ -32,7 +34,7 @@ pub struct ApiArgs {
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
-    token: Option<String>,
+    token: Option<Sensitive>,
 }
 
 impl ApiClient {
@@ -49,7 +51,10 @@ impl ApiClient {
         Ok(Self {
             base: args.api.trim_end_matches('/').to_owned(),
             http,
-            token: args.token.clone().filter(|t| !t.trim().is_empty()),
+            token: args
+                .token
+                .clone()
+                .filter(|t| !t.expose_str().trim().is_empty()),
         })
     }
 
@@ -61,7 +66,7 @@ impl ApiClient {
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let request = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {
-            Some(token) => request.bearer_auth(token.trim()),
+            Some(token) => request.bearer_auth(token.expose_str().trim()),
             None => request,
         }
     }

@@ -44,6 +44,37 @@ pub fn url(text: &str) -> String {
     }
 }
 
+/// The credentials in the URL `text`: its password and the values of secret-looking
+/// query parameters, as written and decoded. For masking them wherever else they turn up
+/// (a server's answer that echoes the request).
+pub fn url_secrets(text: &str) -> Vec<String> {
+    let Ok(parsed) = url::Url::parse(text) else {
+        return Vec::new();
+    };
+    let mut secrets = Vec::new();
+    if let Some(password) = parsed.password() {
+        secrets.push(password.to_owned());
+        if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
+            secrets.push(decoded.into_owned());
+        }
+    }
+    if let Some(query) = parsed.query() {
+        for pair in query.split('&') {
+            if let Some((name, raw)) = pair.split_once('=')
+                && is_secret(name)
+            {
+                secrets.push(raw.to_owned());
+            }
+        }
+    }
+    for (name, value) in parsed.query_pairs() {
+        if is_secret(&name) {
+            secrets.push(value.into_owned());
+        }
+    }
+    secrets
+}
+
 /// Query parameters whose values are credentials (`token`, `access_token`, `sig`, `key`,
 /// `api_key`, `password`, `secret`, ...).
 fn is_secret(name: &str) -> bool {
@@ -85,6 +116,15 @@ mod tests {
             "https://api.example/v1?api_key=***&Access_Token=***"
         );
         assert_eq!(url("not a url://u:p@host"), "not a url://***@host");
+    }
+
+    #[test]
+    fn the_secrets_of_a_url_are_found_raw_and_decoded() {
+        let secrets = super::url_secrets("https://u:p%40ss@h/x?token=a%2Bb&site=3");
+        for wanted in ["p%40ss", "p@ss", "a%2Bb", "a+b"] {
+            assert!(secrets.iter().any(|s| s == wanted), "{wanted}: {secrets:?}");
+        }
+        assert!(!secrets.iter().any(|s| s == "3"));
     }
 
     #[test]

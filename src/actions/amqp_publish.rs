@@ -13,7 +13,7 @@ use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
-use crate::config::{Duration, FieldProblem};
+use crate::config::{Duration, FieldProblem, RedactedUrl};
 use crate::event::Event;
 use crate::template::Template;
 use crate::tls::TlsConfig;
@@ -23,7 +23,7 @@ action_config! {
     /// Publishes one AMQP message per event.
     pub struct AmqpPublishConfig {
         /// e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`, or `amqps://…` (TLS).
-        pub url: String,
+        pub url: RedactedUrl,
         /// The exchange; default: the default exchange (routing key = queue name).
         #[serde(default)]
         pub exchange: String,
@@ -66,12 +66,13 @@ impl ActionComponent for AmqpPublishConfig {
 
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.policies().check();
-        if !self.url.starts_with("amqp://") && !self.url.starts_with("amqps://") {
+        let url = self.url.expose_str();
+        if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
             problems.push(FieldProblem::at(
                 ["url"],
                 "expected an `amqp://` or `amqps://` URL",
             ));
-        } else if self.tls.is_some() && !self.url.starts_with("amqps://") {
+        } else if self.tls.is_some() && !url.starts_with("amqps://") {
             problems.push(FieldProblem::at(["tls"], "`tls` needs an `amqps://` URL"));
         }
         problems
@@ -104,7 +105,7 @@ impl AmqpPublish {
     async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
         crate::tls::install_default_provider();
         let connection = Connection::connect_with_config(
-            &self.config.url,
+            self.config.url.expose_str(),
             ConnectionProperties::default(),
             self.tls.clone(),
             lapin::runtime::default_runtime()?,
@@ -177,6 +178,10 @@ impl Notifier for AmqpPublish {
             routing_key,
             payload,
         })
+    }
+
+    fn secrets(&self, _message: &Message) -> Vec<String> {
+        crate::redact::url_secrets(self.config.url.expose_str())
     }
 
     fn identity(&self, message: &Message, hasher: &mut dyn Hasher) {

@@ -16,7 +16,7 @@ use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
-use crate::config::{Duration, FieldProblem};
+use crate::config::{Duration, FieldProblem, Sensitive};
 use crate::event::Event;
 use crate::template::Template;
 use crate::topology::ComponentTask;
@@ -38,7 +38,7 @@ action_config! {
         pub username: Option<String>,
         /// e.g. `${SMTP_PASSWORD}`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub password: Option<String>,
+        pub password: Option<Sensitive>,
         /// e.g. `weir <alarms@example.com>`.
         pub from: String,
         /// Recipients; each may be a template, e.g. `{{ device.owner_email }}`.
@@ -132,7 +132,10 @@ impl ActionComponent for EmailConfig {
             .tls(security)
             .timeout(Some(self.timeout.get()));
         if let (Some(username), Some(password)) = (&self.username, &self.password) {
-            transport = transport.credentials(Credentials::new(username.clone(), password.clone()));
+            transport = transport.credentials(Credentials::new(
+                username.clone(),
+                password.expose().clone(),
+            ));
         }
         let from = self
             .from
@@ -180,6 +183,11 @@ impl Notifier for Email {
         let subject = runner::render(&self.config.subject, &view, "subject")?;
         let body = runner::render(&self.config.body, &view, "body")?;
         Ok(Mail { to, subject, body })
+    }
+
+    fn secrets(&self, _mail: &Mail) -> Vec<String> {
+        let password = self.config.password.as_ref();
+        password.map(|p| p.expose().clone()).into_iter().collect()
     }
 
     fn identity(&self, mail: &Mail, hasher: &mut dyn Hasher) {

@@ -11,8 +11,11 @@ use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
-use crate::config::{Duration, FieldProblem};
+use crate::config::{Duration, FieldProblem, RedactedUrl};
 use crate::event::Event;
+use crate::sources::CredentialFields;
+use crate::telemetry::events::{ComponentError, ErrorType, Stage};
+use crate::telemetry::{ComponentTelemetry, InternalEvent};
 use crate::template::Template;
 use crate::tls::TlsConfig;
 use crate::topology::ComponentTask;
@@ -21,7 +24,7 @@ action_config! {
     /// Publishes one MQTT message per event.
     pub struct MqttPublishConfig {
         /// e.g. `mqtt://127.0.0.1:1883`, or `mqtts://broker:8883` (TLS).
-        pub url: String,
+        pub url: RedactedUrl,
         /// e.g. `devices/{{ device_id }}/commands`.
         pub topic: Template,
         /// e.g. `{"command":"reduce_load"}`; default: the event as JSON.
@@ -35,6 +38,16 @@ action_config! {
         /// Default: `weir-<component id>`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub client_id: Option<String>,
+        /// The user name weir connects as, for brokers that want credentials.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub username: Option<String>,
+        /// The password, e.g. `${MQTT_PASSWORD}`; never logged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub password: Option<crate::config::Sensitive>,
+        /// A file holding the password (its trailing newline is not part of it), read when
+        /// the action starts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub password_file: Option<std::path::PathBuf>,
         /// How long to wait for the broker's acknowledgement; a timeout is retried.
         #[serde(default = "default_timeout")]
         pub timeout: Duration,
@@ -63,7 +76,7 @@ impl ActionComponent for MqttPublishConfig {
 
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.policies().check();
-        match crate::sources::broker_address(&self.url) {
+        match crate::sources::broker_address(self.url.expose_str()) {
             Err(message) => problems.push(FieldProblem::at(["url"], message)),
             Ok((_, _, false)) if self.tls.is_some() => {
                 problems.push(FieldProblem::at(["tls"], "`tls` needs an `mqtts://` URL"))
@@ -73,18 +86,23 @@ impl ActionComponent for MqttPublishConfig {
         if self.qos > 1 {
             problems.push(FieldProblem::at(["qos"], "expected 0 or 1"));
         }
+        problems.extend(self.credentials().check());
         problems
     }
 
     fn build(&self, cx: ActionContext) -> anyhow::Result<ComponentTask> {
         let (host, port, secure) =
-            crate::sources::broker_address(&self.url).map_err(anyhow::Error::msg)?;
+            crate::sources::broker_address(self.url.expose_str()).map_err(anyhow::Error::msg)?;
         let client_id = self
             .client_id
             .clone()
             .unwrap_or_else(|| format!("weir-{}", cx.id));
         let mut options = MqttOptions::new(client_id, (host, port));
         options.set_keep_alive(30).set_clean_session(true);
+        // The password file is read now, so a missing one fails the start with its name.
+        if let Some(credentials) = self.credentials().resolve()? {
+            credentials.apply_v4(&mut options);
+        }
         if secure {
             let tls = self.tls.clone().unwrap_or_default().client_config()?;
             options.set_transport(rumqttc::Transport::tls_with_config(
@@ -98,10 +116,21 @@ impl ActionComponent for MqttPublishConfig {
             eventloop: Mutex::new(Some(eventloop)),
             stop: stop.clone(),
             _stop_when_dropped: stop.drop_guard(),
-            component: cx.id.to_string(),
+            telemetry: cx.telemetry.clone(),
+            connection_error: Default::default(),
             config: self.clone(),
         };
         runner::spawn(cx, self.policies(), notifier)
+    }
+}
+
+impl MqttPublishConfig {
+    fn credentials(&self) -> CredentialFields<'_> {
+        CredentialFields {
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            password_file: self.password_file.as_deref(),
+        }
     }
 }
 
@@ -112,7 +141,9 @@ struct MqttPublish {
     stop: CancellationToken,
     /// Stops the event loop when the action is gone.
     _stop_when_dropped: DropGuard,
-    component: String,
+    telemetry: ComponentTelemetry,
+    /// The last connection failure, until the next poll succeeds.
+    connection_error: std::sync::Arc<Mutex<Option<String>>>,
     config: MqttPublishConfig,
 }
 
@@ -132,32 +163,70 @@ impl MqttPublish {
             .take();
         let Some(mut eventloop) = taken else { return };
         let stop = self.stop.clone();
-        let component = self.component.clone();
+        let telemetry = self.telemetry.clone();
+        let url = self.config.url.redacted();
+        let last_error = std::sync::Arc::clone(&self.connection_error);
         tokio::spawn(async move {
-            let mut logged = false;
             loop {
                 let event = tokio::select! {
                     _ = stop.cancelled() => return,
                     event = eventloop.poll() => event,
                 };
-                match event {
-                    Ok(_) => logged = false,
+                let failed = match event {
+                    Ok(_) => None,
                     // The client is gone: the action has finished.
                     Err(rumqttc::ConnectionError::RequestsDone) => return,
-                    Err(err) => {
-                        // Publishes waiting meanwhile time out and are retried.
-                        if !logged {
-                            tracing::warn!(
-                                component_id = component,
-                                "MQTT connection failed: {err}; reconnecting"
-                            );
-                            logged = true;
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    Err(err) => Some(err),
+                };
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    failed.as_ref().map(connection_failure);
+                if let Some(err) = failed {
+                    // Publishes waiting meanwhile time out, are retried, and say why.
+                    ComponentError {
+                        error_type: match refused_credentials(&err) {
+                            true => ErrorType::Unauthorized,
+                            false => ErrorType::Io,
+                        },
+                        stage: Stage::Sending,
+                        message: &format!(
+                            "MQTT connection to {url} failed: {}; reconnecting",
+                            connection_failure(&err)
+                        ),
+                        count: 1,
                     }
+                    .emit(&telemetry);
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
             }
         });
+    }
+
+    /// Why the connection is down right now, for a publish that timed out meanwhile.
+    fn connection_error(&self) -> String {
+        match &*self
+            .connection_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(err) => format!(" (the connection failed: {err})"),
+            None => String::new(),
+        }
+    }
+}
+
+/// The broker refused the user name and password, or this user.
+fn refused_credentials(err: &rumqttc::ConnectionError) -> bool {
+    use rumqttc::ConnectReturnCode::{BadUserNamePassword, NotAuthorized};
+    matches!(
+        err,
+        rumqttc::ConnectionError::ConnectionRefused(BadUserNamePassword | NotAuthorized)
+    )
+}
+
+fn connection_failure(err: &rumqttc::ConnectionError) -> String {
+    match refused_credentials(err) {
+        true => format!("{err} (not authorized: check `username` and `password`)"),
+        false => err.to_string(),
     }
 }
 
@@ -204,8 +273,10 @@ impl Notifier for MqttPublish {
                 message.topic
             ))),
             Err(_) => Err(SendError::Transient(format!(
-                "the broker did not acknowledge the publish to `{}` within {}",
-                message.topic, self.config.timeout
+                "the broker did not acknowledge the publish to `{}` within {}{}",
+                message.topic,
+                self.config.timeout,
+                self.connection_error()
             ))),
         }
     }

@@ -46,6 +46,12 @@ pub trait Notifier: Send + Sync + 'static {
     /// Renders the event's templates; an error is permanent (the event is dead-lettered).
     fn prepare(&self, event: &Event) -> Result<Self::Message, String>;
 
+    /// The secrets `message` carries (header values, a URL's password or token): masked
+    /// in every error message about it, since a server's answer may echo them.
+    fn secrets(&self, _message: &Self::Message) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Feeds what makes two messages identical, for `dedupe`.
     fn identity(&self, message: &Self::Message, hasher: &mut dyn Hasher);
 
@@ -301,13 +307,15 @@ impl<N: Notifier> Runner<N> {
     ) -> Result<(), String> {
         let mut delays = self.retry.delays();
         let mut attempts = 0u32;
+        let secrets = self.notifier.secrets(message);
+        let scrub = |err: String| crate::config::scrub(&err, secrets.iter().map(String::as_str));
         loop {
             attempts += 1;
             match self.notifier.send(message, key).await {
                 Ok(()) => return Ok(()),
-                Err(SendError::Permanent(err)) => return Err(err),
-                Err(SendError::Transient(err)) => match delays.next() {
-                    Some(delay) => {
+                Err(SendError::Permanent(err)) => return Err(scrub(err)),
+                Err(SendError::Transient(err)) => match (delays.next(), scrub(err)) {
+                    (Some(delay), err) => {
                         self.reporter.metrics.retries.inc();
                         ComponentError {
                             error_type: ErrorType::Io,
@@ -318,7 +326,9 @@ impl<N: Notifier> Runner<N> {
                         .emit(&self.reporter.telemetry);
                         tokio::time::sleep(delay).await;
                     }
-                    None => return Err(format!("gave up after {attempts} attempts: {err}")),
+                    (None, err) => {
+                        return Err(format!("gave up after {attempts} attempts: {err}"));
+                    }
                 },
             }
         }

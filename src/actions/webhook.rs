@@ -11,7 +11,7 @@ use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
-use crate::config::{Duration, FieldProblem};
+use crate::config::{Duration, FieldProblem, RedactedUrl, Sensitive};
 use crate::event::Event;
 use crate::template::Template;
 use crate::tls::TlsConfig;
@@ -21,12 +21,13 @@ action_config! {
     /// Calls an HTTP endpoint for every event.
     pub struct WebhookConfig {
         /// e.g. `https://ops.example.com/hooks/iot`; may be a template.
-        pub url: Template,
+        pub url: RedactedUrl<Template>,
         #[serde(default)]
         pub method: HttpMethod,
-        /// Header name to template, e.g. `Authorization: "Bearer ${OPS_TOKEN}"`.
+        /// Header name to template, e.g. `Authorization: "Bearer ${OPS_TOKEN}"`. Values
+        /// are never shown: not in logs, errors or dead letters.
         #[serde(default)]
-        pub headers: IndexMap<String, Template>,
+        pub headers: IndexMap<String, Sensitive<Template>>,
         /// The request body, e.g. `{"device":"{{ device_id }}","state":"{{ state }}"}`.
         /// Default: the event as JSON. `Content-Type` defaults to `application/json`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,7 +80,7 @@ impl ActionComponent for WebhookConfig {
 
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.policies().check();
-        let url = self.url.source();
+        let url = self.url.expose().source();
         if !url.starts_with("{{") && !url.starts_with("http://") && !url.starts_with("https://") {
             problems.push(FieldProblem::at(
                 ["url"],
@@ -134,16 +135,29 @@ impl Notifier for Webhook {
 
     fn prepare(&self, event: &Event) -> Result<Request, String> {
         let view = event.view();
-        let url = runner::render(&self.config.url, &view, "url")?;
+        let url = runner::render(self.config.url.expose(), &view, "url")?;
         reqwest::Url::parse(&url)
             .map_err(|err| format!("`{}` is not a URL: {err}", crate::redact::url(&url)))?;
         let mut headers = Vec::with_capacity(self.config.headers.len());
         for (name, value) in &self.config.headers {
-            let value = runner::render(value, &view, &format!("headers.{name}"))?;
+            let value = runner::render(value.expose(), &view, &format!("headers.{name}"))?;
             headers.push((name.clone(), value));
         }
         let body = runner::body_or_event(self.config.body.as_ref(), event, &view, "body")?;
         Ok(Request { url, headers, body })
+    }
+
+    fn secrets(&self, message: &Request) -> Vec<String> {
+        let mut secrets = crate::redact::url_secrets(&message.url);
+        // Every header value: the config marks them all sensitive.
+        secrets.extend(message.headers.iter().map(|(_, value)| value.clone()));
+        // `Bearer <token>`: the token alone may be echoed too.
+        secrets.extend(message.headers.iter().filter_map(|(_, value)| {
+            value
+                .split_once(' ')
+                .map(|(_, token)| token.trim().to_owned())
+        }));
+        secrets
     }
 
     fn identity(&self, message: &Request, hasher: &mut dyn Hasher) {

@@ -29,11 +29,15 @@ pub enum Access {
     Public,
     /// Public when `api.auth.public_metrics` says so, else `viewer`.
     Metrics,
-    /// A token (or JWT) with at least this role.
+    /// A token (or JWT) with at least this role on every device.
     Role(Role),
+    /// A device route: at least this role on the device, which a role limited to devices
+    /// by tag (`operator` for `site=plant-3`) may give. Out of a caller's scope a device is
+    /// not disclosed: 404, as if it did not exist; the list shows only devices in scope.
+    Device(Role),
 }
 
-use Access::{Metrics, Public, Role as Needs};
+use Access::{Device as OnDevice, Metrics, Public, Role as Needs};
 use Role::{Admin, Operator, Viewer};
 
 /// Every route, with what it asks of its caller.
@@ -45,16 +49,20 @@ pub const ACCESS: &[(Method, &str, Access)] = &[
     (Method::GET, "/v1/alarms", Needs(Viewer)),
     (Method::GET, "/v1/alarms/{id}", Needs(Viewer)),
     (Method::POST, "/v1/alarms/{id}/ack", Needs(Operator)),
-    (Method::GET, "/v1/devices", Needs(Viewer)),
+    (Method::GET, "/v1/devices", OnDevice(Viewer)),
     (Method::POST, "/v1/devices", Needs(Admin)),
     (Method::POST, "/v1/devices/import", Needs(Admin)),
-    (Method::GET, "/v1/devices/{id}", Needs(Viewer)),
-    (Method::PATCH, "/v1/devices/{id}", Needs(Operator)),
+    (Method::GET, "/v1/devices/{id}", OnDevice(Viewer)),
+    (Method::PATCH, "/v1/devices/{id}", OnDevice(Operator)),
     (Method::DELETE, "/v1/devices/{id}", Needs(Admin)),
-    (Method::POST, "/v1/devices/{id}/enable", Needs(Operator)),
-    (Method::POST, "/v1/devices/{id}/disable", Needs(Operator)),
+    (Method::POST, "/v1/devices/{id}/enable", OnDevice(Operator)),
+    (Method::POST, "/v1/devices/{id}/disable", OnDevice(Operator)),
     (Method::POST, "/v1/devices/{id}/rotate-key", Needs(Admin)),
-    (Method::POST, "/v1/devices/{id}/sas-token", Needs(Operator)),
+    (
+        Method::POST,
+        "/v1/devices/{id}/sas-token",
+        OnDevice(Operator),
+    ),
     (Method::GET, "/v1/enrollment-groups", Needs(Admin)),
     (Method::POST, "/v1/enrollment-groups", Needs(Admin)),
     (Method::GET, "/v1/enrollment-groups/{id}", Needs(Admin)),
@@ -204,7 +212,7 @@ mod tests {
     fn every_v1_route_needs_a_role() {
         for (method, path, access) in ACCESS {
             if path.starts_with("/v1/") {
-                assert!(matches!(access, Needs(_)), "{method} {path}");
+                assert!(matches!(access, Needs(_) | OnDevice(_)), "{method} {path}");
             }
         }
     }
@@ -217,6 +225,7 @@ mod tests {
                 Public => "public".to_owned(),
                 Metrics => "viewer, or public with `api.auth.public_metrics`".to_owned(),
                 Needs(role) => role.to_string(),
+                OnDevice(role) => format!("{role} on the device"),
             };
             let row = format!("| `{method} {path}` | {who} |");
             assert!(readme.contains(&row), "README.md lacks the row\n{row}");

@@ -127,7 +127,7 @@ pub async fn record(State(state): State<Arc<ApiState>>, request: Request, next: 
     let event = AuditEvent {
         time: jiff::Timestamp::now(),
         who: caller.name,
-        role: Some(caller.role.to_string()),
+        role: Some(caller.grants.describe()),
         route,
         target,
         status,

@@ -54,10 +54,10 @@ pub async fn serve(
             state.clone(),
             super::audit::record,
         ))
-        .layer(axum::Extension(super::Caller {
-            name: "control-socket".into(),
-            role: crate::tokens::Role::Admin,
-        }))
+        .layer(axum::Extension(super::Caller::everywhere(
+            "control-socket",
+            crate::tokens::Role::Admin,
+        )))
         .with_state(state);
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)

@@ -14,7 +14,8 @@
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 404, 409 (exists), 412 (etag),
 //! 500 (the store failed) or 503 (no `registry:` section in the pipeline); the answers
-//! themselves are made in [`super::records`].
+//! themselves are made in [`super::records`]. A caller whose role is limited to devices by
+//! tag sees and acts on the devices in scope only (see [`super::scope`]).
 
 use std::sync::Arc;
 
@@ -37,7 +38,7 @@ use super::openapi::ErrorBody;
 use super::records::{
     Answer, IfMatch, answer, blocking, change, error, parse, record, registry, removal,
 };
-use super::{ApiState, Caller};
+use super::{ApiState, Caller, scope};
 use crate::registry::{Device, DevicePatch, DeviceSpec, ImportOutcome, Page, Status};
 use crate::tokens::Role;
 
@@ -60,6 +61,17 @@ pub fn routes(routes: Routes) -> Routes {
         .route(routes!(disable))
         .route(routes!(rotate_key))
         .route(routes!(sas_token))
+}
+
+/// [`scope::check`] as an answer: the etag a scoped caller's change is pinned to.
+fn in_scope(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+    needed: Role,
+) -> Result<Option<String>, Answer> {
+    scope::check(&*registry(state)?, caller, id, needed)
+        .map_err(|(status, message)| error(status, message))
 }
 
 /// `POST /v1/devices/import`, with room for [`MAX_IMPORT_ROWS`] rows: axum's default
@@ -114,11 +126,12 @@ async fn fetch(
     Path(id): Path<String>,
 ) -> Response {
     answer((|| {
+        in_scope(&state, &caller, &id, Role::Viewer)?;
         let device = registry(&state)?
             .get(&id)
             .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("device `{id}` not found")))?;
         let mut shown = record(StatusCode::OK, &device, &device.etag);
-        if caller.role < Role::Admin
+        if caller.grants.everywhere() < Some(Role::Admin)
             && let Value::Object(fields) = &mut shown.1
         {
             fields.remove("primary_key");
@@ -143,7 +156,11 @@ async fn fetch(
         (status = 200, body = Page),
     )
 )]
-async fn list(State(state): State<Arc<ApiState>>, RawQuery(query): RawQuery) -> Response {
+async fn list(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Response {
     answer((|| {
         let registry = registry(&state)?;
         let (mut after, mut limit, mut tags) = (None, 100, Vec::new());
@@ -179,7 +196,9 @@ async fn list(State(state): State<Arc<ApiState>>, RawQuery(query): RawQuery) -> 
                 }
             }
         }
-        let page = registry.list(after.as_deref(), limit, &tags);
+        let page = registry.list_where(after.as_deref(), limit, &|device| {
+            device.has_tags(&tags) && scope::lists(&caller, device)
+        });
         Ok(Answer(
             StatusCode::OK,
             serde_json::to_value(page).unwrap_or(Value::Null),
@@ -228,12 +247,19 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = patch_allowed(&caller, &body) {
-        return refused.into_response();
-    }
-    match parse::<DevicePatch>(&body) {
-        Ok(patch) => {
-            change(&state, id, &headers, move |r, id, tag| {
+    let checked = (|| -> Result<_, Answer> {
+        let needed = patch_allowed(&caller, &body)?;
+        let patch = parse::<DevicePatch>(&body)?;
+        let checked = in_scope(&state, &caller, &id, needed)?;
+        if let (Some(_), Some(tags)) = (&checked, &patch.tags) {
+            scope::check_new_tags(&caller, tags, needed)
+                .map_err(|(status, message)| error(status, message))?;
+        }
+        Ok((patch, checked))
+    })();
+    match checked {
+        Ok((patch, checked)) => {
+            change(&state, id, &headers, checked, move |r, id, tag| {
                 r.update(id, patch, tag)
             })
             .await
@@ -242,25 +268,31 @@ async fn update(
     }
 }
 
-/// Refuses a patch with a field the caller's role does not reach (keys need `admin`).
-fn patch_allowed(caller: &Caller, body: &Bytes) -> Result<(), Answer> {
+/// Refuses a patch with a field the caller's role does not reach (keys need `admin`);
+/// else the role the patch needs.
+fn patch_allowed(caller: &Caller, body: &Bytes) -> Result<Role, Answer> {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
         // Not an object: the parse that follows says why.
-        return Ok(());
+        return Ok(Role::Operator);
     };
+    let highest = caller.grants.highest();
     match fields
         .keys()
         .map(|field| (field, patch_field_role(field)))
-        .find(|(_, needed)| caller.role < *needed)
+        .find(|(_, needed)| highest < Some(*needed))
     {
         Some((field, needed)) => Err(error(
             StatusCode::FORBIDDEN,
             format!(
                 "changing `{field}` needs the `{needed}` role; the token `{}` has `{}`",
-                caller.name, caller.role
+                caller.name,
+                caller.grants.describe()
             ),
         )),
-        None => Ok(()),
+        None => Ok(fields
+            .keys()
+            .map(|field| patch_field_role(field))
+            .fold(Role::Operator, Role::max)),
     }
 }
 
@@ -304,13 +336,11 @@ async fn remove(
 )]
 async fn enable(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    change(&state, id, &headers, |r, id, tag| {
-        r.set_status(id, Status::Enabled, tag)
-    })
-    .await
+    set_status(&state, &caller, id, &headers, Status::Enabled).await
 }
 
 /// Refuses a device's messages from now on.
@@ -330,13 +360,29 @@ async fn enable(
 )]
 async fn disable(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    change(&state, id, &headers, |r, id, tag| {
-        r.set_status(id, Status::Disabled, tag)
-    })
-    .await
+    set_status(&state, &caller, id, &headers, Status::Disabled).await
+}
+
+async fn set_status(
+    state: &ApiState,
+    caller: &Caller,
+    id: String,
+    headers: &HeaderMap,
+    status: Status,
+) -> Response {
+    match in_scope(state, caller, &id, Role::Operator) {
+        Ok(checked) => {
+            change(state, id, headers, checked, move |r, id, tag| {
+                r.set_status(id, status, tag)
+            })
+            .await
+        }
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// Rotates a device's keys.
@@ -359,7 +405,10 @@ async fn rotate_key(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    change(&state, id, &headers, |r, id, tag| r.rotate_key(id, tag)).await
+    change(&state, id, &headers, None, |r, id, tag| {
+        r.rotate_key(id, tag)
+    })
+    .await
 }
 
 /// A SAS token to issue.
@@ -427,10 +476,12 @@ fn default_sas_ttl() -> crate::config::Duration {
 )]
 async fn sas_token(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
     answer((|| {
+        in_scope(&state, &caller, &id, Role::Operator)?;
         // No body, or `null`, asks for the defaults.
         let request: SasRequest = match body.is_empty() {
             true => None,
@@ -444,7 +495,7 @@ async fn sas_token(
             SasKey::Primary => &device.primary_key,
             SasKey::Secondary => &device.secondary_key,
         };
-        let key = crate::registry::keys::decode(key).ok_or_else(|| {
+        let key = crate::registry::keys::decode(key.expose_str()).ok_or_else(|| {
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("the stored key of device `{id}` is not Base64"),

@@ -130,7 +130,7 @@ async fn update_group(
 ) -> Response {
     match parse::<GroupPatch>(&body) {
         Ok(patch) => {
-            change(&state, id, &headers, move |r, id, tag| {
+            change(&state, id, &headers, None, move |r, id, tag| {
                 r.update_group(id, patch, tag)
             })
             .await

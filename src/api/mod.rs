@@ -7,8 +7,9 @@
 //! `/v1/reload` without a token through the control socket ([`control`]).
 //!
 //! `/health` answers 200 while the process serves requests at all; `/ready` answers 200
-//! only while a topology is running (503 while starting or draining), for load balancers
-//! and systemd-style readiness checks.
+//! only while a topology is running with none of its components failed (503 while
+//! starting or draining, or once a component failed and stopped, until a reload replaces
+//! it), for load balancers and systemd-style readiness checks.
 
 pub mod access;
 mod alarms;
@@ -22,6 +23,7 @@ pub mod openapi;
 mod records;
 mod rejections;
 pub mod reload;
+mod scope;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -185,6 +187,9 @@ pub async fn serve(
 struct Liveness {
     /// `ok` (`/health`), `ready` or `not ready` (`/ready`).
     status: &'static str,
+    /// The components that failed and stopped (`/ready` when not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed_components: Option<Vec<String>>,
 }
 
 /// Whether the process serves requests at all.
@@ -196,7 +201,10 @@ struct Liveness {
     responses((status = 200, body = Liveness))
 )]
 async fn health() -> impl IntoResponse {
-    axum::Json(Liveness { status: "ok" })
+    axum::Json(Liveness {
+        status: "ok",
+        failed_components: None,
+    })
 }
 
 /// Whether a topology is running.
@@ -211,15 +219,21 @@ async fn health() -> impl IntoResponse {
     )
 )]
 async fn ready(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, axum::Json(Liveness { status: "ready" }))
+    // A failed component (a source that gave up) leaves the rest running but not whole.
+    let failed = state.telemetry.failed_components();
+    if state.ready.load(Ordering::Acquire) && failed.is_empty() {
+        let ready = Liveness {
+            status: "ready",
+            failed_components: None,
+        };
+        (StatusCode::OK, axum::Json(ready))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(Liveness {
-                status: "not ready",
-            }),
-        )
+        let failed: Vec<String> = failed.iter().map(ToString::to_string).collect();
+        let not_ready = Liveness {
+            status: "not ready",
+            failed_components: Some(failed),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(not_ready))
     }
 }
 

@@ -98,6 +98,13 @@ fn describe_common(method: &Method, path: &str, operation: &mut Operation) {
             "Needs the `viewer` role, or nothing with `api.auth.public_metrics`.".to_owned(),
         ),
         Some(Access::Role(role)) => (vec![bearer()], format!("Needs the `{role}` role.")),
+        Some(Access::Device(role)) => (
+            vec![bearer()],
+            format!(
+                "Needs the `{role}` role on the device: a role scoped to devices by tag \
+                 reaches the devices in its scope, and others answer 404."
+            ),
+        ),
         // A route without a row: the access test fails.
         None => (vec![bearer()], String::new()),
     };
@@ -112,7 +119,10 @@ fn describe_common(method: &Method, path: &str, operation: &mut Operation) {
         "403",
         "Refused: the `Host` or `Origin` is not of this API, or the role is too small",
     )];
-    if matches!(access, Some(Access::Role(_) | Access::Metrics)) {
+    if matches!(
+        access,
+        Some(Access::Role(_) | Access::Device(_) | Access::Metrics)
+    ) {
         errors.push(("401", "No valid token"));
         errors.push(("429", "Too many failed authentications from this address"));
     }

@@ -125,14 +125,16 @@ impl Etagged for crate::registry::EnrollmentGroup {
     }
 }
 
-/// A change to the record `id` that honours `If-Match`; answers the changed record.
+/// A change to the record `id` that honours `If-Match` (or, for a scoped caller, the etag
+/// its scope was checked against: `checked`); answers the changed record.
 pub async fn change<T: Etagged>(
     state: &ApiState,
     id: String,
     headers: &HeaderMap,
+    checked: Option<String>,
     op: impl FnOnce(&Registry, &str, Option<&str>) -> Result<T, RegistryError> + Send + 'static,
 ) -> Response {
-    let tag = IfMatch::of(headers).tag;
+    let tag = super::scope::if_match(IfMatch::of(headers).tag, checked);
     answer(
         blocking(state, move |r| op(r, &id, tag.as_deref()))
             .await

@@ -1,8 +1,9 @@
 //! `/v1/tokens`: API tokens, for admins, while weir runs.
 //!
 //! - `GET /v1/tokens` — every token: name, role, created, expires, last used (no hashes).
-//! - `POST /v1/tokens` — `{"name": "ci", "role": "viewer", "ttl": "90d"}` (ttl optional):
-//!   201 with the token's value, shown this once.
+//! - `POST /v1/tokens` — `{"name": "ci", "role": "viewer", "ttl": "90d"}` (ttl optional;
+//!   `"scope": {"site": "plant-3"}` limits the role to devices with those tags): 201 with
+//!   the token's value, shown this once.
 //! - `DELETE /v1/tokens/{name}` — revoke: 204; refused from the next request on.
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use utoipa_axum::routes;
 use super::ApiState;
 use super::access::Routes;
 use super::openapi::ErrorBody;
-use crate::tokens::{Role, TokenError, TokenInfo, TokenStore};
+use crate::tokens::{Grant, Role, Scope, TokenError, TokenInfo, TokenStore};
 
 pub fn routes(routes: Routes) -> Routes {
     routes
@@ -36,6 +37,9 @@ struct NewToken {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     name: String,
     role: Role,
+    /// Device tags the role is limited to (`{"site": "plant-3"}`); none: every device.
+    #[serde(default)]
+    scope: Scope,
     /// How long the token is valid (`90d`, `12h`); forever without.
     #[serde(default)]
     #[schema(value_type = Option<String>, pattern = r"^[0-9]+(ms|s|m|h|d)$")]
@@ -129,12 +133,16 @@ async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
         Err(e) => {
             return failure(
                 StatusCode::BAD_REQUEST,
-                format!("expected {{\"name\", \"role\", \"ttl\"}}: {e}"),
+                format!("expected {{\"name\", \"role\", \"scope\", \"ttl\"}}: {e}"),
             );
         }
     };
     let made = blocking(&state, move |store| {
-        store.create(&new.name, new.role, new.ttl.map(|t| t.get()))
+        let grant = Grant {
+            role: new.role,
+            scope: new.scope,
+        };
+        store.create_with(&new.name, grant, new.ttl.map(|t| t.get()))
     })
     .await;
     match made {

@@ -25,13 +25,14 @@ use super::{
 };
 
 /// Top-level keys that are not sections: the engine's settings, with the catalogue's
-/// services between the settings of the process (`data_dir`, `api`, `log`) and `watch`.
+/// services between the settings of the process (`data_dir`, `api`, `log`) and `watch`,
+/// `channel_max_events`.
 fn global_keys(catalogue: &Catalogue) -> Vec<&'static str> {
     let services = catalogue.services.iter().map(|s| s.key);
     ["data_dir", "api", "log"]
         .into_iter()
         .chain(services)
-        .chain(["watch"])
+        .chain(["watch", "channel_max_events"])
         .collect()
 }
 

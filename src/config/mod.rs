@@ -22,6 +22,7 @@ mod load;
 mod options;
 mod role;
 pub mod schema;
+mod sensitive;
 pub mod service;
 pub mod sink;
 pub mod source;
@@ -47,7 +48,8 @@ pub use component::{
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
 pub use load::{load, load_str};
 pub use options::Options;
-pub use role::Role;
+pub use role::{Grant, Role, RoleBinding, Scope, describe_scope};
+pub use sensitive::{RedactedUrl, SecretText, Sensitive, scrub};
 pub use service::{ServiceConfigs, ServiceUse};
 pub use units::{ByteSize, Duration};
 pub use yaml::PathStep;
@@ -296,6 +298,14 @@ pub struct GlobalConfig {
     /// Reload when a pipeline file changes (as `weir run --watch`).
     #[serde(default)]
     pub watch: bool,
+    /// Events each component's input channel holds before its producers wait (default
+    /// 8192). A batch larger than this (one big request) still passes, alone.
+    #[serde(default = "default_channel_max_events")]
+    pub channel_max_events: usize,
+}
+
+fn default_channel_max_events() -> usize {
+    crate::topology::channel::DEFAULT_CHANNEL_EVENTS
 }
 
 impl Default for GlobalConfig {
@@ -306,6 +316,7 @@ impl Default for GlobalConfig {
             log: LogConfig::default(),
             services: ServiceConfigs::default(),
             watch: false,
+            channel_max_events: default_channel_max_events(),
         }
     }
 }

@@ -47,3 +47,75 @@ impl std::fmt::Display for Role {
         f.write_str(self.as_str())
     }
 }
+
+/// Device tags a role is limited to, e.g. `{ site: plant-3 }`: a device is in scope when
+/// each of its tags named here has this value (compared as text). Empty: every device.
+pub type Scope = std::collections::BTreeMap<String, String>;
+
+/// A role, on every device, or only on the devices whose tags match a scope.
+///
+/// A scoped role reaches the device routes only (`GET /v1/devices` lists the devices in
+/// scope; the others answer 404 for a device out of it); every other route needs a role
+/// without a scope. `admin` cannot be scoped: an admin makes tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Scope::is_empty")]
+    pub scope: Scope,
+}
+
+impl Grant {
+    pub fn everywhere(role: Role) -> Self {
+        Self {
+            role,
+            scope: Scope::new(),
+        }
+    }
+
+    /// Why this grant cannot be given, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.role == Role::Admin && !self.scope.is_empty() {
+            return Err("`admin` cannot be limited to a scope (an admin makes tokens)".into());
+        }
+        if self.scope.keys().any(|key| key.is_empty()) {
+            return Err("a scope names tags: `{ site: plant-3 }`".into());
+        }
+        Ok(())
+    }
+
+    /// `operator` or `operator for site=plant-3`, for messages and the audit log.
+    pub fn describe(&self) -> String {
+        match self.scope.is_empty() {
+            true => self.role.to_string(),
+            false => format!("{} for {}", self.role, describe_scope(&self.scope)),
+        }
+    }
+}
+
+/// `site=plant-3,line=2`.
+pub fn describe_scope(scope: &Scope) -> String {
+    scope
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What `api.auth.jwt.role_map` maps a claim value to: a role (`operator`), or a role
+/// limited to devices by tag (`{ role: operator, scope: { site: plant-3 } }`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum RoleBinding {
+    Role(Role),
+    Scoped(Grant),
+}
+
+impl RoleBinding {
+    pub fn grant(&self) -> Grant {
+        match self {
+            RoleBinding::Role(role) => Grant::everywhere(*role),
+            RoleBinding::Scoped(grant) => grant.clone(),
+        }
+    }
+}

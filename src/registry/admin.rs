@@ -84,7 +84,8 @@ impl Registry {
     /// working.
     pub fn rotate_key(&self, id: &str, if_match: Option<&str>) -> Result<Device, RegistryError> {
         self.modify(id, if_match, |device| {
-            device.primary_key = std::mem::replace(&mut device.secondary_key, keys::generate());
+            device.primary_key =
+                std::mem::replace(&mut device.secondary_key, keys::generate().into());
             ChangeKind::KeyRotated
         })
     }
@@ -124,6 +125,16 @@ impl Registry {
     /// A page of devices in id order, after `after`, with every `tag=value` of `tags`;
     /// keys are left out.
     pub fn list(&self, after: Option<&str>, limit: usize, tags: &[(String, String)]) -> Page {
+        self.list_where(after, limit, &|device| device.has_tags(tags))
+    }
+
+    /// A page of the devices `keep` keeps, in id order, after `after`; keys are left out.
+    pub fn list_where(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&Device) -> bool,
+    ) -> Page {
         let ordered = self.ordered.read().unwrap_or_else(|p| p.into_inner());
         let start = match after {
             Some(after) => std::ops::Bound::Excluded(after),
@@ -132,7 +143,7 @@ impl Registry {
         let mut devices = Vec::new();
         let mut next = None;
         for (id, entry) in ordered.range::<str, _>((start, std::ops::Bound::Unbounded)) {
-            if !entry.device.has_tags(tags) {
+            if !keep(&entry.device) {
                 continue;
             }
             if devices.len() == limit {

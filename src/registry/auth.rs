@@ -93,7 +93,7 @@ impl Registry {
             .into_iter()
             .filter(|g| g.auto_register && g.status == Status::Enabled)
             .find_map(|group| {
-                let derived = keys::derive(&keys::decode(&group.key)?, device_id);
+                let derived = keys::derive(&keys::decode(group.key.expose_str())?, device_id);
                 let key = keys::decode(&derived)?;
                 token.check_signature(&key, &key).ok()?;
                 Some((group, derived))
@@ -107,7 +107,7 @@ impl Registry {
         let spec = DeviceSpec {
             id: device_id.to_owned(),
             fields: DevicePatch {
-                primary_key: Some(derived),
+                primary_key: Some(derived.into()),
                 tags: Some(group.tags.clone()),
                 ..DevicePatch::default()
             },

@@ -12,6 +12,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 
 use super::keys;
+use crate::config::Sensitive;
 
 /// Free key/values: tags and desired/reported properties.
 pub type Properties = Map<String, Value>;
@@ -42,10 +43,10 @@ pub struct Device {
     pub id: String,
     pub status: Status,
     /// Base64 of 32 random bytes (or derived from an enrollment group's key).
-    #[schema(required = false)]
-    pub primary_key: String,
-    #[schema(required = false)]
-    pub secondary_key: String,
+    #[schema(required = false, value_type = String)]
+    pub primary_key: Sensitive,
+    #[schema(required = false, value_type = String)]
+    pub secondary_key: Sensitive,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509_thumbprint: Option<String>,
     #[serde(default)]
@@ -78,8 +79,12 @@ impl Device {
         Self {
             id: spec.id,
             status: fields.status.unwrap_or_default(),
-            primary_key: fields.primary_key.unwrap_or_else(keys::generate),
-            secondary_key: fields.secondary_key.unwrap_or_else(keys::generate),
+            primary_key: fields
+                .primary_key
+                .unwrap_or_else(|| keys::generate().into()),
+            secondary_key: fields
+                .secondary_key
+                .unwrap_or_else(|| keys::generate().into()),
             x509_thumbprint: fields.x509_thumbprint.filter(|t| !t.is_empty()),
             tags: fields.tags.unwrap_or_default(),
             desired: fields.desired.unwrap_or_default(),
@@ -115,11 +120,10 @@ impl Device {
     /// Whether every `key=value` of `filter` is among the tags (values compared as text, so
     /// `max_temp=95` finds the number 95).
     pub fn has_tags(&self, filter: &[(String, String)]) -> bool {
-        filter.iter().all(|(key, wanted)| match self.tags.get(key) {
-            Some(Value::String(s)) => s == wanted,
-            Some(other) => other.to_string().as_str() == wanted.as_str(),
-            None => false,
-        })
+        tags_match(
+            &self.tags,
+            filter.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
     }
 
     /// The record without its keys, for lists and lifecycle events.
@@ -131,6 +135,18 @@ impl Device {
         }
         value
     }
+}
+
+/// Whether `tags` has every `key=value` of `filter` (values compared as text).
+pub fn tags_match<'a>(
+    tags: &Properties,
+    mut filter: impl Iterator<Item = (&'a str, &'a str)>,
+) -> bool {
+    filter.all(|(key, wanted)| match tags.get(key) {
+        Some(Value::String(s)) => s == wanted,
+        Some(other) => other.to_string().as_str() == wanted,
+        None => false,
+    })
 }
 
 /// A fresh etag: 16 hex digits, unique per write (a counter would repeat after a delete and
@@ -224,10 +240,10 @@ pub struct DevicePatch {
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = key_schema)]
-    pub primary_key: Option<String>,
+    pub primary_key: Option<Sensitive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = key_schema)]
-    pub secondary_key: Option<String>,
+    pub secondary_key: Option<Sensitive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509_thumbprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -248,7 +264,7 @@ impl DevicePatch {
             ("secondary_key", &self.secondary_key),
         ] {
             if let Some(key) = key {
-                check_key(name, key)?;
+                check_key(name, key.expose_str())?;
             }
         }
         Ok(())
@@ -327,7 +343,8 @@ fn check_key(name: &str, key: &str) -> Result<(), String> {
 pub struct EnrollmentGroup {
     pub id: String,
     /// Base64; device keys are Base64(HMAC-SHA256(this key decoded, device id)).
-    pub key: String,
+    #[schema(value_type = String)]
+    pub key: Sensitive,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub tags: Properties,
@@ -351,7 +368,7 @@ impl GroupSpec {
         let fields = self.fields;
         EnrollmentGroup {
             id: self.id,
-            key: fields.key.unwrap_or_else(keys::generate),
+            key: fields.key.unwrap_or_else(|| keys::generate().into()),
             tags: fields.tags.unwrap_or_default(),
             auto_register: fields.auto_register.unwrap_or(true),
             status: fields.status.unwrap_or_default(),
@@ -368,7 +385,7 @@ impl GroupSpec {
 pub struct GroupPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = key_schema)]
-    pub key: Option<String>,
+    pub key: Option<Sensitive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub tags: Option<Properties>,
@@ -381,7 +398,7 @@ pub struct GroupPatch {
 impl GroupPatch {
     pub fn check(&self) -> Result<(), String> {
         match &self.key {
-            Some(key) => check_key("key", key),
+            Some(key) => check_key("key", key.expose_str()),
             None => Ok(()),
         }
     }
@@ -422,8 +439,8 @@ impl Entry {
         Arc::new(Self {
             last_seen: std::sync::atomic::AtomicI64::new(seen),
             stored_seen: std::sync::atomic::AtomicI64::new(seen),
-            primary: keys::decode(&device.primary_key).unwrap_or_default(),
-            secondary: keys::decode(&device.secondary_key).unwrap_or_default(),
+            primary: keys::decode(device.primary_key.expose_str()).unwrap_or_default(),
+            secondary: keys::decode(device.secondary_key.expose_str()).unwrap_or_default(),
             enrichment: device.enrichment(),
             device,
         })

@@ -43,6 +43,7 @@ pub use auth::AuthError;
 pub use config::RegistryConfig;
 pub use device::{
     Device, DevicePatch, DeviceSpec, EnrollmentGroup, GroupPatch, GroupSpec, Properties, Status,
+    tags_match,
 };
 pub use feed::{Change, ChangeKind};
 pub use sas::{SasError, SasToken};

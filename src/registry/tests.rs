@@ -34,7 +34,18 @@ fn created_devices_get_random_keys_and_survive_reopening() {
         registry.create(s).unwrap()
     };
     assert_ne!(created.primary_key, created.secondary_key);
-    assert_eq!(keys::decode(&created.primary_key).unwrap().len(), 32);
+    assert_eq!(
+        keys::decode(created.primary_key.expose_str())
+            .unwrap()
+            .len(),
+        32
+    );
+    let shown = format!("{created:?}");
+    assert!(!shown.contains(created.primary_key.expose_str()), "{shown}");
+    assert!(
+        !shown.contains(created.secondary_key.expose_str()),
+        "{shown}"
+    );
     let registry = Registry::open(&path).unwrap();
     let again = registry.get("dev-1").unwrap();
     assert_eq!(again, created);
@@ -91,12 +102,18 @@ fn rotation_promotes_the_secondary_key() {
     assert_ne!(after.secondary_key, before.primary_key);
     assert!(
         registry
-            .authenticate("dev-1", Some(&token("dev-1", &before.secondary_key)))
+            .authenticate(
+                "dev-1",
+                Some(&token("dev-1", before.secondary_key.expose_str()))
+            )
             .is_ok()
     );
     assert_eq!(
         registry
-            .authenticate("dev-1", Some(&token("dev-1", &before.primary_key)))
+            .authenticate(
+                "dev-1",
+                Some(&token("dev-1", before.primary_key.expose_str()))
+            )
             .unwrap_err()
             .reason(),
         "bad_signature"
@@ -107,11 +124,14 @@ fn rotation_promotes_the_secondary_key() {
 fn tokens_of_disabled_and_unknown_devices_are_refused() {
     let (_dir, registry) = open();
     let device = registry.create(spec("dev-1")).unwrap();
-    let good = token("dev-1", &device.primary_key);
+    let good = token("dev-1", device.primary_key.expose_str());
     assert!(registry.authenticate("dev-1", Some(&good)).is_ok());
     assert!(
         registry
-            .authenticate("dev-1", Some(&token("dev-1", &device.secondary_key)))
+            .authenticate(
+                "dev-1",
+                Some(&token("dev-1", device.secondary_key.expose_str()))
+            )
             .is_ok()
     );
     assert_eq!(
@@ -162,7 +182,7 @@ fn a_device_with_a_derived_key_registers_itself_with_the_group_tags() {
             },
         })
         .unwrap();
-    let derived = keys::derive(&keys::decode(&group.key).unwrap(), "sensor-9");
+    let derived = keys::derive(&keys::decode(group.key.expose_str()).unwrap(), "sensor-9");
     let mut feed = registry.subscribe();
 
     let entry = registry
@@ -170,7 +190,7 @@ fn a_device_with_a_derived_key_registers_itself_with_the_group_tags() {
         .unwrap();
     assert_eq!(entry.device.enrollment_group.as_deref(), Some("plant-3"));
     assert_eq!(entry.device.tags["max_temp"], 90);
-    assert_eq!(entry.device.primary_key, derived);
+    assert_eq!(entry.device.primary_key.expose_str(), derived);
     assert_eq!(feed.try_recv().unwrap().kind, ChangeKind::Created);
     // Second contact: an ordinary registered device.
     assert!(
@@ -196,7 +216,7 @@ fn a_device_with_a_derived_key_registers_itself_with_the_group_tags() {
             None,
         )
         .unwrap();
-    let derived = keys::derive(&keys::decode(&group.key).unwrap(), "sensor-11");
+    let derived = keys::derive(&keys::decode(group.key.expose_str()).unwrap(), "sensor-11");
     assert_eq!(
         registry
             .authenticate("sensor-11", Some(&token("sensor-11", &derived)))

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::gate::{DeviceGate, UnknownDevices};
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
-use crate::config::{FieldProblem, ServiceUse};
+use crate::config::{FieldProblem, RedactedUrl, ServiceUse};
 use crate::event::{Delivery, DeliveryStatus, DeviceId, Event, EventBatch, EventMeta};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{ComponentError, ErrorType, EventsReceived, Stage};
@@ -42,7 +42,7 @@ use crate::topology::ComponentTask;
 #[serde(deny_unknown_fields)]
 pub struct AmqpSourceConfig {
     /// e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` (or `amqps://`).
-    pub url: String,
+    pub url: RedactedUrl,
     pub queue: String,
     /// Messages the broker may have unacknowledged with weir at once.
     #[serde(default = "default_prefetch")]
@@ -114,7 +114,9 @@ fn default_device_field() -> String {
 impl SourceComponent for AmqpSourceConfig {
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = Vec::new();
-        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
+        if !(self.url.expose_str().starts_with("amqp://")
+            || self.url.expose_str().starts_with("amqps://"))
+        {
             problems.push(FieldProblem::at(
                 ["url"],
                 "expected an `amqp://` or `amqps://` URL",
@@ -144,7 +146,7 @@ impl SourceComponent for AmqpSourceConfig {
         if let Err(message) = self.decoding.check() {
             problems.push(FieldProblem::at(["decoding"], message));
         }
-        if self.tls.is_some() && !self.url.starts_with("amqps://") {
+        if self.tls.is_some() && !self.url.expose_str().starts_with("amqps://") {
             problems.push(FieldProblem::at(["tls"], "`tls` needs an `amqps://` URL"));
         }
         problems
@@ -215,7 +217,7 @@ async fn run(
                 connected.set(0);
                 let message = format!(
                     "AMQP connection to {} failed: {err:#}; retrying in {backoff:?}",
-                    crate::redact::url(&config.url)
+                    config.url.redacted()
                 );
                 ComponentError {
                     error_type: ErrorType::Io,
@@ -248,7 +250,7 @@ async fn consume(
     crate::tls::install_default_provider();
     let runtime = lapin::runtime::default_runtime()?;
     let connection = Connection::connect_with_config(
-        &config.url,
+        config.url.expose_str(),
         ConnectionProperties::default(),
         tls.clone(),
         runtime,

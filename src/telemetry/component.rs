@@ -151,13 +151,12 @@ impl ComponentTelemetry {
         )
     }
 
-    /// Gauges for this component's input channel.
-    pub fn buffer(&self, capacity_batches: usize) -> BufferMetrics {
-        let max = self
-            .metrics
-            .buffer_max_batches
-            .get_or_create_owned(&self.labels);
-        max.set(capacity_batches as i64);
+    /// Gauges for this component's input channel, which holds `capacity_events`.
+    pub fn buffer(&self, capacity_events: usize) -> BufferMetrics {
+        self.metrics
+            .buffer_max_event_size
+            .get_or_create(&self.buffer_labels("channel"))
+            .set(i64::try_from(capacity_events).unwrap_or(i64::MAX));
         BufferMetrics {
             events: self
                 .metrics

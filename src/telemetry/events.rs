@@ -73,13 +73,16 @@ pub enum ErrorType {
     Encode,
     /// A device sent more than its rate limit allows.
     RateLimited,
-    /// A device the registry refused (bad token, unknown, disabled).
+    /// A device the registry refused (bad token, unknown, disabled), or a broker that
+    /// refused weir's credentials.
     Unauthorized,
     /// A state file (a window checkpoint) that could not be read.
     CorruptState,
     /// A client beyond a configured bound (connections, requests in flight, pending
     /// bytes, header or body time).
     OverLimit,
+    /// Another client with the same MQTT client id keeps taking the session over.
+    SessionTakenOver,
 }
 
 impl ErrorType {
@@ -94,6 +97,7 @@ impl ErrorType {
             Self::Unauthorized => "unauthorized",
             Self::CorruptState => "state_corrupt",
             Self::OverLimit => "over_limit",
+            Self::SessionTakenOver => "session_taken_over",
         }
     }
 }

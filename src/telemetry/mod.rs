@@ -145,7 +145,6 @@ pub struct Metrics {
     pub buffer_received_events: Family<BufferLabels, Counter>,
     pub buffer_sent_events: Family<BufferLabels, Counter>,
     pub buffer_corrupted_records: Family<BufferLabels, Counter>,
-    pub buffer_max_batches: Family<ComponentLabels, Gauge>,
     pub buffer_max_event_size: Family<BufferLabels, Gauge>,
     pub buffer_max_byte_size: Family<BufferLabels, Gauge>,
     pub buffer_utilization: Family<ComponentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -156,6 +155,7 @@ pub struct Metrics {
     pub window_open: Family<ComponentLabels, Gauge>,
     pub window_state_bytes: Family<ComponentLabels, Gauge>,
     pub topology_components: Gauge,
+    pub topology_failed_components: Gauge,
     pub source_connected: Family<ComponentLabels, Gauge>,
     pub source_pending_deliveries: Family<ComponentLabels, Gauge>,
     pub source_lag: Family<ComponentLabels, Gauge>,
@@ -194,7 +194,6 @@ impl Default for Metrics {
             buffer_received_events: Family::default(),
             buffer_sent_events: Family::default(),
             buffer_corrupted_records: Family::default(),
-            buffer_max_batches: Family::default(),
             buffer_max_event_size: Family::default(),
             buffer_max_byte_size: Family::default(),
             buffer_utilization: Family::default(),
@@ -205,6 +204,7 @@ impl Default for Metrics {
             window_open: Family::default(),
             window_state_bytes: Family::default(),
             topology_components: Gauge::default(),
+            topology_failed_components: Gauge::default(),
             source_connected: Family::default(),
             source_pending_deliveries: Family::default(),
             source_lag: Family::default(),
@@ -297,13 +297,8 @@ impl Metrics {
             m.buffer_corrupted_records,
         );
         registry.register(
-            "buffer_max_batches",
-            "Batches (not events: a batch holds one or more) a component's input channel holds before its sender waits",
-            m.buffer_max_batches,
-        );
-        registry.register(
             "buffer_max_event_size",
-            "Events (not batches) a sink's memory buffer holds before `when_full` applies",
+            "Events (not batches) a buffer holds: a sink's memory buffer before `when_full` applies, a component's input channel (`buffer_type=\"channel\"`, `channel_max_events`) before its producers wait",
             m.buffer_max_event_size,
         );
         registry.register(
@@ -313,7 +308,7 @@ impl Metrics {
         );
         registry.register(
             "buffer_utilization",
-            "Fill ratio (0..1) of a component's input channel, in batches",
+            "Fill ratio (0..1) of a component's input channel, in events",
             m.buffer_utilization,
         );
         registry.register(
@@ -350,6 +345,11 @@ impl Metrics {
             "topology_components",
             "Components in the running topology",
             m.topology_components,
+        );
+        registry.register(
+            "topology_failed_components",
+            "Components that failed and stopped (the error log says why); `/ready` answers 503 while there is one",
+            m.topology_failed_components,
         );
         registry.register(
             "source_connected",
@@ -464,6 +464,8 @@ impl Metrics {
 pub struct Telemetry {
     metrics: Metrics,
     registry: Mutex<Registry>,
+    /// Components whose task failed, until a reload replaces or removes them.
+    failed: Mutex<std::collections::BTreeSet<ComponentId>>,
 }
 
 impl Telemetry {
@@ -476,7 +478,26 @@ impl Telemetry {
         Arc::new(Self {
             metrics,
             registry: Mutex::new(registry),
+            failed: Mutex::new(std::collections::BTreeSet::new()),
         })
+    }
+
+    /// Records that `id` failed (`true`) or was replaced or removed (`false`).
+    pub fn set_failed(&self, id: &ComponentId, failed: bool) {
+        let mut set = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        match failed {
+            true => set.insert(id.clone()),
+            false => set.remove(id),
+        };
+        self.metrics
+            .topology_failed_components
+            .set(set.len() as i64);
+    }
+
+    /// The components that failed and stopped.
+    pub fn failed_components(&self) -> Vec<ComponentId> {
+        let set = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        set.iter().cloned().collect()
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{Role, TokenStore};
+use super::{Grant, Role, Scope, TokenStore};
 use crate::api_client::{ApiArgs, ApiClient};
 use crate::audit::{AuditEvent, AuditLog};
 
@@ -42,6 +42,10 @@ enum TokensCommand {
         name: String,
         #[arg(long, value_enum)]
         role: Role,
+        /// Limit the role to devices with this tag, e.g. `site=plant-3` (repeatable: all
+        /// must match). Not for `admin`.
+        #[arg(long = "scope", value_parser = parse_tag)]
+        scope: Vec<(String, String)>,
         /// How long it is valid, e.g. `90d` (default: until revoked).
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<std::time::Duration>,
@@ -50,6 +54,13 @@ enum TokensCommand {
     List,
     /// Revoke a token: it is refused from the next request on.
     Revoke { name: String },
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}`: expected `tag=value`")),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -83,8 +94,19 @@ fn on_data_dir(args: &TokensArgs) -> Result<(), String> {
     let store = TokenStore::open(&args.data_dir)
         .map_err(|e| format!("{} ({})", e, args.data_dir.display()))?;
     let (route, target) = match &args.command {
-        TokensCommand::Create { name, role, ttl } => {
-            let (secret, info) = store.create(name, *role, *ttl).map_err(|e| e.to_string())?;
+        TokensCommand::Create {
+            name,
+            role,
+            scope,
+            ttl,
+        } => {
+            let grant = Grant {
+                role: *role,
+                scope: scope.iter().cloned().collect(),
+            };
+            let (secret, info) = store
+                .create_with(name, grant, *ttl)
+                .map_err(|e| e.to_string())?;
             eprintln!("{}", json!(info));
             println!("{}", secret.expose());
             ("weir tokens create", name)
@@ -128,8 +150,16 @@ fn through_api(args: &TokensArgs) -> Result<(), String> {
     runtime.block_on(async {
         use reqwest::Method;
         match &args.command {
-            TokensCommand::Create { name, role, ttl } => {
+            TokensCommand::Create {
+                name,
+                role,
+                scope,
+                ttl,
+            } => {
                 let mut body = json!({ "name": name, "role": role });
+                if !scope.is_empty() {
+                    body["scope"] = json!(scope.iter().cloned().collect::<Scope>());
+                }
                 if let Some(ttl) = ttl {
                     body["ttl"] = json!(crate::config::Duration(*ttl).to_string());
                 }

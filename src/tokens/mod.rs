@@ -31,7 +31,7 @@ use subtle::ConstantTimeEq;
 pub(crate) use self::file::give_to_owner_of;
 pub use self::file::{INITIAL_ADMIN_FILE, LOCK_FILE, TOKENS_FILE};
 
-pub use crate::config::Role;
+pub use crate::config::{Grant, Role, Scope};
 
 /// A token's value, shown once. `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,6 +73,9 @@ fn sha256(text: &str) -> [u8; 32] {
 struct StoredToken {
     name: String,
     role: Role,
+    /// Device tags the role is limited to; empty: every device.
+    #[serde(default, skip_serializing_if = "Scope::is_empty")]
+    scope: Scope,
     /// Hex SHA-256 of the token.
     sha256: String,
     created_at: Timestamp,
@@ -87,6 +90,9 @@ struct StoredToken {
 pub struct TokenInfo {
     pub name: String,
     pub role: Role,
+    /// The device tags the role is limited to (absent: every device).
+    #[serde(default, skip_serializing_if = "Scope::is_empty")]
+    pub scope: Scope,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -100,6 +106,7 @@ impl From<&StoredToken> for TokenInfo {
         Self {
             name: t.name.clone(),
             role: t.role,
+            scope: t.scope.clone(),
             created_at: t.created_at,
             expires_at: t.expires_at,
             last_used_at: t.last_used_at,
@@ -111,7 +118,7 @@ impl From<&StoredToken> for TokenInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenHolder {
     pub name: String,
-    pub role: Role,
+    pub grant: Grant,
 }
 
 /// Why a presented token was not accepted (the metric's `reason`; the caller's 401 says
@@ -184,14 +191,26 @@ impl TokenStore {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes a token; its value is in the answer and nowhere else.
+    /// Makes a token with `role` on every device; its value is in the answer and nowhere
+    /// else.
     pub fn create(
         &self,
         name: &str,
         role: Role,
         ttl: Option<Duration>,
     ) -> Result<(TokenSecret, TokenInfo), TokenError> {
+        self.create_with(name, Grant::everywhere(role), ttl)
+    }
+
+    /// Makes a token granting `grant` (a role, maybe limited to devices by tag).
+    pub fn create_with(
+        &self,
+        name: &str,
+        grant: Grant,
+        ttl: Option<Duration>,
+    ) -> Result<(TokenSecret, TokenInfo), TokenError> {
         check_name(name)?;
+        grant.check().map_err(TokenError::Invalid)?;
         let secret = TokenSecret::generate()?;
         let now = Timestamp::now();
         let expires_at = match ttl {
@@ -205,7 +224,8 @@ impl TokenStore {
         };
         let stored = StoredToken {
             name: name.to_owned(),
-            role,
+            role: grant.role,
+            scope: grant.scope,
             sha256: hex::encode(sha256(secret.expose())),
             created_at: now,
             expires_at,
@@ -275,7 +295,10 @@ impl TokenStore {
         Ok((
             TokenHolder {
                 name: token.name.clone(),
-                role: token.role,
+                grant: Grant {
+                    role: token.role,
+                    scope: token.scope.clone(),
+                },
             },
             persist,
         ))
@@ -356,6 +379,29 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_token_keeps_its_scope_and_admin_cannot_be_scoped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap();
+        let scope = Scope::from([("site".to_owned(), "plant-3".to_owned())]);
+        let grant = |role| Grant {
+            role,
+            scope: scope.clone(),
+        };
+        let (secret, info) = store
+            .create_with("plant3", grant(Role::Operator), None)
+            .unwrap();
+        assert_eq!(info.scope, scope);
+        drop(store);
+        let store = TokenStore::open(dir.path()).unwrap();
+        let (holder, _) = store.authenticate(secret.expose()).unwrap();
+        assert_eq!(holder.grant, grant(Role::Operator));
+        assert!(matches!(
+            store.create_with("boss", grant(Role::Admin), None),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn names_are_unique_and_plain() {
         let dir = tempfile::tempdir().unwrap();
         let store = TokenStore::open(dir.path()).unwrap();
@@ -401,7 +447,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let token = std::fs::read_to_string(&path).unwrap();
         let (holder, _) = store.authenticate(token.trim()).unwrap();
-        assert_eq!(holder.role, Role::Admin);
+        assert_eq!(holder.grant, Grant::everywhere(Role::Admin));
         assert_eq!(store.ensure_initial_admin().unwrap(), None);
         let mode = std::fs::metadata(dir.path().join(TOKENS_FILE))
             .unwrap()

@@ -13,8 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ComponentTask;
 use super::channel::{
-    DEFAULT_BUFFER_BATCHES, Fanout, InputReceiver, InputSender, Outputs, Targets, WeakInputSender,
-    input_channel, targets,
+    Fanout, InputReceiver, InputSender, Outputs, Targets, WeakInputSender, input_channel, targets,
 };
 use super::instance::InstanceIdentity;
 use crate::config::action::ActionContext;
@@ -59,6 +58,8 @@ pub(super) struct Shared<'a> {
     pub data_dir: &'a Path,
     pub services: &'a Arc<Services>,
     pub instance_id: &'a Arc<InstanceIdentity>,
+    /// Events each input channel holds.
+    pub channel_max_events: usize,
 }
 
 /// Builds one component with empty output lists (the rewiring fills them). A sink that
@@ -74,7 +75,7 @@ pub(super) fn build(
         .component(&component.id, config.kind(), config.type_name());
     let (input, receiver) = match config.kind().takes_inputs() {
         true => {
-            let (tx, rx) = input_channel(&telemetry, DEFAULT_BUFFER_BATCHES);
+            let (tx, rx) = input_channel(&telemetry, shared.channel_max_events);
             (Some(tx), Some(rx))
         }
         false => (None, None),

@@ -1,9 +1,14 @@
-//! The wires between components: bounded channels of [`EventBatch`]es.
+//! The wires between components: channels of [`EventBatch`]es, bounded in events.
 //!
-//! Each consuming component owns one bounded channel; every upstream output that feeds it
-//! holds a sender (fan-in). An output with several consumers sends to each in turn (fan-out),
+//! Each consuming component owns one channel; every upstream output that feeds it holds a
+//! sender (fan-in). An output with several consumers sends to each in turn (fan-out),
 //! waiting for room in every one, so a slow consumer slows its producers instead of losing
 //! events: backpressure travels up the graph to the sources.
+//!
+//! The bound counts events, not batches, since one batch can be a whole request: a batch
+//! takes a permit per event from the channel's semaphore and gives them back when the
+//! consumer takes it. A batch larger than the whole capacity takes every permit, so it
+//! waits until the channel is empty and then travels alone: it is slowed, never stuck.
 //!
 //! An output's consumers are a [`Targets`] list that the topology can swap while the
 //! producer runs: that is how a reload wires a new sink to a running source without
@@ -13,28 +18,62 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::event::{Event, EventBatch};
 use crate::telemetry::events::{EventsDiscarded, EventsReceived};
 use crate::telemetry::{BufferMetrics, ComponentTelemetry, InternalEvent};
 
-/// Input buffers hold this many batches by default.
-pub const DEFAULT_BUFFER_BATCHES: usize = 32;
+/// Events a component's input channel holds unless `channel_max_events` says otherwise.
+pub const DEFAULT_CHANNEL_EVENTS: usize = 8192;
+
+/// A batch in a channel, with the permits it holds there.
+type Queued = (EventBatch, OwnedSemaphorePermit);
+
+/// The room of one channel, in events.
+#[derive(Clone)]
+struct Room {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    buffer: BufferMetrics,
+}
+
+impl Room {
+    /// Waits until the channel has room for `events` (all of it, for a batch larger than
+    /// the capacity); `None` once the consumer has stopped.
+    async fn take(&self, events: usize) -> Option<OwnedSemaphorePermit> {
+        let wanted = events.clamp(1, self.capacity);
+        // At most the capacity, which fits a u32 (checked when the channel was made).
+        let permit = Arc::clone(&self.permits)
+            .acquire_many_owned(wanted as u32)
+            .await
+            .ok()?;
+        self.buffer.events.inc_by(events as i64);
+        Some(permit)
+    }
+
+    fn update_utilization(&self) {
+        let held = self.capacity - self.permits.available_permits();
+        self.buffer
+            .utilization
+            .set(held as f64 / self.capacity as f64);
+    }
+}
 
 /// The producing end of a consumer's input channel.
 #[derive(Clone)]
 pub struct InputSender {
-    tx: mpsc::Sender<EventBatch>,
-    buffer: BufferMetrics,
+    tx: mpsc::UnboundedSender<Queued>,
+    room: Room,
 }
 
 impl InputSender {
-    /// Sends one batch straight into the channel, as an upstream output would.
+    /// Sends one batch into the channel as an upstream output would, waiting for room.
     #[cfg(test)]
     pub(crate) async fn send_for_test(&self, batch: EventBatch) {
-        self.buffer.events.inc_by(batch.len() as i64);
-        let _ = self.tx.send(batch).await;
+        if let Some(permit) = self.room.take(batch.len()).await {
+            let _ = self.tx.send((batch, permit));
+        }
     }
 
     /// A handle that does not keep the channel open: a channel closes when its last
@@ -42,16 +81,29 @@ impl InputSender {
     pub fn downgrade(&self) -> WeakInputSender {
         WeakInputSender {
             tx: self.tx.downgrade(),
-            buffer: self.buffer.clone(),
+            room: self.room.clone(),
         }
+    }
+
+    /// Sends `batch` once there is room; gives it back if the consumer has stopped.
+    async fn send(&self, batch: EventBatch) -> Result<(), EventBatch> {
+        let count = batch.len();
+        let Some(permit) = self.room.take(count).await else {
+            return Err(batch);
+        };
+        self.room.update_utilization();
+        self.tx.send((batch, permit)).map_err(|unsent| {
+            self.room.buffer.events.dec_by(count as i64);
+            unsent.0.0
+        })
     }
 }
 
 /// An [`InputSender`] that does not keep its channel open.
 #[derive(Clone)]
 pub struct WeakInputSender {
-    tx: mpsc::WeakSender<EventBatch>,
-    buffer: BufferMetrics,
+    tx: mpsc::WeakUnboundedSender<Queued>,
+    room: Room,
 }
 
 impl WeakInputSender {
@@ -59,33 +111,39 @@ impl WeakInputSender {
     pub fn upgrade(&self) -> Option<InputSender> {
         Some(InputSender {
             tx: self.tx.upgrade()?,
-            buffer: self.buffer.clone(),
+            room: self.room.clone(),
         })
     }
 }
 
 /// The consuming end of a component's input channel; counts what it hands out.
 pub struct InputReceiver {
-    rx: mpsc::Receiver<EventBatch>,
-    buffer: BufferMetrics,
+    rx: mpsc::UnboundedReceiver<Queued>,
+    room: Room,
     telemetry: ComponentTelemetry,
 }
 
-/// A bounded input channel for `consumer`, instrumented with its buffer gauges.
+/// An input channel holding at most `capacity` events (at least 1), instrumented with its
+/// buffer gauges.
 pub fn input_channel(
     telemetry: &ComponentTelemetry,
     capacity: usize,
 ) -> (InputSender, InputReceiver) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let buffer = telemetry.buffer(capacity);
+    let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let room = Room {
+        permits: Arc::new(Semaphore::new(capacity)),
+        capacity,
+        buffer: telemetry.buffer(capacity),
+    };
     (
         InputSender {
             tx,
-            buffer: buffer.clone(),
+            room: room.clone(),
         },
         InputReceiver {
             rx,
-            buffer,
+            room,
             telemetry: telemetry.clone(),
         },
     )
@@ -94,11 +152,11 @@ pub fn input_channel(
 impl InputReceiver {
     /// The next batch, or `None` once every upstream has finished.
     pub async fn recv(&mut self) -> Option<EventBatch> {
-        let batch = self.rx.recv().await?;
-        self.buffer.events.dec_by(batch.len() as i64);
-        self.buffer
-            .utilization
-            .set(self.rx.len() as f64 / self.rx.max_capacity() as f64);
+        let (batch, permit) = self.rx.recv().await?;
+        // Taken: its room is free for the producers again.
+        drop(permit);
+        self.room.buffer.events.dec_by(batch.len() as i64);
+        self.room.update_utilization();
         EventsReceived {
             count: batch.len(),
             bytes: 0,
@@ -121,7 +179,9 @@ impl Drop for InputReceiver {
     /// queued: say so to the sources waiting for those events.
     fn drop(&mut self) {
         self.rx.close();
-        while let Ok(batch) = self.rx.try_recv() {
+        // Producers waiting for room give up instead of waiting forever.
+        self.room.permits.close();
+        while let Ok((batch, _permit)) = self.rx.try_recv() {
             batch.fail_deliveries();
         }
     }
@@ -186,11 +246,9 @@ impl Fanout {
 
     async fn send_to(&self, target: &InputSender, batch: EventBatch) {
         let count = batch.len();
-        target.buffer.events.inc_by(count as i64);
-        if let Err(unsent) = target.tx.send(batch).await {
+        if let Err(unsent) = target.send(batch).await {
             // The consumer has stopped (it failed); its failure is reported by the topology.
-            unsent.0.fail_deliveries();
-            target.buffer.events.dec_by(count as i64);
+            unsent.fail_deliveries();
             EventsDiscarded {
                 count,
                 intentional: false,
@@ -221,6 +279,13 @@ impl Outputs {
                 batch.fail_deliveries();
             }
         }
+    }
+
+    /// Whether any component reads the named output `name`.
+    pub fn named_connected(&self, name: &str) -> bool {
+        self.named
+            .iter()
+            .any(|f| f.name == name && f.is_connected())
     }
 
     /// Sends to a named output (`errors`, a route). Sending to an undeclared output is a
@@ -262,4 +327,78 @@ impl Outputs {
 pub(crate) struct PortBuffers {
     pub default: Vec<Event>,
     pub named: Vec<(String, Vec<Event>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::buffers::tests::{batch, telemetry};
+
+    /// Whether `out` sends `events` while nobody reads (a send with room takes
+    /// microseconds; 5 s leaves a loaded machine its margin).
+    async fn sends(out: &Fanout, events: EventBatch) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), out.send(events))
+            .await
+            .is_ok()
+    }
+
+    /// Whether sending `events` waits for room (still waiting after 200 ms).
+    async fn waits(out: &Fanout, events: EventBatch) -> bool {
+        tokio::time::timeout(Duration::from_millis(200), out.send(events))
+            .await
+            .is_err()
+    }
+
+    fn channel(capacity: usize) -> (Fanout, InputReceiver) {
+        let t = telemetry();
+        let (tx, rx) = input_channel(&t, capacity);
+        (Fanout::new("default", targets(vec![tx]), &t), rx)
+    }
+
+    #[tokio::test]
+    async fn a_producer_waits_for_room_counted_in_events_not_batches() {
+        let (out, mut rx) = channel(10);
+        assert!(sends(&out, batch(0..4)).await);
+        assert!(sends(&out, batch(4..8)).await);
+        // Two batches, 8 of 10 events: a third batch of 4 waits, one of 2 fits.
+        assert!(waits(&out, batch(8..12)).await);
+        assert!(sends(&out, batch(8..10)).await);
+        assert!(waits(&out, batch(10..11)).await);
+        assert_eq!(rx.room.buffer.events.get(), 10);
+        assert_eq!(rx.room.buffer.utilization.get(), 1.0);
+        // Taking a batch gives its events' room back.
+        assert_eq!(rx.recv().await.map(|b| b.len()), Some(4));
+        assert!(sends(&out, batch(10..14)).await);
+        assert!(waits(&out, batch(14..15)).await);
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_channel_travels_alone() {
+        let (out, mut rx) = channel(10);
+        assert!(sends(&out, batch(0..1)).await);
+        assert!(
+            waits(&out, batch(1..26)).await,
+            "it waits for an empty channel"
+        );
+        assert_eq!(rx.recv().await.map(|b| b.len()), Some(1));
+        assert!(sends(&out, batch(1..26)).await, "then it passes");
+        assert!(waits(&out, batch(26..27)).await, "and nothing joins it");
+        assert_eq!(rx.recv().await.map(|b| b.len()), Some(25));
+        assert!(sends(&out, batch(26..27)).await);
+    }
+
+    #[tokio::test]
+    async fn a_producer_waiting_for_room_gives_up_when_the_consumer_stops() {
+        let (out, rx) = channel(2);
+        assert!(sends(&out, batch(0..2)).await);
+        let waiting = tokio::spawn(async move { out.send(batch(2..4)).await });
+        tokio::task::yield_now().await;
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the send returns")
+            .expect("without a panic");
+    }
 }

@@ -83,6 +83,11 @@ pub fn fixed_globals_changed(old: &TopologyConfig, new: &TopologyConfig) -> Opti
         note(true, key);
     }
     note(a.watch != b.watch, "watch");
+    // Running components keep the channels they were built with.
+    note(
+        a.channel_max_events != b.channel_max_events,
+        "channel_max_events",
+    );
     (!changed.is_empty()).then(|| {
         format!(
             "{} cannot change while weir runs: restart weir to apply it",

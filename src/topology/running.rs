@@ -228,6 +228,8 @@ impl RunningTopology {
 
         // Retire the old instances: they drain into the consumers they had, then finish.
         for id in diff.retiring() {
+            // Replaced or gone: a failure of the old instance no longer holds `/ready` down.
+            self.telemetry.set_failed(id, false);
             if let Some(old) = self.instances.remove(id) {
                 old.retired.store(true, Ordering::Release);
                 // Sources were stopped before the build; the rest end when their input closes.
@@ -261,6 +263,8 @@ impl RunningTopology {
         let discard = instance.discard.clone();
         let outputs: Vec<Targets> = instance.outputs.values().cloned().collect();
         let component = id.clone();
+        let telemetry = Arc::clone(&self.telemetry);
+        let retired = Arc::clone(&instance.retired);
         self.tasks.spawn(async move {
             let result = tokio::select! {
                 // First: once discarded, the task must not take another step.
@@ -268,6 +272,10 @@ impl RunningTopology {
                 () = discard.cancelled() => Ok(()),
                 result = task => result,
             };
+            // An instance a reload retired fails no one: its successor runs.
+            if result.is_err() && !retired.load(Ordering::Acquire) {
+                telemetry.set_failed(&component, true);
+            }
             for list in outputs {
                 list.store(Arc::new(Vec::new()));
             }
@@ -283,6 +291,7 @@ impl RunningTopology {
             data_dir: &config.globals.data_dir,
             services: &self.services.services,
             instance_id: &self.instance_id,
+            channel_max_events: config.globals.channel_max_events,
         }
     }
 

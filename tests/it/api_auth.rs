@@ -1,5 +1,5 @@
-//! Who may call the admin API: every route of the access table with every role, keys
-//! shown to admins only, the same 401 for every failure, the failure limit, and API
+//! Who may call the admin API: every route of the access table with every role (and with
+//! roles limited to devices by tag, in and out of their scope), keys shown to admins only, the same 401 for every failure, the failure limit, and API
 //! tokens made, used, listed and revoked through the CLI — on a stopped weir's data_dir and
 //! through the API of a running one.
 
@@ -41,6 +41,37 @@ async fn token_of(weir: &Weir, role: Role) -> String {
         .await
 }
 
+/// A token of `role` limited to devices tagged `site=<site>`, made through the API.
+async fn scoped_token_of(weir: &Weir, role: Role, site: &str) -> String {
+    let made = weir
+        .request(Method::POST, "/v1/tokens")
+        .json(&json!({ "name": format!("{role}-{site}"), "role": role, "scope": { "site": site } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201);
+    let made: Value = made.json().await.unwrap();
+    made["token"].as_str().unwrap().to_owned()
+}
+
+/// The ids `GET /v1/devices` lists to `token`.
+async fn device_ids(weir: &Weir, token: &str) -> Vec<String> {
+    let listed: Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/devices", weir.api))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let devices = listed["devices"].as_array().cloned().unwrap_or_default();
+    devices
+        .iter()
+        .map(|d| d["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 async fn call(weir: &Weir, method: &Method, path: &str, token: Option<&str>) -> StatusCode {
     let mut request =
         reqwest::Client::new().request(method.clone(), format!("http://{}{path}", weir.api));
@@ -57,49 +88,230 @@ async fn call(weir: &Weir, method: &Method, path: &str, token: Option<&str>) -> 
 async fn every_route_answers_each_role_as_the_access_table_says() {
     let dir = tempfile::tempdir().unwrap();
     let weir = start(dir.path(), "failures_per_minute: 100000").await;
-    let created = weir
-        .request(Method::POST, "/v1/devices")
-        .json(&json!({ "id": "probe" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    // `probe` is called on every route; `doomed` only by the deletion, so the routes after
+    // it still find `probe`.
+    for id in ["probe", "doomed"] {
+        let created = weir
+            .request(Method::POST, "/v1/devices")
+            .json(&json!({ "id": id, "tags": { "site": "plant-3" } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
     let roles = [Role::Viewer, Role::Operator, Role::Admin];
-    let mut callers: Vec<(String, Option<String>, Option<Role>)> = vec![
-        ("nobody".into(), None, None),
-        ("a wrong token".into(), Some("weir_wrong".into()), None),
+    // Who calls: a token, its role, and whether that role is limited to devices (and the
+    // probe device is then in its scope or not).
+    let mut callers: Vec<(String, Option<String>, Option<Role>, Scoped)> = vec![
+        ("nobody".into(), None, None, Scoped::No),
+        (
+            "a wrong token".into(),
+            Some("weir_wrong".into()),
+            None,
+            Scoped::No,
+        ),
     ];
     for role in roles {
+        let token = token_of(&weir, role).await;
+        callers.push((role.to_string(), Some(token), Some(role), Scoped::No));
+    }
+    for role in [Role::Viewer, Role::Operator] {
+        let inside = scoped_token_of(&weir, role, "plant-3").await;
         callers.push((
-            role.to_string(),
-            Some(token_of(&weir, role).await),
+            format!("{role} for site=plant-3"),
+            Some(inside),
             Some(role),
+            Scoped::In,
+        ));
+        let outside = scoped_token_of(&weir, role, "plant-9").await;
+        callers.push((
+            format!("{role} for site=plant-9"),
+            Some(outside),
+            Some(role),
+            Scoped::Out,
         ));
     }
     for (method, pattern, access) in ACCESS {
-        let path = pattern.replace("{id}", "probe").replace("{name}", "nobody");
-        for (who, token, role) in &callers {
+        let device = match (method, *pattern) {
+            (&Method::DELETE, "/v1/devices/{id}") => "doomed",
+            _ => "probe",
+        };
+        let path = pattern.replace("{id}", device).replace("{name}", "nobody");
+        for (who, token, role, scoped) in &callers {
             let status = call(&weir, method, &path, token.as_deref()).await;
-            let needed = match access {
-                Access::Public => None,
-                Access::Metrics => Some(Role::Viewer),
-                Access::Role(role) => Some(*role),
+            let (needed, on_devices) = match access {
+                Access::Public => (None, false),
+                Access::Metrics => (Some(Role::Viewer), false),
+                Access::Role(role) => (Some(*role), false),
+                Access::Device(role) => (Some(*role), true),
             };
-            let expected = match (needed, role) {
-                (None, _) => "served",
-                (Some(_), None) => "401",
-                (Some(needed), Some(role)) if role < &needed => "403",
-                (Some(_), Some(_)) => "served",
+            let one_device = path.starts_with("/v1/devices/");
+            let expected = match (needed, role, scoped) {
+                (None, _, _) => "served",
+                (Some(_), None, _) => "401",
+                (Some(needed), Some(role), _) if role < &needed => "403",
+                // A scoped role reaches device routes only, and on them only its devices.
+                (Some(_), Some(_), Scoped::In | Scoped::Out) if !on_devices => "403",
+                (Some(_), Some(_), Scoped::Out) if one_device => "404",
+                (Some(_), Some(_), _) => "served",
             };
             let got = match status.as_u16() {
                 401 => "401",
                 403 => "403",
+                404 if on_devices => "404",
                 500.. => "5xx",
                 _ => "served",
             };
             assert_eq!(got, expected, "{method} {pattern} by {who}: {status}");
         }
     }
+}
+
+/// Whether a caller's role is limited to devices by tag, and the probe device is in that
+/// scope.
+enum Scoped {
+    No,
+    In,
+    Out,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_scoped_by_tag_sees_and_changes_only_its_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let weir = start(dir.path(), "").await;
+    for (id, site) in [
+        ("p3-a", "plant-3"),
+        ("p3-b", "plant-3"),
+        ("p9-a", "plant-9"),
+    ] {
+        let created = weir
+            .request(Method::POST, "/v1/devices")
+            .json(&json!({ "id": id, "tags": { "site": site } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    let plant3 = scoped_token_of(&weir, Role::Operator, "plant-3").await;
+    let http = reqwest::Client::new();
+    let api = format!("http://{}", weir.api);
+    assert_eq!(device_ids(&weir, &plant3).await, ["p3-a", "p3-b"]);
+
+    // (what, method, path, body, status)
+    let table: &[(&str, Method, &str, Value, u16)] = &[
+        (
+            "disable a device in scope",
+            Method::POST,
+            "/v1/devices/p3-a/disable",
+            json!({}),
+            200,
+        ),
+        (
+            "disable one out of scope",
+            Method::POST,
+            "/v1/devices/p9-a/disable",
+            json!({}),
+            404,
+        ),
+        (
+            "read one out of scope",
+            Method::GET,
+            "/v1/devices/p9-a",
+            Value::Null,
+            404,
+        ),
+        (
+            "a device that does not exist",
+            Method::GET,
+            "/v1/devices/nope",
+            Value::Null,
+            404,
+        ),
+        (
+            "desired properties in scope",
+            Method::PATCH,
+            "/v1/devices/p3-b",
+            json!({ "desired": { "fw": "2.1" } }),
+            200,
+        ),
+        (
+            "tags that keep it in scope",
+            Method::PATCH,
+            "/v1/devices/p3-b",
+            json!({ "tags": { "site": "plant-3", "line": "2" } }),
+            200,
+        ),
+        (
+            "tags that take it out",
+            Method::PATCH,
+            "/v1/devices/p3-b",
+            json!({ "tags": { "site": "plant-9" } }),
+            403,
+        ),
+        (
+            "a SAS token out of scope",
+            Method::POST,
+            "/v1/devices/p9-a/sas-token",
+            json!({}),
+            404,
+        ),
+        (
+            "a SAS token in scope",
+            Method::POST,
+            "/v1/devices/p3-a/sas-token",
+            json!({}),
+            200,
+        ),
+        (
+            "alarms are not a device route",
+            Method::GET,
+            "/v1/alarms",
+            Value::Null,
+            403,
+        ),
+    ];
+    for (what, method, path, body, status) in table {
+        let mut request = http
+            .request(method.clone(), format!("{api}{path}"))
+            .bearer_auth(&plant3);
+        if !body.is_null() {
+            request = request.json(body);
+        }
+        let got = request.send().await.unwrap().status().as_u16();
+        assert_eq!(got, *status, "{what}: {method} {path}");
+    }
+    let p9 = weir.get_json("/v1/devices/p9-a").await;
+    assert_eq!(p9["status"], "enabled", "untouched");
+    let p3 = weir.get_json("/v1/devices/p3-a").await;
+    assert_eq!(p3["status"], "disabled");
+
+    // The CLI makes scoped tokens too.
+    let online = [
+        ("WEIR_API", api.as_str()),
+        ("WEIR_TOKEN", weir.token.as_str()),
+    ];
+    let cli = stdout(&tokens(
+        &[
+            "create",
+            "--name",
+            "cli-p9",
+            "--role",
+            "viewer",
+            "--scope",
+            "site=plant-9",
+        ],
+        &online,
+    ));
+    assert_eq!(device_ids(&weir, &cli).await, ["p9-a"]);
+
+    // Admin cannot be scoped: an admin makes tokens.
+    let refused = weir
+        .request(Method::POST, "/v1/tokens")
+        .json(&json!({ "name": "boss", "role": "admin", "scope": { "site": "plant-3" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,7 +126,7 @@ impl JwksServer {
     }
 }
 
-const ROLE_MAP: &str = "role_map: { Weir.Read: viewer, Weir.Operate: operator, Weir.Admin: admin }";
+const ROLE_MAP: &str = "role_map: { Weir.Read: viewer, Weir.Operate: operator, Weir.Admin: admin, Plant3.Operate: { role: operator, scope: { site: plant-3 } } }";
 
 async fn start(dir: &Path, keys: &str) -> Weir {
     start_for(dir, ISSUER, keys).await
@@ -297,4 +297,76 @@ async fn without_a_jwks_setting_the_keys_are_found_by_oidc_discovery() {
     let admin = signer.sign(&with(claims(&["Weir.Admin"]), "iss", json!(server.issuer)));
     assert_eq!(get(&weir, "/v1/tokens", &admin).await.0, StatusCode::OK);
     assert_eq!(server.fetches.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_mapped_to_a_scoped_role_acts_only_on_its_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Signer::rsa("scoped");
+    let server = JwksServer::start(vec![signer.jwk.clone()]).await;
+    let weir = start(dir.path(), &format!("jwks_uri: '{}', ", server.uri)).await;
+    for (id, site) in [("p3", "plant-3"), ("p9", "plant-9")] {
+        let created = weir
+            .request(reqwest::Method::POST, "/v1/devices")
+            .json(&json!({ "id": id, "tags": { "site": site } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let post = |token: String, path: &str| {
+        reqwest::Client::new()
+            .post(format!("http://{}{path}", weir.api))
+            .bearer_auth(token)
+            .json(&json!({}))
+            .send()
+    };
+    let listed = |body: String| -> Vec<String> {
+        let page: Value = serde_json::from_str(&body).unwrap();
+        page["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Only the scoped group: its devices, nothing else.
+    let plant3 = signer.sign(&claims(&["Plant3.Operate"]));
+    let (status, body) = get(&weir, "/v1/devices", &plant3).await;
+    assert_eq!(
+        (status, listed(body)),
+        (StatusCode::OK, vec!["p3".to_owned()])
+    );
+    assert_eq!(
+        get(&weir, "/v1/devices/p9", &plant3).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&weir, "/v1/alarms", &plant3).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let disabled = post(plant3.clone(), "/v1/devices/p3/disable")
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), StatusCode::OK);
+    let other = post(plant3, "/v1/devices/p9/disable").await.unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+
+    // With a reader group too: every device is visible, still only its own are operated.
+    let both = signer.sign(&claims(&["Weir.Read", "Plant3.Operate"]));
+    let (status, body) = get(&weir, "/v1/devices", &both).await;
+    assert_eq!(
+        (status, listed(body)),
+        (StatusCode::OK, vec!["p3".to_owned(), "p9".to_owned()])
+    );
+    assert_eq!(get(&weir, "/v1/alarms", &both).await.0, StatusCode::OK);
+    let enabled = post(both.clone(), "/v1/devices/p3/enable").await.unwrap();
+    assert_eq!(enabled.status(), StatusCode::OK);
+    let other = post(both, "/v1/devices/p9/disable").await.unwrap();
+    assert_eq!(
+        other.status(),
+        StatusCode::FORBIDDEN,
+        "visible, but only to read"
+    );
 }

@@ -307,7 +307,7 @@ async fn new_fields_add_columns_and_type_conflicts_are_dead_lettered() {
 async fn a_crash_between_write_and_commit_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // First run: weir writes the rows' files, then dies where the commit would be.
-    let (mut weir, port, pipeline, api_addr) = start(
+    let (weir, port, pipeline, api_addr) = start(
         dir.path(),
         "batch: { timeout: 300ms }",
         &[("WEIR_CRASH_AT", "delta_lake.before_commit")],
@@ -328,10 +328,7 @@ async fn a_crash_between_write_and_commit_loses_and_duplicates_nothing() {
     for posting in first {
         acknowledged += usize::from(posting.await.unwrap());
     }
-    let status = tokio::task::spawn_blocking(move || weir.child.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(!status.success(), "weir died at the crash point");
+    weir.wait_for_crash().await;
     assert_eq!(
         acknowledged, 0,
         "nothing was acknowledged before the commit"

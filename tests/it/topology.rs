@@ -122,7 +122,8 @@ async fn a_slow_sink_slows_the_source_and_nothing_is_dropped() {
     const TOTAL: u64 = 30_000;
     const SINK_RATE: f64 = 10_000.0;
     let config = pipeline(&format!(
-        "{}sources:
+        "{}channel_max_events: 1000
+sources:
   fleet: {{ type: simulator, devices: 10, rate: 100000, realtime: false, limit: {TOTAL}, batch_size: 100 }}
 transforms:
   pass: {{ type: filter, inputs: [fleet], condition: 'true' }}
@@ -135,8 +136,9 @@ sinks:
     let started = Instant::now();
     let mut topology = RunningTopology::start(&config, &telemetry).unwrap();
 
-    // Two hops of bounded buffers (32 batches of 100) plus a batch in each task's hands.
-    let bound = 2.0 * (32.0 * 100.0) + 3.0 * 100.0;
+    // Two hops of channels bounded in events (`channel_max_events`) plus a batch in each
+    // task's hands.
+    let bound = 2.0 * 1000.0 + 3.0 * 100.0;
     let mut widest_gap: f64 = 0.0;
     let mut sampler = tokio::time::interval(Duration::from_millis(25));
     let wait = topology.wait();

@@ -3,8 +3,8 @@
 //! A token is accepted only if its header names RS256 or ES256 and a `kid` of the JWKS,
 //! the key is for that same algorithm (so `alg: none` and an HS256 token "signed" with
 //! the RSA public key are refused), the signature holds, and `exp`, `nbf`, `iss` and
-//! `aud` hold with [`LEEWAY_SECONDS`] of clock skew. Its role is the highest that
-//! `role_map` gives the values of `roles_claim`; its name, for the audit log, is the
+//! `aud` hold with [`LEEWAY_SECONDS`] of clock skew. It is granted what `role_map` gives
+//! each value of `roles_claim` (a role, maybe scoped to devices by tag); its name, for the audit log, is the
 //! first of `name`, `preferred_username` and `sub`.
 
 use std::collections::BTreeMap;
@@ -13,8 +13,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::jwks::Jwks;
-use crate::config::JwtConfig;
-use crate::tokens::Role;
+use crate::config::{Grant, JwtConfig};
 
 /// Clock skew allowed on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: u64 = 60;
@@ -37,7 +36,7 @@ pub enum JwtRejection {
 #[derive(Debug, PartialEq, Eq)]
 pub struct JwtCaller {
     pub name: String,
-    pub role: Role,
+    pub grants: Vec<Grant>,
 }
 
 /// The checker of one `api.auth.jwt`.
@@ -45,7 +44,7 @@ pub struct JwtVerifier {
     issuer: String,
     audience: String,
     roles_claim: String,
-    role_map: BTreeMap<String, Role>,
+    role_map: BTreeMap<String, Grant>,
     jwks: Jwks,
 }
 
@@ -55,7 +54,7 @@ impl JwtVerifier {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             roles_claim: config.roles_claim.clone(),
-            role_map: config.role_map.clone(),
+            role_map: config.grants()?,
             jwks: Jwks::new(config.jwks_source()?)?,
         })
     }
@@ -85,23 +84,23 @@ impl JwtVerifier {
             .map_err(|e| JwtRejection::Invalid(reason(&e)))?
             .claims;
         let name = identity(&claims).ok_or(JwtRejection::Invalid("jwt_no_subject"))?;
-        match self.role(&claims) {
-            Some(role) => Ok(JwtCaller { name, role }),
-            None => Err(JwtRejection::NoRole { caller: name }),
+        match self.grants(&claims) {
+            grants if grants.is_empty() => Err(JwtRejection::NoRole { caller: name }),
+            grants => Ok(JwtCaller { name, grants }),
         }
     }
 
-    /// The highest role the values of `roles_claim` map to.
-    fn role(&self, claims: &Map<String, Value>) -> Option<Role> {
-        let values: Vec<&str> = match claims.get(&self.roles_claim)? {
-            Value::String(one) => vec![one.as_str()],
-            Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
-            _ => return None,
+    /// What the values of `roles_claim` map to.
+    fn grants(&self, claims: &Map<String, Value>) -> Vec<Grant> {
+        let values: Vec<&str> = match claims.get(&self.roles_claim) {
+            Some(Value::String(one)) => vec![one.as_str()],
+            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
         };
         values
             .into_iter()
-            .filter_map(|value| self.role_map.get(value).copied())
-            .max()
+            .filter_map(|value| self.role_map.get(value).cloned())
+            .collect()
     }
 }
 

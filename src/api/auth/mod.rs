@@ -4,11 +4,14 @@
 //! that needs a role reads `Authorization: Bearer <token>` (never a cookie: a browser
 //! does not add this header to a forged request by itself), checks it against the
 //! [`TokenStore`] (or, if it is shaped like a JWT and `api.auth.jwt` is set, checks it as
-//! one: [`jwt`]), and hands the handler the [`Caller`]. Every failure gets the same 401,
-//! whatever went wrong, and is counted by reason in `api_auth_failures_total`; an
-//! address that fails too often gets 429 for a while ([`limit`]). A valid token with too
-//! small a role gets 403.
+//! one: [`jwt`]), and hands the handler the [`Caller`] with its [`Grants`]. Every failure
+//! gets the same 401, whatever went wrong, and is counted by reason in
+//! `api_auth_failures_total`; an address that fails too often gets 429 for a while
+//! ([`limit`]). A valid token with too small a role gets 403: on a route of
+//! [`Access::Role`], its role on every device counts; on a device route
+//! ([`Access::Device`]), any of its roles, and the handler checks the device's tags.
 
+mod grants;
 mod jwks;
 mod jwt;
 mod limit;
@@ -28,14 +31,26 @@ use self::limit::FailureLimiter;
 use super::ApiState;
 use super::access::{self, Access};
 use crate::telemetry::events::ApiAuthFailed;
-use crate::tokens::{Role, TokenStore};
+use crate::tokens::{Grant, Role, TokenStore};
+
+pub use self::grants::Grants;
 
 /// Who is calling, as the handlers (and the audit log) see them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     /// The token's name, or a JWT's `name`, `preferred_username` or `sub`.
     pub name: String,
-    pub role: Role,
+    pub grants: Grants,
+}
+
+impl Caller {
+    /// A caller with `role` on everything (the control socket).
+    pub fn everywhere(name: &str, role: Role) -> Self {
+        Self {
+            name: name.to_owned(),
+            grants: Grants::new(vec![Grant::everywhere(role)]),
+        }
+    }
 }
 
 /// What authentication needs: the tokens, the JWT checker, the limiter, the settings.
@@ -94,11 +109,12 @@ pub async fn authenticate(
         // No route: the router's 404.
         return next.run(request).await;
     };
-    let needed = match access::lookup(request.method(), path.as_str()) {
+    let (needed, on_devices) = match access::lookup(request.method(), path.as_str()) {
         Some(Access::Public) => return next.run(request).await,
         Some(Access::Metrics) if state.auth.public_metrics => return next.run(request).await,
-        Some(Access::Metrics) => Role::Viewer,
-        Some(Access::Role(role)) => role,
+        Some(Access::Metrics) => (Role::Viewer, false),
+        Some(Access::Role(role)) => (role, false),
+        Some(Access::Device(role)) => (role, true),
         None if access::knows_path(path.as_str()) => return next.run(request).await,
         None => {
             tracing::error!(
@@ -148,7 +164,7 @@ pub async fn authenticate(
         (Some(verifier), true) => match verifier.verify(&presented).await {
             Ok(found) => Caller {
                 name: found.name,
-                role: found.role,
+                grants: Grants::new(found.grants),
             },
             Err(JwtRejection::Invalid(reason)) => return failed(reason),
             Err(JwtRejection::NoRole { caller }) => {
@@ -176,17 +192,23 @@ pub async fn authenticate(
             }
             Caller {
                 name: holder.name,
-                role: holder.role,
+                grants: Grants::new(vec![holder.grant]),
             }
         }
     };
     // The answer names its caller too, for the audit log outside.
-    let mut response = if caller.role < needed {
+    // A scoped role reaches device routes only; the handler checks the device itself.
+    let reach = match on_devices {
+        true => caller.grants.highest(),
+        false => caller.grants.everywhere(),
+    };
+    let mut response = if reach < Some(needed) {
         refusal(
             StatusCode::FORBIDDEN,
             format!(
                 "this needs the `{needed}` role; the token `{}` has `{}`",
-                caller.name, caller.role
+                caller.name,
+                caller.grants.describe()
             ),
         )
     } else {

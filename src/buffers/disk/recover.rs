@@ -7,16 +7,34 @@
 //! is cut back, the cut counted and logged at error); a file that is not a segment of a
 //! format this weir reads is moved aside as `*.corrupt`; an unreadable ack position means
 //! everything still on disk is delivered again (at least once, never lost).
+//!
+//! Sequence numbers are never given out twice within an incarnation, even when recovery
+//! throws records away. The records after a cut (or in a segment moved aside) were durable
+//! once, so a sink may have committed them and recorded their positions (a Delta commit's
+//! `txn` version): were the next appends numbered from the cut, that sink would take them
+//! for records it already holds and skip them. So recovery bounds the sequence numbers the
+//! unreadable bytes can have held (a frame is at least [`MIN_FRAME`] bytes) and makes the
+//! next segment at once past that bound, an empty one whose name keeps the mark on disk
+//! until something is appended to it. The sequence numbers in between belong to no record;
+//! the reader steps over them as over any gap.
 
 use std::collections::VecDeque;
 use std::path::Path;
 
-use super::format::HEADER_LEN;
+use super::format::{FRAME_LEN, HEADER_LEN};
 use super::{ReadPos, SegmentInfo, ack, segment};
 use crate::telemetry::events::BufferRecordsCorrupted;
 use crate::telemetry::{ComponentTelemetry, InternalEvent, SinkBufferMetrics};
 
 const INCARNATION_FILE: &str = "incarnation";
+
+/// The smallest frame: its length and checksum, and a payload of at least one byte.
+const MIN_FRAME: u64 = FRAME_LEN as u64 + 1;
+
+/// How many records `bytes` of frames can have held at most.
+fn most_records(bytes: u64) -> u64 {
+    bytes / MIN_FRAME
+}
 
 /// What a start found on disk.
 #[derive(Debug)]
@@ -58,10 +76,17 @@ pub fn open(
     let mut segments = VecDeque::new();
     let mut start = None;
     let mut events = 0;
+    // One past every sequence number a record read or thrown away here may have had.
+    let mut assigned = position;
     for (first, path) in segment::list(dir)? {
         let scan = match segment::scan(&path, position)? {
             Ok(scan) => scan,
             Err(err) => {
+                // Named by its first record (the writer names them so); its bytes bound
+                // how many followed.
+                let len = std::fs::metadata(&path)?.len();
+                assigned =
+                    assigned.max(first + most_records(len.saturating_sub(HEADER_LEN as u64)));
                 let mut aside = path.clone().into_os_string();
                 aside.push(".corrupt");
                 std::fs::rename(&path, &aside)?;
@@ -80,7 +105,11 @@ pub fn open(
         if scan.first_seq != first {
             tracing::warn!(segment = %path.display(), header = scan.first_seq, "segment name and header disagree; the header wins");
         }
+        assigned = assigned.max(scan.end_seq());
         if let Some((err, bytes)) = &scan.bad_tail {
+            // A torn tail was never durable, so never handed out; but a flipped bit in a
+            // length looks torn too, so every cut counts as if records followed.
+            assigned = assigned.max(scan.end_seq() + most_records(*bytes));
             segment::truncate(&path, scan.len)?;
             BufferRecordsCorrupted {
                 records: 1,
@@ -123,10 +152,24 @@ pub fn open(
             len: scan.len,
         });
     }
-    segment::sync_dir(dir)?;
     let next_seq = segments
         .back()
         .map_or(position, |s| s.end_seq.max(position));
+    let next_seq = match assigned > next_seq {
+        true => {
+            // Records were thrown away past the end of what is left: mark the first
+            // number no record can have had by making its segment now (see the top).
+            segment::create(dir, assigned)?;
+            segments.push_back(SegmentInfo {
+                first_seq: assigned,
+                end_seq: assigned,
+                len: HEADER_LEN as u64,
+            });
+            assigned
+        }
+        false => next_seq,
+    };
+    segment::sync_dir(dir)?;
     let (start, start_seq) = start.unwrap_or((
         ReadPos {
             segment: next_seq,

@@ -211,6 +211,19 @@ fn damage_last_segment(dir: &Path, damage: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(&path, bytes).unwrap();
 }
 
+/// Flips a bit inside record `n` of the last segment, which holds the events `written`.
+fn corrupt_record(dir: &Path, written: std::ops::Range<i64>, n: usize) {
+    let mut frames = Vec::new();
+    let mut starts = Vec::new();
+    for event in batch(written) {
+        starts.push(format::HEADER_LEN + frames.len());
+        format::write_frame(&event, &mut frames);
+    }
+    damage_last_segment(dir, |bytes| {
+        bytes[starts[n] + format::FRAME_LEN + 1] ^= 0x10
+    });
+}
+
 async fn write_and_stop(dir: &Path, range: std::ops::Range<i64>) {
     let h = start(dir, 1 << 30, false);
     let outcome = h.send_acked(range).await;
@@ -237,14 +250,7 @@ async fn a_segment_torn_mid_record_recovers_and_counts_it() {
 async fn a_corrupt_record_is_detected_and_what_follows_it_cut() {
     let (_root, dir) = dir();
     write_and_stop(&dir, 0..5).await;
-    let mut frames = Vec::new();
-    let mut ends = Vec::new();
-    for event in batch(0..5) {
-        format::write_frame(&event, &mut frames);
-        ends.push(format::HEADER_LEN + frames.len());
-    }
-    // A bit flips inside record 3.
-    damage_last_segment(&dir, |bytes| bytes[ends[2] + format::FRAME_LEN + 1] ^= 0x10);
+    corrupt_record(&dir, 0..5, 3);
     let mut h = reopen(&dir).await;
     h.close();
     assert_eq!(h.drain().await, vec![0, 1, 2]);
@@ -381,4 +387,83 @@ async fn a_full_disk_is_backpressure_and_loses_nothing() {
     // Let the acknowledger finish before the disk goes away.
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(disk);
+}
+
+/// Damage recovery must throw records away for, after records 0..10 were written (and
+/// the first `acknowledged` of them read and committed by the sink).
+enum Damage {
+    /// A bit flips inside record 3 of the last segment.
+    CorruptRecord,
+    /// The last segment's header is unreadable: the segment is moved aside.
+    CorruptHeader,
+}
+
+/// The sequence number the first record appended after recovering from `damage` gets.
+async fn first_seq_after(damage: Damage, acknowledged: usize) -> u64 {
+    let (_root, dir) = dir();
+    write_and_stop(&dir, 0..10).await;
+    if acknowledged > 0 {
+        let mut h = reopen(&dir).await;
+        let committed = h.next(acknowledged).await.unwrap();
+        assert_eq!(committed.len(), acknowledged);
+        drop(committed);
+        drop(h);
+    }
+    match damage {
+        Damage::CorruptRecord => corrupt_record(&dir, 0..10, 3),
+        Damage::CorruptHeader => damage_last_segment(&dir, |bytes| bytes[0] ^= 0x10),
+    }
+    let mut h = reopen(&dir).await;
+    h.send(batch(100..105)).await;
+    loop {
+        let chunk = h.chunk(1000).await.expect("the new records arrive");
+        if ids(&chunk.events).contains(&100) {
+            assert_eq!(ids(&chunk.events), vec![100, 101, 102, 103, 104]);
+            return chunk.position.expect("a disk buffer's chunk").first_seq;
+        }
+    }
+}
+
+#[tokio::test]
+async fn records_cut_by_recovery_never_lend_their_sequence_numbers_to_new_ones() {
+    // Records 3..10 were durable, so a sink may have committed them and recorded position
+    // 10 (a Delta commit's `txn`): new records numbered from 3 would look committed to it
+    // and be skipped.
+    for (damage, acknowledged, what) in [
+        (
+            Damage::CorruptRecord,
+            0,
+            "a corrupt record ends the last segment",
+        ),
+        (
+            Damage::CorruptRecord,
+            5,
+            "the cut leaves only acknowledged records: the segment is deleted",
+        ),
+        (Damage::CorruptHeader, 0, "the last segment is moved aside"),
+    ] {
+        let first = first_seq_after(damage, acknowledged).await;
+        assert!(first >= 10, "{what}: new records start at {first}");
+    }
+}
+
+#[tokio::test]
+async fn the_mark_past_cut_records_survives_a_restart_without_appends() {
+    let (_root, dir) = dir();
+    write_and_stop(&dir, 0..10).await;
+    corrupt_record(&dir, 0..10, 3);
+    // Recovered (and cut) once, stopped before anything new was appended.
+    let mut h = reopen(&dir).await;
+    assert_eq!(ids(&h.next(1000).await.unwrap()), vec![0, 1, 2]);
+    drop(h);
+    let mut h = reopen(&dir).await;
+    h.send(batch(100..101)).await;
+    let chunk = h.chunk(1000).await.unwrap();
+    assert_eq!(ids(&chunk.events), vec![100]);
+    let first = chunk.position.unwrap().first_seq;
+    assert!(
+        first >= 10,
+        "new records start at {first} after the second start"
+    );
+    assert_eq!(h.metrics.corrupted.get(), 0, "nothing is cut twice");
 }

@@ -11,9 +11,11 @@
 //!   sequence number after the last buffer record it holds. The buffer hands records out
 //!   in log order (a failed chunk again before anything after it), so a commit covers a
 //!   gapless run: the table holds every record of the incarnation below its version
-//!   (except dead letters, which went to `errors`). After a crash the buffer hands out
-//!   again what it had not acknowledged, and the sink drops what is below the version
-//!   ([`Ledger::sort`]). A recreated buffer is a new incarnation, a new app id with no
+//!   (except dead letters, which went to `errors`, and numbers no record has, which a
+//!   buffer skips after cutting records it could not read). After a crash the buffer
+//!   hands out again what it had not acknowledged, and the sink drops what is below the
+//!   version ([`Ledger::sort`]), after sending the dead letters among it again (see
+//!   [`super::dead_letters`]). A recreated buffer is a new incarnation, a new app id with no
 //!   version yet: it never makes the sink skip new records.
 //! - **From a memory buffer** ([`Mode::Counted`]) nothing survives a crash but what the
 //!   sources send again, and versions count commits: they only tell whether a commit whose
@@ -45,10 +47,12 @@ enum Mode {
 
 /// A chunk sorted by what the table already has of it.
 pub struct Sorted {
-    /// Records the log says are committed: dropping them acknowledges them.
-    pub committed: usize,
+    /// Records the log says are committed (or dead-lettered): once their dead letters are
+    /// sent again, dropping them acknowledges them.
+    pub committed: Vec<Event>,
     /// Records already in the open window (a chunk failed elsewhere after it was written,
-    /// and handed out again): they are acknowledged with the window's commit.
+    /// and handed out again): they are acknowledged with the window's commit, and their
+    /// dead letters are still held with the window.
     pub in_window: Vec<Event>,
 }
 
@@ -108,12 +112,12 @@ impl Ledger {
         } = &self.mode
         else {
             return Sorted {
-                committed: 0,
+                committed: Vec::new(),
                 in_window: Vec::new(),
             };
         };
         let landed = self.landed.map_or(0, |v| v.max(0) as u64);
-        let committed = chunk.take_below(incarnation, landed).len();
+        let committed = chunk.take_below(incarnation, landed);
         let in_window = chunk.take_below(incarnation, window_end.unwrap_or(0));
         Sorted {
             committed,
@@ -187,11 +191,11 @@ mod tests {
         // The buffer's ack position was 100; the table committed up to 105.
         let mut straddling = chunk("a", 100, 0..10);
         let sorted = ledger.sort(&mut straddling);
-        assert_eq!(sorted.committed, 5);
+        assert_eq!(ids(&sorted.committed), vec![0, 1, 2, 3, 4]);
         assert!(sorted.in_window.is_empty());
         assert_eq!(ids(&straddling.events), vec![5, 6, 7, 8, 9]);
         let mut later = chunk("a", 110, 0..10);
-        assert_eq!(ledger.sort(&mut later).committed, 0);
+        assert!(ledger.sort(&mut later).committed.is_empty());
         assert_eq!(later.events.len(), 10);
     }
 
@@ -203,7 +207,7 @@ mod tests {
         let mut switched = positioned("old", Some(1_000));
         switched.switch(fresh.position.as_ref());
         assert_eq!(switched.app_id(), "weir-lake@i1/new");
-        assert_eq!(switched.sort(&mut fresh).committed, 0);
+        assert!(switched.sort(&mut fresh).committed.is_empty());
         assert_eq!(fresh.events.len(), 10);
     }
 
@@ -216,12 +220,12 @@ mod tests {
         // 20..30 failed elsewhere (a dead letter) and comes back before the commit.
         let mut again = chunk("a", 20, 0..10);
         let sorted = ledger.sort(&mut again);
-        assert_eq!((sorted.committed, sorted.in_window.len()), (0, 10));
+        assert_eq!((sorted.committed.len(), sorted.in_window.len()), (0, 10));
         assert!(again.events.is_empty());
         ledger.abandoned();
         assert!(ledger.next_version().is_err(), "no rows, no position");
         let mut after_abandon = chunk("a", 10, 0..20);
-        assert_eq!(ledger.sort(&mut after_abandon).committed, 0);
+        assert!(ledger.sort(&mut after_abandon).committed.is_empty());
         assert_eq!(after_abandon.events.len(), 20, "written again");
     }
 

@@ -13,11 +13,14 @@
 //! With `buffer: { type: memory }` events are acknowledged upstream only once the commit
 //! that holds them is in the Delta log, and a crash after a commit but before the
 //! acknowledgement makes the source send them again. Either way a commit whose outcome was
-//! unclear is never written twice. See [`columns`] for how fields become columns and
-//! [`table`] for the commit protocol.
+//! unclear is never written twice. Readings that do not fit the table go to `errors` at
+//! least once, after the commit of their chunk's rows, and are never lost to a crash (see
+//! [`dead_letters`]). See [`columns`] for how fields become columns and [`table`] for the
+//! commit protocol.
 
 mod columns;
 mod compact;
+mod dead_letters;
 mod ledger;
 mod schedule;
 mod table;
@@ -39,8 +42,8 @@ use self::table::{TableSpec, TableWriter};
 use super::retry::{Backoff, RetryConfig, WriteError};
 use super::{SinkComponent, SinkContext};
 use crate::buffers::{Buffer, BufferConfig, BufferType, Chunk};
-use crate::config::{self, FieldProblem, Resource};
-use crate::event::{Event, EventBatch, Unsettled};
+use crate::config::{self, FieldProblem, RedactedUrl, Resource, Sensitive};
+use crate::event::{Event, Unsettled};
 use crate::telemetry::events::{BatchCommitted, ComponentError, ErrorType, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
 use crate::topology::ComponentTask;
@@ -52,10 +55,11 @@ use crate::topology::channel::Outputs;
 pub struct DeltaLakeConfig {
     /// Where the table lives: `file:///var/lib/weir/lake/telemetry`, a local path,
     /// `s3://bucket/prefix` or `az://container/prefix`. Created on the first commit if absent.
-    pub uri: String,
+    pub uri: RedactedUrl,
     /// Options of the object store (credentials, region, endpoint), e.g. `AWS_REGION`.
+    /// Their values are never shown (they may be keys).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub storage_options: BTreeMap<String, String>,
+    pub storage_options: BTreeMap<String, Sensitive>,
     /// Partition columns: `date` or `hour` (derived from event time, UTC) or field names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partition_by: Vec<String>,
@@ -120,14 +124,19 @@ fn default_checkpoint_interval() -> u64 {
 /// chunk's events are not held long.
 const CHUNK_EVENTS: usize = 8192;
 
+/// The open window commits early once it holds this many dead letters (or
+/// `batch.max_events`, if fewer): they wait for its commit as whole events in memory, not
+/// encoded like rows, so a stream of mostly misfits must not pile them up for a minute.
+const MAX_HELD_DEAD_LETTERS: usize = 50_000;
+
 impl DeltaLakeConfig {
     /// The table's URL; a plain path is a local directory.
     fn url(&self) -> Result<Url, String> {
-        match Url::parse(&self.uri) {
+        match Url::parse(self.uri.expose_str()) {
             Ok(url) if url.scheme().len() > 1 => Ok(url),
             // `C:\...` parses with a one-letter scheme; a path without a scheme fails.
             _ => {
-                let path = PathBuf::from(&self.uri);
+                let path = PathBuf::from(self.uri.expose_str());
                 let path = match path.is_absolute() {
                     true => path,
                     false => std::env::current_dir()
@@ -272,8 +281,9 @@ impl SinkComponent for DeltaLakeConfig {
             storage_options: config
                 .storage_options
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<HashMap<_, _>>(),
+                .map(|(k, v)| (k.clone(), v.expose().clone()))
+                .collect::<HashMap<_, _>>()
+                .into(),
             partition_columns: columns.partition_columns(
                 &config
                     .partition_by
@@ -356,11 +366,16 @@ impl DeltaSink {
             };
             let Some(chunk) = events else { break };
             self.take(&mut table, chunk).await;
+            // Opening the table to a new buffer incarnation or adding columns commits the
+            // window: its dead letters may go.
+            self.send_dead_letters(&mut table).await;
             if table.rows() > 0 && window_started.is_none() {
                 window_started = Some(Instant::now());
             }
-            if table.rows() >= self.config.batch.max_events
+            let max_events = self.config.batch.max_events;
+            if table.rows() >= max_events
                 || table.bytes() as u64 >= self.config.batch.max_bytes.get()
+                || table.dead_letters_held() >= max_events.min(MAX_HELD_DEAD_LETTERS)
             {
                 self.commit(&mut table, &mut window_started).await;
             }
@@ -382,7 +397,9 @@ impl DeltaSink {
             Unsettled::of(&chunk.events).fail();
             return;
         }
-        let held = table.sort(&mut chunk);
+        let before = chunk.events.len();
+        let committed = table.sort(&mut chunk);
+        let held = before - chunk.events.len();
         if held > 0 {
             tracing::info!(
                 component_id = %self.component,
@@ -390,15 +407,20 @@ impl DeltaSink {
                 "skipped buffer records the table already holds"
             );
         }
+        // Their dead letters may not have reached `errors` (the crash came first, or they
+        // failed there): determined again, and sent again.
+        let misfits = self.columns.misfits(committed, self.config.evolve_schema);
+        let misfits = dead_letters::mark(&self.component, misfits);
+        self.send(misfits).await;
         if !chunk.events.is_empty() {
             let end = chunk.end_seq();
             self.write(table, chunk.events, end, abandons).await;
         }
     }
 
-    /// Encodes one chunk (which ends at buffer position `end`), sends misfits to `errors`,
-    /// and streams the rest into the window, unless the table gave up a window since it had
-    /// `abandons` (see [`TableWriter::abandons`]).
+    /// Encodes one chunk (which ends at buffer position `end`) and streams its rows into the
+    /// window with its misfits, which go to `errors` after the window's commit; unless the
+    /// table gave up a window since it had `abandons` (see [`TableWriter::abandons`]).
     async fn write(
         &mut self,
         table: &mut TableWriter,
@@ -421,8 +443,10 @@ impl DeltaSink {
                 return;
             }
         };
-        self.dead_letter(encoded.rejected).await;
+        let misfits = dead_letters::mark(&self.component, encoded.rejected);
         if encoded.accepted.is_empty() {
+            // No row of the chunk waits for a commit that could be given up.
+            self.send(misfits).await;
             return;
         }
         // Held from here until the writer holds them: failed if the sink stops meanwhile.
@@ -436,11 +460,12 @@ impl DeltaSink {
         }
         if table.abandons() != abandons {
             // Adding columns committed the rows before and that failed: they come again,
-            // and this chunk after them.
+            // and this chunk after them (its misfits with it, not sent).
             deliveries.fail();
+            Unsettled::of(&misfits).fail();
             return;
         }
-        if let Err(err) = table.write(encoded.batch, deliveries, end).await {
+        if let Err(err) = table.write(encoded.batch, deliveries, misfits, end).await {
             ComponentError {
                 error_type: ErrorType::Io,
                 stage: Stage::Sending,
@@ -467,6 +492,7 @@ impl DeltaSink {
             }
         };
         *window_started = None;
+        self.send_dead_letters(table).await;
         if committed.rows > 0 {
             BatchCommitted {
                 events: committed.rows,
@@ -521,26 +547,16 @@ impl DeltaSink {
         }
     }
 
-    async fn dead_letter(&self, rejected: Vec<(Event, String)>) {
-        if rejected.is_empty() {
-            return;
-        }
-        ComponentError {
-            error_type: ErrorType::Encode,
-            stage: Stage::Processing,
-            message: &format!(
-                "{} events do not fit the table (first: {}); sent to `errors`",
-                rejected.len(),
-                rejected[0].1
-            ),
-            count: rejected.len(),
-        }
-        .emit(&self.telemetry);
-        let events = rejected
-            .into_iter()
-            .map(|(event, reason)| event.with_error(&self.component, reason))
-            .collect();
-        self.out.send_named("errors", EventBatch::new(events)).await;
+    /// Sends the dead letters whose window has committed.
+    async fn send_dead_letters(&self, table: &mut TableWriter) {
+        self.send(table.take_dead_letters()).await;
+    }
+
+    /// Sends dead letters to `errors`.
+    async fn send(&self, dead_letters: Vec<Event>) {
+        // From a memory buffer they fail their requests when `errors` leads nowhere.
+        let from_disk = self.config.buffer.is_disk(DEFAULT_BUFFER);
+        dead_letters::send(&self.out, &self.telemetry, dead_letters, from_disk).await;
     }
 }
 

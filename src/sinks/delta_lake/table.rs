@@ -20,16 +20,19 @@ use url::Url;
 
 use super::columns::Columns;
 use super::compact::{Compacted, compact};
+use super::dead_letters::DeadLetters;
 use super::ledger::{Ledger, Sorted};
 use crate::buffers::{Chunk, Position};
-use crate::event::Unsettled;
+use crate::config::Sensitive;
+use crate::event::{Event, Unsettled};
 use crate::sinks::retry::WriteError;
 
 /// What to open and how to create it.
 #[derive(Clone, Debug)]
 pub struct TableSpec {
     pub url: Url,
-    pub storage_options: HashMap<String, String>,
+    /// Shown as `***`: it holds the object store's credentials.
+    pub storage_options: Sensitive<HashMap<String, String>>,
     pub partition_columns: Vec<String>,
     pub checkpoint_interval: u64,
     /// Names this sink's transactions: `<app_id>@<instance id>` (see [`super::ledger`]).
@@ -51,6 +54,9 @@ pub struct TableWriter {
     /// The deliveries of those rows: settled (acknowledged) when the commit lands, failed
     /// if the window is abandoned or the writer dropped before.
     deliveries: Unsettled,
+    /// The dead letters of the window's chunks, sent once it committed (see
+    /// [`super::dead_letters`]).
+    dead_letters: DeadLetters,
     /// Files finished for the open window but not yet in the log, with their size.
     staged: Option<(Vec<Add>, usize)>,
     /// Windows given up so far (see [`TableWriter::abandons`]).
@@ -83,7 +89,7 @@ impl TableWriter {
         let mut table = DeltaTableBuilder::from_url(spec.url.clone())
             .and_then(|builder| {
                 builder
-                    .with_storage_options(spec.storage_options.clone())
+                    .with_storage_options(spec.storage_options.expose().clone())
                     .build()
             })
             .map_err(|err| WriteError::Permanent(err.into()))?;
@@ -103,6 +109,7 @@ impl TableWriter {
             committed_fields: 0,
             rows: 0,
             deliveries: Unsettled::default(),
+            dead_letters: DeadLetters::default(),
             staged: None,
             abandons: 0,
         };
@@ -123,7 +130,7 @@ impl TableWriter {
         if existing != self.spec.partition_columns {
             anyhow::bail!(
                 "the table at {} is partitioned by {:?}, but `partition_by` asks for {:?}",
-                self.spec.url,
+                crate::redact::url(self.spec.url.as_str()),
                 existing,
                 self.spec.partition_columns
             );
@@ -153,17 +160,16 @@ impl TableWriter {
         Ok(())
     }
 
-    /// Takes out of `chunk` the records the table already has: those committed are dropped
-    /// (acknowledged), those in the open window are held until its commit. Returns how many
-    /// were taken out.
-    pub fn sort(&mut self, chunk: &mut Chunk) -> usize {
+    /// Takes out of `chunk` the records the table already has: those in the open window are
+    /// held until its commit; those committed are returned, for their dead letters to be
+    /// determined again before they are dropped (acknowledged).
+    pub fn sort(&mut self, chunk: &mut Chunk) -> Vec<Event> {
         let Sorted {
             committed,
             in_window,
         } = self.ledger.sort(chunk);
-        let taken = committed + in_window.len();
         self.deliveries.extend(Unsettled::of(&in_window));
-        taken
+        committed
     }
 
     /// Makes sure the table exists and has every column of `columns`; columns added since
@@ -174,7 +180,7 @@ impl TableWriter {
                 // `build` without `load`: probing a table that does not exist yet only
                 // makes deltalake log an error.
                 let table = DeltaTableBuilder::from_url(self.spec.url.clone())?
-                    .with_storage_options(self.spec.storage_options.clone())
+                    .with_storage_options(self.spec.storage_options.expose().clone())
                     .build()?
                     .create()
                     .with_columns(columns.delta_fields())
@@ -204,20 +210,23 @@ impl TableWriter {
         }
     }
 
-    /// Streams `batch` into the open window; `deliveries` are held until the commit. `end`:
-    /// the buffer position after the chunk the rows came from (a disk buffer's).
+    /// Streams `batch` into the open window; `deliveries` are held until the commit, and
+    /// the chunk's `dead_letters` are sent after it. `end`: the buffer position after the
+    /// chunk the rows came from (a disk buffer's).
     pub async fn write(
         &mut self,
         batch: deltalake::arrow::record_batch::RecordBatch,
         deliveries: Unsettled,
+        dead_letters: Vec<Event>,
         end: Option<u64>,
     ) -> Result<(), DeltaTableError> {
+        self.deliveries.extend(deliveries);
+        self.dead_letters.hold(dead_letters);
         let writer = self
             .writer
             .as_mut()
             .ok_or_else(|| DeltaTableError::Generic("the table is not open".into()))?;
         let rows = batch.num_rows();
-        self.deliveries.extend(deliveries);
         writer.write(batch).await?;
         self.rows += rows;
         self.ledger.wrote(end);
@@ -316,7 +325,18 @@ impl TableWriter {
         self.staged = None;
         // Acknowledges the committed rows upstream.
         std::mem::take(&mut self.deliveries).settle();
+        self.dead_letters.committed();
         Ok(Committed { rows, bytes })
+    }
+
+    /// Dead letters whose window has committed: the sink sends them to `errors`.
+    pub fn take_dead_letters(&mut self) -> Vec<Event> {
+        self.dead_letters.take_ready()
+    }
+
+    /// Dead letters waiting for the open window's commit.
+    pub fn dead_letters_held(&self) -> usize {
+        self.dead_letters.held()
     }
 
     /// Deletes data files that no table version younger than `retention` refers to (the
@@ -351,6 +371,7 @@ impl TableWriter {
     /// buffered rows, so their sources must deliver them again.
     pub fn abandon(&mut self) -> anyhow::Result<()> {
         std::mem::take(&mut self.deliveries).fail();
+        self.dead_letters.abandoned();
         self.rows = 0;
         self.staged = None;
         self.ledger.abandoned();
@@ -396,7 +417,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = TableSpec {
             url: Url::from_directory_path(dir.path()).unwrap(),
-            storage_options: HashMap::new(),
+            storage_options: Default::default(),
             partition_columns: Vec::new(),
             checkpoint_interval: 10,
             writer: "test".into(),
@@ -417,7 +438,10 @@ mod tests {
         table.ensure_columns(&mut columns).await.unwrap();
         let deliveries = Unsettled::of(&encoded.accepted);
         drop(encoded.accepted);
-        table.write(encoded.batch, deliveries, None).await.unwrap();
+        table
+            .write(encoded.batch, deliveries, Vec::new(), None)
+            .await
+            .unwrap();
         drop(table);
         assert_eq!(outcome.await.unwrap(), DeliveryStatus::Failed);
     }

@@ -24,7 +24,7 @@ use self::connection::{Connection, Replies, Target};
 use super::retry::{RetryConfig, WriteError, with_retries};
 use super::{SinkComponent, SinkContext};
 use crate::buffers::{Buffer, BufferConfig, BufferType};
-use crate::config::{self, FieldProblem};
+use crate::config::{self, FieldProblem, RedactedUrl};
 use crate::event::{Event, EventBatch};
 use crate::telemetry::events::{BatchCommitted, ComponentError, ErrorType, EventsDiscarded, Stage};
 use crate::telemetry::{ComponentTelemetry, InternalEvent};
@@ -45,7 +45,7 @@ use crate::topology::channel::Outputs;
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS. With `cluster: true`,
     /// the seed nodes of the cluster, comma-separated (`redis://a:7000,redis://b:7001`).
-    pub url: String,
+    pub url: RedactedUrl,
     /// The key each event is written to, a template such as `device:{{ device_id }}`.
     pub key: Template,
     #[serde(default)]
@@ -155,7 +155,7 @@ impl SinkComponent for RedisConfig {
 
     fn build(&self, cx: SinkContext) -> anyhow::Result<ComponentTask> {
         let target = Target {
-            urls: connection::split_urls(&self.url),
+            urls: connection::split_urls(self.url.expose_str()),
             cluster: self.cluster,
             certificates: self
                 .tls
@@ -199,7 +199,7 @@ impl SinkComponent for RedisConfig {
 
 impl RedisConfig {
     fn check_url(&self) -> Vec<FieldProblem> {
-        let urls = connection::split_urls(&self.url);
+        let urls = connection::split_urls(self.url.expose_str());
         let mut problems: Vec<FieldProblem> = urls
             .iter()
             .filter_map(|url| connection::check_url(url).err())

@@ -19,6 +19,9 @@ use crate::topology::ComponentTask;
 
 const DEVICE_ID_PARAM: &str = "{device_id}";
 
+/// Request headers that carry credentials: `headers` may not copy them into events.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
 /// Receives readings over HTTP.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +175,14 @@ impl SourceComponent for HttpSourceConfig {
                 ["unknown_devices"],
                 "with `auth: sas` unknown devices are always refused; remove `unknown_devices`",
             ));
+        }
+        for name in &self.headers {
+            if CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                problems.push(FieldProblem::at(
+                    ["headers"],
+                    format!("`{name}` holds a credential: copied into `meta.headers`, it would travel with every event (sinks, dead letters, tap)"),
+                ));
+            }
         }
         problems.extend(self.limits.check(self.max_body));
         if let Some(limit) = &self.rate_limit

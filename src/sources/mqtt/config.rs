@@ -1,13 +1,17 @@
 //! The `mqtt` source's options, the protocol version's two spellings, and the checks
 //! `validate` runs on them.
 
+use std::path::PathBuf;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::credentials::CredentialFields;
 use super::decode::{DEVICE_ID_PARAM, DeviceIdRule};
 use super::session::Settings;
 use crate::codecs::DecodingConfig;
-use crate::config::{ByteSize, Duration, FieldProblem, ServiceUse};
+use crate::config::Sensitive;
+use crate::config::{ByteSize, Duration, FieldProblem, RedactedUrl, ServiceUse};
 use crate::sources::gate::{DeviceGate, UnknownDevices};
 use crate::sources::{SourceComponent, SourceContext};
 use crate::template::Template;
@@ -19,7 +23,7 @@ use crate::topology::ComponentTask;
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
     /// e.g. `mqtt://127.0.0.1:1883`, or `mqtts://broker:8883` (TLS).
-    pub url: String,
+    pub url: RedactedUrl,
     /// Topic filters, e.g. `devices/+/telemetry`.
     pub topics: Vec<String>,
     /// A topic pattern (`devices/{device_id}/telemetry`) or a template over `topic`
@@ -34,6 +38,16 @@ pub struct MqttSourceConfig {
     /// Default: `weir-<component id>`. Keep it stable: the persistent session is keyed by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The user name weir connects as, for brokers that want credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The password, e.g. `${MQTT_PASSWORD}`; never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Sensitive>,
+    /// A file holding the password (its trailing newline is not part of it), read when
+    /// the source starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Subscribe as `$share/<group>/<topic>`, so instances split the traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_group: Option<String>,
@@ -160,7 +174,7 @@ pub(crate) fn broker_address(url: &str) -> Result<(String, u16, bool), String> {
 impl MqttSourceConfig {
     /// Host, port, and whether the connection uses TLS.
     fn broker(&self) -> Result<(String, u16, bool), String> {
-        broker_address(&self.url)
+        broker_address(self.url.expose_str())
     }
 
     /// The packet size limit in bytes: at least a small packet, at most what MQTT's
@@ -177,6 +191,14 @@ impl MqttSourceConfig {
                 self.max_packet
             )),
             n => Ok(n as u32),
+        }
+    }
+
+    fn credentials(&self) -> CredentialFields<'_> {
+        CredentialFields {
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            password_file: self.password_file.as_deref(),
         }
     }
 
@@ -242,6 +264,7 @@ impl SourceComponent for MqttSourceConfig {
         if let Err(message) = self.decoding.check() {
             problems.push(FieldProblem::at(["decoding"], message));
         }
+        problems.extend(self.credentials().check());
         problems
     }
 
@@ -258,6 +281,8 @@ impl SourceComponent for MqttSourceConfig {
             true => Some(self.tls.clone().unwrap_or_default().client_config()?),
             false => None,
         };
+        // The password file is read now, so a missing one fails the start with its name.
+        let credentials = self.credentials().resolve()?;
         let gate = DeviceGate::new(cx.services.get(), self.unknown_devices)?;
         let settings = Settings {
             version: self.protocol,
@@ -274,6 +299,7 @@ impl SourceComponent for MqttSourceConfig {
                 .map(|expiry| u32::try_from(expiry.get().as_secs()).unwrap_or(u32::MAX)),
             max_inflight: self.max_inflight,
             max_packet_bytes,
+            credentials,
         };
         let config = self.clone();
         Ok(Box::pin(async move {

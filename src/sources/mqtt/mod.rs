@@ -12,14 +12,17 @@
 //! `devices/{device_id}/telemetry` or a template over `topic` — or from a field.
 //!
 //! [`session`] hides which protocol version a session speaks; the rest is the same for
-//! both: [`config`] holds the options, [`connection`] drives the broker connection,
-//! [`decode`] turns a publish into events, and this module runs the source's loop and
-//! acknowledges in order.
+//! both: [`config`] holds the options, [`credentials`] the user name and password (shared
+//! with `mqtt_publish`), [`connection`] drives the broker connection and gives up on a
+//! take-over loop ([`takeover`]), [`decode`] turns a publish into events, and this module
+//! runs the source's loop and acknowledges in order.
 
 mod config;
 mod connection;
+mod credentials;
 mod decode;
 mod session;
+mod takeover;
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -28,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use config::broker_address;
 pub use config::{MqttSourceConfig, MqttVersion};
+pub(crate) use credentials::CredentialFields;
 
 use self::decode::{DeviceIdRule, events_of};
 use self::session::{Ack, Client, Message, Settings};
@@ -49,6 +53,7 @@ async fn run(
     gate: DeviceGate,
     cx: SourceContext,
 ) -> anyhow::Result<()> {
+    let client_id = settings.client_id.clone();
     let (client, eventloop) = session::open(settings);
 
     // Acks go out in arrival order: the head waits for its outcome before the next.
@@ -68,6 +73,7 @@ async fn run(
         eventloop,
         client.clone(),
         config.clone(),
+        client_id,
         cx.id.clone(),
         cx.telemetry.clone(),
         messages_tx,
@@ -118,8 +124,8 @@ async fn run(
     client.disconnect().await;
     tokio::time::sleep(StdDuration::from_millis(100)).await;
     stop_polling.cancel();
-    let _ = poller.await;
-    Ok(())
+    // A take-over loop ended the connection: the source fails with its reason.
+    poller.await?
 }
 
 /// Most publishes gathered into one batch.

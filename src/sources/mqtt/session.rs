@@ -12,6 +12,7 @@ use bytes::Bytes;
 use rumqttc_v5 as v5;
 
 use super::MqttVersion;
+use super::credentials::Credentials;
 
 /// What the source asks of a session.
 pub(super) struct Settings {
@@ -29,6 +30,8 @@ pub(super) struct Settings {
     pub max_inflight: u16,
     /// Largest packet weir accepts.
     pub max_packet_bytes: u32,
+    /// The user name and password of the CONNECT, if the broker wants them.
+    pub credentials: Option<Credentials>,
 }
 
 /// Requests queued towards the event loop before the caller waits.
@@ -47,6 +50,7 @@ pub(super) fn open(settings: Settings) -> (Client, EventLoop) {
         session_expiry,
         max_inflight,
         max_packet_bytes,
+        credentials,
     } = settings;
     match version {
         MqttVersion::V3_1_1 => {
@@ -57,6 +61,9 @@ pub(super) fn open(settings: Settings) -> (Client, EventLoop) {
                 .set_inflight(max_inflight)
                 .set_max_packet_size(max_packet_bytes as usize, max_packet_bytes as usize)
                 .set_ack_mode(rumqttc::AckMode::Manual);
+            if let Some(credentials) = &credentials {
+                credentials.apply_v4(&mut options);
+            }
             if let Some(tls) = tls {
                 options.set_transport(rumqttc::Transport::tls_with_config(
                     rumqttc::TlsConfiguration::Rustls(tls),
@@ -78,6 +85,9 @@ pub(super) fn open(settings: Settings) -> (Client, EventLoop) {
                 .set_receive_maximum(Some(max_inflight))
                 .set_max_packet_size(Some(max_packet_bytes))
                 .set_ack_mode(v5::AckMode::Manual);
+            if let Some(credentials) = &credentials {
+                credentials.apply_v5(&mut options);
+            }
             if !clean && session_expiry.is_some() {
                 options.set_session_expiry_interval(session_expiry);
             }
@@ -252,7 +262,26 @@ pub(super) enum PollError {
     /// The client disconnected on purpose.
     Stopped,
     /// The connection failed; the next poll reconnects.
-    Failed(String),
+    Failed(Failure),
+}
+
+/// A failed connection: what the client said, and what it means.
+pub(super) struct Failure {
+    pub message: String,
+    pub kind: FailureKind,
+}
+
+/// The failures the source treats apart from the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FailureKind {
+    /// MQTT 5: the broker said another client connected with this client id (0x8E).
+    TakenOver,
+    /// The broker closed the connection without a word: how a 3.1.1 broker ends a
+    /// session another client took over (and how it ends others).
+    ClosedByBroker,
+    /// The broker refused the user name and password, or refused this user.
+    Unauthorized,
+    Other,
 }
 
 /// The half of a session that drives the connection. Boxed: the event loops are large and
@@ -269,15 +298,61 @@ impl EventLoop {
                 Ok(rumqttc::Event::Incoming(packet)) => Ok(v4_polled(packet)),
                 Ok(rumqttc::Event::Outgoing(_)) => Ok(Polled::Nothing),
                 Err(rumqttc::ConnectionError::RequestsDone) => Err(PollError::Stopped),
-                Err(err) => Err(PollError::Failed(err.to_string())),
+                Err(err) => Err(PollError::Failed(Failure {
+                    kind: v4_failure(&err),
+                    message: err.to_string(),
+                })),
             },
             EventLoop::V5(eventloop) => match eventloop.poll().await {
                 Ok(v5::Event::Incoming(packet)) => Ok(v5_polled(packet)),
                 Ok(_) => Ok(Polled::Nothing),
                 Err(v5::ConnectionError::RequestsDone) => Err(PollError::Stopped),
-                Err(err) => Err(PollError::Failed(err.to_string())),
+                Err(err) => Err(PollError::Failed(Failure {
+                    kind: v5_failure(&err),
+                    message: err.to_string(),
+                })),
             },
         }
+    }
+}
+
+fn v4_failure(err: &rumqttc::ConnectionError) -> FailureKind {
+    use rumqttc::{ConnectReturnCode, ConnectionError, StateError};
+    match err {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => FailureKind::Unauthorized,
+        ConnectionError::MqttState(StateError::ConnectionAborted) => FailureKind::ClosedByBroker,
+        ConnectionError::MqttState(StateError::Io(io)) | ConnectionError::Io(io) => io_failure(io),
+        _ => FailureKind::Other,
+    }
+}
+
+fn v5_failure(err: &v5::ConnectionError) -> FailureKind {
+    use v5::{ConnectReturnCode, ConnectionError, DisconnectReasonCode, StateError};
+    match err {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => FailureKind::Unauthorized,
+        ConnectionError::MqttState(StateError::ServerDisconnect {
+            reason_code: DisconnectReasonCode::SessionTakenOver,
+            ..
+        }) => FailureKind::TakenOver,
+        ConnectionError::MqttState(StateError::ConnectionAborted) => FailureKind::ClosedByBroker,
+        ConnectionError::MqttState(StateError::Io(io)) | ConnectionError::Io(io) => io_failure(io),
+        _ => FailureKind::Other,
+    }
+}
+
+/// A socket error that says the other end went away.
+fn io_failure(err: &std::io::Error) -> FailureKind {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::UnexpectedEof
+        | ErrorKind::BrokenPipe => FailureKind::ClosedByBroker,
+        _ => FailureKind::Other,
     }
 }
 

@@ -28,6 +28,7 @@
 pub mod azurite;
 pub mod delta;
 pub mod load;
+pub mod mosquitto;
 pub mod mounts;
 pub mod mqtt;
 pub mod pki;
@@ -148,8 +149,14 @@ pub struct Weir {
 
 /// The `data_dir` of the pipeline `pipeline` run in `dir`.
 pub fn data_dir_of(dir: &Path, pipeline: &Path) -> PathBuf {
-    let (config, _) = weir::config::load(&weir::CATALOGUE, &[pipeline.to_path_buf()])
-        .unwrap_or_else(|e| panic!("invalid pipeline {}: {e}", pipeline.display()));
+    let text = std::fs::read_to_string(pipeline)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", pipeline.display()));
+    // The `${VAR}`s a test hands weir alone (a password) only need to be set here.
+    let name = pipeline.to_string_lossy();
+    let (config, _) = weir::config::load_str(&weir::CATALOGUE, &name, &text, &|name| {
+        Some(std::env::var(name).unwrap_or_else(|_| "set-in-weir-only".into()))
+    })
+    .unwrap_or_else(|e| panic!("invalid pipeline {}: {e}", pipeline.display()));
     dir.join(config.globals.data_dir)
 }
 
@@ -205,6 +212,29 @@ impl Weir {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Weir {
+        Self::spawn(dir, pipeline, api, args, env, Stdio::inherit()).await
+    }
+
+    /// Like [`Weir::start_with_env`], with its log (stderr) written to `log`.
+    pub async fn start_logged(
+        dir: &Path,
+        pipeline: &Path,
+        api: SocketAddr,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Weir {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self::spawn(dir, pipeline, api, &[], env, file.into()).await
+    }
+
+    async fn spawn(
+        dir: &Path,
+        pipeline: &Path,
+        api: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Weir {
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .arg("run")
             .arg(pipeline)
@@ -213,6 +243,7 @@ impl Weir {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start weir");
         let data_dir = data_dir_of(dir, pipeline);
@@ -305,6 +336,14 @@ impl Weir {
 }
 
 impl Weir {
+    /// Waits for weir to die at the crash point `WEIR_CRASH_AT` named (see `fault.rs`).
+    pub async fn wait_for_crash(mut self) {
+        let status = tokio::task::spawn_blocking(move || self.child.wait().expect("wait"))
+            .await
+            .expect("the waiting task");
+        assert!(!status.success(), "weir died at the crash point: {status}");
+    }
+
     /// Kills weir with SIGKILL `times` times, `every` apart, starting it again after each.
     pub async fn crash_and_restart(
         mut self,

@@ -291,6 +291,14 @@ impl Columns {
     /// `evolve` allows it; returns why the event does not fit, if it does not.
     fn admit(&mut self, event: &Event, evolve: bool) -> Result<(), String> {
         // Columns are added only once the whole event fits.
+        let new_columns = self.check(event, evolve)?;
+        self.fields.extend(new_columns);
+        Ok(())
+    }
+
+    /// Whether one event fits the columns as they are (or would, with the new columns it
+    /// returns); why not, if it does not.
+    fn check(&self, event: &Event, evolve: bool) -> Result<Vec<(String, ColumnType)>, String> {
         let mut new_columns = Vec::new();
         for (name, value) in event.fields() {
             if Self::is_reserved(name, &self.derived) {
@@ -344,8 +352,29 @@ impl Columns {
                 self.max_columns
             ));
         }
-        self.fields.extend(new_columns);
-        Ok(())
+        Ok(new_columns)
+    }
+
+    /// The events of `committed` that did not fit when they were written: a disk buffer
+    /// hands out again records a commit already holds (after a crash, or when their dead
+    /// letters failed), and their dead letters must go out again.
+    ///
+    /// The answer is the one [`Columns::encode`] gave when they were written, because
+    /// columns only grow and never change type, and every column an accepted record
+    /// added is in the table (columns are added before their rows are written, and the
+    /// records are committed): an accepted record still fits without adding a column; a
+    /// type misfit, a reserved name or a field without a column (`evolve_schema` off)
+    /// stays one; and a record refused by `max_columns` still is, since the columns
+    /// added after it could never take all of its new fields (that many did not fit then).
+    /// Only the wording of a reason may differ (the column count it names).
+    pub fn misfits(&self, committed: Vec<Event>, evolve: bool) -> Vec<(Event, String)> {
+        committed
+            .into_iter()
+            .filter_map(|event| match self.check(&event, evolve) {
+                Ok(_) => None,
+                Err(reason) => Some((event, reason)),
+            })
+            .collect()
     }
 
     /// Splits `events` into rows that fit (encoded into a batch, after adding any new

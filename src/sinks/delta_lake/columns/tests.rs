@@ -132,3 +132,45 @@ fn new_fields_beyond_max_columns_reject_only_their_event() {
         ["new field `pressure` would grow the table to 6 columns, beyond `max_columns` (5)"]
     );
 }
+
+#[test]
+fn committed_events_are_judged_again_as_they_were_when_written() {
+    // Room for three more columns; the table gains one more after these were written.
+    let events = || {
+        vec![
+            event(serde_json::json!({"id": 0, "temperature": 20.5})),
+            event(serde_json::json!({"id": 1, "temperature": "hot"})),
+            event(serde_json::json!({"id": 2, "humidity": 40, "pressure": 1, "wind": 3})),
+            event(serde_json::json!({"id": 3, "humidity": 41})),
+            event(serde_json::json!({"id": 4, "pressure": 1012, "time": "x"})),
+        ]
+    };
+    let mut declared = IndexMap::new();
+    declared.insert("id".to_owned(), ColumnType::Double);
+    let mut written = Columns::new(Vec::new(), declared.clone(), 7);
+    let encoded = written.encode(events(), true).expect("encodes");
+    let rejected: Vec<Value> = encoded
+        .rejected
+        .iter()
+        .map(|(e, _)| e.fields()["id"].clone())
+        .collect();
+    assert_eq!(rejected, [1, 2, 4]);
+    // A restart: the columns come from the table, which a later record widened.
+    let mut later = written.clone();
+    later
+        .encode(vec![event(serde_json::json!({"pressure": 2}))], true)
+        .unwrap();
+    assert_eq!(
+        later.field_count(),
+        4,
+        "id, temperature, humidity, pressure"
+    );
+    let mut restarted = Columns::new(Vec::new(), declared, 7);
+    restarted.adopt_table(&later.arrow_schema()).unwrap();
+    let again: Vec<Value> = restarted
+        .misfits(events(), true)
+        .iter()
+        .map(|(e, _)| e.fields()["id"].clone())
+        .collect();
+    assert_eq!(again, rejected);
+}
