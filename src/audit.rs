@@ -22,8 +22,9 @@ pub const KEEP_FILES: usize = 10;
 const CURRENT: &str = "audit.jsonl";
 
 /// One change: who, as which role, on which route and target, how it ended.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
+    #[schema(value_type = String, format = DateTime)]
     pub time: Timestamp,
     /// The token's name (or `local:<user>` for `weir tokens` on a data_dir, and
     /// `control-socket` for `weir reload`).

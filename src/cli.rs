@@ -79,11 +79,15 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Print the JSON Schema of the pipeline language.
+    /// Print the JSON Schema of the pipeline language (or the admin API's OpenAPI document).
     Schema {
         /// Write to this file instead of stdout.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// The OpenAPI 3.1 document of the admin API instead
+        /// (`schemas/admin-api.openapi.json`).
+        #[arg(long)]
+        openapi: bool,
     },
     /// Manage the device registry through the admin API.
     Devices(crate::registry::cli::DevicesArgs),
@@ -154,7 +158,7 @@ pub fn main() -> ExitCode {
             discard_buffers,
         } => reload(&data_dir, wait, timeout, &discard_buffers),
         Command::Validate { paths } => validate(&paths),
-        Command::Schema { output } => schema(output),
+        Command::Schema { output, openapi } => schema(output, openapi),
         Command::Devices(args) => crate::registry::cli::main(args),
         Command::Tokens(args) => crate::tokens::cli::main(args),
         Command::Graph { paths, format } => match load(&paths) {
@@ -344,8 +348,11 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn schema(output: Option<PathBuf>) -> ExitCode {
-    let text = config::schema::pipeline_schema_json(&crate::CATALOGUE);
+fn schema(output: Option<PathBuf>, openapi: bool) -> ExitCode {
+    let text = match openapi {
+        true => crate::api::openapi::document_json(),
+        false => config::schema::pipeline_schema_json(&crate::CATALOGUE),
+    };
     match output {
         Some(path) => match std::fs::write(&path, text) {
             Ok(()) => ExitCode::SUCCESS,

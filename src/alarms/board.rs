@@ -16,7 +16,7 @@ use crate::config::ComponentId;
 use crate::event::Fields;
 
 /// One active alarm as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AlarmSummary {
     pub id: String,
     /// The alarm's name (`name`, default: the component id).
@@ -28,13 +28,16 @@ pub struct AlarmSummary {
     pub device_id: Option<String>,
     pub severity: Severity,
     /// Event time of the reading that raised it.
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: jiff::Timestamp,
     pub acknowledged: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub acknowledged_at: Option<jiff::Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acknowledged_by: Option<String>,
     /// The fields of the reading that raised it (or last changed its severity).
+    #[schema(value_type = Object)]
     pub values: Fields,
 }
 

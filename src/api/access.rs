@@ -1,6 +1,7 @@
 //! Who may call which route: the one table the router consults ([`ACCESS`]).
 //!
-//! Every route is added through [`Routes`], which records it, and a unit test holds the
+//! Every route is added through [`Routes`], which records it with its OpenAPI description
+//! ([`super::openapi`]), and a unit test holds the
 //! recorded routes and the table to the same set: a route without a row fails it. At run
 //! time a route that has no row is refused to everyone (500), never served.
 //! `README.md` shows the same table; the integration test `api_auth` calls every row with
@@ -13,9 +14,10 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::handler::Handler;
 use axum::http::Method;
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use utoipa::openapi::OpenApi;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa_axum::router::UtoipaMethodRouter;
 
 use super::ApiState;
 use crate::tokens::Role;
@@ -75,6 +77,7 @@ pub const ACCESS: &[(Method, &str, Access)] = &[
     (Method::GET, "/v1/tokens", Needs(Admin)),
     (Method::POST, "/v1/tokens", Needs(Admin)),
     (Method::DELETE, "/v1/tokens/{name}", Needs(Admin)),
+    (Method::GET, "/v1/openapi.json", Needs(Viewer)),
 ];
 
 /// The fields of a device patch that need more than the route's `operator`.
@@ -102,10 +105,15 @@ pub fn knows_path(path: &str) -> bool {
     ACCESS.iter().any(|(_, p, _)| *p == path)
 }
 
-/// The router being built, and every route added to it.
+/// The router being built, every route added to it, and their OpenAPI description.
+///
+/// A route is added as `routes!(handler)` of a handler with `#[utoipa::path]`: its method
+/// and path come from that description, so no route can go undescribed or be described
+/// at another path than the one it is served at.
 pub struct Routes {
     router: Router<Arc<ApiState>>,
-    added: Vec<(Method, &'static str)>,
+    added: Vec<(Method, String)>,
+    openapi: OpenApi,
 }
 
 impl Default for Routes {
@@ -113,49 +121,66 @@ impl Default for Routes {
         Self {
             router: Router::new(),
             added: Vec::new(),
+            openapi: OpenApi::default(),
         }
     }
 }
 
 impl Routes {
-    fn add(
+    /// Adds the routes (and schemas) of `routes!(handler, ...)`.
+    pub fn route(
         mut self,
-        method: Method,
-        path: &'static str,
-        route: MethodRouter<Arc<ApiState>>,
+        (schemas, paths, method_router): UtoipaMethodRouter<Arc<ApiState>>,
     ) -> Self {
-        self.router = self.router.route(path, route);
-        self.added.push((method, path));
+        let mut path_names = paths.paths.keys();
+        let (Some(path), None) = (path_names.next(), path_names.next()) else {
+            panic!("routes! with handlers of more than one path");
+        };
+        self.router = self.router.route(path, method_router);
+        for (name, item) in &paths.paths {
+            for (method, operation) in operations(item) {
+                if operation.is_some() {
+                    self.added.push((method, name.clone()));
+                }
+            }
+        }
+        self.openapi.paths.merge(paths);
+        let components = self.openapi.components.get_or_insert_with(Default::default);
+        components.schemas.extend(schemas);
         self
     }
 
-    pub fn get<H: Handler<T, Arc<ApiState>>, T: 'static>(self, path: &'static str, h: H) -> Self {
-        self.add(Method::GET, path, get(h))
-    }
-
-    pub fn post<H: Handler<T, Arc<ApiState>>, T: 'static>(self, path: &'static str, h: H) -> Self {
-        self.add(Method::POST, path, post(h))
-    }
-
-    pub fn patch<H: Handler<T, Arc<ApiState>>, T: 'static>(self, path: &'static str, h: H) -> Self {
-        self.add(Method::PATCH, path, patch(h))
-    }
-
-    pub fn delete<H: Handler<T, Arc<ApiState>>, T: 'static>(
-        self,
-        path: &'static str,
-        h: H,
-    ) -> Self {
-        self.add(Method::DELETE, path, delete(h))
-    }
-
-    pub fn added(&self) -> &[(Method, &'static str)] {
+    pub fn added(&self) -> &[(Method, String)] {
         &self.added
+    }
+
+    pub fn openapi(&self) -> &OpenApi {
+        &self.openapi
     }
 
     pub fn into_router(self) -> Router<Arc<ApiState>> {
         self.router
     }
+}
+
+/// The operations of a path item, by method.
+pub fn operations(item: &PathItem) -> [(Method, Option<&Operation>); 4] {
+    [
+        (Method::GET, item.get.as_ref()),
+        (Method::POST, item.post.as_ref()),
+        (Method::PATCH, item.patch.as_ref()),
+        (Method::DELETE, item.delete.as_ref()),
+    ]
+}
+
+/// The operations of a path item, by method, to change.
+pub fn operations_mut(item: &mut PathItem) -> [(Method, Option<&mut Operation>); 4] {
+    [
+        (Method::GET, item.get.as_mut()),
+        (Method::POST, item.post.as_mut()),
+        (Method::PATCH, item.patch.as_mut()),
+        (Method::DELETE, item.delete.as_mut()),
+    ]
 }
 
 #[cfg(test)]
@@ -170,7 +195,7 @@ mod tests {
         let added: BTreeSet<(String, &str)> = routes
             .added()
             .iter()
-            .map(|(m, p)| (m.to_string(), *p))
+            .map(|(m, p)| (m.to_string(), p.as_str()))
             .collect();
         assert_eq!(added.len(), routes.added().len(), "a route added twice");
         let table: BTreeSet<(String, &str)> =

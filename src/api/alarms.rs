@@ -13,25 +13,52 @@ use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::access::Routes;
+use super::openapi::ErrorBody;
 use super::{ApiState, Caller};
-use crate::alarms::{AckOutcome, Severity};
+use crate::alarms::{AckOutcome, AlarmSummary, Severity};
 
 pub fn routes(routes: Routes) -> Routes {
     routes
-        .get("/v1/alarms", list)
-        .get("/v1/alarms/{id}", one)
-        .post("/v1/alarms/{id}/ack", acknowledge)
+        .route(routes!(list))
+        .route(routes!(one))
+        .route(routes!(acknowledge))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only alarms of this severity.
     severity: Option<Severity>,
 }
 
+/// The active alarms.
+#[derive(Serialize, ToSchema)]
+struct AlarmList {
+    alarms: Vec<AlarmSummary>,
+}
+
+/// An acknowledgement of an alarm acknowledged before.
+#[derive(Serialize, ToSchema)]
+struct AckConflict {
+    error: &'static str,
+    alarm: AlarmSummary,
+}
+
+/// Every active alarm, by component and key.
+#[utoipa::path(
+    get,
+    path = "/v1/alarms",
+    operation_id = "list_alarms",
+    tag = "alarms",
+    params(ListQuery),
+    responses((status = 200, body = AlarmList))
+)]
 async fn list(
     State(state): State<Arc<ApiState>>,
     Query(query): Query<ListQuery>,
@@ -41,9 +68,21 @@ async fn list(
         alarms.retain(|a| a.severity == severity);
     }
     alarms.sort_by(|a, b| (&a.component, &a.key).cmp(&(&b.component, &b.key)));
-    axum::Json(json!({ "alarms": alarms }))
+    axum::Json(AlarmList { alarms })
 }
 
+/// One active alarm.
+#[utoipa::path(
+    get,
+    path = "/v1/alarms/{id}",
+    operation_id = "get_alarm",
+    tag = "alarms",
+    params(("id" = String, Path, description = "The alarm's id")),
+    responses(
+        (status = 200, body = AlarmSummary),
+        (status = 404, description = "No such alarm is active", body = ErrorBody),
+    )
+)]
 async fn one(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> impl IntoResponse {
     let found = state
         .alarm_board()
@@ -54,6 +93,19 @@ async fn one(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> impl
     }
 }
 
+/// Acknowledges an alarm, as the caller (its `acknowledged_by` is the caller's name).
+#[utoipa::path(
+    post,
+    path = "/v1/alarms/{id}/ack",
+    operation_id = "acknowledge_alarm",
+    tag = "alarms",
+    params(("id" = String, Path, description = "The alarm's id")),
+    responses(
+        (status = 200, description = "Acknowledged", body = AlarmSummary),
+        (status = 404, description = "No such alarm is active", body = ErrorBody),
+        (status = 409, description = "Acknowledged before", body = AckConflict),
+    )
+)]
 async fn acknowledge(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -66,7 +118,10 @@ async fn acknowledge(
         Some(AckOutcome::Acknowledged(alarm)) => (StatusCode::OK, axum::Json(json!(alarm))),
         Some(AckOutcome::AlreadyAcknowledged(alarm)) => (
             StatusCode::CONFLICT,
-            axum::Json(json!({ "error": "the alarm was acknowledged already", "alarm": alarm })),
+            axum::Json(json!(AckConflict {
+                error: "the alarm was acknowledged already",
+                alarm
+            })),
         ),
         Some(AckOutcome::NotFound) | None => not_found(&id),
     }

@@ -18,10 +18,13 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::access::Routes;
+use super::openapi::ErrorBody;
 use super::{ApiState, Caller};
 use crate::audit::AuditEvent;
 use crate::telemetry::events::ApiAuditEvent;
@@ -32,7 +35,7 @@ const TARGET_BODY_LIMIT: usize = 64 * 1024;
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 pub fn routes(routes: Routes) -> Routes {
-    routes.get("/v1/audit", read)
+    routes.route(routes!(read))
 }
 
 /// The `{…}` segment of `pattern` in `path`, decoded.
@@ -155,13 +158,36 @@ pub async fn record(State(state): State<Arc<ApiState>>, request: Request, next: 
     response
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
+    /// Events at or after this time (default: all).
+    #[param(value_type = Option<String>, format = DateTime)]
     since: Option<jiff::Timestamp>,
+    /// Most events answered.
+    #[param(minimum = 1, maximum = 10000, default = 1000)]
     limit: Option<usize>,
 }
 
+/// Audit events.
+#[derive(Serialize, ToSchema)]
+struct AuditEvents {
+    events: Vec<AuditEvent>,
+}
+
+/// The audit log: every change made through the API, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "read_audit_log",
+    tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, body = AuditEvents),
+        (status = 500, description = "The audit log cannot be read", body = ErrorBody),
+    )
+)]
 async fn read(State(state): State<Arc<ApiState>>, Query(query): Query<AuditQuery>) -> Response {
     let limit = query.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {
@@ -172,11 +198,11 @@ async fn read(State(state): State<Arc<ApiState>>, Query(query): Query<AuditQuery
             .into_response();
     }
     let Some(log) = state.audit.clone() else {
-        return axum::Json(json!({ "events": [] })).into_response();
+        return axum::Json(AuditEvents { events: Vec::new() }).into_response();
     };
     let since = query.since.unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     match tokio::task::spawn_blocking(move || log.read_since(since, limit)).await {
-        Ok(Ok(events)) => axum::Json(json!({ "events": events })).into_response(),
+        Ok(Ok(events)) => axum::Json(AuditEvents { events }).into_response(),
         Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             axum::Json(json!({ "error": e })),

@@ -15,25 +15,45 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::ApiState;
 use super::access::Routes;
+use super::openapi::ErrorBody;
 use crate::devicebound::{Devicebound, QueueError};
 
 pub fn routes(routes: Routes) -> Routes {
-    routes.post("/v1/devices/{id}/messages/devicebound", send)
+    routes.route(routes!(send))
 }
 
-#[derive(Deserialize)]
+/// A cloud-to-device message to queue.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Request {
+    /// The message body: a string as it is, any other JSON value as its JSON text.
+    #[schema(value_type = Object)]
     payload: Value,
+    /// Application properties, sent in the topic's property bag.
     #[serde(default)]
     properties: BTreeMap<String, String>,
+    /// How long the message may wait for the device (default 1h).
     #[serde(default = "default_ttl")]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]+(ms|s|m|h|d)$")]
     ttl: crate::config::Duration,
+}
+
+/// A queued cloud-to-device message.
+#[derive(Serialize, ToSchema)]
+struct Queued {
+    /// Its id (`$.mid` on the wire).
+    message_id: String,
+    /// When it expires unsent, RFC 3339.
+    expires_at: String,
+    /// How many messages wait for the device now, this one included.
+    queued: usize,
 }
 
 fn default_ttl() -> crate::config::Duration {
@@ -44,6 +64,21 @@ fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
 }
 
+/// Queues a cloud-to-device message for a device.
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{id}/messages/devicebound",
+    operation_id = "send_devicebound_message",
+    tag = "devices",
+    params(("id" = String, Path, description = "The device's id")),
+    request_body = Request,
+    responses(
+        (status = 202, description = "Queued", body = Queued),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 409, description = "50 messages already wait for the device", body = ErrorBody),
+        (status = 500, description = "The queue could not be stored", body = ErrorBody),
+    )
+)]
 async fn send(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body: Bytes) -> Response {
     let request: Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -72,11 +107,11 @@ async fn send(State(state): State<Arc<ApiState>>, Path(id): Path<String>, body: 
     match queue.enqueue(&id, payload, properties, request.ttl.get()) {
         Ok(message) => (
             StatusCode::ACCEPTED,
-            axum::Json(json!({
-                "message_id": message.id,
-                "expires_at": message.expires_at,
-                "queued": queue.depth(&id),
-            })),
+            axum::Json(Queued {
+                message_id: message.id,
+                expires_at: message.expires_at.to_string(),
+                queued: queue.depth(&id),
+            }),
         )
             .into_response(),
         Err(e @ QueueError::Full(_)) => refuse(StatusCode::CONFLICT, e),

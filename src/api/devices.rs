@@ -1,4 +1,5 @@
-//! The registry's admin API: `/v1/devices` and `/v1/enrollment-groups`.
+//! The registry's admin API: `/v1/devices` (and the answers it shares with
+//! `/v1/enrollment-groups`, [`super::groups`]).
 //!
 //! | method and path | does |
 //! | --- | --- |
@@ -12,71 +13,54 @@
 //! | `POST/GET /v1/enrollment-groups`, `GET/PATCH/DELETE /v1/enrollment-groups/{id}` | the same for groups |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 404, 409 (exists), 412 (etag),
-//! 500 (the store failed) or 503 (no `registry:` section in the pipeline). A caller whose
-//! role is limited to devices by tag sees and acts on the devices in scope only (see
-//! [`super::scope`]).
+//! 500 (the store failed) or 503 (no `registry:` section in the pipeline); the answers
+//! themselves are made in [`super::records`]. A caller whose role is limited to devices by
+//! tag sees and acts on the devices in scope only (see [`super::scope`]).
 
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use utoipa::ToSchema;
+use utoipa_axum::router::UtoipaMethodRouter;
+use utoipa_axum::routes;
+
 use super::access::{Routes, patch_field_role};
-use super::{ApiState, Caller, scope};
-use crate::registry::{
-    DevicePatch, DeviceSpec, GroupPatch, GroupSpec, ImportOutcome, Registry, RegistryError, Status,
+use super::openapi::ErrorBody;
+use super::records::{
+    Answer, IfMatch, answer, blocking, change, error, parse, record, registry, removal,
 };
+use super::{ApiState, Caller, scope};
+use crate::registry::{Device, DevicePatch, DeviceSpec, ImportOutcome, Page, Status};
 use crate::tokens::Role;
 
 /// Most devices a list page holds.
 const MAX_PAGE: usize = 1000;
 /// Most rows one import request may carry (the CLI sends chunks).
 const MAX_IMPORT_ROWS: usize = 50_000;
+/// Most bytes one import request may carry: 50 000 rows of about 1 KiB.
+const MAX_IMPORT_BYTES: usize = 64 << 20;
 
 pub fn routes(routes: Routes) -> Routes {
     routes
-        .get("/v1/devices", list)
-        .post("/v1/devices", create)
-        .post("/v1/devices/import", import)
-        .get("/v1/devices/{id}", fetch)
-        .patch("/v1/devices/{id}", update)
-        .delete("/v1/devices/{id}", remove)
-        .post("/v1/devices/{id}/enable", enable)
-        .post("/v1/devices/{id}/disable", disable)
-        .post("/v1/devices/{id}/rotate-key", rotate_key)
-        .post("/v1/devices/{id}/sas-token", sas_token)
-        .get("/v1/enrollment-groups", list_groups)
-        .post("/v1/enrollment-groups", create_group)
-        .get("/v1/enrollment-groups/{id}", fetch_group)
-        .patch("/v1/enrollment-groups/{id}", update_group)
-        .delete("/v1/enrollment-groups/{id}", remove_group)
-}
-
-/// An answer of this API: a status with a JSON body and maybe an `ETag`.
-struct Answer(StatusCode, Value, Option<String>);
-
-impl IntoResponse for Answer {
-    fn into_response(self) -> Response {
-        let mut response = (self.0, axum::Json(self.1)).into_response();
-        if let Some(etag) = self
-            .2
-            .and_then(|e| HeaderValue::from_str(&format!("\"{e}\"")).ok())
-        {
-            response.headers_mut().insert(header::ETAG, etag);
-        }
-        response
-    }
-}
-
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Answer {
-    Answer(status, json!({ "error": message.to_string() }), None)
+        .route(routes!(list))
+        .route(routes!(create))
+        .route(import_route())
+        .route(routes!(fetch))
+        .route(routes!(update))
+        .route(routes!(remove))
+        .route(routes!(enable))
+        .route(routes!(disable))
+        .route(routes!(rotate_key))
+        .route(routes!(sas_token))
 }
 
 /// [`scope::check`] as an answer: the etag a scoped caller's change is pinned to.
@@ -90,65 +74,29 @@ fn in_scope(
         .map_err(|(status, message)| error(status, message))
 }
 
-impl From<RegistryError> for Answer {
-    fn from(e: RegistryError) -> Self {
-        let status = match &e {
-            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
-            RegistryError::Exists(_) => StatusCode::CONFLICT,
-            RegistryError::EtagMismatch { .. } => StatusCode::PRECONDITION_FAILED,
-            RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
-            RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        error(status, e)
-    }
-}
-
-fn record<T: Serialize>(status: StatusCode, value: &T, etag: &str) -> Answer {
-    Answer(
-        status,
-        serde_json::to_value(value).unwrap_or(Value::Null),
-        Some(etag.to_owned()),
+/// `POST /v1/devices/import`, with room for [`MAX_IMPORT_ROWS`] rows: axum's default
+/// body limit (2 MiB) refused a tenth of them with keys and tags.
+fn import_route() -> UtoipaMethodRouter<Arc<ApiState>> {
+    let (schemas, paths, route) = routes!(import);
+    (
+        schemas,
+        paths,
+        route.layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
     )
 }
 
-fn registry(state: &ApiState) -> Result<Arc<Registry>, Answer> {
-    state.registry().ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this weir has no device registry: add a `registry:` section to the pipeline",
-        )
-    })
-}
-
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Answer> {
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))
-}
-
-fn if_match(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-/// Runs a registry change off the async threads (each one waits for an fsync).
-async fn blocking<T: Send + 'static>(
-    state: &ApiState,
-    work: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
-) -> Result<T, Answer> {
-    let registry = registry(state)?;
-    match tokio::task::spawn_blocking(move || work(&registry)).await {
-        Ok(result) => result.map_err(Answer::from),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
-    }
-}
-
-fn answer(result: Result<Answer, Answer>) -> Response {
-    match result {
-        Ok(a) | Err(a) => a.into_response(),
-    }
-}
-
+/// Registers a device; missing keys are generated.
+#[utoipa::path(
+    post,
+    path = "/v1/devices",
+    operation_id = "create_device",
+    tag = "devices",
+    request_body = DeviceSpec,
+    responses(
+        (status = 201, description = "Created, with its keys", body = Device),
+        (status = 409, description = "A device with this id exists", body = ErrorBody),
+    )
+)]
 async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     answer(
         async {
@@ -161,6 +109,17 @@ async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
 }
 
 /// The device; its keys only for `admin`.
+#[utoipa::path(
+    get,
+    path = "/v1/devices/{id}",
+    operation_id = "get_device",
+    tag = "devices",
+    params(("id" = String, Path, description = "The device's id")),
+    responses(
+        (status = 200, description = "The device (its keys for `admin` only)", body = Device),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 async fn fetch(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -182,6 +141,21 @@ async fn fetch(
     })())
 }
 
+/// The devices in id order, a page at a time, without their keys.
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    operation_id = "list_devices",
+    tag = "devices",
+    params(
+        ("after" = Option<String>, Query, description = "The `next` of the page before"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Most devices in the page (default 100)"),
+        ("tag" = Option<Vec<String>>, Query, description = "Only devices with this tag, `key=value`; repeatable", explode = true, style = Form, pattern = "^[^=:]*[=:]"),
+    ),
+    responses(
+        (status = 200, body = Page),
+    )
+)]
 async fn list(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -250,55 +224,22 @@ fn query_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A record with an etag, answered with its `ETag` header.
-trait Etagged: Serialize + Send + 'static {
-    fn etag(&self) -> &str;
-}
-
-impl Etagged for crate::registry::Device {
-    fn etag(&self) -> &str {
-        &self.etag
-    }
-}
-
-impl Etagged for crate::registry::EnrollmentGroup {
-    fn etag(&self) -> &str {
-        &self.etag
-    }
-}
-
-/// A change to the record `id` that honours `If-Match` (or, for a scoped caller, the etag
-/// its scope was checked against: `checked`); answers the changed record.
-async fn change<T: Etagged>(
-    state: &ApiState,
-    id: String,
-    headers: &HeaderMap,
-    checked: Option<String>,
-    op: impl FnOnce(&Registry, &str, Option<&str>) -> Result<T, RegistryError> + Send + 'static,
-) -> Response {
-    let tag = scope::if_match(if_match(headers), checked);
-    answer(
-        blocking(state, move |r| op(r, &id, tag.as_deref()))
-            .await
-            .map(|record_| record(StatusCode::OK, &record_, record_.etag())),
+/// Changes a device: each field given replaces the stored one (keys need `admin`).
+#[utoipa::path(
+    patch,
+    path = "/v1/devices/{id}",
+    operation_id = "update_device",
+    tag = "devices",
+    params(
+        ("id" = String, Path, description = "The device's id"),
+        IfMatch,
+    ),
+    request_body = DevicePatch,
+    responses(
+        (status = 200, description = "Changed", body = Device),
+        (status = 404, description = "No such device", body = ErrorBody),
     )
-}
-
-/// A removal that honours `If-Match`; 204.
-async fn removal(
-    state: &ApiState,
-    id: String,
-    headers: &HeaderMap,
-    op: impl FnOnce(&Registry, &str, Option<&str>) -> Result<(), RegistryError> + Send + 'static,
-) -> Response {
-    let tag = if_match(headers);
-    answer(
-        blocking(state, move |r| op(r, &id, tag.as_deref()))
-            .await
-            .map(|()| Answer(StatusCode::NO_CONTENT, Value::Null, None)),
-    )
-}
-
+)]
 async fn update(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -355,6 +296,21 @@ fn patch_allowed(caller: &Caller, body: &Bytes) -> Result<Role, Answer> {
     }
 }
 
+/// Deletes a device.
+#[utoipa::path(
+    delete,
+    path = "/v1/devices/{id}",
+    operation_id = "delete_device",
+    tag = "devices",
+    params(
+        ("id" = String, Path, description = "The device's id"),
+        IfMatch,
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 async fn remove(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -363,6 +319,21 @@ async fn remove(
     removal(&state, id, &headers, |r, id, tag| r.delete(id, tag)).await
 }
 
+/// Lets a device send.
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{id}/enable",
+    operation_id = "enable_device",
+    tag = "devices",
+    params(
+        ("id" = String, Path, description = "The device's id"),
+        IfMatch,
+    ),
+    responses(
+        (status = 200, description = "Enabled", body = Device),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 async fn enable(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -372,6 +343,21 @@ async fn enable(
     set_status(&state, &caller, id, &headers, Status::Enabled).await
 }
 
+/// Refuses a device's messages from now on.
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{id}/disable",
+    operation_id = "disable_device",
+    tag = "devices",
+    params(
+        ("id" = String, Path, description = "The device's id"),
+        IfMatch,
+    ),
+    responses(
+        (status = 200, description = "Disabled", body = Device),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 async fn disable(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -399,6 +385,21 @@ async fn set_status(
     }
 }
 
+/// Rotates a device's keys.
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{id}/rotate-key",
+    operation_id = "rotate_device_key",
+    tag = "devices",
+    params(
+        ("id" = String, Path, description = "The device's id"),
+        IfMatch,
+    ),
+    responses(
+        (status = 200, description = "Rotated: the old primary key is the secondary", body = Device),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 async fn rotate_key(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -410,21 +411,49 @@ async fn rotate_key(
     .await
 }
 
-#[derive(serde::Deserialize)]
+/// A SAS token to issue.
+#[derive(serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SasRequest {
+    /// How long the token is valid (default `1h`).
     #[serde(default = "default_sas_ttl")]
+    #[schema(value_type = String, pattern = r"^[0-9]+(ms|s|m|h|d)$")]
     ttl: crate::config::Duration,
+    /// Which of the device's keys signs it (default `primary`).
     #[serde(default)]
     key: SasKey,
 }
 
-#[derive(Clone, Copy, Default, serde::Deserialize)]
+/// A SAS token for a device.
+#[derive(Serialize, ToSchema)]
+struct SasAnswer {
+    /// `SharedAccessSignature sr=...&sig=...&se=...`.
+    token: String,
+    /// When it expires, in seconds since 1970.
+    expires: u64,
+}
+
+/// What a bulk import came to.
+#[derive(Serialize, ToSchema)]
+struct ImportResults {
+    results: Vec<ImportOutcome>,
+}
+
+#[derive(Clone, Copy, Default, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum SasKey {
     #[default]
     Primary,
     Secondary,
+}
+
+impl Default for SasRequest {
+    fn default() -> Self {
+        Self {
+            ttl: default_sas_ttl(),
+            key: SasKey::default(),
+        }
+    }
 }
 
 fn default_sas_ttl() -> crate::config::Duration {
@@ -433,6 +462,18 @@ fn default_sas_ttl() -> crate::config::Duration {
 
 /// `POST /v1/devices/{id}/sas-token` (`{"ttl": "1h", "key": "primary"}`, both optional):
 /// a SAS token for the device, so an operator can issue one without reading its keys.
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{id}/sas-token",
+    operation_id = "issue_device_sas_token",
+    tag = "devices",
+    params(("id" = String, Path, description = "The device's id")),
+    request_body = Option<SasRequest>,
+    responses(
+        (status = 200, body = SasAnswer),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 async fn sas_token(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
@@ -441,10 +482,12 @@ async fn sas_token(
 ) -> Response {
     answer((|| {
         in_scope(&state, &caller, &id, Role::Operator)?;
+        // No body, or `null`, asks for the defaults.
         let request: SasRequest = match body.is_empty() {
-            true => parse(&Bytes::from_static(b"{}"))?,
-            false => parse(&body)?,
-        };
+            true => None,
+            false => parse::<Option<SasRequest>>(&body)?,
+        }
+        .unwrap_or_default();
         let device = registry(&state)?
             .get(&id)
             .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("device `{id}` not found")))?;
@@ -458,18 +501,35 @@ async fn sas_token(
                 format!("the stored key of device `{id}` is not Base64"),
             )
         })?;
-        let expiry = jiff::Timestamp::now().as_second().max(0) as u64 + request.ttl.get().as_secs();
+        // A ttl of more than 500 billion years would overflow (it panicked here once).
+        let expiry = (jiff::Timestamp::now().as_second().max(0) as u64)
+            .checked_add(request.ttl.get().as_secs())
+            .ok_or_else(|| error(StatusCode::BAD_REQUEST, "the ttl is too long"))?;
         let token =
             crate::registry::sas::sign(&crate::registry::sas::device_resource(&id), &key, expiry);
         Ok(Answer(
             StatusCode::OK,
-            json!({ "token": token, "expires": expiry }),
+            json!(SasAnswer {
+                token,
+                expires: expiry
+            }),
             None,
         ))
     })())
 }
 
 /// One outcome per row, in row order: rows that do not parse fail alone.
+#[utoipa::path(
+    post,
+    path = "/v1/devices/import",
+    operation_id = "import_devices",
+    tag = "devices",
+    request_body(content = Vec<DeviceSpec>, description = "At most 50000 devices, in one transaction; a row that is not a device fails alone"),
+    responses(
+        (status = 200, description = "One outcome per row, in row order", body = ImportResults),
+        (status = 413, description = "More than 50000 rows", body = ErrorBody),
+    )
+)]
 async fn import(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     answer(
         async {
@@ -504,67 +564,12 @@ async fn import(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
                     })
                 })
                 .collect();
-            Ok(Answer(StatusCode::OK, json!({ "results": results }), None))
+            Ok(Answer(
+                StatusCode::OK,
+                json!(ImportResults { results }),
+                None,
+            ))
         }
         .await,
     )
-}
-
-async fn create_group(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
-    answer(
-        async {
-            let spec: GroupSpec = parse(&body)?;
-            let group = blocking(&state, move |r| r.create_group(spec)).await?;
-            Ok(record(StatusCode::CREATED, &group, &group.etag))
-        }
-        .await,
-    )
-}
-
-async fn list_groups(State(state): State<Arc<ApiState>>) -> Response {
-    answer((|| {
-        let groups = registry(&state)?.groups();
-        Ok(Answer(
-            StatusCode::OK,
-            json!({ "enrollment_groups": groups }),
-            None,
-        ))
-    })())
-}
-
-async fn fetch_group(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
-    answer((|| {
-        let group = registry(&state)?.group(&id).ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                format!("enrollment group `{id}` not found"),
-            )
-        })?;
-        Ok(record(StatusCode::OK, &group, &group.etag))
-    })())
-}
-
-async fn update_group(
-    State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match parse::<GroupPatch>(&body) {
-        Ok(patch) => {
-            change(&state, id, &headers, None, move |r, id, tag| {
-                r.update_group(id, patch, tag)
-            })
-            .await
-        }
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn remove_group(
-    State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    removal(&state, id, &headers, |r, id, tag| r.delete_group(id, tag)).await
 }

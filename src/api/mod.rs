@@ -20,6 +20,10 @@ pub mod control;
 mod devicebound;
 mod devices;
 mod forgery;
+mod groups;
+pub mod openapi;
+mod records;
+mod rejections;
 pub mod reload;
 mod scope;
 mod tokens;
@@ -32,9 +36,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 pub use self::auth::{Auth, Caller};
 pub use self::forgery::AllowedHosts;
@@ -102,14 +108,16 @@ impl ApiState {
     }
 }
 
-/// Every route, each with its row in [`access::ACCESS`].
+/// Every route, each with its row in [`access::ACCESS`] and its OpenAPI description.
 pub fn routes() -> access::Routes {
     let routes = access::Routes::default()
-        .get("/health", health)
-        .get("/ready", ready)
-        .get("/metrics", metrics)
-        .post("/v1/reload", reload::reload);
+        .route(routes!(health))
+        .route(routes!(ready))
+        .route(routes!(metrics))
+        .route(routes!(reload::reload))
+        .route(routes!(openapi::serve));
     let routes = devices::routes(routes);
+    let routes = groups::routes(routes);
     let routes = devicebound::routes(routes);
     let routes = alarms::routes(routes);
     let routes = audit::routes(routes);
@@ -117,7 +125,8 @@ pub fn routes() -> access::Routes {
 }
 
 /// Every route, behind the request-forgery guard ([`forgery`]), the audit log
-/// ([`audit`]) and authentication ([`auth`]), in that order.
+/// ([`audit`]) and authentication ([`auth`]), in that order; every error answer, axum's
+/// own included, made JSON ([`rejections`]).
 pub fn router(state: Arc<ApiState>, allowed: AllowedHosts) -> Router {
     routes()
         .into_router()
@@ -133,6 +142,7 @@ pub fn router(state: Arc<ApiState>, allowed: AllowedHosts) -> Router {
             Arc::new(allowed),
             forgery::guard,
         ))
+        .layer(axum::middleware::from_fn(rejections::json_errors))
         .with_state(state)
 }
 
@@ -175,24 +185,74 @@ pub async fn serve(
     }))
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(json!({ "status": "ok" }))
+/// The answer of `/health` and `/ready`.
+#[derive(Serialize, ToSchema)]
+struct Liveness {
+    /// `ok` (`/health`), `ready` or `not ready` (`/ready`).
+    status: &'static str,
+    /// The components that failed and stopped (`/ready` when not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed_components: Option<Vec<String>>,
 }
 
+/// Whether the process serves requests at all.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "meta",
+    responses((status = 200, body = Liveness))
+)]
+async fn health() -> impl IntoResponse {
+    axum::Json(Liveness {
+        status: "ok",
+        failed_components: None,
+    })
+}
+
+/// Whether a topology is running.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    operation_id = "ready",
+    tag = "meta",
+    responses(
+        (status = 200, description = "A topology runs", body = Liveness),
+        (status = 503, description = "Starting or draining", body = Liveness),
+    )
+)]
 async fn ready(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     // A failed component (a source that gave up) leaves the rest running but not whole.
     let failed = state.telemetry.failed_components();
     if state.ready.load(Ordering::Acquire) && failed.is_empty() {
-        (StatusCode::OK, axum::Json(json!({ "status": "ready" })))
+        let ready = Liveness {
+            status: "ready",
+            failed_components: None,
+        };
+        (StatusCode::OK, axum::Json(ready))
     } else {
         let failed: Vec<String> = failed.iter().map(ToString::to_string).collect();
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "not ready", "failed_components": failed })),
-        )
+        let not_ready = Liveness {
+            status: "not ready",
+            failed_components: Some(failed),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(not_ready))
     }
 }
 
+/// Every metric, in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "meta",
+    responses((
+        status = 200,
+        description = "OpenMetrics text",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body = String
+    ))
+)]
 async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     (
         [(

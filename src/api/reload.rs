@@ -10,12 +10,13 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::ApiState;
+use super::openapi::ErrorBody;
 use crate::config::ComponentId;
 use crate::topology::Diff;
 use crate::topology::leftovers::Discard;
 
 /// What a reload did, as the API reports it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ReloadOutcome {
     Applied {
@@ -43,12 +44,23 @@ pub struct ReloadRequest {
 /// `POST /v1/reload?wait=false` asks for a reload without waiting for its outcome;
 /// `discard_buffers=a,b` lets it delete the disk buffers of the components `a` and `b`,
 /// which it removes, with the events they hold.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ReloadParams {
+    /// Whether to answer with the outcome (default) or as soon as the reload is queued.
     #[serde(default = "wait_by_default")]
+    #[param(default = true)]
     wait: bool,
+    /// Components (`a,b`) whose disk buffers the reload may delete, with their events.
     #[serde(default)]
     discard_buffers: Option<String>,
+}
+
+/// The answer to `?wait=false`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ReloadQueued {
+    /// `requested`.
+    status: &'static str,
 }
 
 fn wait_by_default() -> bool {
@@ -59,6 +71,22 @@ fn wait_by_default() -> bool {
 /// (nothing changed), 409 when a setting cannot change at run time, 500 when a component
 /// could not start (rolled back). With `?wait=false`: 202 once the reload is queued (the
 /// outcome is in the log and `/metrics`).
+#[utoipa::path(
+    post,
+    path = "/v1/reload",
+    operation_id = "reload",
+    tag = "reload",
+    params(ReloadParams),
+    responses(
+        (status = 200, description = "Applied, or nothing to change", body = ReloadOutcome),
+        (status = 202, description = "Queued (`wait=false`)", body = ReloadQueued),
+        (status = 404, description = "This weir offers no reloading", body = ErrorBody),
+        (status = 409, description = "A setting that cannot change at run time, or buffers not empty", body = ReloadOutcome),
+        (status = 422, description = "The pipeline files are invalid: nothing changed", body = ReloadOutcome),
+        (status = 500, description = "A component could not start: rolled back", body = ReloadOutcome),
+        (status = 503, description = "weir is stopping", body = ErrorBody),
+    )
+)]
 pub(super) async fn reload(
     State(state): State<Arc<ApiState>>,
     Query(params): Query<ReloadParams>,
@@ -93,7 +121,9 @@ pub(super) async fn reload(
         drop(outcome);
         return (
             StatusCode::ACCEPTED,
-            axum::Json(json!({ "status": "requested" })),
+            axum::Json(json!(ReloadQueued {
+                status: "requested"
+            })),
         );
     }
     match outcome.await {

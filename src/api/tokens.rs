@@ -12,29 +12,51 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::ApiState;
 use super::access::Routes;
-use crate::tokens::{Grant, Role, Scope, TokenError, TokenStore};
+use super::openapi::ErrorBody;
+use crate::tokens::{Grant, Role, Scope, TokenError, TokenInfo, TokenStore};
 
 pub fn routes(routes: Routes) -> Routes {
     routes
-        .get("/v1/tokens", list)
-        .post("/v1/tokens", create)
-        .delete("/v1/tokens/{name}", revoke)
+        .route(routes!(list))
+        .route(routes!(create))
+        .route(routes!(revoke))
 }
 
-#[derive(Deserialize)]
+/// A token to make.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
+    /// 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     name: String,
     role: Role,
+    /// Device tags the role is limited to (`{"site": "plant-3"}`); none: every device.
     #[serde(default)]
     scope: Scope,
+    /// How long the token is valid (`90d`, `12h`); forever without.
     #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]+(ms|s|m|h|d)$")]
     ttl: Option<crate::config::Duration>,
+}
+
+/// Every token.
+#[derive(Serialize, ToSchema)]
+struct TokenList {
+    tokens: Vec<TokenInfo>,
+}
+
+/// A token made: its value, shown this once.
+#[derive(Serialize, ToSchema)]
+struct MadeToken {
+    token: String,
+    info: TokenInfo,
 }
 
 fn failure(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -72,13 +94,39 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| TokenError::Io(e.to_string()))?
 }
 
+/// Every API token (no values, no hashes).
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    operation_id = "list_tokens",
+    tag = "tokens",
+    responses(
+        (status = 200, body = TokenList),
+        (status = 500, description = "This weir keeps no API tokens", body = ErrorBody),
+    )
+)]
 async fn list(State(state): State<Arc<ApiState>>) -> Response {
     match store(&state) {
-        Ok(store) => axum::Json(json!({ "tokens": store.list() })).into_response(),
+        Ok(store) => axum::Json(TokenList {
+            tokens: store.list(),
+        })
+        .into_response(),
         Err(e) => e.into_response(),
     }
 }
 
+/// Makes an API token.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    operation_id = "create_token",
+    tag = "tokens",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "Made: the value is shown this once", body = MadeToken),
+        (status = 409, description = "A token of this name exists", body = ErrorBody),
+    )
+)]
 async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     let new: NewToken = match serde_json::from_slice(&body) {
         Ok(new) => new,
@@ -100,13 +148,28 @@ async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     match made {
         Ok((secret, info)) => (
             StatusCode::CREATED,
-            axum::Json(json!({ "token": secret.expose(), "info": info })),
+            axum::Json(MadeToken {
+                token: secret.expose().to_owned(),
+                info,
+            }),
         )
             .into_response(),
         Err(e) => e.into_response(),
     }
 }
 
+/// Revokes a token: refused from the next request on.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{name}",
+    operation_id = "revoke_token",
+    tag = "tokens",
+    params(("name" = String, Path, description = "The token's name")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No token has this name", body = ErrorBody),
+    )
+)]
 async fn revoke(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
     match blocking(&state, move |store| store.revoke(&name)).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),

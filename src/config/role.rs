@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
     Serialize,
     Deserialize,
     schemars::JsonSchema,
+    utoipa::ToSchema,
     clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]

@@ -12,8 +12,10 @@ use super::{
 };
 
 /// One page of a device listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page {
+    /// The devices, without their keys.
+    #[schema(value_type = Vec<Device>)]
     pub devices: Vec<serde_json::Value>,
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -21,7 +23,7 @@ pub struct Page {
 }
 
 /// What became of one row of a bulk import.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ImportOutcome {
     Created,

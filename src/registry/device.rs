@@ -7,6 +7,9 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 
 use super::keys;
 use crate::config::Sensitive;
@@ -15,7 +18,9 @@ use crate::config::Sensitive;
 pub type Properties = Map<String, Value>;
 
 /// Whether a device may send.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     #[default]
@@ -32,28 +37,36 @@ impl Status {
     }
 }
 
-/// One device's identity, as stored and as the API shows it.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+/// One device's identity, as stored and as the API shows it (its keys to `admin` only).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct Device {
     pub id: String,
     pub status: Status,
     /// Base64 of 32 random bytes (or derived from an enrollment group's key).
+    #[schema(required = false, value_type = String)]
     pub primary_key: Sensitive,
+    #[schema(required = false, value_type = String)]
     pub secondary_key: Sensitive,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509_thumbprint: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub tags: Properties,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub desired: Properties,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub reported: Properties,
     /// The enrollment group the device registered through, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_group: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_activity: Option<Timestamp>,
     /// Changes with every write; `If-Match` compares against it.
     pub etag: String,
@@ -174,6 +187,42 @@ impl<'de, P: serde::de::DeserializeOwned> Deserialize<'de> for Spec<P> {
     }
 }
 
+/// The schema of a record to create: its patch type's, with a required `id`. By hand, for
+/// the same reason as `Deserialize`: a derived one would say `allOf` the patch type, which
+/// allows no other field than its own, `id` included.
+impl<P: ToSchema> utoipa::PartialSchema for Spec<P> {
+    fn schema() -> RefOr<Schema> {
+        let mut schema = P::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            // A number is taken as its text (CSV and NDJSON imports have numeric ids).
+            let id = ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::String, Type::Number]))
+                .min_length(Some(1))
+                .max_length(Some(128))
+                .pattern(Some(r"^[^/\s\x00-\x1f\x7f-\x9f]+$"))
+                .description(Some(
+                    "1 to 128 bytes, no `/`, no whitespace, no control character",
+                ));
+            object.properties.insert("id".into(), id.into());
+            object.required.insert(0, "id".into());
+            object.description =
+                Some("A record to create: an `id` and any field of a patch".into());
+        }
+        schema
+    }
+}
+
+impl<P: ToSchema> ToSchema for Spec<P> {
+    /// `DeviceSpec` for `DevicePatch`, `GroupSpec` for `GroupPatch`.
+    fn name() -> std::borrow::Cow<'static, str> {
+        P::name().replace("Patch", "Spec").into()
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        P::schemas(schemas);
+    }
+}
+
 impl DeviceSpec {
     /// Checks what serde cannot: a usable id and Base64 keys of at least 16 bytes.
     pub fn check(&self) -> Result<(), String> {
@@ -184,22 +233,27 @@ impl DeviceSpec {
 
 /// Changes to a device: each field given replaces the stored one (tags and properties as a
 /// whole).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevicePatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = key_schema)]
     pub primary_key: Option<Sensitive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = key_schema)]
     pub secondary_key: Option<Sensitive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509_thumbprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub tags: Option<Properties>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub desired: Option<Properties>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub reported: Option<Properties>,
 }
 
@@ -250,6 +304,15 @@ impl DevicePatch {
     }
 }
 
+/// The schema of a key a request may set: Base64 of at least 16 bytes, or `null`.
+fn key_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .pattern(Some(keys::KEY_PATTERN))
+        .description(Some("Base64 of at least 16 bytes"))
+        .into()
+}
+
 /// Device ids travel in URL paths, topics and SAS resources: 1 to 128 printable characters,
 /// no `/`, no whitespace.
 pub fn check_id(id: &str) -> Result<(), String> {
@@ -276,17 +339,21 @@ fn check_key(name: &str, key: &str) -> Result<(), String> {
 
 /// An enrollment group: devices holding a key derived from its key register themselves on
 /// first contact and inherit its tags.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct EnrollmentGroup {
     pub id: String,
     /// Base64; device keys are Base64(HMAC-SHA256(this key decoded, device id)).
+    #[schema(value_type = String)]
     pub key: Sensitive,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub tags: Properties,
     /// Whether a device with a valid derived-key token registers itself on first contact.
     pub auto_register: bool,
     pub status: Status,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
     pub etag: String,
 }
@@ -313,12 +380,14 @@ impl GroupSpec {
 }
 
 /// Changes to an enrollment group.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = key_schema)]
     pub key: Option<Sensitive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub tags: Option<Properties>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_register: Option<bool>,

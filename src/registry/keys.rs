@@ -10,6 +10,10 @@ use sha2::Sha256;
 /// Bytes in every key weir generates.
 pub const KEY_BYTES: usize = 32;
 
+/// What a key a request sets looks like, for the API's OpenAPI document: canonical Base64
+/// of at least 16 bytes (what `DevicePatch::check` accepts of [`decode`]).
+pub const KEY_PATTERN: &str = "^(?:[A-Za-z0-9+/]{4}){5,}(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/]{4})$";
+
 /// A fresh 32-byte key from the operating system's CSPRNG, Base64-encoded.
 pub fn generate() -> String {
     let mut key = [0u8; KEY_BYTES];

@@ -86,14 +86,18 @@ struct StoredToken {
 }
 
 /// What `list` shows of a token: everything but its hash.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub name: String,
     pub role: Role,
+    /// The device tags the role is limited to (absent: every device).
     #[serde(default, skip_serializing_if = "Scope::is_empty")]
     pub scope: Scope,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<Timestamp>,
 }
 

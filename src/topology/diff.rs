@@ -7,15 +7,19 @@ use serde::Serialize;
 use crate::config::{ComponentId, TopologyConfig};
 
 /// The components a reload adds, removes, rebuilds or only rewires.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Diff {
     /// New ids.
+    #[schema(value_type = Vec<String>)]
     pub added: BTreeSet<ComponentId>,
     /// Ids that are gone: sources stop, the rest drain.
+    #[schema(value_type = Vec<String>)]
     pub removed: BTreeSet<ComponentId>,
     /// Same id, different options (or type): rebuilt, the old instance drains.
+    #[schema(value_type = Vec<String>)]
     pub changed: BTreeSet<ComponentId>,
     /// Same options, different inputs: kept running with their state, only rewired.
+    #[schema(value_type = Vec<String>)]
     pub rewired: BTreeSet<ComponentId>,
 }
 

@@ -18,6 +18,7 @@ mod api_audit;
 mod api_auth;
 mod api_forgery;
 mod api_jwt;
+mod api_openapi;
 mod api_tls;
 mod cli;
 mod delta_columns;

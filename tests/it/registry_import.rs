@@ -175,3 +175,39 @@ not json
     let ids: Vec<&str> = devices.iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a", "f"]);
 }
+
+/// One request may carry as many rows as the API takes (50 000), keys and tags included:
+/// 25 000 such rows are ~5 MB, which axum's default body limit (2 MiB) refused with 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_many_rows_with_keys_is_taken_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let pipeline = pipeline(dir.path(), api);
+    let weir = Weir::start(dir.path(), &pipeline, api).await;
+    let key = |c: char| format!("{}=", c.to_string().repeat(43));
+    let rows: Vec<Value> = (0..25_000)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("bulk-{i:05}"),
+                "primary_key": key('A'),
+                "secondary_key": key('E'),
+                "tags": { "site": "plant-3", "line": "L1" },
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&rows).unwrap();
+    assert!(body.len() > 4 << 20, "{} bytes", body.len());
+    let answer = weir
+        .request(reqwest::Method::POST, "/v1/devices/import")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 25_000);
+    let failed = results.iter().find(|r| r["outcome"] != "created");
+    assert!(failed.is_none(), "{failed:?}");
+}

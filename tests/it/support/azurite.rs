@@ -3,8 +3,7 @@
 //! with a data location of its own, so tests never share a container.
 //!
 //! Azurite is installed on first use with `npm install --prefix $HOME/.cache/weir-test-tools`
-//! (npm itself with apt-get if missing), under a file lock so that two tests (or two test
-//! processes) never install at once. A failed install fails the test: it never skips.
+//! (npm itself with apt-get if missing), as [`super::tools`] installs every test tool.
 //! Version 3.35.0 is pinned: the newest (3.37) asks for Node 22, Debian ships Node 20.
 //!
 //! Azurite is started with `--disableTelemetry` (it would otherwise try to reach Microsoft
@@ -14,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -192,28 +190,7 @@ fn listening(port: u16) -> bool {
 /// The `azurite-blob` executable, installed first if absent.
 fn installed() -> &'static Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let home = std::env::var_os("HOME").expect("HOME is set");
-        let prefix = Path::new(&home).join(".cache/weir-test-tools");
-        let bin = prefix.join("node_modules/.bin/azurite-blob");
-        std::fs::create_dir_all(&prefix)
-            .unwrap_or_else(|err| panic!("cannot create {}: {err}", prefix.display()));
-        // Another test process may be installing right now: wait for it.
-        let lock = std::fs::File::create(prefix.join(".install.lock")).expect("the install lock");
-        // SAFETY: flock(2) on a descriptor we own; released when `lock` is closed.
-        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(locked, 0, "cannot lock {}", prefix.display());
-        if !bin.exists() {
-            install(&prefix);
-        }
-        assert!(
-            bin.exists(),
-            "`npm install {PACKAGE}` left no {}",
-            bin.display()
-        );
-        drop(lock);
-        bin
-    })
+    BIN.get_or_init(|| super::tools::installed("node_modules/.bin/azurite-blob", install))
 }
 
 fn install(prefix: &Path) {

@@ -35,6 +35,7 @@ pub mod mqtt;
 pub mod pki;
 pub mod receivers;
 pub mod services;
+pub mod tools;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
