@@ -39,6 +39,8 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod redact;
 pub mod registry;
 pub mod sinks;

@@ -125,7 +125,7 @@ pub(super) fn decode(layout: &[LayoutField], frame: &[u8]) -> Result<Fields, Dec
     for field in layout {
         let start = field.at.unwrap_or(cursor);
         // `at` comes from the configuration and may be anything up to `usize::MAX`.
-        let end = start.checked_add(field.ty.width()).unwrap_or(usize::MAX);
+        let end = start.saturating_add(field.ty.width());
         let bytes = frame.get(start..end).ok_or_else(|| {
             DecodeError(format!(
                 "frame of {} bytes is too short: field `{}` needs bytes {start}..{end}",

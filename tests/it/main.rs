@@ -25,6 +25,7 @@ mod delta_lake;
 mod delta_once;
 mod delta_outage;
 mod disk_buffer;
+mod fuzz_corpus;
 mod http_limits;
 mod http_source;
 mod http_tls;
