@@ -40,6 +40,8 @@ pub mod daemon;
 pub mod devicebound;
 pub mod event;
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod redact;
 pub mod registry;
 pub mod sinks;

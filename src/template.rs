@@ -19,9 +19,17 @@ use serde::{Deserialize, Deserializer};
 /// `temperature is number and temperature < 200` is false (not an error) without the field.
 static EXPRESSIONS: LazyLock<Environment<'static>> = LazyLock::new(environment);
 
+/// What one evaluation may spend (minijinja's fuel: about one unit per instruction and per
+/// 64 bytes a template creates): ~1M instructions or ~64 MB. Far above what a condition or
+/// a template in a pipeline needs; without it, `range(100000)` nested in itself or
+/// `'x' * 100000000` pinned a worker for minutes or took hundreds of MB for every event
+/// (found probing the `template` fuzz target by hand).
+pub const FUEL: u64 = 1_000_000;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    env.set_fuel(Some(FUEL));
     // Python-style methods (`device_id.startswith('n-')`, `name.lower()`), as people
     // coming from Jinja in Python expect.
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -238,6 +246,27 @@ mod tests {
     fn syntax_errors_name_the_expression() {
         let err = Condition::compile("temperature >").err().unwrap();
         assert!(err.contains("`temperature >`"), "{err}");
+    }
+
+    #[test]
+    fn runaway_templates_and_expressions_stop_when_their_fuel_runs_out() {
+        let ctx = minijinja::context! { device_id => "d7" };
+        let nested = Template::compile(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = nested.render(&ctx).unwrap_err();
+        assert!(err.to_string().contains("fuel"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let huge = ValueExpr::compile("('x' * 100000000) ~ ('x' * 100000000)").unwrap();
+        let err = huge.eval(&ctx).unwrap_err();
+        assert!(err.to_string().contains("fuel"), "{err}");
+        // Each evaluation has its own budget: the same condition keeps working.
+        let cond = Condition::compile("device_id == 'd7'").unwrap();
+        for _ in 0..3 {
+            assert!(cond.matches(&ctx).unwrap());
+        }
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub(super) fn decode(layout: &[LayoutField], frame: &[u8]) -> Result<Fields, Dec
     let mut cursor = 0;
     for field in layout {
         let start = field.at.unwrap_or(cursor);
-        let end = start + field.ty.width();
+        // `at` comes from the configuration and may be anything up to `usize::MAX`.
+        let end = start.saturating_add(field.ty.width());
         let bytes = frame.get(start..end).ok_or_else(|| {
             DecodeError(format!(
                 "frame of {} bytes is too short: field `{}` needs bytes {start}..{end}",
@@ -181,6 +182,16 @@ mod tests {
             258
         );
         let err = decode(&[f], &[0, 0, 1]).unwrap_err();
+        assert!(err.0.contains("too short"), "{err}");
+    }
+
+    #[test]
+    fn an_offset_at_the_end_of_the_address_space_is_a_short_frame_not_an_overflow() {
+        // Found by the `decode_binary` fuzzer: `start + width` overflowed (a panic in debug
+        // builds, a wrapped range in release ones).
+        let mut f = field("far", BinaryType::U32le, None);
+        f.at = Some(usize::MAX - 1);
+        let err = decode(&[f], &[0; 8]).unwrap_err();
         assert!(err.0.contains("too short"), "{err}");
     }
 }

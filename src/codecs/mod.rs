@@ -130,7 +130,7 @@ impl Decoder {
     fn decode_unchecked(&self, payload: &[u8]) -> Result<Vec<Fields>, DecodeError> {
         match self.codec {
             Codec::Json | Codec::Ndjson => decode_json(payload),
-            Codec::Msgpack => decode_msgpack(payload),
+            Codec::Msgpack => decode_msgpack(payload, &self.limits),
             Codec::Binary => binary::decode(&self.layout, payload).map(|f| vec![f]),
             Codec::Bytes => {
                 use base64::Engine as _;
@@ -163,8 +163,19 @@ fn decode_json(payload: &[u8]) -> Result<Vec<Fields>, DecodeError> {
     Ok(readings)
 }
 
-fn decode_msgpack(payload: &[u8]) -> Result<Vec<Fields>, DecodeError> {
-    let value: Value = rmp_serde::from_slice(payload)
+/// How deep serde_json lets JSON nest while parsing; MessagePack is held to the same.
+const PARSE_DEPTH: usize = 128;
+
+fn decode_msgpack(payload: &[u8], limits: &ReadingLimits) -> Result<Vec<Fields>, DecodeError> {
+    // Parsing recurses once per level, before `limits` can look at the result: rmp_serde's
+    // own bound (1024) overflowed a 2 MB thread stack in debug builds (found by the `decode`
+    // fuzzer's corpus). One level more than a reading may have (a payload may be an array of
+    // readings), one to say "too deep" below rather than "invalid", and one because
+    // rmp_serde refuses on reaching its limit rather than on passing it.
+    let depth = limits.max_depth.saturating_add(3).min(PARSE_DEPTH);
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(payload);
+    deserializer.set_max_depth(depth);
+    let value = Value::deserialize(&mut deserializer)
         .map_err(|err| DecodeError(format!("invalid MessagePack: {err}")))?;
     let mut readings = Vec::new();
     push_readings(&mut readings, value, 0)?;
@@ -261,6 +272,43 @@ mod tests {
         .decoder();
         assert_eq!(decoder.decode(&payload).unwrap()[0]["temperature"], 21.5);
         assert!(decoder.decode(b"\xc1").is_err());
+    }
+
+    #[test]
+    fn deep_msgpack_is_refused_without_deep_recursion() {
+        // 1000 nested one-element arrays: rmp_serde alone would recurse through all of them
+        // (1024 levels), overflowing a 2 MB stack in a debug build.
+        let mut payload = vec![0x91; 1000];
+        payload.push(0x80);
+        let decoder = DecodingConfig {
+            codec: Codec::Msgpack,
+            ..DecodingConfig::default()
+        }
+        .decoder();
+        let err = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || decoder.decode(&payload).unwrap_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(err.0.contains("depth"), "{err}");
+        // A reading exactly `max_depth` deep, in an array of readings, still decodes.
+        let at_limit = DecodingConfig {
+            codec: Codec::Msgpack,
+            max_depth: 3,
+            ..DecodingConfig::default()
+        }
+        .decoder();
+        let payload = rmp_serde::to_vec_named(&serde_json::json!([{"a": {"b": [1]}}])).unwrap();
+        assert_eq!(at_limit.decode(&payload).unwrap().len(), 1);
+        let payload = rmp_serde::to_vec_named(&serde_json::json!([{"a": {"b": [[1]]}}])).unwrap();
+        assert!(
+            at_limit
+                .decode(&payload)
+                .unwrap_err()
+                .0
+                .contains("max_depth")
+        );
     }
 
     #[test]

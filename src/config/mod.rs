@@ -19,6 +19,7 @@ pub use api_jwt::{JwksSource, JwtConfig};
 mod diagnostic;
 mod env;
 mod load;
+mod nesting;
 mod options;
 mod role;
 pub mod schema;

@@ -50,6 +50,8 @@ pub enum PathStep {
 impl Node {
     /// Parses one YAML file. An empty file is an empty mapping.
     pub fn parse(file: &Arc<Path>, text: &str) -> Result<Node, Diagnostic> {
+        // Before anything recursive walks it (saphyr's loader included).
+        super::nesting::check(file, text)?;
         let docs = MarkedYamlOwned::load_from_str(text).map_err(|err| {
             let marker = err.marker();
             Diagnostic::error(

@@ -6,6 +6,7 @@
 
 mod blackhole;
 mod console;
+#[cfg(feature = "delta")]
 mod delta_lake;
 mod file;
 mod redis;
@@ -13,6 +14,7 @@ pub mod retry;
 
 pub use blackhole::BlackholeConfig;
 pub use console::ConsoleConfig;
+#[cfg(feature = "delta")]
 pub use delta_lake::DeltaLakeConfig;
 pub use file::FileConfig;
 pub use redis::{RedisConfig, RedisMode};
@@ -26,6 +28,7 @@ pub const TYPES: &[ComponentType<dyn SinkComponent>] = &[
     ComponentType::of::<FileConfig>("file"),
     ComponentType::of::<RedisConfig>("redis"),
     ComponentType::of::<BlackholeConfig>("blackhole"),
+    #[cfg(feature = "delta")]
     ComponentType::of::<DeltaLakeConfig>("delta_lake"),
 ];
 

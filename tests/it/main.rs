@@ -29,6 +29,7 @@ mod delta_outage;
 mod device_gateway;
 mod device_gateway_c2d;
 mod disk_buffer;
+mod fuzz_corpus;
 mod http_limits;
 mod http_source;
 mod http_tls;
