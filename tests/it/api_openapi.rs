@@ -8,7 +8,8 @@ use std::process::Command;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Weir, free_port, tools};
+use crate::support::azure_sdk::gateway_address;
+use crate::support::{Weir, free_port, pki, tools};
 
 #[test]
 fn committed_document_is_current() {
@@ -20,10 +21,13 @@ fn committed_document_is_current() {
     );
 }
 
-/// A weir with a registry, and an alarm raised for each of its simulated devices (for the
-/// alarm routes to find); its limiter lets a fuzzer's failed authentications through.
+/// A weir with a registry, an alarm raised for each of its simulated devices (for the
+/// alarm routes to find) and a device gateway (for cloud-to-device messages to queue);
+/// its limiter lets a fuzzer's failed authentications through.
 async fn start(dir: &std::path::Path) -> Weir {
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let host = gateway_address();
+    let pki = pki::generate_for(dir, &[&host.to_string()]);
     let pipeline = dir.join("pipeline.yaml");
     let text = format!(
         "data_dir: '{d}'
@@ -31,12 +35,15 @@ api: {{ listen: '{api}', auth: {{ failures_per_minute: 1000000 }} }}
 registry: {{ path: registry.redb }}
 sources:
   fleet: {{ type: simulator, devices: 3, rate: 5 }}
+  devices: {{ type: device_gateway, listen: '{host}:8883', tls: {{ cert_file: '{cert}', key_file: '{key}' }} }}
 transforms:
   hot: {{ type: alarm, inputs: [fleet], raise: 'temperature > -1000', clear: 'temperature < -1000' }}
 sinks:
-  out: {{ type: blackhole, inputs: [hot] }}
+  out: {{ type: blackhole, inputs: [hot, devices] }}
 ",
-        d = dir.display()
+        d = dir.display(),
+        cert = pki.server_cert.display(),
+        key = pki.server_key.display(),
     );
     std::fs::write(&pipeline, text).unwrap();
     Weir::start(dir, &pipeline, api).await
