@@ -307,8 +307,11 @@ impl<N: Notifier> Runner<N> {
     ) -> Result<(), String> {
         let mut delays = self.retry.delays();
         let mut attempts = 0u32;
-        let secrets = self.notifier.secrets(message);
-        let scrub = |err: String| crate::config::scrub(&err, secrets.iter().map(String::as_str));
+        // Listed only when an error needs masking: a sent message never does.
+        let scrub = |err: String| {
+            let secrets = self.notifier.secrets(message);
+            crate::config::scrub(&err, secrets.iter().map(String::as_str))
+        };
         loop {
             attempts += 1;
             match self.notifier.send(message, key).await {
