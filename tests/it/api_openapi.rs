@@ -8,8 +8,8 @@ use std::process::Command;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::azure_sdk::gateway_address;
-use crate::support::{Weir, free_port, pki, tools};
+use crate::support::azure_sdk::{gateway_address, gateway_source};
+use crate::support::{Weir, free_port, tools};
 
 #[test]
 fn committed_document_is_current() {
@@ -26,8 +26,7 @@ fn committed_document_is_current() {
 /// its limiter lets a fuzzer's failed authentications through.
 async fn start(dir: &std::path::Path) -> Weir {
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let host = gateway_address();
-    let pki = pki::generate_for(dir, &[&host.to_string()]);
+    let gateway = gateway_source(dir, gateway_address());
     let pipeline = dir.join("pipeline.yaml");
     let text = format!(
         "data_dir: '{d}'
@@ -35,15 +34,13 @@ api: {{ listen: '{api}', auth: {{ failures_per_minute: 1000000 }} }}
 registry: {{ path: registry.redb }}
 sources:
   fleet: {{ type: simulator, devices: 3, rate: 5 }}
-  devices: {{ type: device_gateway, listen: '{host}:8883', tls: {{ cert_file: '{cert}', key_file: '{key}' }} }}
+  devices: {gateway}
 transforms:
   hot: {{ type: alarm, inputs: [fleet], raise: 'temperature > -1000', clear: 'temperature < -1000' }}
 sinks:
   out: {{ type: blackhole, inputs: [hot, devices] }}
 ",
         d = dir.display(),
-        cert = pki.server_cert.display(),
-        key = pki.server_key.display(),
     );
     std::fs::write(&pipeline, text).unwrap();
     Weir::start(dir, &pipeline, api).await

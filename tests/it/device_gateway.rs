@@ -17,7 +17,7 @@ use weir::telemetry::Telemetry;
 use weir::topology::RunningTopology;
 
 use crate::support::azure_sdk::{self, connection_string, gateway_address};
-use crate::support::{eventually, lines, metric, pipeline, pki};
+use crate::support::{eventually, lines, metric, pipeline};
 
 /// A running gateway on its own loopback address, writing telemetry to `out.ndjson`.
 struct Gateway {
@@ -41,21 +41,16 @@ impl Gateway {
     fn start_with(rest: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let host = gateway_address();
-        let pki = pki::generate_for(dir.path(), &[&host.to_string()]);
         let text = format!(
             "api: {{ enabled: false }}
 data_dir: '{d}'
 registry: {{}}
 sources:
-  devices:
-    type: device_gateway
-    listen: '{host}:8883'
-    tls: {{ cert_file: '{cert}', key_file: '{key}' }}
+  devices: {gateway}
 {rest}",
             d = dir.path().display(),
             rest = rest.replace("{d}", &dir.path().display().to_string()),
-            cert = pki.server_cert.display(),
-            key = pki.server_key.display(),
+            gateway = azure_sdk::gateway_source(dir.path(), host),
         );
         std::fs::write(dir.path().join("pipeline.yaml"), &text).unwrap();
         let telemetry = Telemetry::new();
@@ -66,7 +61,7 @@ sources:
             telemetry,
             registry,
             host,
-            ca: pki.ca,
+            ca: dir.path().join("ca.pem"),
             dir,
         }
     }

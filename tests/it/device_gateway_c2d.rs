@@ -11,25 +11,20 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::azure_sdk::{self, connection_string, gateway_address};
-use crate::support::{Weir, free_port, metric_in, pki};
+use crate::support::{Weir, free_port, metric_in};
 
 fn write_pipeline(dir: &Path, host: std::net::Ipv4Addr, api: SocketAddr) -> std::path::PathBuf {
-    let pki = pki::generate_for(dir, &[&host.to_string()]);
     let text = format!(
         "data_dir: '{d}'
 api: {{ listen: '{api}' }}
 registry: {{}}
 sources:
-  devices:
-    type: device_gateway
-    listen: '{host}:8883'
-    tls: {{ cert_file: '{cert}', key_file: '{key}' }}
+  devices: {gateway}
 sinks:
   out: {{ type: file, inputs: [devices], path: '{d}/out.ndjson' }}
 ",
         d = dir.display(),
-        cert = pki.server_cert.display(),
-        key = pki.server_key.display(),
+        gateway = azure_sdk::gateway_source(dir, host),
     );
     let pipeline = dir.join("pipeline.yaml");
     std::fs::write(&pipeline, text).unwrap();

@@ -24,6 +24,18 @@ pub fn gateway_address() -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 17, n)
 }
 
+/// A `device_gateway` source's settings as one line of pipeline YAML: listening on
+/// `host:8883` with a certificate for that address, made in `dir` beside its CA
+/// (`dir/ca.pem`, which SDK clients are given).
+pub fn gateway_source(dir: &Path, host: Ipv4Addr) -> String {
+    let pki = super::pki::generate_for(dir, &[&host.to_string()]);
+    format!(
+        "{{ type: device_gateway, listen: '{host}:8883', tls: {{ cert_file: '{}', key_file: '{}' }} }}",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+    )
+}
+
 /// The virtualenv's Python with the SDK installed; installs it on first use.
 pub fn python() -> PathBuf {
     static READY: Mutex<Option<PathBuf>> = Mutex::new(None);
