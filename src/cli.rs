@@ -51,6 +51,18 @@ enum Command {
         /// holds events.
         #[arg(long = "discard-buffer", value_name = "ID")]
         discard_buffers: Vec<String>,
+        /// Run once over a finished range and exit (every source must end by itself, e.g.
+        /// `delta_lake`): windows close at the end of input, table sinks commit the range
+        /// once. Exit status 0 on success. Uses the pipeline's own `data_dir`.
+        #[arg(long, conflicts_with_all = ["watch", "discard_buffers"])]
+        batch: bool,
+        /// With `--batch`: read from this instant (RFC 3339, a UTC date, `today`,
+        /// `yesterday`), overriding the sources' `since`.
+        #[arg(long, requires = "batch", value_parser = crate::batch::parse_instant)]
+        since: Option<jiff::Timestamp>,
+        /// With `--batch`: read until this instant (exclusive), overriding `until`.
+        #[arg(long, requires = "batch", value_parser = crate::batch::parse_instant)]
+        until: Option<jiff::Timestamp>,
     },
     /// Ask the running weir to reload its pipeline files (as SIGHUP does), through its
     /// control socket, `data_dir/control.sock`.
@@ -137,18 +149,28 @@ pub fn main() -> ExitCode {
             drain_timeout,
             watch,
             discard_buffers,
+            batch,
+            since,
+            until,
         } => run(
             &paths,
             log_format,
             log_level,
-            daemon::Options {
-                paths: paths.clone(),
-                drain_timeout,
-                watch,
-                discard_buffers: discard_buffers
-                    .iter()
-                    .map(|id| ComponentId::new(id))
-                    .collect(),
+            match batch {
+                true => Mode::Batch(crate::batch::Options {
+                    since,
+                    until,
+                    drain_timeout,
+                }),
+                false => Mode::Daemon(daemon::Options {
+                    paths: paths.clone(),
+                    drain_timeout,
+                    watch,
+                    discard_buffers: discard_buffers
+                        .iter()
+                        .map(|id| ComponentId::new(id))
+                        .collect(),
+                }),
             },
         ),
         Command::Reload {
@@ -368,11 +390,17 @@ fn schema(output: Option<PathBuf>, openapi: bool) -> ExitCode {
     }
 }
 
+/// `weir run` as a daemon, or `weir run --batch`.
+enum Mode {
+    Daemon(daemon::Options),
+    Batch(crate::batch::Options),
+}
+
 fn run(
     paths: &[PathBuf],
     log_format: Option<LogFormat>,
     log_level: Option<String>,
-    options: daemon::Options,
+    mode: Mode,
 ) -> ExitCode {
     let Some(config) = load(paths) else {
         return ExitCode::from(EXIT_CONFIG);
@@ -397,7 +425,11 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config, options)) {
+    let outcome = match mode {
+        Mode::Daemon(options) => runtime.block_on(daemon::run(config, options)),
+        Mode::Batch(options) => runtime.block_on(crate::batch::run(config, options)),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");

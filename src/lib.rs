@@ -29,6 +29,7 @@ pub mod alarms;
 pub mod api;
 pub mod api_client;
 pub mod audit;
+pub mod batch;
 #[cfg(test)]
 mod boundary;
 pub mod buffers;
@@ -42,6 +43,8 @@ pub mod event;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "delta")]
+pub mod lake;
 pub mod redact;
 pub mod registry;
 pub mod sinks;

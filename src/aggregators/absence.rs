@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::engine::{GroupState, Groups, WindowEngine};
+use super::engine::{Closing, GroupState, Groups, WindowEngine};
 use super::window::{
     Emit, GroupKey, LatePolicy, Outcome, WindowAck, WindowCommon, WindowSpec, millis, timestamp,
 };
@@ -278,8 +278,9 @@ impl WindowEngine for AbsenceDetector {
     }
 
     /// Absence has no windows to close: what it keeps is when each device was last heard
-    /// from, which no result holds. The new definition starts watching afresh.
-    fn close_all(&mut self, _emitted: &mut Vec<Event>) {
+    /// from, which no result holds. The new definition (or the next run) starts watching
+    /// afresh.
+    fn close_all(&mut self, _closing: Closing, _emitted: &mut Vec<Event>) {
         self.groups.export();
     }
 

@@ -6,7 +6,9 @@
 //! each event's group key to pick its shard, so a group's events always meet the same
 //! state and the groups spread over the cores. When the input ends (a drain), every shard
 //! hands back its open groups and the router writes them to one checkpoint file, which the
-//! next start reads back and spreads over its shards again.
+//! next start reads back and spreads over its shards again. In a batch run (`weir run
+//! --batch`) the input is a finished range: its end closes every window, as a complete
+//! result, and nothing is checkpointed or restored.
 
 mod checkpoint;
 mod groups;
@@ -79,10 +81,27 @@ pub trait WindowEngine: Send + 'static {
 
     fn import(&mut self, groups: Vec<(GroupKey, Self::Group)>);
 
-    /// Closes every open window early, emitting its result marked `partial: true`, and
-    /// forgets all state (a reload replaced the aggregator with one that cannot take its
-    /// windows over).
-    fn close_all(&mut self, emitted: &mut Vec<Event>);
+    /// Closes every open window, emitting its result, and forgets all state: early
+    /// (marked `partial: true`: a reload replaced the aggregator with one that cannot take
+    /// its windows over), or at the end of a batch run's input (complete: no event can
+    /// come for them any more).
+    fn close_all(&mut self, closing: Closing, emitted: &mut Vec<Event>);
+}
+
+/// Why every open window is being closed at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// Before its time (a reload with another window definition): results are partial.
+    Early,
+    /// The input is finished (a batch run): results are complete.
+    EndOfInput,
+}
+
+impl Closing {
+    /// Whether results closed this way are marked `partial`.
+    pub fn partial(self) -> bool {
+        self == Self::Early
+    }
 }
 
 /// What a shard hands back when its input ends.
@@ -152,15 +171,19 @@ pub fn spawn<E: WindowEngine>(
         .get_or_insert_with(|| Arc::new(Handover::default()));
     let arrival = handover.arrive(&cx.id, definition);
     let metrics = cx.telemetry.window_metrics(&runner.spec.names);
+    // A batch run reads its whole range: windows of another run are none of its business.
+    let bounded = cx.run.batch().is_some();
     Ok(Box::pin(async move {
         wait_for_predecessors(&arrival.predecessors, &cx.id).await;
-        let superseded = restore(&mut engines, &checkpoint, &cx.telemetry)?;
-        if !superseded.closed.is_empty() {
-            cx.out.send(EventBatch::new(superseded.closed)).await;
-        }
-        // Only now: until the results are on their way, the files are all that holds them.
-        for file in superseded.files {
-            std::fs::remove_file(&file)?;
+        if !bounded {
+            let superseded = restore(&mut engines, &checkpoint, &cx.telemetry)?;
+            if !superseded.closed.is_empty() {
+                cx.out.send(EventBatch::new(superseded.closed)).await;
+            }
+            // Only now: until the results are on their way, the files are all that holds them.
+            for file in superseded.files {
+                std::fs::remove_file(&file)?;
+            }
         }
         let close = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::with_capacity(shards);
@@ -169,7 +192,8 @@ pub fn spawn<E: WindowEngine>(
             let (tx, rx) = mpsc::channel::<EventBatch>(4);
             senders.push(tx);
             let shard = Shard {
-                checkpoint: Some(shard_path(&checkpoint, n)),
+                checkpoint: (!bounded).then(|| shard_path(&checkpoint, n)),
+                bounded,
                 checkpoint_every: runner.checkpoint_every,
                 hold: runner.hold,
                 held: Vec::new(),
@@ -191,6 +215,7 @@ pub fn spawn<E: WindowEngine>(
             handover,
             arrival,
             close,
+            bounded,
         };
         route(cx, checkpoint, runner.spec, senders, handles, retirement).await
     }))
@@ -203,6 +228,8 @@ struct Retirement {
     arrival: Arrival,
     /// Set before the shards' inputs close: close every window early and emit it.
     close: Arc<AtomicBool>,
+    /// A batch run: the end of input closes every window, and nothing is checkpointed.
+    bounded: bool,
 }
 
 /// Waits for the instances this one replaces; after a while, starts anyway (a stuck old
@@ -251,7 +278,7 @@ async fn route<G: Serialize + Send + 'static>(
         && retirement
             .handover
             .carried_over(&cx.id, &retirement.arrival);
-    let closing = replaced && !carried_over;
+    let closing = replaced && !carried_over && !retirement.bounded;
     retirement
         .close
         .store(closing, std::sync::atomic::Ordering::Release);
@@ -271,7 +298,9 @@ async fn route<G: Serialize + Send + 'static>(
         held.extend(shard.held);
         closed_early += shard.closed_early;
     }
-    if closing {
+    if retirement.bounded {
+        tracing::debug!(component_id = %cx.id, "the input ended: every window was closed");
+    } else if closing {
         for shard in 0..shards {
             let _ = tokio::fs::remove_file(shard_path(&checkpoint, shard)).await;
         }
@@ -331,7 +360,7 @@ fn closing<E: WindowEngine>(spare: &mut E, groups: &[(GroupKey, E::Group)]) -> V
     }
     let mut results = Vec::new();
     spare.import(groups.to_vec());
-    spare.close_all(&mut results);
+    spare.close_all(Closing::Early, &mut results);
     results.iter().map(Closed::of).collect()
 }
 
@@ -373,6 +402,8 @@ struct Shard<E> {
     held: Vec<Arc<Delivery>>,
     /// Set by the router when the instance retires without a successor to take its windows.
     close: Arc<AtomicBool>,
+    /// A batch run: the end of input closes every window as complete.
+    bounded: bool,
     input: mpsc::Receiver<EventBatch>,
     out: Outputs,
     id: ComponentId,
@@ -411,9 +442,15 @@ impl<E: WindowEngine> Shard<E> {
             }
         }
         let mut closed_early = 0;
-        if self.close.load(std::sync::atomic::Ordering::Acquire) {
-            self.engine.close_all(&mut emitted);
-            closed_early = emitted.len();
+        let how = match self.close.load(std::sync::atomic::Ordering::Acquire) {
+            true => Some(Closing::Early),
+            false => self.bounded.then_some(Closing::EndOfInput),
+        };
+        if let Some(how) = how {
+            self.engine.close_all(how, &mut emitted);
+            if how == Closing::Early {
+                closed_early = emitted.len();
+            }
             chain(std::mem::take(&mut self.held), &mut emitted);
             self.emit(&mut emitted).await;
         }

@@ -22,6 +22,7 @@ mod load;
 mod nesting;
 mod options;
 mod role;
+mod run_mode;
 pub mod schema;
 mod sensitive;
 pub mod service;
@@ -50,6 +51,7 @@ pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
 pub use load::{load, load_str};
 pub use options::Options;
 pub use role::{Grant, Role, RoleBinding, Scope, describe_scope};
+pub use run_mode::{BatchRange, RunMode};
 pub use sensitive::{RedactedUrl, SecretText, Sensitive, scrub};
 pub use service::{ServiceConfigs, ServiceUse};
 pub use units::{ByteSize, Duration};
@@ -303,6 +305,10 @@ pub struct GlobalConfig {
     /// 8192). A batch larger than this (one big request) still passes, alone.
     #[serde(default = "default_channel_max_events")]
     pub channel_max_events: std::num::NonZeroUsize,
+    /// Live or batch: set by `weir run --batch`, never by a file.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub run: RunMode,
 }
 
 fn default_channel_max_events() -> std::num::NonZeroUsize {
@@ -318,6 +324,7 @@ impl Default for GlobalConfig {
             services: ServiceConfigs::default(),
             watch: false,
             channel_max_events: default_channel_max_events(),
+            run: RunMode::Live,
         }
     }
 }

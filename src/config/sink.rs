@@ -58,6 +58,8 @@ pub struct SinkContext {
     /// Which weir this is: a persistent id for names no other instance may share
     /// (`data_dir/instance_id`, or `WEIR_INSTANCE_ID`).
     pub instance_id: Arc<InstanceIdentity>,
+    /// Live, or a batch run over a range (see [`super::RunMode`]).
+    pub run: super::RunMode,
 }
 
 impl SinkContext {

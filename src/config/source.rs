@@ -35,6 +35,13 @@ pub trait SourceComponent: Options {
         None
     }
 
+    /// Whether the source ends by itself (it reads a finished range, or makes up a set
+    /// number of readings), and then the event-time range it reads (either end open):
+    /// `weir run --batch` needs every source to be bounded. `None`: it runs until stopped.
+    fn bounded(&self) -> Option<super::BatchRange> {
+        None
+    }
+
     /// Prepares the source (binding its port) and returns its task.
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask>;
 }
@@ -53,4 +60,6 @@ pub struct SourceContext {
     /// Which weir this is: a persistent id for names no other instance may share
     /// (`data_dir/instance_id`, or `WEIR_INSTANCE_ID`).
     pub instance_id: Arc<InstanceIdentity>,
+    /// Live, or a batch run over a range (see [`super::RunMode`]).
+    pub run: super::RunMode,
 }

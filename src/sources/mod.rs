@@ -7,6 +7,8 @@
 //! Every source has an `errors` output for payloads it could not turn into events.
 
 mod amqp;
+#[cfg(feature = "delta")]
+mod delta_lake;
 mod device_gateway;
 mod device_registry;
 mod gate;
@@ -16,6 +18,8 @@ mod reading;
 mod simulator;
 
 pub use amqp::AmqpSourceConfig;
+#[cfg(feature = "delta")]
+pub use delta_lake::DeltaLakeSourceConfig;
 pub use device_gateway::DeviceGatewayConfig;
 pub use device_registry::DeviceRegistrySourceConfig;
 pub use gate::UnknownDevices;
@@ -37,4 +41,6 @@ pub const TYPES: &[ComponentType<dyn SourceComponent>] = &[
     ComponentType::of::<AmqpSourceConfig>("amqp"),
     ComponentType::of::<DeviceRegistrySourceConfig>("device_registry"),
     ComponentType::of::<DeviceGatewayConfig>("device_gateway"),
+    #[cfg(feature = "delta")]
+    ComponentType::of::<DeltaLakeSourceConfig>("delta_lake"),
 ];

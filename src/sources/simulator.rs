@@ -202,6 +202,10 @@ impl SourceComponent for SimulatorConfig {
         problems
     }
 
+    fn bounded(&self) -> Option<crate::config::BatchRange> {
+        self.limit.map(|_| crate::config::BatchRange::default())
+    }
+
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
         let config = self.clone();
         Ok(Box::pin(async move { run(config, cx).await }))

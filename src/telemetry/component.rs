@@ -215,6 +215,24 @@ impl ComponentTelemetry {
             })
     }
 
+    /// The counter of data files a table-reading source handled with `outcome` (`read`,
+    /// `skipped`).
+    pub fn source_files(&self, outcome: &str) -> Counter {
+        self.metrics
+            .source_files
+            .get_or_create_owned(&OutcomeLabels {
+                component: self.labels.clone(),
+                outcome: outcome.to_owned(),
+            })
+    }
+
+    /// The gauge of rows a table-reading source plans to read.
+    pub fn source_planned_rows(&self) -> Gauge {
+        self.metrics
+            .source_planned_rows
+            .get_or_create_owned(&self.labels)
+    }
+
     /// The gauge of alarms active in an alarm transform.
     pub(crate) fn alarm_active(&self) -> Gauge {
         self.metrics.alarm_active.get_or_create_owned(&self.labels)

@@ -163,6 +163,10 @@ pub struct Metrics {
     pub window_open: Family<ComponentLabels, Gauge>,
     pub window_closed_early: Family<ComponentLabels, Counter>,
     pub window_state_bytes: Family<ComponentLabels, Gauge>,
+    /// Data files a table-reading source read or skipped, by `outcome`.
+    pub source_files: Family<OutcomeLabels, Counter>,
+    /// Rows a table-reading source planned to read (from the files' statistics).
+    pub source_planned_rows: Family<ComponentLabels, Gauge>,
     pub topology_components: Gauge,
     pub topology_failed_components: Gauge,
     pub source_connected: Family<ComponentLabels, Gauge>,
@@ -219,6 +223,8 @@ impl Default for Metrics {
             window_open: Family::default(),
             window_closed_early: Family::default(),
             window_state_bytes: Family::default(),
+            source_files: Family::default(),
+            source_planned_rows: Family::default(),
             topology_components: Gauge::default(),
             topology_failed_components: Gauge::default(),
             source_connected: Family::default(),
@@ -337,6 +343,16 @@ impl Metrics {
             "http_server_requests",
             "HTTP requests answered by a source, by status code",
             m.http_requests,
+        );
+        registry.register(
+            "source_files",
+            "Data files a table-reading source read or skipped (pruned by partition values or statistics), by outcome",
+            m.source_files,
+        );
+        registry.register(
+            "source_planned_rows",
+            "Rows a table-reading source plans to read, from its files' statistics (the progress of a batch run)",
+            m.source_planned_rows,
         );
         registry.register(
             "aggregator_out_of_bounds_events",

@@ -22,7 +22,7 @@ use crate::config::service::Services;
 use crate::config::sink::SinkContext;
 use crate::config::source::SourceContext;
 use crate::config::transform::{FunctionTransform, TransformContext, TransformOutput};
-use crate::config::{Component, SectionOptions};
+use crate::config::{Component, RunMode, SectionOptions};
 use crate::telemetry::{ComponentTelemetry, Telemetry};
 
 /// One running instance of a component.
@@ -60,6 +60,8 @@ pub(super) struct Shared<'a> {
     pub instance_id: &'a Arc<InstanceIdentity>,
     /// Events each input channel holds.
     pub channel_max_events: usize,
+    /// Live or batch.
+    pub run: &'a RunMode,
 }
 
 /// Builds one component with empty output lists (the rewiring fills them). A sink that
@@ -192,6 +194,7 @@ fn build_task(
             data_dir,
             services,
             instance_id,
+            run: shared.run.clone(),
         }),
         SectionOptions::Transform(config) => {
             let transform = config.build(&TransformContext {
@@ -212,6 +215,7 @@ fn build_task(
             data_dir,
             services,
             instance_id,
+            run: shared.run.clone(),
         }),
         SectionOptions::Aggregator(config) => config.build(AggregatorContext {
             id: id.clone(),
@@ -222,6 +226,7 @@ fn build_task(
             retired,
             services,
             instance_id,
+            run: shared.run.clone(),
         }),
         SectionOptions::Action(config) => config.build(ActionContext {
             id: id.clone(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::checkpoint::{Checkpoint, restore};
-use super::{Retirement, ShardState, WindowEngine, route};
+use super::{Closing, Retirement, ShardState, WindowEngine, route};
 use crate::aggregators::AggregatorContext;
 use crate::aggregators::fixed::{Assigner, FixedWindows};
 use crate::aggregators::handover::Handover;
@@ -55,6 +55,7 @@ fn retirement(id: &ComponentId) -> Retirement {
         handover,
         arrival,
         close: Arc::default(),
+        bounded: false,
     }
 }
 
@@ -83,6 +84,7 @@ async fn a_batch_a_stopped_shard_refuses_fails_its_deliveries() {
         retired: Arc::new(AtomicBool::new(false)),
         services: Arc::default(),
         instance_id: Arc::new(crate::topology::InstanceIdentity::new(dir.path(), None)),
+        run: crate::config::RunMode::Live,
     };
     // A shard that has already ended (as a failed one does): its input is closed.
     let (shard_tx, shard_rx) = tokio::sync::mpsc::channel::<EventBatch>(4);
@@ -167,7 +169,7 @@ fn a_checkpoint_of_another_definition_comes_back_closed_early_or_is_kept_aside()
     let mut one = one_window();
     let groups = one.snapshot();
     let mut closing = Vec::new();
-    one.close_all(&mut closing);
+    one.close_all(Closing::Early, &mut closing);
     let written = Checkpoint {
         definition: "another".to_owned(),
         groups,

@@ -28,7 +28,6 @@ mod table;
 pub use schedule::{BatchConfig, OptimizeConfig, VacuumConfig};
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -132,21 +131,7 @@ const MAX_HELD_DEAD_LETTERS: usize = 50_000;
 impl DeltaLakeConfig {
     /// The table's URL; a plain path is a local directory.
     fn url(&self) -> Result<Url, String> {
-        match Url::parse(self.uri.expose_str()) {
-            Ok(url) if url.scheme().len() > 1 => Ok(url),
-            // `C:\...` parses with a one-letter scheme; a path without a scheme fails.
-            _ => {
-                let path = PathBuf::from(self.uri.expose_str());
-                let path = match path.is_absolute() {
-                    true => path,
-                    false => std::env::current_dir()
-                        .map_err(|err| format!("cannot resolve a relative path: {err}"))?
-                        .join(path),
-                };
-                Url::from_directory_path(&path)
-                    .map_err(|()| format!("`{}` is not a usable directory path", self.uri))
-            }
-        }
+        crate::lake::table_url(&self.uri)
     }
 
     fn derived(&self) -> Vec<Derived> {
@@ -172,23 +157,8 @@ impl DeltaLakeConfig {
 impl SinkComponent for DeltaLakeConfig {
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = Vec::new();
-        match self.url() {
-            Ok(url)
-                if !matches!(
-                    url.scheme(),
-                    "file" | "s3" | "s3a" | "az" | "abfs" | "abfss"
-                ) =>
-            {
-                problems.push(FieldProblem::at(
-                    ["uri"],
-                    format!(
-                        "expected a file://, s3:// or az:// URI or a local path, found scheme `{}`",
-                        url.scheme()
-                    ),
-                ))
-            }
-            Ok(_) => {}
-            Err(message) => problems.push(FieldProblem::at(["uri"], message)),
+        if let Some(message) = crate::lake::check_uri(&self.uri) {
+            problems.push(FieldProblem::at(["uri"], message));
         }
         let mut seen = std::collections::BTreeSet::new();
         for name in &self.partition_by {
@@ -273,8 +243,13 @@ impl SinkComponent for DeltaLakeConfig {
             input,
             out,
             telemetry,
+            run: cx_run,
             ..
         } = cx;
+        let app_id = config
+            .app_id
+            .clone()
+            .unwrap_or_else(|| format!("weir-{id}"));
         let columns = Columns::new(config.derived(), config.declared(), config.max_columns);
         let spec = TableSpec {
             url,
@@ -293,13 +268,10 @@ impl SinkComponent for DeltaLakeConfig {
                     .collect::<Vec<_>>(),
             ),
             checkpoint_interval: config.checkpoint_interval,
-            writer: format!(
-                "{}@{instance}",
-                config
-                    .app_id
-                    .clone()
-                    .unwrap_or_else(|| format!("weir-{id}"))
-            ),
+            writer: format!("{app_id}@{instance}"),
+            batch: cx_run
+                .batch()
+                .map(|range| format!("{app_id}:batch:{}", range.key())),
         };
         let buffer = Buffer::new(
             input,
@@ -330,7 +302,7 @@ struct DeltaSink {
 
 impl DeltaSink {
     async fn run(mut self, spec: TableSpec, mut buffer: Buffer) -> anyhow::Result<()> {
-        register_object_stores();
+        crate::lake::register_object_stores();
         let mut table = {
             let mut backoff = Backoff::new(&self.config.retry, &self.telemetry);
             loop {
@@ -341,6 +313,9 @@ impl DeltaSink {
                 }
             }
         };
+        if self.finished_before(&mut table).await? {
+            return drain(buffer).await;
+        }
         let timeout = self.config.batch.timeout.get();
         let mut window_started: Option<Instant> = None;
         let mut next_vacuum = self.config.vacuum.map(|v| after(v.interval));
@@ -381,6 +356,43 @@ impl DeltaSink {
             }
         }
         self.commit(&mut table, &mut window_started).await;
+        self.finish_batch(&mut table).await
+    }
+
+    /// A batch run whose range an earlier run committed: says so (its input is then
+    /// drained and dropped, not written twice).
+    async fn finished_before(&self, table: &mut TableWriter) -> anyhow::Result<bool> {
+        let done = table.batch_done().await?;
+        if done {
+            tracing::warn!(
+                component_id = %self.component,
+                "an earlier batch run committed this range to the table already; this run writes nothing to it"
+            );
+        }
+        Ok(done)
+    }
+
+    /// A batch run's one commit, retried a few times: a run that cannot commit fails (and
+    /// exits non-zero) rather than wait forever.
+    async fn finish_batch(&self, table: &mut TableWriter) -> anyhow::Result<()> {
+        const ATTEMPTS: usize = 5;
+        let mut backoff = Backoff::new(&self.config.retry, &self.telemetry);
+        for attempt in 1.. {
+            match table.finish_batch().await {
+                Ok(0) => break,
+                Ok(files) => {
+                    tracing::info!(component_id = %self.component, files, "committed the batch run");
+                    break;
+                }
+                Err(err) if attempt >= ATTEMPTS => {
+                    return Err(err.context(format!(
+                        "{}: the batch run's commit failed {ATTEMPTS} times",
+                        self.component
+                    )));
+                }
+                Err(err) => backoff.wait(&err).await,
+            }
+        }
         Ok(())
     }
 
@@ -560,6 +572,12 @@ impl DeltaSink {
     }
 }
 
+/// Reads the input to its end, dropping it: what it holds is in the table already.
+async fn drain(mut buffer: Buffer) -> anyhow::Result<()> {
+    while buffer.next(CHUNK_EVENTS).await.is_some() {}
+    Ok(())
+}
+
 fn after(interval: config::Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + interval.get()
 }
@@ -569,14 +587,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-/// Teaches deltalake the `s3://` and `az://` schemes. Its crate registers them from a
-/// constructor at load time, which a linker may drop; registering again is harmless.
-fn register_object_stores() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        deltalake::aws::register_handlers(None);
-        deltalake::azure::register_handlers(None);
-    });
 }

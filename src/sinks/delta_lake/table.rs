@@ -7,6 +7,11 @@
 //! count of commits), so a commit whose outcome was lost (a timeout after the log entry was
 //! written) is recognised on retry instead of being written twice, and so are records a
 //! disk buffer hands out again after a crash.
+//!
+//! In a batch run (`weir run --batch`) the table gets one commit for the whole run: each
+//! "commit" only finishes the window's files, and [`TableWriter::finish_batch`] adds all of
+//! them at the end under a transaction keyed by the run's range. A rerun of the same range
+//! finds that transaction in the log and writes nothing (see [`TableWriter::batch_done`]).
 
 use std::collections::HashMap;
 
@@ -37,6 +42,10 @@ pub struct TableSpec {
     pub checkpoint_interval: u64,
     /// Names this sink's transactions: `<app_id>@<instance id>` (see [`super::ledger`]).
     pub writer: String,
+    /// A batch run: the application transaction its one commit carries, keyed by the
+    /// range it covers (`<app_id>:batch:<since>..<until>`, no instance: a rerun anywhere
+    /// must find it).
+    pub batch: Option<String>,
 }
 
 /// A table plus the rows written to it since the last commit.
@@ -61,6 +70,8 @@ pub struct TableWriter {
     staged: Option<(Vec<Add>, usize)>,
     /// Windows given up so far (see [`TableWriter::abandons`]).
     abandons: u64,
+    /// A batch run's finished files, added by its one commit at the end.
+    batch_files: Vec<Add>,
 }
 
 impl TableWriter {
@@ -112,6 +123,7 @@ impl TableWriter {
             dead_letters: DeadLetters::default(),
             staged: None,
             abandons: 0,
+            batch_files: Vec::new(),
         };
         if let Some(table) = table {
             // A table that does not match the configuration will not start matching.
@@ -253,6 +265,9 @@ impl TableWriter {
         if self.rows == 0 {
             return Ok(Committed::default());
         }
+        if self.spec.batch.is_some() {
+            return self.finish_files().await;
+        }
         let (Some(table), Some(writer)) = (self.table.as_mut(), self.writer.as_mut()) else {
             anyhow::bail!("the table is not open");
         };
@@ -327,6 +342,85 @@ impl TableWriter {
         std::mem::take(&mut self.deliveries).settle();
         self.dead_letters.committed();
         Ok(Committed { rows, bytes })
+    }
+
+    /// A batch run's "commit": finishes the window's files for the run's one commit. Their
+    /// rows are settled now (a run that fails before its commit leaves nothing in the log,
+    /// and its rerun reads the range again).
+    async fn finish_files(&mut self) -> anyhow::Result<Committed> {
+        let Some(writer) = self.writer.as_mut() else {
+            anyhow::bail!("the table is not open");
+        };
+        let bytes = writer.buffer_len();
+        match writer.flush().await {
+            Ok(adds) => self.batch_files.extend(adds),
+            Err(err) => {
+                let rows = self.rows;
+                self.abandon()?;
+                return Err(anyhow::Error::new(err).context(format!(
+                    "cannot write the files of {rows} rows; they go back to be delivered again"
+                )));
+            }
+        }
+        let rows = std::mem::take(&mut self.rows);
+        std::mem::take(&mut self.deliveries).settle();
+        self.dead_letters.committed();
+        Ok(Committed { rows, bytes })
+    }
+
+    /// Whether an earlier run already committed this batch run's range.
+    pub async fn batch_done(&mut self) -> anyhow::Result<bool> {
+        let (Some(app_id), Some(table)) = (&self.spec.batch, &self.table) else {
+            return Ok(false);
+        };
+        Ok(logged_version(table, app_id).await?.is_some())
+    }
+
+    /// A batch run's one commit: every file it finished, under its range's transaction;
+    /// returns the files added. Safe to retry: an attempt whose outcome was unclear is
+    /// found in the log.
+    pub async fn finish_batch(&mut self) -> anyhow::Result<usize> {
+        self.commit().await?;
+        let Some(app_id) = self.spec.batch.clone() else {
+            return Ok(0);
+        };
+        let Some(table) = self.table.as_mut() else {
+            // Nothing was ever written: the table was not even created.
+            return Ok(0);
+        };
+        table.update_state().await?;
+        if logged_version(table, &app_id).await?.is_some() {
+            return Ok(0);
+        }
+        let files = self.batch_files.len();
+        let partition_by =
+            Some(self.spec.partition_columns.clone()).filter(|columns| !columns.is_empty());
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&app_id, 1))
+            .with_create_checkpoint(true);
+        let outcome = CommitBuilder::from(properties)
+            .with_actions(self.batch_files.iter().cloned().map(Action::Add).collect())
+            .build(
+                Some(table.snapshot()?),
+                table.log_store(),
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by,
+                    predicate: None,
+                },
+            )
+            .await;
+        match outcome {
+            Ok(finalized) => table.state = Some(finalized.snapshot()),
+            Err(err) => {
+                table.update_state().await?;
+                if logged_version(table, &app_id).await?.is_none() {
+                    return Err(err.into());
+                }
+            }
+        }
+        self.batch_files.clear();
+        Ok(files)
     }
 
     /// Dead letters whose window has committed: the sink sends them to `errors`.
@@ -421,6 +515,7 @@ mod tests {
             partition_columns: Vec::new(),
             checkpoint_interval: 10,
             writer: "test".into(),
+            batch: None,
         };
         let mut columns = Columns::new(Vec::new(), Default::default(), 500);
         let mut table = TableWriter::open(spec, &mut columns).await.ok().unwrap();

@@ -65,3 +65,77 @@ fn register_handlers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| deltalake::azure::register_handlers(None));
 }
+
+/// Every row of the table at `url` as column name to value (numbers, text, timestamps as
+/// epoch microseconds, booleans; partition columns from the log as text; nulls left
+/// out); empty while the table does not exist.
+pub async fn rows(
+    url: &url::Url,
+    storage_options: &HashMap<String, String>,
+) -> Vec<BTreeMap<String, serde_json::Value>> {
+    use deltalake::arrow::array::Array;
+    use deltalake::arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
+    use serde_json::Value;
+    register_handlers();
+    let table = match deltalake::open_table_with_storage_options(
+        url.clone(),
+        storage_options.clone(),
+    )
+    .await
+    {
+        Ok(table) => table,
+        Err(DeltaTableError::NotATable(_)) => return Vec::new(),
+        Err(DeltaTableError::ObjectStore {
+            source: ObjectStoreError::NotFound { .. },
+        }) => return Vec::new(),
+        Err(err) => panic!("cannot open the Delta table at {url}: {err}"),
+    };
+    let store = table.object_store();
+    let files: Vec<_> = table
+        .snapshot()
+        .unwrap_or_else(|err| panic!("no snapshot of {url}: {err}"))
+        .log_data()
+        .iter()
+        .map(|file| (file.object_store_path(), file.partition_values_map()))
+        .collect();
+    let mut rows = Vec::new();
+    for (path, partition) in files {
+        let bytes = async { store.get(&path).await?.bytes().await }
+            .await
+            .unwrap_or_else(|err| panic!("cannot read {path} of {url}: {err}"));
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|builder| builder.build())
+            .unwrap_or_else(|err| panic!("{path} of {url} is not Parquet: {err}"));
+        for batch in reader {
+            let batch = batch.unwrap_or_else(|err| panic!("cannot decode {path}: {err}"));
+            for row in 0..batch.num_rows() {
+                let mut values: BTreeMap<String, Value> = partition
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), Value::from(v.clone()?))))
+                    .collect();
+                for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+                    if column.is_null(row) {
+                        continue;
+                    }
+                    let value = match column.data_type() {
+                        DataType::Float64 => {
+                            Value::from(column.as_primitive::<Float64Type>().value(row))
+                        }
+                        DataType::Int64 => {
+                            Value::from(column.as_primitive::<Int64Type>().value(row))
+                        }
+                        DataType::Boolean => Value::from(column.as_boolean().value(row)),
+                        DataType::Utf8 => Value::from(column.as_string::<i32>().value(row)),
+                        DataType::Timestamp(_, _) => Value::from(
+                            column.as_primitive::<TimestampMicrosecondType>().value(row),
+                        ),
+                        other => panic!("unexpected column type {other} of {}", field.name()),
+                    };
+                    values.insert(field.name().clone(), value);
+                }
+                rows.push(values);
+            }
+        }
+    }
+    rows
+}
