@@ -25,6 +25,7 @@ mod delta_batch;
 mod delta_columns;
 mod delta_dead_letters;
 mod delta_lake;
+mod delta_object_storage;
 mod delta_once;
 mod delta_outage;
 mod delta_source;

@@ -46,7 +46,8 @@ pub fn schemathesis() -> &'static Path {
     })
 }
 
-fn run(command: &mut Command) {
+/// Runs `command`, failing the test with its stderr if it fails.
+pub fn run(command: &mut Command) {
     let output = command
         .output()
         .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
