@@ -34,18 +34,23 @@ async fn run_to_end(text: &str, run: RunMode) -> Arc<Telemetry> {
     telemetry
 }
 
-/// Simulated readings (`limit` of them from `start`, `every` seconds apart across the
-/// fleet) into the table at `lake` and, as they were, into `direct`.
-async fn write(
-    dir: &Path,
-    lake: &Path,
-    direct: &Path,
+/// A simulated fleet's run: `limit` readings from `start`, `every` seconds apart.
+struct Fleet<'a> {
     seed: u64,
     limit: u64,
-    start: &str,
+    start: &'a str,
     every: f64,
-    sink: &str,
-) {
+}
+
+/// The readings of `fleet` into the table at `lake` (with the sink options `sink`) and, as
+/// they were, into `direct`.
+async fn write(dir: &Path, lake: &Path, direct: &Path, fleet: Fleet<'_>, sink: &str) {
+    let Fleet {
+        seed,
+        limit,
+        start,
+        every,
+    } = fleet;
     let text = format!(
         "data_dir: '{d}/state-{seed}'
 api: {{ enabled: false }}
@@ -128,10 +133,12 @@ async fn the_source_reads_back_every_row_and_an_older_version_by_time_travel() {
         dir.path(),
         &lake,
         &first,
-        1,
-        300,
-        "2026-12-01T00:00:00Z",
-        1.0,
+        Fleet {
+            seed: 1,
+            limit: 300,
+            start: "2026-12-01T00:00:00Z",
+            every: 1.0,
+        },
         "",
     )
     .await;
@@ -145,10 +152,12 @@ async fn the_source_reads_back_every_row_and_an_older_version_by_time_travel() {
         dir.path(),
         &lake,
         &second,
-        2,
-        200,
-        "2026-12-02T00:00:00Z",
-        1.0,
+        Fleet {
+            seed: 2,
+            limit: 200,
+            start: "2026-12-02T00:00:00Z",
+            every: 1.0,
+        },
         "app_id: second",
     )
     .await;
@@ -216,10 +225,12 @@ async fn partition_and_event_time_filters_skip_files_and_keep_exactly_the_rows_i
         dir.path(),
         &lake,
         &direct,
-        3,
-        500,
-        "2026-12-01T00:00:00Z",
-        500.0,
+        Fleet {
+            seed: 3,
+            limit: 500,
+            start: "2026-12-01T00:00:00Z",
+            every: 500.0,
+        },
         "partition_by: [date]\n    batch: { max_events: 50 }",
     )
     .await;
