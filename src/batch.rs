@@ -176,7 +176,7 @@ fn discard_leftovers(data_dir: &Path) -> anyhow::Result<()> {
     for (id, dir) in dirs {
         std::fs::remove_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("cannot discard {}: {e}", dir.display()))?;
-        tracing::info!(component_id = %id, path = %dir.display(), "discarded the disk buffer an earlier batch run left (this run reads its range again)");
+        tracing::debug!(component_id = %id, path = %dir.display(), "removed the disk buffer of an earlier batch run (this run reads its range again)");
     }
     Ok(())
 }
