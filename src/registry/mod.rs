@@ -27,6 +27,7 @@ mod config;
 mod feed;
 mod groups;
 mod metrics;
+mod provisioning;
 mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +47,7 @@ pub use device::{
     tags_match,
 };
 pub use feed::{Change, ChangeKind};
+pub use provisioning::{ProvisionError, Provisioned};
 pub use sas::{SasError, SasToken};
 pub use service::{SERVICE, used_by};
 pub use store::StoreError;

@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 
 use super::connections::Connections;
 use super::telemetry::Decoders;
-use super::{DeviceGatewayConfig, Gateway, session};
+use super::{DeviceGatewayConfig, Gateway, session, x509};
 use crate::devicebound::Devicebound;
 use crate::registry::Registry;
 use crate::sources::SourceContext;
@@ -26,10 +26,7 @@ pub(super) fn build(
     let registry = cx.services.get::<Registry>().ok_or_else(|| {
         anyhow::anyhow!("the device gateway needs the device registry: add a `registry:` section")
     })?;
-    let mut tls = (*config.tls.server_config()?).clone();
-    // Device SDKs speak MQTT straight after the handshake: the `http/1.1` the shared
-    // server configuration offers would refuse clients that ask for another protocol.
-    tls.alpn_protocols.clear();
+    let tls = x509::server_config(&config.tls, config.client_auth)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
@@ -57,6 +54,8 @@ pub(super) fn build(
         connect_timeout: config.connect_timeout.get(),
         max_inflight: config.max_inflight,
         ack_timeout: config.ack_timeout.get(),
+        provisioning: config.provisioning.clone(),
+        rate_limit: config.rate_limit,
         shutdown: cx.shutdown,
     });
     let listen = config.listen;
@@ -86,7 +85,10 @@ pub(super) fn build(
             sessions.spawn(async move {
                 let handshake = tokio::time::timeout(gateway.connect_timeout, acceptor.accept(tcp));
                 match handshake.await {
-                    Ok(Ok(stream)) => session::serve(gateway, stream).await,
+                    Ok(Ok(stream)) => {
+                        let certificate = x509::presented(stream.get_ref().1);
+                        session::serve(gateway, stream, certificate).await
+                    }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
