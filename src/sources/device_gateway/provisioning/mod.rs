@@ -87,7 +87,8 @@ pub(super) fn registration_username(username: &str) -> Option<(&str, &str)> {
     if segments.next()? != "registrations" {
         return None;
     }
-    let registration_id = segments.next()?;
+    // A hub username's third segment is its query (`?api-version=…`).
+    let registration_id = segments.next().filter(|id| !id.starts_with('?'))?;
     (!scope.is_empty() && !registration_id.is_empty()).then_some((scope, registration_id))
 }
 
