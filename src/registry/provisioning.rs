@@ -189,7 +189,10 @@ mod tests {
         let first = registry.provision("pump-1", "pumps").unwrap();
         assert!(first.created);
         assert_eq!(first.device.enrollment_group.as_deref(), Some("pumps"));
-        assert_eq!(first.device.tags.get("site"), Some(&serde_json::json!("plant-3")));
+        assert_eq!(
+            first.device.tags.get("site"),
+            Some(&serde_json::json!("plant-3"))
+        );
         // The device's key is the derived one: its hub token verifies.
         let entry = registry.lookup("pump-1").unwrap();
         assert_eq!(entry.primary, derived_key(&group, "pump-1").unwrap());
@@ -231,7 +234,10 @@ mod tests {
         let group = group(&registry, "old", Status::Disabled);
         let token = token(&group, RESOURCE, "pump-1");
         assert_eq!(
-            registry.enrollment_of("pump-1", RESOURCE, &token).unwrap().id,
+            registry
+                .enrollment_of("pump-1", RESOURCE, &token)
+                .unwrap()
+                .id,
             "old"
         );
         assert_eq!(

@@ -134,7 +134,14 @@ async fn a_wrong_key_another_scope_or_a_disabled_group_is_not_provisioned() {
     let auth_failures = |reason| gateway.by_reason("device_gateway_auth_failures_total", reason);
 
     // A key of no group: refused at CONNECT.
-    let wrong = provision(&gateway, SCOPE, "fan-1", &weir::registry::keys::generate(), 0).await;
+    let wrong = provision(
+        &gateway,
+        SCOPE,
+        "fan-1",
+        &weir::registry::keys::generate(),
+        0,
+    )
+    .await;
     assert!(wrong[0].get("refused").is_some(), "{wrong:?}");
     assert_eq!(auth_failures("bad_signature"), 1.0);
     // The right key for another scope: refused at CONNECT too.
@@ -161,7 +168,10 @@ async fn a_gateway_without_provisioning_refuses_registrations() {
     let said = provision(&gateway, SCOPE, "valve-7", &key, 0).await;
     assert!(said[0].get("refused").is_some(), "{said:?}");
     assert_eq!(
-        gateway.by_reason("device_gateway_auth_failures_total", "provisioning_not_served"),
+        gateway.by_reason(
+            "device_gateway_auth_failures_total",
+            "provisioning_not_served"
+        ),
         1.0
     );
     assert!(gateway.registry.is_empty());

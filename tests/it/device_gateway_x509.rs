@@ -111,7 +111,9 @@ async fn devices_connect_with_the_certificate_of_their_thumbprint_and_no_other()
     let out = gateway.out();
     assert_eq!(out.len(), 5, "acknowledged telemetry is in the sink");
     assert_eq!(
-        out.iter().filter(|line| line["device_id"] == "cam-1").count(),
+        out.iter()
+            .filter(|line| line["device_id"] == "cam-1")
+            .count(),
         3
     );
 

@@ -44,8 +44,7 @@ pub(super) fn admit(
             detail,
         });
     }
-    if let (ConnectAuth::Username { username }, Some(certificate)) = (&connect.auth, certificate)
-    {
+    if let (ConnectAuth::Username { username }, Some(certificate)) = (&connect.auth, certificate) {
         check_username(username, device_id).map_err(|detail| {
             Refusal::not_authorized("bad_username", format!("device `{device_id}`: {detail}"))
         })?;
@@ -73,7 +72,11 @@ pub(super) fn admit(
 }
 
 /// A device whose certificate's thumbprint is its recorded `x509_thumbprint`, enabled.
-fn x509_admit(registry: &Registry, device_id: &str, certificate: &Thumbprints) -> Result<(), Refusal> {
+fn x509_admit(
+    registry: &Registry,
+    device_id: &str,
+    certificate: &Thumbprints,
+) -> Result<(), Refusal> {
     let Some(entry) = registry.lookup(device_id) else {
         return Err(Refusal::not_authorized(
             "unknown_device",
@@ -88,7 +91,9 @@ fn x509_admit(registry: &Registry, device_id: &str, certificate: &Thumbprints) -
     if !matches {
         return Err(Refusal::not_authorized(
             "bad_certificate",
-            format!("device `{device_id}`: the client certificate's thumbprint is not the device's x509_thumbprint"),
+            format!(
+                "device `{device_id}`: the client certificate's thumbprint is not the device's x509_thumbprint"
+            ),
         ));
     }
     if entry.device.status == Status::Disabled {

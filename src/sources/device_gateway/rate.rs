@@ -43,7 +43,10 @@ impl RateLimit {
             ));
         }
         if self.burst == Some(0) {
-            problems.push(FieldProblem::at(["rate_limit", "burst"], "expected at least 1"));
+            problems.push(FieldProblem::at(
+                ["rate_limit", "burst"],
+                "expected at least 1",
+            ));
         }
         problems
     }

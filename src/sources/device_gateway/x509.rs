@@ -76,7 +76,10 @@ pub(super) fn presented(connection: &ServerConnection) -> Option<Thumbprints> {
 
 /// The gateway's TLS server configuration: `tls`'s certificate, asking for client
 /// certificates when `client_auth` says so.
-pub(super) fn server_config(tls: &TlsConfig, client_auth: ClientAuth) -> anyhow::Result<ServerConfig> {
+pub(super) fn server_config(
+    tls: &TlsConfig,
+    client_auth: ClientAuth,
+) -> anyhow::Result<ServerConfig> {
     let base = tls.server_config()?;
     let mut config = match client_auth {
         ClientAuth::None => (*base).clone(),

@@ -51,8 +51,7 @@ pub struct ProvisioningConfig {
 impl ProvisioningConfig {
     pub(super) fn check(&self) -> Vec<FieldProblem> {
         let mut problems = Vec::new();
-        if self.id_scope.is_empty() || !self.id_scope.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
+        if self.id_scope.is_empty() || !self.id_scope.bytes().all(|b| b.is_ascii_alphanumeric()) {
             problems.push(FieldProblem::at(
                 ["provisioning", "id_scope"],
                 "expected letters and digits (such as `0ne00A1B2C3`)",

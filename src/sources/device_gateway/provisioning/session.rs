@@ -131,10 +131,7 @@ fn admit<'a>(
         .registry
         .enrollment_of(registration_id, &resource, token)
         .map_err(|e| {
-            Refusal::not_authorized(
-                e.reason(),
-                format!("registration `{registration_id}`: {e}"),
-            )
+            Refusal::not_authorized(e.reason(), format!("registration `{registration_id}`: {e}"))
         })?;
     Ok((settings, group.id))
 }
@@ -274,10 +271,7 @@ impl Registration<'_> {
                 }
             }
         };
-        self.gateway
-            .metrics
-            .registrations(outcome.status())
-            .inc();
+        self.gateway.metrics.registrations(outcome.status()).inc();
         let operation_id = new_operation_id();
         if self.operations.len() == OPERATIONS_KEPT {
             self.operations.pop_front();
@@ -288,7 +282,7 @@ impl Registration<'_> {
     }
 }
 
-/// A fresh operation id: random, so one device cannot poll another's operation.
+/// A fresh operation id, unguessable and unique as the service's are (`4.` and random hex).
 fn new_operation_id() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 12];

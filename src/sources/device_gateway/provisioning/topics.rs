@@ -130,7 +130,10 @@ mod tests {
                 ("retry-after".to_owned(), "3".to_owned())
             ]
         );
-        assert_eq!(response(200, "7", None), "$dps/registrations/res/200/?$rid=7");
+        assert_eq!(
+            response(200, "7", None),
+            "$dps/registrations/res/200/?$rid=7"
+        );
     }
 
     #[test]
