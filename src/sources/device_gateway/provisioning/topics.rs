@@ -1,23 +1,16 @@
 //! The provisioning service's MQTT topics: the two requests a device publishes, the one
 //! filter it subscribes to, and the topic each answer goes out on.
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 
-use super::super::topics::property_bag;
+// The SDKs split an answer topic at `$`: the bag's encoding encodes a `$` in a request id.
+use super::super::topics::{BAG, property_bag};
 
 /// The filter a registering device subscribes to for its answers.
 pub(super) const RESPONSES: &str = "$dps/registrations/res/#";
 
 const REGISTER: &str = "$dps/registrations/PUT/iotdps-register/";
 const OPERATION_STATUS: &str = "$dps/registrations/GET/iotdps-get-operationstatus/";
-
-/// What an answer topic's values leave unencoded: letters, digits and `-_.~`. The SDKs
-/// split an answer topic at `$`, so a `$` in a request id must be encoded.
-const VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// A device's request, by the topic it published on.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,7 +51,7 @@ pub(super) fn may_subscribe(filter: &str) -> bool {
 /// The topic an answer with HTTP-like `status` to request `rid` goes out on:
 /// `$dps/registrations/res/{status}/?$rid={rid}[&retry-after={seconds}]`.
 pub(super) fn response(status: u16, rid: &str, retry_after: Option<u32>) -> String {
-    let rid = utf8_percent_encode(rid, VALUE);
+    let rid = utf8_percent_encode(rid, BAG);
     match retry_after {
         Some(seconds) => {
             format!("$dps/registrations/res/{status}/?$rid={rid}&retry-after={seconds}")
