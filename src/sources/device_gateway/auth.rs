@@ -165,3 +165,55 @@ mod tests {
         assert!(check_client_id("").is_err());
     }
 }
+
+#[cfg(test)]
+mod certificate_tests {
+    use rumqttc::mqttbytes::v4::{Connect, ConnectAuth};
+
+    use super::*;
+    use crate::registry::{DevicePatch, DeviceSpec};
+
+    fn connect(device_id: &str) -> Connect {
+        let mut connect = Connect::new(device_id);
+        connect.auth = ConnectAuth::Username {
+            username: format!("hub/{device_id}/?api-version=2021-04-12"),
+        };
+        connect
+    }
+
+    #[test]
+    fn a_certificate_admits_only_its_enabled_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("registry.redb")).unwrap();
+        let der = b"a device certificate";
+        let prints = Thumbprints::of(der);
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der));
+        for (id, status, thumbprint) in [
+            ("cam-1", Status::Enabled, Some(sha256.clone())),
+            ("cam-2", Status::Disabled, Some(sha256.clone())),
+            ("cam-3", Status::Enabled, None),
+        ] {
+            registry
+                .create(DeviceSpec {
+                    id: id.into(),
+                    fields: DevicePatch {
+                        status: Some(status),
+                        x509_thumbprint: thumbprint,
+                        ..DevicePatch::default()
+                    },
+                })
+                .unwrap();
+        }
+        let reason = |id: &str, cert: Option<&Thumbprints>| {
+            admit(&registry, &connect(id), cert).map_err(|refusal| refusal.reason)
+        };
+        assert_eq!(reason("cam-1", Some(&prints)), Ok(()));
+        assert_eq!(reason("cam-2", Some(&prints)), Err("disabled"));
+        assert_eq!(reason("cam-3", Some(&prints)), Err("bad_certificate"));
+        assert_eq!(reason("cam-9", Some(&prints)), Err("unknown_device"));
+        let other = Thumbprints::of(b"another certificate");
+        assert_eq!(reason("cam-1", Some(&other)), Err("bad_certificate"));
+        // Without a certificate, a CONNECT without a password is not admitted.
+        assert_eq!(reason("cam-1", None), Err("missing_token"));
+    }
+}
