@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::connections::Connections;
+use super::rate::DeviceRates;
 use super::telemetry::Decoders;
 use super::{DeviceGatewayConfig, Gateway, session, x509};
 use crate::devicebound::Devicebound;
@@ -17,6 +18,9 @@ use crate::topology::ComponentTask;
 /// How long stopping waits for sessions to hand in their last acknowledgements, beyond
 /// `ack_timeout`.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often devices' refilled rate buckets are dropped.
+const PRUNE_RATES: Duration = Duration::from_secs(60);
 
 /// Binds the port now (so a taken port fails the start) and returns the task that serves it.
 pub(super) fn build(
@@ -39,6 +43,9 @@ pub(super) fn build(
         }
     };
     let metrics = cx.telemetry.gateway_metrics();
+    let rates = config
+        .rate_limit
+        .map(|limit| DeviceRates::new(&limit, metrics.throttled.clone()));
     devicebound.report_depth(metrics.devicebound_messages.clone());
     let gateway = Arc::new(Gateway {
         registry,
@@ -55,7 +62,7 @@ pub(super) fn build(
         max_inflight: config.max_inflight,
         ack_timeout: config.ack_timeout.get(),
         provisioning: config.provisioning.clone(),
-        rate_limit: config.rate_limit,
+        rates,
         shutdown: cx.shutdown,
     });
     let listen = config.listen;
@@ -66,9 +73,14 @@ pub(super) fn build(
         listening.set(1);
         tracing::info!(component_id = %id, %listen, "device gateway listening");
         let mut sessions = JoinSet::new();
+        let mut prune = tokio::time::interval(PRUNE_RATES);
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = gateway.shutdown.cancelled() => break,
+                _ = prune.tick(), if gateway.rates.is_some() => {
+                    gateway.rates.iter().for_each(|rates| rates.forget_idle());
+                    continue;
+                }
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,

@@ -91,6 +91,6 @@ struct Gateway {
     max_inflight: usize,
     ack_timeout: Duration,
     provisioning: Option<provisioning::ProvisioningConfig>,
-    rate_limit: Option<rate::RateLimit>,
+    rates: Option<Arc<rate::DeviceRates>>,
     shutdown: CancellationToken,
 }

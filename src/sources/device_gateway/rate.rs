@@ -9,13 +9,16 @@
 //! traffic, not less), and QoS 0 ones lose readings silently. Each publish that had to
 //! wait is counted (`device_gateway_throttled_total`).
 //!
-//! The bucket lives with the connection: one connection per device, so it is the
-//! device's. A device that reconnects starts with a full burst; reconnecting costs a TLS
-//! handshake and a registry check, which bounds what that gains.
+//! The buckets are the gateway's, by device id, not the connection's: a device that
+//! reconnects finds its bucket as it left it, so reconnecting gains it nothing. Buckets
+//! that have refilled (as good as new) are dropped every minute ([`DeviceRates::forget_idle`]),
+//! so memory follows the devices sending now, not every device ever seen.
 
 use std::num::NonZeroU32;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prometheus_client::metrics::counter::Counter;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -58,25 +61,48 @@ impl RateLimit {
     }
 }
 
-/// One connection's token bucket.
-pub(super) struct DeviceRate {
-    limiter: DefaultDirectRateLimiter,
+/// The token buckets of one gateway's devices.
+pub(super) struct DeviceRates {
+    limiter: DefaultKeyedRateLimiter<String>,
     throttled: Counter,
 }
 
-impl DeviceRate {
-    pub(super) fn new(limit: &RateLimit, throttled: Counter) -> Self {
-        Self {
-            limiter: RateLimiter::direct(limit.quota()),
+impl DeviceRates {
+    pub(super) fn new(limit: &RateLimit, throttled: Counter) -> Arc<Self> {
+        Arc::new(Self {
+            limiter: RateLimiter::keyed(limit.quota()),
             throttled,
+        })
+    }
+
+    /// The bucket of `device_id`, for its connection.
+    pub(super) fn of(self: &Arc<Self>, device_id: &str) -> DeviceRate {
+        DeviceRate {
+            rates: Arc::clone(self),
+            device_id: device_id.to_owned(),
         }
     }
 
+    /// Drops the buckets that have refilled: a device coming back gets a full one anyway.
+    pub(super) fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// One device's bucket, as its connection holds it.
+pub(super) struct DeviceRate {
+    rates: Arc<DeviceRates>,
+    device_id: String,
+}
+
+impl DeviceRate {
     /// Returns once the device may send one more publish (at once while under its rate).
     pub(super) async fn admit(&self) {
-        if self.limiter.check().is_err() {
-            self.throttled.inc();
-            self.limiter.until_ready().await;
+        let limiter = &self.rates.limiter;
+        if limiter.check_key(&self.device_id).is_err() {
+            self.rates.throttled.inc();
+            limiter.until_key_ready(&self.device_id).await;
         }
     }
 }
@@ -92,7 +118,8 @@ mod tests {
             burst: Some(5),
         };
         let throttled = Counter::default();
-        let rate = DeviceRate::new(&limit, throttled.clone());
+        let rates = DeviceRates::new(&limit, throttled.clone());
+        let rate = rates.of("d1");
         let start = std::time::Instant::now();
         for _ in 0..5 {
             rate.admit().await;
@@ -101,9 +128,32 @@ mod tests {
         for _ in 0..10 {
             rate.admit().await;
         }
-        assert_eq!(throttled.get(), 10);
+        // Most of the next 10 wait (a late wake-up may find the next one's cell ready).
+        assert!((1..=10).contains(&throttled.get()), "{}", throttled.get());
         // 10 more at 50/s take at least 9 intervals of 20 ms.
         assert!(start.elapsed() >= std::time::Duration::from_millis(180));
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_device_keeps_its_bucket_and_others_have_their_own() {
+        let limit = RateLimit {
+            messages_per_second: 1,
+            burst: Some(3),
+        };
+        let throttled = Counter::default();
+        let rates = DeviceRates::new(&limit, throttled.clone());
+        for _ in 0..3 {
+            rates.of("d1").admit().await;
+        }
+        // A new connection of d1 finds the bucket empty; d2's is full.
+        assert!(rates.limiter.check_key(&"d1".to_owned()).is_err());
+        for _ in 0..3 {
+            rates.of("d2").admit().await;
+        }
+        assert_eq!(throttled.get(), 0);
+        // Empty buckets are kept; only refilled ones would be forgotten.
+        rates.forget_idle();
+        assert!(rates.limiter.check_key(&"d1".to_owned()).is_err());
     }
 
     #[test]

@@ -112,9 +112,7 @@ where
         pending: pending_tx,
         subscriptions: BTreeSet::new(),
         deliveries: None,
-        rate: gateway
-            .rate_limit
-            .map(|limit| DeviceRate::new(&limit, gateway.metrics.throttled.clone())),
+        rate: gateway.rates.as_ref().map(|rates| rates.of(&device_id)),
     };
     let reason = session
         .run(&mut reader, keep_alive * 3 / 2, &claim.replaced, &broken)
