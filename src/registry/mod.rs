@@ -10,9 +10,11 @@
 //!
 //! This module holds the handle, its lookup table and the way a changed device is written;
 //! the operations are grouped by job: `admin` (operators change devices), `auth` (devices
-//! arrive at sources), `groups` (enrollment groups), `activity` (when devices were last
-//! seen), `feed` (lifecycle events), `metrics`, `config` (the `registry:` section) and
-//! `service` (how the topology starts it and components find it).
+//! arrive at sources), `groups` (enrollment groups), `provisioning` (devices registering
+//! through a group's derived key, for the device gateway's provisioning protocol),
+//! `activity` (when devices were last seen), `feed` (lifecycle events), `metrics`,
+//! `config` (the `registry:` section) and `service` (how the topology starts it and
+//! components find it).
 
 pub mod cli;
 pub mod device;
