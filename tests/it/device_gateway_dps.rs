@@ -177,3 +177,94 @@ async fn a_gateway_without_provisioning_refuses_registrations() {
     assert!(gateway.registry.is_empty());
     gateway.stop().await;
 }
+
+/// The next PUBLISH the gateway sends `eventloop`'s client, or `None` once the
+/// connection ends (within 10 s).
+async fn next_publish(eventloop: &mut rumqttc::EventLoop) -> Option<rumqttc::Publish> {
+    let poll = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p))) => return Some(p),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .expect("the gateway answered or closed within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_the_services_errors_and_foreign_topics_close_the_connection() {
+    use rumqttc::{AsyncClient, MqttOptions, PublishOptions, QoS, TlsConfiguration, Transport};
+    use weir::registry::{keys, sas};
+
+    let gateway = start();
+    let group_key = group(&gateway, "probes", "lab", Status::Enabled);
+    let derived = keys::derive(&keys::decode(&group_key).unwrap(), "probe-1");
+    let expiry = jiff::Timestamp::now().as_second() as u64 + 3600;
+    let token = sas::sign(
+        &format!("{SCOPE}/registrations/probe-1"),
+        &keys::decode(&derived).unwrap(),
+        expiry,
+    );
+    let host = gateway.host.to_string();
+    let mut options = MqttOptions::new("probe-1", (host.as_str(), 8883));
+    options.set_keep_alive(30).set_credentials(
+        format!("{SCOPE}/registrations/probe-1/api-version=2019-03-31"),
+        token,
+    );
+    let tls = weir::tls::TlsConfig {
+        ca_file: Some(gateway.ca.clone()),
+        ..Default::default()
+    }
+    .client_config()
+    .unwrap();
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    let (client, mut eventloop) = AsyncClient::builder(options).capacity(16).build();
+    client
+        .subscribe("$dps/registrations/res/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // A body naming another registration: 400, nothing registered.
+    client
+        .publish(
+            "$dps/registrations/PUT/iotdps-register/?$rid=1",
+            br#"{"registrationId": "someone-else", "payload": null}"#.to_vec(),
+            PublishOptions::at_least_once(),
+        )
+        .await
+        .unwrap();
+    let answer = next_publish(&mut eventloop).await.expect("an answer");
+    assert_eq!(
+        String::from_utf8_lossy(&answer.topic),
+        "$dps/registrations/res/400/?$rid=1"
+    );
+    // Polling an operation that never was: 404.
+    client
+        .publish(
+            "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId=4.nope",
+            b" ".to_vec(),
+            PublishOptions::at_least_once(),
+        )
+        .await
+        .unwrap();
+    let answer = next_publish(&mut eventloop).await.expect("an answer");
+    assert_eq!(
+        String::from_utf8_lossy(&answer.topic),
+        "$dps/registrations/res/404/?$rid=2"
+    );
+    // A registration connection has no hub topics: subscribing to one closes it.
+    client
+        .subscribe("devices/probe-1/messages/devicebound/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert!(next_publish(&mut eventloop).await.is_none());
+    assert_eq!(
+        gateway.metric("device_gateway_topic_violations_total", &[]),
+        1.0
+    );
+    assert!(gateway.registry.is_empty());
+    gateway.stop().await;
+}
