@@ -55,6 +55,7 @@ fn retirement(id: &ComponentId) -> Retirement {
         handover,
         arrival,
         close: Arc::default(),
+        input_end: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
     }
 }
 
@@ -83,6 +84,7 @@ async fn a_batch_a_stopped_shard_refuses_fails_its_deliveries() {
         retired: Arc::new(AtomicBool::new(false)),
         services: Arc::default(),
         instance_id: Arc::new(crate::topology::InstanceIdentity::new(dir.path(), None)),
+        end_of_input: crate::config::aggregator::EndOfInput::Checkpoint,
     };
     // A shard that has already ended (as a failed one does): its input is closed.
     let (shard_tx, shard_rx) = tokio::sync::mpsc::channel::<EventBatch>(4);
