@@ -388,7 +388,7 @@ mod tests {
         let text = diagnostics.to_string();
         assert!(
             text.contains(
-                "p.yaml:9:9: test `typo`: unknown field `conditons` (did you mean `conditions`?)"
+                "p.yaml:9:20: test `typo`: unknown field `conditons` (did you mean `conditions`?)"
             ),
             "{text}"
         );

@@ -57,6 +57,7 @@ mod shutdown;
 mod systemd;
 mod topology;
 mod validate;
+mod weir_test;
 mod window_kill;
 mod window_redefine;
 mod window_reload;
