@@ -21,6 +21,7 @@ mod api_jwt;
 mod api_openapi;
 mod api_tls;
 mod cli;
+mod dashboard;
 mod delta_columns;
 mod delta_dead_letters;
 mod delta_lake;
