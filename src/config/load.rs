@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::diagnostic::{Diagnostic, Diagnostics, Location, did_you_mean, list};
+use super::unit_test::is_test_file;
 use super::validate::{self, RawInput, TypedComponent};
 use super::yaml::{Key, Node, NodeKind, PathStep};
 use super::{
@@ -100,14 +101,6 @@ pub fn load_str(
         env,
         Diagnostics::default(),
     )
-}
-
-/// Whether `path` holds unit tests for a pipeline (`*.test.yaml`, `*.test.yml`), which
-/// `weir test` reads and a directory's pipeline files leave out.
-pub fn is_test_file(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|name| name.ends_with(".test.yaml") || name.ends_with(".test.yml"))
 }
 
 /// The pipeline files `paths` name: files as given, directories as their

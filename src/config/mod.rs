@@ -48,11 +48,12 @@ pub use component::{
     ComponentId, ComponentKind, ComponentTask, FieldProblem, OutputName, Resource,
 };
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity, did_you_mean};
-pub use load::{TESTS_KEY, is_test_file, load, load_str, pipeline_files};
+pub use load::{TESTS_KEY, load, load_str, pipeline_files};
 pub use options::Options;
 pub use role::{Grant, Role, RoleBinding, Scope, describe_scope};
 pub use sensitive::{RedactedUrl, SecretText, Sensitive, scrub};
 pub use service::{ServiceConfigs, ServiceUse};
+pub use unit_test::is_test_file;
 pub use units::{ByteSize, Duration};
 pub use yaml::PathStep;
 

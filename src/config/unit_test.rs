@@ -20,6 +20,14 @@ use super::units::Duration;
 use super::yaml::{Node, NodeKind, PathStep};
 use crate::template::Condition;
 
+/// Whether `path` holds unit tests for a pipeline (`*.test.yaml`, `*.test.yml`), which
+/// `weir test` reads and a directory's pipeline files leave out.
+pub fn is_test_file(path: &std::path::Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|name| name.ends_with(".test.yaml") || name.ends_with(".test.yml"))
+}
+
 /// One unit test of a pipeline.
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -2,9 +2,9 @@
 //!
 //! The pipeline's transforms and aggregators run as `weir run` runs them
 //! ([`RunningTopology`]: the same build, channels, wiring and drain); only its edges are
-//! replaced. Its sources and sinks do not run: an [`Inserted`] source per `insert_at`
-//! component sends the test's events into that component's input, and a [`Taken`] sink
-//! per output under test records what reaches it. Once the inserted events are sent the
+//! replaced. Its sources, sinks and actions do not run: an [`Inserted`] source per
+//! `insert_at` component sends the test's events into that component's input, and a
+//! [`TakenSink`] per output under test records what reaches it. Once the inserted events are sent the
 //! sources end, the graph drains as at shutdown, and the aggregators close their open
 //! windows ([`EndOfInput::CloseWindows`]): the test's input is all there will be.
 //!
@@ -113,7 +113,7 @@ fn watched_outputs(test: &PlannedTest) -> Vec<OutputRef> {
 }
 
 /// The pipeline's transforms and aggregators, fed by one [`Inserted`] source per
-/// `insert_at` component and read by one [`Taken`] sink per output under test.
+/// `insert_at` component and read by one [`TakenSink`] per output under test.
 fn test_topology(
     pipeline: &TopologyConfig,
     test: &PlannedTest,
