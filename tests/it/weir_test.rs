@@ -271,3 +271,28 @@ fn junit(xml: &str) -> Junit {
     }
     report
 }
+
+#[test]
+fn the_shipped_pipelines_pass_their_own_tests_alone_and_merged() {
+    for args in [
+        &["test", "pipelines/"][..],
+        &["test", "--merge", "pipelines/"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .output()
+            .expect("run weir test");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // quickstart, engine-alarms and device-sessions carry tests.
+        let passed = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("result: ok. "))
+            .and_then(|rest| rest.split(' ').next()?.parse::<usize>().ok());
+        assert!(passed.is_some_and(|n| n >= 13), "{args:?}: {stdout}");
+    }
+}
