@@ -379,20 +379,26 @@ mod tests {
         assert_eq!(test.no_outputs_from, ["valid.errors"]);
     }
 
-    #[test]
-    fn mistakes_name_the_file_line_and_test() {
-        let (_, diagnostics) = parse(
+    /// A test named `name` whose input gives both `value` and `events` (a mistake of its
+    /// own), ending with the output line `last`.
+    fn with_output(name: &str, last: &str) -> (Vec<LocatedTest>, Diagnostics) {
+        parse(&format!(
             "tests:
-  - name: typo
+  - name: {name}
     inputs:
       - insert_at: valid
-        value: { a: 1 }
-        events: [{ a: 2 }]
+        value: {{ a: 1 }}
+        events: [{{ a: 2 }}]
     outputs:
       - extract_from: valid
-        conditons: [\"a > 1\"]
-",
-        );
+        {last}
+"
+        ))
+    }
+
+    #[test]
+    fn mistakes_name_the_file_line_and_test() {
+        let (_, diagnostics) = with_output("typo", "conditons: [\"a > 1\"]");
         let text = diagnostics.to_string();
         assert!(
             text.contains(
@@ -400,36 +406,14 @@ mod tests {
             ),
             "{text}"
         );
-        let (_, diagnostics) = parse(
-            "tests:
-  - name: both
-    inputs:
-      - insert_at: valid
-        value: { a: 1 }
-        events: [{ a: 2 }]
-    outputs:
-      - extract_from: valid
-        conditions: \"a >\"
-",
-        );
+        let (_, diagnostics) = with_output("both", "conditions: \"a >\"");
         let text = diagnostics.to_string();
         assert!(
             text.contains("p.yaml:9:21: test `both`: `outputs.0.conditions`")
                 && text.contains("invalid expression `a >`"),
             "{text}"
         );
-        let (_, diagnostics) = parse(
-            "tests:
-  - name: both
-    inputs:
-      - insert_at: valid
-        value: { a: 1 }
-        events: [{ a: 2 }]
-    outputs:
-      - extract_from: valid
-        count: 2
-",
-        );
+        let (_, diagnostics) = with_output("both", "count: 2");
         assert_eq!(
             diagnostics.to_string(),
             "error: p.yaml:4:9: test `both`: input 0: expected exactly one of `value`, `events` or `log_fields`\n1 error"
