@@ -101,6 +101,46 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline_test::{Outcome, Verdict};
+
+    fn outcome(name: &str, verdict: Verdict) -> Outcome {
+        Outcome {
+            suite: "p.yaml".into(),
+            name: name.into(),
+            location: crate::config::Location {
+                file: std::sync::Arc::from(std::path::Path::new("p.yaml")),
+                line: 7,
+                column: 5,
+            },
+            elapsed: std::time::Duration::from_millis(12),
+            verdict,
+        }
+    }
+
+    #[test]
+    fn failures_and_errors_are_counted_apart() {
+        let xml = report(&[
+            outcome("fine", Verdict::Passed),
+            outcome("wrong", Verdict::Failed(vec!["a\nb".into(), "c".into()])),
+            outcome("stuck", Verdict::Broken("did not drain".into())),
+        ]);
+        assert!(
+            xml.contains("<testsuites name=\"weir test\" tests=\"3\" failures=\"1\" errors=\"1\" time=\"0.036\">"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<testcase name=\"fine\" classname=\"p.yaml\" file=\"p.yaml\" line=\"7\" time=\"0.012\"/>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<failure message=\"a\" type=\"assertion\">a\nb\n\nc</failure>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<error message=\"did not drain\" type=\"run\">did not drain</error>"),
+            "{xml}"
+        );
+    }
 
     #[test]
     fn markup_in_names_and_messages_is_escaped() {
