@@ -296,3 +296,29 @@ fn the_shipped_pipelines_pass_their_own_tests_alone_and_merged() {
         assert!(passed.is_some_and(|n| n >= 13), "{args:?}: {stdout}");
     }
 }
+
+#[test]
+fn a_directory_of_pipelines_leaves_test_files_to_weir_test() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), PIPELINE).unwrap();
+    // Not a pipeline (nor even YAML): `validate` and `run` never read it.
+    std::fs::write(dir.path().join("p.test.yaml"), "tests: [unclosed").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .expect("run weir validate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("test")
+        .arg(dir.path())
+        .output()
+        .expect("run weir test");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("p.test.yaml:2:1: invalid YAML"), "{stderr}");
+}
