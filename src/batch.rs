@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::config::aggregator::EndOfInput;
 use crate::config::{BatchRange, ComponentKind, RunMode, SectionOptions, TopologyConfig};
 use crate::telemetry::{ComponentLabels, Telemetry};
 use crate::topology::RunningTopology;
@@ -46,6 +47,8 @@ pub struct Options {
 pub async fn run(mut config: TopologyConfig, options: Options) -> anyhow::Result<()> {
     let range = range_of(&config, &options)?;
     config.globals.run = RunMode::Batch(range.clone());
+    // The input is all there will be: open windows close at its end, complete.
+    config.globals.end_of_input = EndOfInput::CloseWindows;
     let data_dir = config.globals.data_dir.clone();
     let _lock = claim(&data_dir).await?;
     discard_leftovers(&data_dir)?;
@@ -163,10 +166,18 @@ async fn claim(data_dir: &Path) -> anyhow::Result<File> {
     }
 }
 
-/// Removes the disk buffers a failed run left (a batch run reads its whole range again,
-/// so their events would count twice). Window checkpoints are neither read nor written by
-/// a batch run's aggregators.
+/// Removes the disk buffers and window checkpoints a failed run left (a batch run reads
+/// its whole range again, so their events would count twice).
 fn discard_leftovers(data_dir: &Path) -> anyhow::Result<()> {
+    // `aggregators/`: where window aggregators checkpoint their open windows.
+    let checkpoints = data_dir.join("aggregators");
+    match std::fs::remove_dir_all(&checkpoints) {
+        Ok(()) => {
+            tracing::debug!(path = %checkpoints.display(), "removed the window checkpoints of an earlier batch run")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("cannot remove {}: {e}", checkpoints.display()),
+    }
     let dirs = crate::buffers::disk_dirs(data_dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot list the disk buffers of {}: {e}",

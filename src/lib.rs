@@ -45,6 +45,7 @@ pub mod fault;
 pub mod fuzzing;
 #[cfg(feature = "delta")]
 pub mod lake;
+pub mod pipeline_test;
 pub mod redact;
 pub mod registry;
 pub mod sinks;

@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::engine::{Closing, GroupState, Groups, WindowEngine};
+use super::engine::{GroupState, Groups, WindowEngine};
 use super::window::{
     Emit, GroupKey, LatePolicy, Outcome, WindowAck, WindowCommon, WindowSpec, millis, timestamp,
 };
@@ -278,10 +278,26 @@ impl WindowEngine for AbsenceDetector {
     }
 
     /// Absence has no windows to close: what it keeps is when each device was last heard
-    /// from, which no result holds. The new definition (or the next run) starts watching
-    /// afresh.
-    fn close_all(&mut self, _closing: Closing, _emitted: &mut Vec<Event>) {
+    /// from, which no result holds. The new definition starts watching afresh.
+    fn close_all(&mut self, _emitted: &mut Vec<Event>) {
         self.groups.export();
+    }
+
+    /// The end of a test's input is not a silence: absences are judged on the events'
+    /// own time, which stops with the latest event of the whole input (`input_end`, seen
+    /// by every shard). So the groups already silent for `timeout` by then are reported,
+    /// and nothing more.
+    fn finish(&mut self, input_end: Option<i64>, emitted: &mut Vec<Event>) {
+        let now = Instant::now();
+        let latest = match (self.clock, input_end) {
+            (Some((own, _)), Some(end)) => own.max(end),
+            (Some((own, _)), None) => own,
+            (None, Some(end)) => end,
+            (None, None) => return,
+        };
+        // The stream's clock is its latest event time from any shard; no wall time passes.
+        self.clock = Some((latest, now));
+        self.tick(0, now, false, emitted);
     }
 
     fn snapshot(&self) -> Vec<(GroupKey, Group)> {

@@ -6,9 +6,7 @@
 //! each event's group key to pick its shard, so a group's events always meet the same
 //! state and the groups spread over the cores. When the input ends (a drain), every shard
 //! hands back its open groups and the router writes them to one checkpoint file, which the
-//! next start reads back and spreads over its shards again. In a batch run (`weir run
-//! --batch`) the input is a finished range: its end closes every window, as a complete
-//! result, and nothing is checkpointed or restored.
+//! next start reads back and spreads over its shards again.
 
 mod checkpoint;
 mod groups;
@@ -21,7 +19,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -34,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::handover::{Arrival, Handover};
 use super::window::{GroupKey, Outcome, WindowSpec};
 use super::{AggregatorContext, LATE};
+use crate::config::aggregator::EndOfInput;
 use crate::config::{ComponentId, OutputName};
 use crate::event::{Delivery, DeliveryStatus, Event, EventBatch};
 use crate::telemetry::events::{
@@ -81,26 +80,23 @@ pub trait WindowEngine: Send + 'static {
 
     fn import(&mut self, groups: Vec<(GroupKey, Self::Group)>);
 
-    /// Closes every open window, emitting its result, and forgets all state: early
-    /// (marked `partial: true`: a reload replaced the aggregator with one that cannot take
-    /// its windows over), or at the end of a batch run's input (complete: no event can
-    /// come for them any more).
-    fn close_all(&mut self, closing: Closing, emitted: &mut Vec<Event>);
-}
+    /// Closes every open window early, emitting its result marked `partial: true`, and
+    /// forgets all state (a reload replaced the aggregator with one that cannot take its
+    /// windows over).
+    fn close_all(&mut self, emitted: &mut Vec<Event>);
 
-/// Why every open window is being closed at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Closing {
-    /// Before its time (a reload with another window definition): results are partial.
-    Early,
-    /// The input is finished (a batch run): results are complete.
-    EndOfInput,
-}
-
-impl Closing {
-    /// Whether results closed this way are marked `partial`.
-    pub fn partial(self) -> bool {
-        self == Self::Early
+    /// The input has ended and no more will come ([`EndOfInput::CloseWindows`]): time
+    /// moves on, so every open window closes as it does when its group goes idle (a
+    /// complete result, not a partial one). `input_end` is the latest event time of the
+    /// whole input, every shard's. By default, a tick far past every idle timeout.
+    fn finish(&mut self, _input_end: Option<i64>, emitted: &mut Vec<Event>) {
+        const LATER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        let now = Instant::now();
+        let later = now
+            .checked_add(LATER)
+            .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+            .unwrap_or(now);
+        self.tick(i64::MAX, later, false, emitted);
     }
 }
 
@@ -171,29 +167,25 @@ pub fn spawn<E: WindowEngine>(
         .get_or_insert_with(|| Arc::new(Handover::default()));
     let arrival = handover.arrive(&cx.id, definition);
     let metrics = cx.telemetry.window_metrics(&runner.spec.names);
-    // A batch run reads its whole range: windows of another run are none of its business.
-    let bounded = cx.run.batch().is_some();
     Ok(Box::pin(async move {
         wait_for_predecessors(&arrival.predecessors, &cx.id).await;
-        if !bounded {
-            let superseded = restore(&mut engines, &checkpoint, &cx.telemetry)?;
-            if !superseded.closed.is_empty() {
-                cx.out.send(EventBatch::new(superseded.closed)).await;
-            }
-            // Only now: until the results are on their way, the files are all that holds them.
-            for file in superseded.files {
-                std::fs::remove_file(&file)?;
-            }
+        let superseded = restore(&mut engines, &checkpoint, &cx.telemetry)?;
+        if !superseded.closed.is_empty() {
+            cx.out.send(EventBatch::new(superseded.closed)).await;
+        }
+        // Only now: until the results are on their way, the files are all that holds them.
+        for file in superseded.files {
+            std::fs::remove_file(&file)?;
         }
         let close = Arc::new(AtomicBool::new(false));
+        let input_end = Arc::new(AtomicI64::new(i64::MIN));
         let mut senders = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
         for (n, (engine, spare)) in engines.into_iter().zip(spares).enumerate() {
             let (tx, rx) = mpsc::channel::<EventBatch>(4);
             senders.push(tx);
             let shard = Shard {
-                checkpoint: (!bounded).then(|| shard_path(&checkpoint, n)),
-                bounded,
+                checkpoint: Some(shard_path(&checkpoint, n)),
                 checkpoint_every: runner.checkpoint_every,
                 hold: runner.hold,
                 held: Vec::new(),
@@ -208,6 +200,8 @@ pub fn spawn<E: WindowEngine>(
                 reported_open: 0,
                 tick: runner.tick,
                 emit_every: runner.emit_every,
+                end_of_input: cx.end_of_input,
+                input_end: Arc::clone(&input_end),
             };
             handles.push(tokio::spawn(shard.run()));
         }
@@ -215,7 +209,7 @@ pub fn spawn<E: WindowEngine>(
             handover,
             arrival,
             close,
-            bounded,
+            input_end,
         };
         route(cx, checkpoint, runner.spec, senders, handles, retirement).await
     }))
@@ -228,8 +222,9 @@ struct Retirement {
     arrival: Arrival,
     /// Set before the shards' inputs close: close every window early and emit it.
     close: Arc<AtomicBool>,
-    /// A batch run: the end of input closes every window, and nothing is checkpointed.
-    bounded: bool,
+    /// The latest event time routed, kept only with [`EndOfInput::CloseWindows`] (the
+    /// shards' [`WindowEngine::finish`] reads it); `i64::MIN` before any.
+    input_end: Arc<AtomicI64>,
 }
 
 /// Waits for the instances this one replaces; after a while, starts anyway (a stuck old
@@ -257,7 +252,20 @@ async fn route<G: Serialize + Send + 'static>(
 ) -> anyhow::Result<()> {
     let shards = senders.len();
     let mut parts: Vec<Vec<Event>> = (0..shards).map(|_| Vec::new()).collect();
+    let track_end = cx.end_of_input == EndOfInput::CloseWindows;
     while let Some(batch) = cx.input.recv().await {
+        if track_end {
+            let latest = batch
+                .events
+                .iter()
+                .filter_map(|e| spec.time_of(e).ok())
+                .max();
+            if let Some(latest) = latest {
+                retirement
+                    .input_end
+                    .fetch_max(latest, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
         if shards == 1 {
             hand_to(&senders[0], batch, &cx.telemetry).await;
             continue;
@@ -278,7 +286,7 @@ async fn route<G: Serialize + Send + 'static>(
         && retirement
             .handover
             .carried_over(&cx.id, &retirement.arrival);
-    let closing = replaced && !carried_over && !retirement.bounded;
+    let closing = replaced && !carried_over;
     retirement
         .close
         .store(closing, std::sync::atomic::Ordering::Release);
@@ -298,9 +306,7 @@ async fn route<G: Serialize + Send + 'static>(
         held.extend(shard.held);
         closed_early += shard.closed_early;
     }
-    if retirement.bounded {
-        tracing::debug!(component_id = %cx.id, "the input ended: every window was closed");
-    } else if closing {
+    if closing {
         for shard in 0..shards {
             let _ = tokio::fs::remove_file(shard_path(&checkpoint, shard)).await;
         }
@@ -360,7 +366,7 @@ fn closing<E: WindowEngine>(spare: &mut E, groups: &[(GroupKey, E::Group)]) -> V
     }
     let mut results = Vec::new();
     spare.import(groups.to_vec());
-    spare.close_all(Closing::Early, &mut results);
+    spare.close_all(&mut results);
     results.iter().map(Closed::of).collect()
 }
 
@@ -402,8 +408,6 @@ struct Shard<E> {
     held: Vec<Arc<Delivery>>,
     /// Set by the router when the instance retires without a successor to take its windows.
     close: Arc<AtomicBool>,
-    /// A batch run: the end of input closes every window as complete.
-    bounded: bool,
     input: mpsc::Receiver<EventBatch>,
     out: Outputs,
     id: ComponentId,
@@ -413,6 +417,9 @@ struct Shard<E> {
     reported_open: i64,
     tick: Duration,
     emit_every: Option<Duration>,
+    end_of_input: EndOfInput,
+    /// The latest event time of the whole input (see [`Retirement::input_end`]).
+    input_end: Arc<AtomicI64>,
 }
 
 impl<E: WindowEngine> Shard<E> {
@@ -442,16 +449,15 @@ impl<E: WindowEngine> Shard<E> {
             }
         }
         let mut closed_early = 0;
-        let how = match self.close.load(std::sync::atomic::Ordering::Acquire) {
-            true => Some(Closing::Early),
-            false => self.bounded.then_some(Closing::EndOfInput),
-        };
-        if let Some(how) = how {
-            self.engine.close_all(how, &mut emitted);
-            if how == Closing::Early {
-                closed_early = emitted.len();
-            }
+        if self.close.load(std::sync::atomic::Ordering::Acquire) {
+            self.engine.close_all(&mut emitted);
+            closed_early = emitted.len();
             chain(std::mem::take(&mut self.held), &mut emitted);
+            self.emit(&mut emitted).await;
+        } else if self.end_of_input == EndOfInput::CloseWindows {
+            let end = self.input_end.load(std::sync::atomic::Ordering::Acquire);
+            self.engine
+                .finish((end != i64::MIN).then_some(end), &mut emitted);
             self.emit(&mut emitted).await;
         }
         self.metrics.open_windows.dec_by(self.reported_open);

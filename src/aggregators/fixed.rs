@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 use std::collections::HashMap;
 
 use super::aggregate::Accumulator;
-use super::engine::{Closing, WindowEngine};
+use super::engine::WindowEngine;
 use super::window::{Admitted, GroupKey, InvalidValues, Outcome, WindowSpec};
 use crate::event::Event;
 
@@ -310,7 +310,7 @@ impl WindowEngine for FixedWindows {
         self.spec.definition(format_args!("{:?}", self.assigner))
     }
 
-    fn close_all(&mut self, closing: Closing, emitted: &mut Vec<Event>) {
+    fn close_all(&mut self, emitted: &mut Vec<Event>) {
         let size = self.assigner.size();
         for (key, slot) in &self.index {
             let group = &self.slots[*slot as usize];
@@ -319,7 +319,7 @@ impl WindowEngine for FixedWindows {
             }
             let keys = keys_of(&self.spec, key, group).into_owned();
             for window in &group.windows {
-                emitted.push(result(&self.spec, &keys, window, size, closing.partial()));
+                emitted.push(result(&self.spec, &keys, window, size, true));
             }
         }
         self.export();

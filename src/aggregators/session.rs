@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::aggregate::Accumulator;
-use super::engine::{Closing, GroupState, Groups, WindowEngine};
+use super::engine::{GroupState, Groups, WindowEngine};
 use super::window::{
     Admitted, GroupKey, InvalidValues, Outcome, WindowSpec, millis, window_config,
 };
@@ -347,17 +347,11 @@ impl WindowEngine for SessionWindows {
         self.groups.export()
     }
 
-    fn close_all(&mut self, closing: Closing, emitted: &mut Vec<Event>) {
+    fn close_all(&mut self, emitted: &mut Vec<Event>) {
         for group in self.groups.by_key.values_mut() {
             for session in group.sessions.drain(..) {
                 let end = session_end(&session, self.gap, self.max_duration);
-                emitted.push(result(
-                    &self.spec,
-                    &group.keys,
-                    &session,
-                    end,
-                    closing.partial(),
-                ));
+                emitted.push(result(&self.spec, &group.keys, &session, end, true));
             }
         }
         self.groups.export();

@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::engine::{Closing, GroupState, Groups, WindowEngine};
+use super::engine::{GroupState, Groups, WindowEngine};
 use super::window::{
     Admitted, GroupKey, InvalidValues, Outcome, WindowSpec, millis, window_config,
 };
@@ -253,18 +253,10 @@ impl WindowEngine for SlidingWindows {
         self.groups.export()
     }
 
-    fn close_all(&mut self, closing: Closing, emitted: &mut Vec<Event>) {
+    fn close_all(&mut self, emitted: &mut Vec<Event>) {
         let Groups { by_key, open } = &mut self.groups;
         for group in by_key.values_mut() {
-            emit_until(
-                &self.spec,
-                self.size,
-                group,
-                i64::MAX,
-                open,
-                closing.partial(),
-                emitted,
-            );
+            emit_until(&self.spec, self.size, group, i64::MAX, open, true, emitted);
         }
         self.groups.export();
     }

@@ -293,6 +293,7 @@ impl RunningTopology {
             instance_id: &self.instance_id,
             channel_max_events: config.globals.channel_max_events.get(),
             run: &config.globals.run,
+            end_of_input: config.globals.end_of_input,
         }
     }
 
