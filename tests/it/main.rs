@@ -28,6 +28,8 @@ mod delta_once;
 mod delta_outage;
 mod device_gateway;
 mod device_gateway_c2d;
+mod device_gateway_methods;
+mod device_gateway_twin;
 mod disk_buffer;
 mod fuzz_corpus;
 mod http_limits;

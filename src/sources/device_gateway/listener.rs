@@ -8,7 +8,8 @@ use tokio::task::JoinSet;
 
 use super::connections::Connections;
 use super::telemetry::Decoders;
-use super::{DeviceGatewayConfig, Gateway, session};
+use super::{DeviceGatewayConfig, Gateway, session, twin};
+use crate::device_sessions::DeviceSessions;
 use crate::devicebound::Devicebound;
 use crate::registry::Registry;
 use crate::sources::SourceContext;
@@ -41,11 +42,16 @@ pub(super) fn build(
             cx.services.get_or_insert_with(|| queues)
         }
     };
+    let sessions = cx
+        .services
+        .get_or_insert_with(|| Arc::new(DeviceSessions::new()));
+    sessions.report_to(cx.telemetry.device_method_metrics());
     let metrics = cx.telemetry.gateway_metrics();
     devicebound.report_depth(metrics.devicebound_messages.clone());
     let gateway = Arc::new(Gateway {
         registry,
         devicebound,
+        sessions,
         decoders: Decoders::new(&config.decoding),
         source: cx.id.as_arc(),
         out: cx.out,
@@ -66,6 +72,8 @@ pub(super) fn build(
         let listening = gateway.telemetry.connected();
         listening.set(1);
         tracing::info!(component_id = %id, %listen, "device gateway listening");
+        // Ends with the same shutdown as the sessions.
+        let pushes = tokio::spawn(twin::push_desired_changes(Arc::clone(&gateway)));
         let mut sessions = JoinSet::new();
         loop {
             let (tcp, peer) = tokio::select! {
@@ -94,6 +102,7 @@ pub(super) fn build(
         }
         drop(listener);
         listening.set(0);
+        let _ = pushes.await;
         // Sessions see the same shutdown: they stop reading and hand in their last acks.
         let drained = async { while sessions.join_next().await.is_some() {} };
         if tokio::time::timeout(gateway.ack_timeout + STOP_GRACE, drained)

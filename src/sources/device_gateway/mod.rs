@@ -27,8 +27,16 @@
 //! `devices/{id}/messages/devicebound/{property bag}` at QoS 1, one at a time, once the
 //! device subscribes to them, and leave the queue on its PUBACK ([`devicebound`]).
 //!
-//! Not served yet: `$iothub/…` requests (twins, direct methods: such a publish closes the
-//! connection), feedback and dead-lettering of expired cloud-to-device messages,
+//! Direct methods: a device subscribed to `$iothub/methods/POST/#` is reachable through
+//! the `device_sessions` service (registered by its session); a call goes out on
+//! `$iothub/methods/POST/{name}/?$rid=…` and the device's `$iothub/methods/res/{status}/`
+//! answer goes back to the caller ([`methods`]). Twins ([`twin`]): `$iothub/twin/GET/`
+//! answers the registry's properties with their `$version`s, a reported PATCH merges into
+//! the registry, and each desired change the registry announces is pushed to a subscribed
+//! device on `$iothub/twin/PATCH/properties/desired/?$version=n`. Any other `$iothub/…`
+//! publish closes the connection ([`hub`]).
+//!
+//! Not served yet: feedback and dead-lettering of expired cloud-to-device messages,
 //! provisioning, X.509 client certificates, per-device rate limits, MQTT over WebSocket,
 //! modules. AMQP is out of scope.
 //!
@@ -47,10 +55,13 @@ mod auth;
 mod config;
 mod connections;
 mod devicebound;
+mod hub;
 mod listener;
+mod methods;
 mod session;
 mod telemetry;
 mod topics;
+mod twin;
 mod wire;
 
 use std::sync::Arc;
@@ -60,6 +71,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::DeviceGatewayConfig;
 
+use crate::device_sessions::DeviceSessions;
 use crate::devicebound::Devicebound;
 use crate::registry::Registry;
 use crate::telemetry::{ComponentTelemetry, GatewayMetrics};
@@ -69,6 +81,8 @@ use crate::topology::channel::Outputs;
 struct Gateway {
     registry: Arc<Registry>,
     devicebound: Arc<Devicebound>,
+    /// Where direct methods and desired changes for its devices come from.
+    sessions: Arc<DeviceSessions>,
     decoders: telemetry::Decoders,
     source: Arc<str>,
     out: Outputs,
