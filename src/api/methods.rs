@@ -36,7 +36,7 @@ pub fn routes(routes: Routes) -> Routes {
 /// A direct-method call.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Request {
+struct MethodCall {
     /// What the device gets as the method's payload (JSON; `null` for none).
     #[schema(value_type = Object)]
     payload: Value,
@@ -75,7 +75,7 @@ struct MethodResult {
         ("id" = String, Path, description = "The device's id"),
         ("name" = String, Path, description = "The method's name"),
     ),
-    request_body = Request,
+    request_body = MethodCall,
     responses(
         (status = 200, description = "The device answered", body = MethodResult),
         (status = 404, description = "No such device, or it is not connected", body = ErrorBody),
@@ -88,10 +88,10 @@ async fn invoke(
     Path((id, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let request = (|| -> Result<Request, Answer> {
+    let request = (|| -> Result<MethodCall, Answer> {
         scope::check(&*registry(&state)?, &caller, &id, Role::Operator)
             .map_err(|(status, message)| error(status, message))?;
-        let request: Request = parse(&body)?;
+        let request: MethodCall = parse(&body)?;
         if !(5..=300).contains(&request.response_timeout) {
             return Err(error(
                 StatusCode::BAD_REQUEST,
