@@ -272,6 +272,27 @@ mod tests {
             Value::Object(device.reported.clone()),
             json!({"temp": {"max": 80}})
         );
+        // A device PATCH that replaces `desired` is a desired change too: what it removed
+        // goes out as `null`.
+        let replace = crate::registry::DevicePatch {
+            desired: Some(props(json!({"light": "on"}))),
+            ..Default::default()
+        };
+        let replaced = registry.update("t1", replace, None).unwrap();
+        assert_eq!(replaced.desired_version, 3);
+        let change = feed.try_recv().unwrap();
+        assert!(change.desired_patch.is_none(), "the reported patch's change");
+        let change = feed.try_recv().unwrap();
+        assert_eq!(
+            change.desired_patch.as_deref().cloned().map(Value::Object),
+            Some(json!({"fan": null, "light": "on"}))
+        );
+        let untouched = crate::registry::DevicePatch {
+            tags: Some(props(json!({"site": "a"}))),
+            ..Default::default()
+        };
+        let tagged = registry.update("t1", untouched, None).unwrap();
+        assert_eq!((tagged.desired_version, tagged.reported_version), (3, 3));
         assert_eq!(
             document(&device),
             json!({"desired": {"fan": "low", "$version": 2}, "reported": {"temp": {"max": 80}, "$version": 3}})
