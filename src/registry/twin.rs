@@ -281,7 +281,10 @@ mod tests {
         let replaced = registry.update("t1", replace, None).unwrap();
         assert_eq!(replaced.desired_version, 3);
         let change = feed.try_recv().unwrap();
-        assert!(change.desired_patch.is_none(), "the reported patch's change");
+        assert!(
+            change.desired_patch.is_none(),
+            "the reported patch's change"
+        );
         let change = feed.try_recv().unwrap();
         assert_eq!(
             change.desired_patch.as_deref().cloned().map(Value::Object),

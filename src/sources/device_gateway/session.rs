@@ -72,9 +72,6 @@ where
         return;
     }
     let claim = gateway.connections.claim(&device_id);
-    let (registration, mut requests) = gateway
-        .sessions
-        .register(&device_id, std::sync::Arc::clone(&gateway.source));
     let _ = out_tx
         .send(Packet::ConnAck(ConnAck::new(
             ConnectReturnCode::Success,
@@ -110,25 +107,20 @@ where
         pending: pending_tx,
         subscriptions: BTreeSet::new(),
         deliveries: None,
-        registration,
+        link: None,
     };
     let reason = session
-        .run(
-            &mut reader,
-            &mut requests,
-            keep_alive * 3 / 2,
-            (&claim.replaced, &broken),
-        )
+        .run(&mut reader, keep_alive * 3 / 2, (&claim.replaced, &broken))
         .await;
     let Session {
         out,
         pending,
         deliveries,
-        registration,
+        link,
         ..
     } = session;
     // Unreachable from now on: calls waiting for its answers end.
-    drop(registration);
+    drop(link);
     // A message in flight stays queued for the next connection.
     drop(deliveries);
     // Stopping, let what the pipeline took be acknowledged (within `ack_timeout`) before
@@ -159,9 +151,10 @@ struct Session<'a> {
     subscriptions: BTreeSet<String>,
     /// Cloud-to-device delivery, once the device subscribed to it.
     deliveries: Option<Deliveries>,
-    /// The device's place in the `device_sessions` service (direct methods, desired
-    /// changes).
-    registration: Registration,
+    /// The device's place in the `device_sessions` service, and the requests (direct
+    /// methods, desired changes) coming from it: made when the device first subscribes
+    /// to them, so that a device that only sends telemetry costs nothing there.
+    link: Option<(Registration, mpsc::Receiver<ToDevice>)>,
 }
 
 impl Session<'_> {
@@ -169,7 +162,6 @@ impl Session<'_> {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut PacketReader<R>,
-        requests: &mut mpsc::Receiver<ToDevice>,
         idle_limit: Duration,
         (replaced, broken): (&CancellationToken, &CancellationToken),
     ) -> &'static str {
@@ -180,7 +172,7 @@ impl Session<'_> {
                 _ = self.gateway.shutdown.cancelled() => return "shutdown",
                 _ = replaced.cancelled() => return "replaced",
                 _ = broken.cancelled() => return "not_committed",
-                Some(request) = requests.recv() => Err(request),
+                Some(request) = next_request(&mut self.link) => Err(request),
                 read = tokio::time::timeout_at(idle_until, reader.next()) => match read {
                     Err(_) => return "keep_alive_expired",
                     Ok(Err(e)) => return e.reason(),
@@ -205,7 +197,9 @@ impl Session<'_> {
                     for filter in &unsubscribe.topics {
                         self.subscriptions.remove(filter);
                         for kind in hub::subscriptions(filter) {
-                            self.registration.set(kind, false);
+                            if let Some((registration, _)) = &self.link {
+                                registration.set(kind, false);
+                            }
                         }
                         if is_devicebound_filter(self.device_id, filter) {
                             self.deliveries = None;
@@ -375,7 +369,12 @@ impl Session<'_> {
                     ));
                 }
                 for kind in hub::subscriptions(&filter.path) {
-                    self.registration.set(kind, true);
+                    let gateway = self.gateway;
+                    let (registration, _) = self.link.get_or_insert_with(|| {
+                        let source = std::sync::Arc::clone(&gateway.source);
+                        gateway.sessions.register(self.device_id, source)
+                    });
+                    registration.set(kind, true);
                 }
                 self.subscriptions.insert(filter.path);
                 let qos = match filter.qos {
@@ -389,6 +388,17 @@ impl Session<'_> {
         }
         self.send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
             .await
+    }
+}
+
+/// The next request for the device, once it has a place in the `device_sessions`
+/// service (never, until then).
+async fn next_request(
+    link: &mut Option<(Registration, mpsc::Receiver<ToDevice>)>,
+) -> Option<ToDevice> {
+    match link {
+        Some((_, requests)) => requests.recv().await,
+        None => std::future::pending().await,
     }
 }
 
