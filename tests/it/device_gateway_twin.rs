@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::azure_device::SdkDevice;
 use crate::support::azure_sdk::{self, connection_string, gateway_address};
-use crate::support::{Weir, free_port, metric_in};
+use crate::support::{Weir, eventually, free_port, lines, metric_in};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -49,8 +49,10 @@ api: {{ listen: '{api}' }}
 registry: {{}}
 sources:
   devices: {gateway}
+  lifecycle: {{ type: device_registry, events: [updated] }}
 sinks:
   out: {{ type: file, inputs: [devices], path: '{d}/out.ndjson' }}
+  changes: {{ type: file, inputs: [lifecycle], path: '{d}/changes.ndjson' }}
 ",
         d = dir.path().display(),
         gateway = azure_sdk::gateway_source(dir.path(), host),
@@ -88,6 +90,13 @@ sinks:
     let record = weir.get_json("/v1/devices/thermo-t1").await;
     assert_eq!(record["reported"]["battery"], 88, "{record}");
     assert_eq!(record["reported_version"], 3);
+    // Each report is the registry's lifecycle event `updated`.
+    let changes = dir.path().join("changes.ndjson");
+    assert!(eventually(MINUTE, || lines(&changes).len() >= 2).await);
+    let last = &lines(&changes)[1];
+    assert_eq!(last["event"], "updated", "{last}");
+    assert_eq!(last["device"]["reported"]["battery"], 88, "{last}");
+    assert_eq!(last["device"]["reported_version"], 3, "{last}");
     device.command(r#"report {"firmware": null}"#);
     assert_eq!(device.next_json(MINUTE).await, json!({ "reported": true }));
 
