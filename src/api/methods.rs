@@ -7,7 +7,8 @@
 //! service the device gateways register their devices in. 200 with the device's answer
 //! (whatever status it chose); 404 when the device is not in the registry, or not
 //! connected and subscribed to direct methods within `connect_timeout` (or disconnected
-//! before answering); 504 when it does not answer within `response_timeout`.
+//! before answering); 504 when it does not answer within `response_timeout`; 503 while
+//! no device gateway (nor `direct_method` action) runs.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -191,6 +191,7 @@ async fn a_direct_method_action_calls_the_device_that_overheats() {
     let rest = format!(
         "transforms:
   hot: {{ type: filter, inputs: [devices], condition: 'temperature > 90' }}
+  relay: {{ type: filter, inputs: [devices], condition: 'target is defined' }}
 actions:
   cool_down:
     type: direct_method
@@ -199,13 +200,20 @@ actions:
     payload: '{{\"from\": {{{{ temperature }}}}}}'
     connect_timeout: 10s
     response_timeout: 20s
+  wake:
+    type: direct_method
+    inputs: [relay]
+    device_id: '{{{{ target }}}}'
+    method: wake_up
+    retry: {{ attempts: 100, initial_backoff: 100ms, max_backoff: 500ms }}
 sinks:
-  outcomes: {{ type: file, inputs: [cool_down.outcomes], path: '{d}/outcomes.ndjson' }}
+  outcomes: {{ type: file, inputs: [cool_down.outcomes, wake.outcomes], path: '{d}/outcomes.ndjson' }}
 "
     );
     let pipeline = write_pipeline(dir.path(), host, api, &rest);
     let weir = Weir::start(dir.path(), &pipeline, api).await;
     let key = register(&weir, "oven-a1").await;
+    let other_key = register(&weir, "oven-a2").await;
     let conn = connection_string(host, "oven-a1", &key);
     let ca = dir.path().join("ca.pem");
     let mut device = SdkDevice::start(dir.path(), "oven-a1", &conn, &ca, &["--methods=200"]).await;
@@ -244,6 +252,45 @@ sinks:
     // Only the hot reading called it.
     assert!(device.is_quiet_for(Duration::from_secs(1)).await);
     assert_eq!(lines(&outcomes).len(), 1);
+
+    // A call to a device that is not connected is retried until it is.
+    device.command(r#"send {"temperature": 50, "target": "oven-a2"}"#);
+    assert_eq!(device.next_json(MINUTE).await, json!({ "sent": true }));
+    let mut retried = false;
+    for _ in 0..600 {
+        let metrics = weir.metrics().await;
+        if metric_in(
+            &metrics,
+            "device_methods_total",
+            &["outcome=\"not_connected\""],
+        ) >= 2.0
+        {
+            retried = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        retried,
+        "the call was tried (and retried) while oven-a2 was away"
+    );
+    assert_eq!(lines(&outcomes).len(), 1, "not given up: no outcome yet");
+    let conn = connection_string(host, "oven-a2", &other_key);
+    let mut other = SdkDevice::start(dir.path(), "oven-a2", &conn, &ca, &["--methods=202"]).await;
+    assert_eq!(
+        other.next_json(MINUTE).await,
+        json!({ "method": "wake_up", "payload": null })
+    );
+    assert!(eventually(MINUTE, || lines(&outcomes).len() == 2).await);
+    let woken = &lines(&outcomes)[1];
+    assert_eq!(woken["device_id"], "oven-a2", "{woken}");
+    assert_eq!(woken["outcome"], "answered");
+    assert_eq!(woken["status"], 202);
+    assert!(
+        device.is_quiet_for(Duration::from_millis(200)).await,
+        "oven-a1 was not called"
+    );
+    other.stop().await;
     device.stop().await;
     assert!(weir.terminate().success());
 }
