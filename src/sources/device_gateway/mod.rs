@@ -27,6 +27,13 @@
 //! `devices/{id}/messages/devicebound/{property bag}` at QoS 1, one at a time, once the
 //! device subscribes to them, and leave the queue on its PUBACK ([`devicebound`]).
 //!
+//! Provisioning: with `provisioning`, the same listener serves the provisioning
+//! service's protocol to devices holding an enrollment group's derived key
+//! ([`provisioning`]). X.509: with `client_auth: optional`, a device may authenticate
+//! with a certificate whose thumbprint is its `x509_thumbprint` ([`x509`]). A
+//! `rate_limit` slows a device's telemetry to its rate ([`rate`]); `$.ce` must be
+//! `utf-8` or absent ([`content_encoding`]).
+//!
 //! Direct methods: a device subscribed to `$iothub/methods/POST/#` is reachable through
 //! the `device_sessions` service (registered by its session); a call goes out on
 //! `$iothub/methods/POST/{name}/?$rid=…` and the device's `$iothub/methods/res/{status}/`
@@ -37,8 +44,7 @@
 //! publish closes the connection ([`hub`]).
 //!
 //! Not served yet: feedback and dead-lettering of expired cloud-to-device messages,
-//! provisioning, X.509 client certificates, per-device rate limits, MQTT over WebSocket,
-//! modules. AMQP is out of scope.
+//! CA-signed X.509 certificates, MQTT over WebSocket, modules. AMQP is out of scope.
 //!
 //! # How it is built
 //!
@@ -54,15 +60,19 @@
 mod auth;
 mod config;
 mod connections;
+mod content_encoding;
 mod devicebound;
 mod hub;
 mod listener;
 mod methods;
+mod provisioning;
+mod rate;
 mod session;
 mod telemetry;
 mod topics;
 mod twin;
 mod wire;
+mod x509;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,5 +104,7 @@ struct Gateway {
     connect_timeout: Duration,
     max_inflight: usize,
     ack_timeout: Duration,
+    provisioning: Option<provisioning::ProvisioningConfig>,
+    rates: Option<Arc<rate::DeviceRates>>,
     shutdown: CancellationToken,
 }

@@ -23,10 +23,12 @@ use tokio_util::sync::CancellationToken;
 use super::connections::Connections;
 use super::devicebound::{Deliveries, is_devicebound_filter};
 use super::hub::{self, HubRequest};
+use super::rate::DeviceRate;
 use super::telemetry;
 use super::topics::{self, PublishTopic};
 use super::wire::{self, PacketReader};
-use super::{Gateway, auth, methods, twin};
+use super::x509::Thumbprints;
+use super::{Gateway, auth, methods, provisioning, twin};
 use crate::config::OutputName;
 use crate::device_sessions::{Registration, ToDevice};
 use crate::event::{Delivery, DeliveryStatus, EventBatch};
@@ -42,7 +44,7 @@ use crate::telemetry::events::{
 type Pending = (u16, Option<oneshot::Receiver<DeliveryStatus>>);
 
 /// Serves one accepted (TLS) connection until it ends.
-pub(super) async fn serve<S>(gateway: Arc<Gateway>, stream: S)
+pub(super) async fn serve<S>(gateway: Arc<Gateway>, stream: S, certificate: Option<Thumbprints>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -56,8 +58,13 @@ where
         // Not MQTT, too slow, or not a CONNECT first: nothing to answer.
         return;
     };
+    if provisioning::is_registration(&connect) {
+        provisioning::serve(&gateway, &connect, &mut reader, out_tx).await;
+        let _ = writer.await;
+        return;
+    }
     let device_id = connect.client_id.clone();
-    if let Err(refusal) = auth::admit(&gateway.registry, &connect) {
+    if let Err(refusal) = auth::admit(&gateway.registry, &connect, certificate.as_ref()) {
         DeviceRefused {
             device_id: &device_id,
             reason: refusal.reason,
@@ -108,6 +115,7 @@ where
         subscriptions: BTreeSet::new(),
         deliveries: None,
         link: None,
+        rate: gateway.rates.as_ref().map(|rates| rates.of(&device_id)),
     };
     let reason = session
         .run(&mut reader, keep_alive * 3 / 2, (&claim.replaced, &broken))
@@ -155,6 +163,8 @@ struct Session<'a> {
     /// methods, desired changes) coming from it: made when the device first subscribes
     /// to them, so that a device that only sends telemetry costs nothing there.
     link: Option<(Registration, mpsc::Receiver<ToDevice>)>,
+    /// The device's telemetry rate limit, when the gateway has one.
+    rate: Option<DeviceRate>,
 }
 
 impl Session<'_> {
@@ -247,6 +257,9 @@ impl Session<'_> {
                 return Err("topic_violation");
             }
         };
+        if let Some(rate) = &self.rate {
+            rate.admit().await;
+        }
         let gateway = self.gateway;
         EventsReceived {
             count: 0,
