@@ -38,6 +38,7 @@ pub mod cli;
 pub mod codecs;
 pub mod config;
 pub mod daemon;
+pub mod device_sessions;
 pub mod devicebound;
 pub mod event;
 pub mod fault;

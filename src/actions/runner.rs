@@ -62,7 +62,23 @@ pub trait Notifier: Send + Sync + 'static {
         message: &Self::Message,
         key: &IdempotencyKey,
     ) -> impl Future<Output = Result<(), SendError>> + Send;
+
+    /// The event that reports how `message` (made from `event`) ended, sent or failed
+    /// for good (`Err`, after the last attempt), on the action's [`OUTCOMES`] output;
+    /// `None` (the default, for actions without that output) reports nothing.
+    fn outcome(
+        &self,
+        _event: &Event,
+        _message: &Self::Message,
+        _result: Result<(), &str>,
+    ) -> Option<Event> {
+        None
+    }
 }
+
+/// The output on which an action that has it reports how each notification ended (a
+/// `direct_method` action: the device's answer).
+pub const OUTCOMES: &str = "outcomes";
 
 /// Renders `template` for one event; the error names the option.
 pub fn render(
@@ -237,6 +253,14 @@ impl<N: Notifier> Runner<N> {
         // What was let through counts from now on, sent or not; written before the event
         // is acknowledged, so a restart neither repeats nor forgets it.
         self.remember();
+        let result = outcome.as_ref().map(|_| ()).map_err(String::as_str);
+        if let Some(report) = self.notifier.outcome(&event, &message, result) {
+            // Before the event is acknowledged: a crash reports it (and sends it) again.
+            self.reporter
+                .out
+                .send_named(OUTCOMES, EventBatch::new(vec![report]))
+                .await;
+        }
         match outcome {
             Ok(()) => {
                 let metrics = &self.reporter.metrics;

@@ -68,6 +68,17 @@ pub const ACCESS: &[(Method, &str, Access)] = &[
         "/v1/devices/{id}/messages/devicebound",
         Needs(Operator),
     ),
+    (
+        Method::POST,
+        "/v1/devices/{id}/methods/{name}",
+        OnDevice(Operator),
+    ),
+    (Method::GET, "/v1/devices/{id}/twin", OnDevice(Viewer)),
+    (
+        Method::PATCH,
+        "/v1/devices/{id}/twin/desired",
+        OnDevice(Operator),
+    ),
     (Method::GET, "/v1/enrollment-groups", Needs(Admin)),
     (Method::POST, "/v1/enrollment-groups", Needs(Admin)),
     (Method::GET, "/v1/enrollment-groups/{id}", Needs(Admin)),

@@ -21,12 +21,14 @@ mod devicebound;
 mod devices;
 mod forgery;
 mod groups;
+mod methods;
 pub mod openapi;
 mod records;
 mod rejections;
 pub mod reload;
 mod scope;
 mod tokens;
+mod twin;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,6 +121,8 @@ pub fn routes() -> access::Routes {
     let routes = devices::routes(routes);
     let routes = groups::routes(routes);
     let routes = devicebound::routes(routes);
+    let routes = methods::routes(routes);
+    let routes = twin::routes(routes);
     let routes = alarms::routes(routes);
     let routes = audit::routes(routes);
     tokens::routes(routes)

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::component::{ComponentId, ComponentTask, FieldProblem};
+use super::component::{ComponentId, ComponentTask, FieldProblem, OutputName};
 use super::options::Options;
 use super::service::Services;
 use crate::buffers::BufferConfig;
@@ -34,6 +34,11 @@ pub trait ActionComponent: Options {
         self.buffer().kind == Some(crate::buffers::BufferType::Disk)
     }
 
+    /// Outputs besides `errors` others may read (a `direct_method` action's `outcomes`).
+    fn named_outputs(&self) -> Vec<OutputName> {
+        Vec::new()
+    }
+
     fn build(&self, cx: ActionContext) -> anyhow::Result<ComponentTask>;
 }
 
@@ -41,8 +46,9 @@ pub trait ActionComponent: Options {
 pub struct ActionContext {
     pub id: ComponentId,
     pub input: InputReceiver,
-    /// The action's one output, `errors`: notifications that failed for good (a 4xx, a
-    /// template that cannot render, retries exhausted).
+    /// The action's outputs: `errors`, notifications that failed for good (a 4xx, a
+    /// template that cannot render, retries exhausted), and its
+    /// [`ActionComponent::named_outputs`].
     pub out: Outputs,
     pub telemetry: ComponentTelemetry,
     /// Where state that outlives the process goes.

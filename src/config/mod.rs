@@ -175,11 +175,10 @@ impl ComponentConfig {
         let mut outputs = match &self.options {
             SectionOptions::Transform(c) => c.named_outputs(),
             SectionOptions::Aggregator(c) => c.named_outputs(),
+            SectionOptions::Action(c) => c.named_outputs(),
             // Sources: payloads they could not turn into events; sinks and actions: what
             // they could not deliver for good (a rejected write, a 4xx).
-            SectionOptions::Source(_) | SectionOptions::Sink(_) | SectionOptions::Action(_) => {
-                Vec::new()
-            }
+            SectionOptions::Source(_) | SectionOptions::Sink(_) => Vec::new(),
         };
         outputs.push(OutputName::errors());
         outputs

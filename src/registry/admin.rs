@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{
     ChangeKind, Device, DevicePatch, DeviceSpec, Entry, Registry, RegistryError, Status,
-    check_etag, device, keys,
+    check_etag, device, keys, twin,
 };
 
 /// One page of a device listing.
@@ -57,11 +57,11 @@ impl Registry {
         self.modify(id, if_match, |device| {
             let before = device.status;
             patch.apply(device);
-            match (before, device.status) {
+            Ok(match (before, device.status) {
                 (Status::Enabled, Status::Disabled) => ChangeKind::Disabled,
                 (Status::Disabled, Status::Enabled) => ChangeKind::Enabled,
                 _ => ChangeKind::Updated,
-            }
+            })
         })
     }
 
@@ -86,15 +86,17 @@ impl Registry {
         self.modify(id, if_match, |device| {
             device.primary_key =
                 std::mem::replace(&mut device.secondary_key, keys::generate().into());
-            ChangeKind::KeyRotated
+            Ok(ChangeKind::KeyRotated)
         })
     }
 
-    fn modify(
+    /// Changes device `id` as `change` says (after checking `if_match`), giving its twin
+    /// new versions where its properties changed.
+    pub(super) fn modify(
         &self,
         id: &str,
         if_match: Option<&str>,
-        change: impl FnOnce(&mut Device) -> ChangeKind,
+        change: impl FnOnce(&mut Device) -> Result<ChangeKind, RegistryError>,
     ) -> Result<Device, RegistryError> {
         let _writer = self.lock_writer();
         let entry = self
@@ -102,10 +104,19 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(format!("device `{id}`")))?;
         check_etag(&entry.device.etag, if_match)?;
         let mut device = entry.snapshot();
-        let kind = change(&mut device);
+        let kind = change(&mut device)?;
         device.updated_at = Timestamp::now();
         device.etag = device::new_etag();
-        self.commit(device, kind)
+        let desired_patch = twin::bump_versions(&entry.device, &mut device);
+        let reported = entry.device.reported_version != device.reported_version;
+        let device = self.commit_desired(device, kind, desired_patch.clone())?;
+        if desired_patch.is_some() {
+            self.count_twin_update(twin::Side::Desired);
+        }
+        if reported {
+            self.count_twin_update(twin::Side::Reported);
+        }
+        Ok(device)
     }
 
     /// Removes a device. With `if_match`, refuses when the stored etag differs.

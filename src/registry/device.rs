@@ -58,6 +58,13 @@ pub struct Device {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub reported: Properties,
+    /// The twin's desired `$version`: 1 when the device is made, one more with every
+    /// change of `desired` (0 only in a record the store has not migrated).
+    #[serde(default)]
+    pub desired_version: u64,
+    /// The twin's reported `$version`, as `desired_version` for `reported`.
+    #[serde(default)]
+    pub reported_version: u64,
     /// The enrollment group the device registered through, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_group: Option<String>,
@@ -89,6 +96,8 @@ impl Device {
             tags: fields.tags.unwrap_or_default(),
             desired: fields.desired.unwrap_or_default(),
             reported: fields.reported.unwrap_or_default(),
+            desired_version: 1,
+            reported_version: 1,
             enrollment_group: None,
             created_at: now,
             updated_at: now,

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::{Entry, Registry};
+use super::{Entry, Properties, Registry};
 
 /// How many lifecycle events a slow `device_registry` source may fall behind before it
 /// misses some (it counts what it missed).
@@ -54,6 +54,10 @@ pub struct Change {
     pub kind: ChangeKind,
     pub device: Arc<Entry>,
     pub at: Timestamp,
+    /// When the change touched the desired properties: what changed, as a merge patch
+    /// (a removed property `null`), for gateways to push to the device with its new
+    /// `$version` (`device.device.desired_version`).
+    pub desired_patch: Option<Arc<Properties>>,
 }
 
 impl Registry {
@@ -63,11 +67,22 @@ impl Registry {
     }
 
     pub(super) fn announce(&self, kind: ChangeKind, device: Arc<Entry>) {
+        self.announce_desired(kind, device, None);
+    }
+
+    /// [`Self::announce`] of a change that may have touched the desired properties.
+    pub(super) fn announce_desired(
+        &self,
+        kind: ChangeKind,
+        device: Arc<Entry>,
+        desired_patch: Option<Properties>,
+    ) {
         // No subscriber is fine: lifecycle events are for pipelines that ask for them.
         let _ = self.feed.send(Change {
             kind,
             device,
             at: Timestamp::now(),
+            desired_patch: desired_patch.map(Arc::new),
         });
     }
 }

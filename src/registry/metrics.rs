@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Registry, Status};
-use crate::telemetry::{DeviceStatusLabels, Metrics, ReasonLabels};
+use crate::telemetry::{DeviceStatusLabels, Metrics, ReasonLabels, TwinKindLabels};
 
 impl Registry {
     /// Reports into `metrics` from now on (devices by status, auth failures, lookups).
@@ -26,6 +26,16 @@ impl Registry {
             m.registry_auth_failures
                 .get_or_create(&ReasonLabels {
                     reason: reason.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    pub(super) fn count_twin_update(&self, side: super::twin::Side) {
+        if let Some(m) = &*self.metrics.load() {
+            m.device_twin_updates
+                .get_or_create(&TwinKindLabels {
+                    kind: side.as_str().to_owned(),
                 })
                 .inc();
         }

@@ -31,6 +31,7 @@ mod groups;
 mod metrics;
 mod provisioning;
 mod service;
+pub mod twin;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -218,10 +219,21 @@ impl Registry {
     /// Writes a changed device: to the store, then to memory, then to the change feed.
     /// Callers hold the writer lock.
     fn commit(&self, device: Device, kind: ChangeKind) -> Result<Device, RegistryError> {
+        self.commit_desired(device, kind, None)
+    }
+
+    /// [`Self::commit`] of a change that may have touched the desired properties
+    /// (`desired_patch`: what changed, for the feed).
+    fn commit_desired(
+        &self,
+        device: Device,
+        kind: ChangeKind,
+        desired_patch: Option<Properties>,
+    ) -> Result<Device, RegistryError> {
         self.store.write_devices(&[&device], &[])?;
         let entry = Entry::new(device.clone());
         self.put(Arc::clone(&entry));
-        self.announce(kind, entry);
+        self.announce_desired(kind, entry, desired_patch);
         self.update_status_gauge();
         Ok(device)
     }

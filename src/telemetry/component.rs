@@ -265,6 +265,11 @@ impl ComponentTelemetry {
     }
 
     /// The series of a device gateway.
+    /// The process-wide direct-method series (for the `device_sessions` service).
+    pub fn device_method_metrics(&self) -> super::DeviceMethodMetrics {
+        self.metrics.device_methods()
+    }
+
     pub fn gateway_metrics(&self) -> GatewayMetrics {
         GatewayMetrics {
             metrics: self.metrics.clone(),

@@ -131,6 +131,37 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Direct-method calls by `outcome` (`answered`, `not_connected`, `timeout`,
+/// `disconnected`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodOutcomeLabels {
+    pub outcome: String,
+}
+
+/// Twin changes by `kind` (`desired`, `reported`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TwinKindLabels {
+    pub kind: String,
+}
+
+/// The series of direct-method calls to devices, process-wide (the calls come from the
+/// API and from actions, through the `device_sessions` service).
+#[derive(Clone)]
+pub struct DeviceMethodMetrics {
+    outcomes: Family<MethodOutcomeLabels, Counter>,
+    pub latency: Histogram,
+    pub stray_responses: Counter,
+}
+
+impl DeviceMethodMetrics {
+    /// The counter of calls that ended with `outcome`.
+    pub fn outcome(&self, outcome: &str) -> Counter {
+        self.outcomes.get_or_create_owned(&MethodOutcomeLabels {
+            outcome: outcome.to_owned(),
+        })
+    }
+}
+
 /// A histogram family of one bucket layout.
 pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -199,6 +230,10 @@ pub struct Metrics {
     pub gateway_throttled: Family<ComponentLabels, Counter>,
     pub gateway_registrations: Family<OutcomeLabels, Counter>,
     pub gateway_devicebound_messages: Family<ComponentLabels, Gauge>,
+    pub device_methods: Family<MethodOutcomeLabels, Counter>,
+    pub device_method_latency: Histogram,
+    pub device_method_stray_responses: Counter,
+    pub device_twin_updates: Family<TwinKindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -266,6 +301,11 @@ impl Default for Metrics {
             gateway_throttled: Family::default(),
             gateway_registrations: Family::default(),
             gateway_devicebound_messages: Family::default(),
+            device_methods: Family::default(),
+            // 1 ms to ~5 min.
+            device_method_latency: Histogram::new(exponential_buckets(0.001, 2.0, 19)),
+            device_method_stray_responses: Counter::default(),
+            device_twin_updates: Family::default(),
         }
     }
 }
@@ -544,6 +584,35 @@ impl Metrics {
             "Cloud-to-device messages waiting for their devices (queued, not yet acknowledged), all devices together",
             m.gateway_devicebound_messages,
         );
+        registry.register(
+            "device_methods",
+            "Direct-method calls to devices, by outcome (answered, not_connected, timeout, disconnected)",
+            m.device_methods,
+        );
+        registry.register(
+            "device_method_latency_seconds",
+            "Time from a direct-method request going to its device to the device's answer",
+            m.device_method_latency,
+        );
+        registry.register(
+            "device_method_stray_responses",
+            "Direct-method answers ignored: their request id was not pending for that device (late, or made up)",
+            m.device_method_stray_responses,
+        );
+        registry.register(
+            "device_twin_updates",
+            "Changes to device twins, by kind (desired: made through the API, reported: made by the device)",
+            m.device_twin_updates,
+        );
+    }
+
+    /// The direct-method series.
+    pub fn device_methods(&self) -> DeviceMethodMetrics {
+        DeviceMethodMetrics {
+            outcomes: self.device_methods.clone(),
+            latency: self.device_method_latency.clone(),
+            stray_responses: self.device_method_stray_responses.clone(),
+        }
     }
 }
 

@@ -34,6 +34,8 @@ mod device_gateway;
 mod device_gateway_c2d;
 mod device_gateway_dps;
 mod device_gateway_limits;
+mod device_gateway_methods;
+mod device_gateway_twin;
 mod device_gateway_x509;
 mod disk_buffer;
 mod fuzz_corpus;

@@ -9,7 +9,8 @@ use tokio::task::JoinSet;
 use super::connections::Connections;
 use super::rate::DeviceRates;
 use super::telemetry::Decoders;
-use super::{DeviceGatewayConfig, Gateway, session, x509};
+use super::{DeviceGatewayConfig, Gateway, session, twin, x509};
+use crate::device_sessions::DeviceSessions;
 use crate::devicebound::Devicebound;
 use crate::registry::Registry;
 use crate::sources::SourceContext;
@@ -42,6 +43,10 @@ pub(super) fn build(
             cx.services.get_or_insert_with(|| queues)
         }
     };
+    let sessions = cx
+        .services
+        .get_or_insert_with(|| Arc::new(DeviceSessions::new()));
+    sessions.report_to(cx.telemetry.device_method_metrics());
     let metrics = cx.telemetry.gateway_metrics();
     let rates = config
         .rate_limit
@@ -50,6 +55,7 @@ pub(super) fn build(
     let gateway = Arc::new(Gateway {
         registry,
         devicebound,
+        sessions,
         decoders: Decoders::new(&config.decoding),
         source: cx.id.as_arc(),
         out: cx.out,
@@ -72,6 +78,8 @@ pub(super) fn build(
         let listening = gateway.telemetry.connected();
         listening.set(1);
         tracing::info!(component_id = %id, %listen, "device gateway listening");
+        // Ends with the same shutdown as the sessions.
+        let pushes = tokio::spawn(twin::push_desired_changes(Arc::clone(&gateway)));
         let mut sessions = JoinSet::new();
         let mut prune = tokio::time::interval(PRUNE_RATES);
         loop {
@@ -108,6 +116,7 @@ pub(super) fn build(
         }
         drop(listener);
         listening.set(0);
+        let _ = pushes.await;
         // Sessions see the same shutdown: they stop reading and hand in their last acks.
         let drained = async { while sessions.join_next().await.is_some() {} };
         if tokio::time::timeout(gateway.ack_timeout + STOP_GRACE, drained)

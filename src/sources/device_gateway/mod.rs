@@ -34,8 +34,16 @@
 //! `rate_limit` slows a device's telemetry to its rate ([`rate`]); `$.ce` must be
 //! `utf-8` or absent ([`content_encoding`]).
 //!
-//! Not served yet: `$iothub/…` requests (twins, direct methods: such a publish closes the
-//! connection), feedback and dead-lettering of expired cloud-to-device messages,
+//! Direct methods: a device subscribed to `$iothub/methods/POST/#` is reachable through
+//! the `device_sessions` service (registered by its session); a call goes out on
+//! `$iothub/methods/POST/{name}/?$rid=…` and the device's `$iothub/methods/res/{status}/`
+//! answer goes back to the caller ([`methods`]). Twins ([`twin`]): `$iothub/twin/GET/`
+//! answers the registry's properties with their `$version`s, a reported PATCH merges into
+//! the registry, and each desired change the registry announces is pushed to a subscribed
+//! device on `$iothub/twin/PATCH/properties/desired/?$version=n`. Any other `$iothub/…`
+//! publish closes the connection ([`hub`]).
+//!
+//! Not served yet: feedback and dead-lettering of expired cloud-to-device messages,
 //! CA-signed X.509 certificates, MQTT over WebSocket, modules. AMQP is out of scope.
 //!
 //! # How it is built
@@ -54,12 +62,15 @@ mod config;
 mod connections;
 mod content_encoding;
 mod devicebound;
+mod hub;
 mod listener;
+mod methods;
 mod provisioning;
 mod rate;
 mod session;
 mod telemetry;
 mod topics;
+mod twin;
 mod wire;
 mod x509;
 
@@ -70,6 +81,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::DeviceGatewayConfig;
 
+use crate::device_sessions::DeviceSessions;
 use crate::devicebound::Devicebound;
 use crate::registry::Registry;
 use crate::telemetry::{ComponentTelemetry, GatewayMetrics};
@@ -79,6 +91,8 @@ use crate::topology::channel::Outputs;
 struct Gateway {
     registry: Arc<Registry>,
     devicebound: Arc<Devicebound>,
+    /// Where direct methods and desired changes for its devices come from.
+    sessions: Arc<DeviceSessions>,
     decoders: telemetry::Decoders,
     source: Arc<str>,
     out: Outputs,

@@ -22,13 +22,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::connections::Connections;
 use super::devicebound::{Deliveries, is_devicebound_filter};
+use super::hub::{self, HubRequest};
 use super::rate::DeviceRate;
 use super::telemetry;
 use super::topics::{self, PublishTopic};
 use super::wire::{self, PacketReader};
 use super::x509::Thumbprints;
-use super::{Gateway, auth, provisioning};
+use super::{Gateway, auth, methods, provisioning, twin};
 use crate::config::OutputName;
+use crate::device_sessions::{Registration, ToDevice};
 use crate::event::{Delivery, DeliveryStatus, EventBatch};
 use crate::sources::reading;
 use crate::telemetry::InternalEvent;
@@ -112,17 +114,21 @@ where
         pending: pending_tx,
         subscriptions: BTreeSet::new(),
         deliveries: None,
+        link: None,
         rate: gateway.rates.as_ref().map(|rates| rates.of(&device_id)),
     };
     let reason = session
-        .run(&mut reader, keep_alive * 3 / 2, &claim.replaced, &broken)
+        .run(&mut reader, keep_alive * 3 / 2, (&claim.replaced, &broken))
         .await;
     let Session {
         out,
         pending,
         deliveries,
+        link,
         ..
     } = session;
+    // Unreachable from now on: calls waiting for its answers end.
+    drop(link);
     // A message in flight stays queued for the next connection.
     drop(deliveries);
     // Stopping, let what the pipeline took be acknowledged (within `ack_timeout`) before
@@ -153,6 +159,10 @@ struct Session<'a> {
     subscriptions: BTreeSet<String>,
     /// Cloud-to-device delivery, once the device subscribed to it.
     deliveries: Option<Deliveries>,
+    /// The device's place in the `device_sessions` service, and the requests (direct
+    /// methods, desired changes) coming from it: made when the device first subscribes
+    /// to them, so that a device that only sends telemetry costs nothing there.
+    link: Option<(Registration, mpsc::Receiver<ToDevice>)>,
     /// The device's telemetry rate limit, when the gateway has one.
     rate: Option<DeviceRate>,
 }
@@ -163,18 +173,31 @@ impl Session<'_> {
         &mut self,
         reader: &mut PacketReader<R>,
         idle_limit: Duration,
-        replaced: &CancellationToken,
-        broken: &CancellationToken,
+        (replaced, broken): (&CancellationToken, &CancellationToken),
     ) -> &'static str {
+        // Requests sent to the device do not count as the device being alive.
+        let mut idle_until = tokio::time::Instant::now() + idle_limit;
         loop {
             let packet = tokio::select! {
                 _ = self.gateway.shutdown.cancelled() => return "shutdown",
                 _ = replaced.cancelled() => return "replaced",
                 _ = broken.cancelled() => return "not_committed",
-                read = tokio::time::timeout(idle_limit, reader.next()) => match read {
+                Some(request) = next_request(&mut self.link) => Err(request),
+                read = tokio::time::timeout_at(idle_until, reader.next()) => match read {
                     Err(_) => return "keep_alive_expired",
                     Ok(Err(e)) => return e.reason(),
-                    Ok(Ok(packet)) => packet,
+                    Ok(Ok(packet)) => {
+                        idle_until = tokio::time::Instant::now() + idle_limit;
+                        Ok(packet)
+                    }
+                },
+            };
+            let packet = match packet {
+                Ok(packet) => packet,
+                // A request for the device (a direct method, a desired change).
+                Err(request) => match self.send(to_device(request)).await {
+                    Ok(()) => continue,
+                    Err(reason) => return reason,
                 },
             };
             let handled = match packet {
@@ -183,6 +206,11 @@ impl Session<'_> {
                 Packet::Unsubscribe(unsubscribe) => {
                     for filter in &unsubscribe.topics {
                         self.subscriptions.remove(filter);
+                        for kind in hub::subscriptions(filter) {
+                            if let Some((registration, _)) = &self.link {
+                                registration.set(kind, false);
+                            }
+                        }
                         if is_devicebound_filter(self.device_id, filter) {
                             self.deliveries = None;
                         }
@@ -219,7 +247,7 @@ impl Session<'_> {
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let properties = match topics::publish_topic(self.device_id, &topic) {
             PublishTopic::Telemetry(properties) => properties,
-            PublishTopic::Hub => return Err("unsupported_topic"),
+            PublishTopic::Hub => return self.hub(&topic, publish).await,
             PublishTopic::Foreign => {
                 TopicViolation {
                     device_id: self.device_id,
@@ -293,6 +321,28 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// A request on a `$iothub/…` topic: answered (twins) or handed to its caller (a
+    /// direct method's answer), then acknowledged in order; an unknown one ends the
+    /// connection.
+    async fn hub(&mut self, topic: &str, publish: Publish) -> Result<(), &'static str> {
+        let (gateway, device_id) = (self.gateway, self.device_id);
+        match hub::request(topic) {
+            HubRequest::MethodAnswer { status, rid } => {
+                methods::answer(gateway, device_id, status, &rid, &publish.payload);
+            }
+            HubRequest::TwinGet { rid } => self.send(twin::get(gateway, device_id, &rid)).await?,
+            HubRequest::TwinReported { rid } => {
+                let answer = twin::patch_reported(gateway, device_id, &rid, &publish.payload).await;
+                self.send(answer).await?;
+            }
+            HubRequest::Unknown => return Err("unsupported_topic"),
+        }
+        if publish.qos == QoS::AtLeastOnce {
+            self.queue_ack(publish.pkid, None).await?;
+        }
+        Ok(())
+    }
+
     async fn queue_ack(
         &self,
         pkid: u16,
@@ -331,6 +381,14 @@ impl Session<'_> {
                         self.out.clone(),
                     ));
                 }
+                for kind in hub::subscriptions(&filter.path) {
+                    let gateway = self.gateway;
+                    let (registration, _) = self.link.get_or_insert_with(|| {
+                        let source = std::sync::Arc::clone(&gateway.source);
+                        gateway.sessions.register(self.device_id, source)
+                    });
+                    registration.set(kind, true);
+                }
                 self.subscriptions.insert(filter.path);
                 let qos = match filter.qos {
                     QoS::AtMostOnce => QoS::AtMostOnce,
@@ -343,6 +401,25 @@ impl Session<'_> {
         }
         self.send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
             .await
+    }
+}
+
+/// The next request for the device, once it has a place in the `device_sessions`
+/// service (never, until then).
+async fn next_request(
+    link: &mut Option<(Registration, mpsc::Receiver<ToDevice>)>,
+) -> Option<ToDevice> {
+    match link {
+        Some((_, requests)) => requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The packet that carries a request of the `device_sessions` service to the device.
+fn to_device(request: ToDevice) -> Packet {
+    match request {
+        ToDevice::Method { rid, name, payload } => methods::request(&name, rid, payload),
+        ToDevice::Desired { version, patch } => twin::desired(version, patch),
     }
 }
 

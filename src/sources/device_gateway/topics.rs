@@ -17,7 +17,7 @@ pub(super) enum PublishTopic {
     /// `devices/{id}/messages/events/{property bag}`: telemetry, with its properties
     /// URL-decoded, in the order given.
     Telemetry(Vec<(String, String)>),
-    /// A `$iothub/…` request (twins, direct method answers): not served yet.
+    /// A `$iothub/…` request (twins, direct method answers): see `super::hub`.
     Hub,
     /// Anything else: another device's topic or one no hub has.
     Foreign,

@@ -25,6 +25,7 @@
 //!   amount of load with a wide margin; where the load a test makes would depend on the
 //!   machine's speed, it waits for that load instead of for a fixed time.
 
+pub mod azure_device;
 pub mod azure_sdk;
 pub mod azurite;
 pub mod delta;
