@@ -1,5 +1,5 @@
 //! Actions: insights become actions (`webhook`, `mqtt_publish`, `amqp_publish`, `email`,
-//! `log`).
+//! `log`, `device_message`).
 //!
 //! An action reads its inputs like a sink and sends one notification per event. What is
 //! common to all of them — the buffer (disk by default: the outbox), throttling and dedupe
@@ -9,6 +9,7 @@
 //! permanent.
 
 mod amqp_publish;
+mod device_message;
 mod email;
 pub mod idempotency;
 pub mod limits;
@@ -19,6 +20,7 @@ pub mod runner;
 mod webhook;
 
 pub use amqp_publish::AmqpPublishConfig;
+pub use device_message::DeviceMessageConfig;
 pub use email::EmailConfig;
 pub use log::LogActionConfig;
 pub use mqtt_publish::MqttPublishConfig;
@@ -34,4 +36,5 @@ pub const TYPES: &[ComponentType<dyn ActionComponent>] = &[
     ComponentType::of::<AmqpPublishConfig>("amqp_publish"),
     ComponentType::of::<EmailConfig>("email"),
     ComponentType::of::<LogActionConfig>("log"),
+    ComponentType::of::<DeviceMessageConfig>("device_message"),
 ];

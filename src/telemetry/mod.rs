@@ -193,6 +193,7 @@ pub struct Metrics {
     pub gateway_auth_failures: Family<ComponentReasonLabels, Counter>,
     pub gateway_topic_violations: Family<ComponentLabels, Counter>,
     pub gateway_devicebound_messages: Family<ComponentLabels, Gauge>,
+    pub gateway_duplicates_dropped: Family<ComponentLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -256,6 +257,7 @@ impl Default for Metrics {
             gateway_auth_failures: Family::default(),
             gateway_topic_violations: Family::default(),
             gateway_devicebound_messages: Family::default(),
+            gateway_duplicates_dropped: Family::default(),
         }
     }
 }
@@ -513,6 +515,11 @@ impl Metrics {
             "device_gateway_devicebound_messages",
             "Cloud-to-device messages waiting for their devices (queued, not yet acknowledged), all devices together",
             m.gateway_devicebound_messages,
+        );
+        registry.register(
+            "device_gateway_duplicates_dropped",
+            "Telemetry publishes acknowledged and dropped because their device sent that `$.mid` before",
+            m.gateway_duplicates_dropped,
         );
     }
 }

@@ -45,6 +45,12 @@ pub struct DeviceGatewayConfig {
     /// the publish again.
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout: Duration,
+    /// Bounds of the cloud-to-device queues.
+    #[serde(default)]
+    pub devicebound: super::devicebound::DeviceboundSettings,
+    /// Telemetry a device sends again (same `$.mid`) is dropped: see `dedupe.window`.
+    #[serde(default)]
+    pub dedupe: super::dedupe::DedupeSettings,
 }
 
 /// Subscriptions one connection may hold, as an IoT hub allows.
@@ -91,7 +97,12 @@ impl SourceComponent for DeviceGatewayConfig {
         if self.max_inflight == 0 {
             problems.push(FieldProblem::at(["max_inflight"], "expected at least 1"));
         }
+        problems.extend(self.devicebound.check());
         problems
+    }
+
+    fn named_outputs(&self) -> Vec<crate::config::OutputName> {
+        super::settlement::outputs()
     }
 
     fn resources(&self) -> Vec<Resource> {

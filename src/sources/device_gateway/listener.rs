@@ -7,8 +7,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::connections::Connections;
+use super::dedupe::SeenMessages;
 use super::telemetry::Decoders;
-use super::{DeviceGatewayConfig, Gateway, session};
+use super::{DeviceGatewayConfig, Gateway, session, settlement};
 use crate::devicebound::Devicebound;
 use crate::registry::Registry;
 use crate::sources::SourceContext;
@@ -34,18 +35,21 @@ pub(super) fn build(
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     listener.set_nonblocking(true)?;
-    let devicebound = match cx.services.get::<Devicebound>() {
-        Some(queues) => queues,
-        None => {
-            let queues = Arc::new(Devicebound::open(&cx.data_dir)?);
-            cx.services.get_or_insert_with(|| queues)
-        }
-    };
+    let devicebound = cx
+        .services
+        .get_or_insert_with(|| Arc::new(Devicebound::default()))
+        .open(cx.id.as_str(), &cx.data_dir, config.devicebound.limits())?;
+    let seen = cx
+        .data_dir
+        .join("device_gateway")
+        .join(format!("{}.seen", cx.id));
+    let seen = Arc::new(SeenMessages::open(seen, config.dedupe.window)?);
     let metrics = cx.telemetry.gateway_metrics();
     devicebound.report_depth(metrics.devicebound_messages.clone());
     let gateway = Arc::new(Gateway {
         registry,
         devicebound,
+        seen,
         decoders: Decoders::new(&config.decoding),
         source: cx.id.as_arc(),
         out: cx.out,
@@ -65,6 +69,7 @@ pub(super) fn build(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let listening = gateway.telemetry.connected();
         listening.set(1);
+        let upkeep = start_upkeep(&gateway);
         tracing::info!(component_id = %id, %listen, "device gateway listening");
         let mut sessions = JoinSet::new();
         loop {
@@ -94,6 +99,7 @@ pub(super) fn build(
         }
         drop(listener);
         listening.set(0);
+        upkeep.stop().await;
         // Sessions see the same shutdown: they stop reading and hand in their last acks.
         let drained = async { while sessions.join_next().await.is_some() {} };
         if tokio::time::timeout(gateway.ack_timeout + STOP_GRACE, drained)
@@ -104,4 +110,36 @@ pub(super) fn build(
         }
         Ok(())
     }))
+}
+
+/// The gateway's background work on its cloud-to-device queues: the expiry timer and the
+/// hand-over of settled messages.
+struct Upkeep {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Upkeep {
+    async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn start_upkeep(gateway: &Gateway) -> Upkeep {
+    let stop = gateway.shutdown.child_token();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(settlement::expire(
+        Arc::clone(&gateway.devicebound),
+        stop.clone(),
+    ));
+    tasks.spawn(settlement::hand_over(
+        Arc::clone(&gateway.devicebound),
+        gateway.out.clone(),
+        Arc::clone(&gateway.source),
+        gateway.ack_timeout,
+        gateway.telemetry.clone(),
+        stop.clone(),
+    ));
+    Upkeep { stop, tasks }
 }

@@ -23,13 +23,19 @@
 //! device that publishes or subscribes outside its own topics (`devices/{its id}/…`,
 //! `$iothub/…`) is disconnected and counted.
 //!
-//! Cloud-to-device messages queued through the API (the `devicebound` service) go out on
-//! `devices/{id}/messages/devicebound/{property bag}` at QoS 1, one at a time, once the
-//! device subscribes to them, and leave the queue on its PUBACK ([`devicebound`]).
+//! A publish whose `$.mid` the gateway committed lately for that device is acknowledged
+//! and dropped as a duplicate ([`dedupe`], bounded by `dedupe.window`).
+//!
+//! Cloud-to-device messages queued through the API or the `device_message` action (the
+//! `devicebound` service; this gateway's queues are `data_dir/devicebound/<id>.json`) go
+//! out on `devices/{id}/messages/devicebound/{property bag}` at QoS 1, one at a time,
+//! once the device subscribes to them, and leave the queue on its PUBACK
+//! ([`devicebound`]). A timer expires them as their time to live passes; the outcomes
+//! their `ack` asks for come out on `<id>.feedback`, and every expired or
+//! undeliverable message on `<id>.devicebound_dead_letters` ([`settlement`]).
 //!
 //! Not served yet: `$iothub/…` requests (twins, direct methods: such a publish closes the
-//! connection), feedback and dead-lettering of expired cloud-to-device messages,
-//! provisioning, X.509 client certificates, per-device rate limits, MQTT over WebSocket,
+//! connection), provisioning, X.509 client certificates, per-device rate limits, MQTT over WebSocket,
 //! modules. AMQP is out of scope.
 //!
 //! # How it is built
@@ -46,9 +52,11 @@
 mod auth;
 mod config;
 mod connections;
+mod dedupe;
 mod devicebound;
 mod listener;
 mod session;
+mod settlement;
 mod telemetry;
 mod topics;
 mod wire;
@@ -60,7 +68,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::DeviceGatewayConfig;
 
-use crate::devicebound::Devicebound;
+use crate::devicebound::Queues;
 use crate::registry::Registry;
 use crate::telemetry::{ComponentTelemetry, GatewayMetrics};
 use crate::topology::channel::Outputs;
@@ -68,7 +76,8 @@ use crate::topology::channel::Outputs;
 /// What every session of one gateway shares.
 struct Gateway {
     registry: Arc<Registry>,
-    devicebound: Arc<Devicebound>,
+    devicebound: Arc<Queues>,
+    seen: Arc<dedupe::SeenMessages>,
     decoders: telemetry::Decoders,
     source: Arc<str>,
     out: Outputs,

@@ -32,6 +32,7 @@ pub mod load;
 pub mod mosquitto;
 pub mod mounts;
 pub mod mqtt;
+pub mod node_sdk;
 pub mod pki;
 pub mod receivers;
 pub mod services;
