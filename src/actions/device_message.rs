@@ -79,7 +79,11 @@ impl ActionComponent for DeviceMessageConfig {
         if self.ttl.get().is_zero() {
             problems.push(FieldProblem::at(["ttl"], "expected more than 0s"));
         }
-        if self.properties.keys().any(|name| name.is_empty() || name.starts_with('$')) {
+        if self
+            .properties
+            .keys()
+            .any(|name| name.is_empty() || name.starts_with('$'))
+        {
             problems.push(FieldProblem::at(
                 ["properties"],
                 "property names must not be empty nor start with `$` (system properties)",
@@ -120,8 +124,7 @@ impl Notifier for DeviceMessage {
         if device_id.is_empty() {
             return Err("`device_id` rendered empty".into());
         }
-        let payload =
-            runner::body_or_event(self.config.payload.as_ref(), event, &view, "payload")?;
+        let payload = runner::body_or_event(self.config.payload.as_ref(), event, &view, "payload")?;
         let payload = String::from_utf8(payload)
             .map_err(|_| "`payload` rendered text that is not UTF-8".to_owned())?;
         let properties = self

@@ -100,7 +100,11 @@ impl Devicebound {
         let legacy = data_dir.join(LEGACY_FILE);
         if !file.exists() && legacy.exists() {
             std::fs::rename(&legacy, &file).map_err(|e| {
-                anyhow::anyhow!("cannot move {} to {}: {e}", legacy.display(), file.display())
+                anyhow::anyhow!(
+                    "cannot move {} to {}: {e}",
+                    legacy.display(),
+                    file.display()
+                )
             })?;
             tracing::info!(gateway = id, file = %file.display(), "the cloud-to-device queues of {} are now this gateway's", legacy.display());
         }
@@ -118,13 +122,15 @@ impl Devicebound {
         }
         let choices = || gateways.keys().cloned().collect::<Vec<_>>();
         match asked {
-            Some(asked) => gateways
-                .get(asked)
-                .and_then(Weak::upgrade)
-                .ok_or_else(|| NoGateway::Unknown {
-                    asked: asked.to_owned(),
-                    choices: choices(),
-                }),
+            Some(asked) => {
+                gateways
+                    .get(asked)
+                    .and_then(Weak::upgrade)
+                    .ok_or_else(|| NoGateway::Unknown {
+                        asked: asked.to_owned(),
+                        choices: choices(),
+                    })
+            }
             None => {
                 let mut live = gateways.values().filter_map(Weak::upgrade);
                 match (live.next(), live.next()) {

@@ -183,8 +183,16 @@ impl Queues {
                 changed = true;
                 break;
             }
-            let Some(spent) = queue.pop_front() else { break };
-            settle(&mut state.stored, device_id, spent, Outcome::DeliveryCountExceeded, now);
+            let Some(spent) = queue.pop_front() else {
+                break;
+            };
+            settle(
+                &mut state.stored,
+                device_id,
+                spent,
+                Outcome::DeliveryCountExceeded,
+                now,
+            );
             changed = true;
         }
         if changed {
@@ -211,7 +219,13 @@ impl Queues {
             state.stored.queues.remove(device_id);
         }
         if let Some(done) = done {
-            settle(&mut state.stored, device_id, done, Outcome::Success, Timestamp::now());
+            settle(
+                &mut state.stored,
+                device_id,
+                done,
+                Outcome::Success,
+                Timestamp::now(),
+            );
         }
         self.save(&mut state)
     }
@@ -285,7 +299,11 @@ impl Queues {
 
     /// Messages waiting for `device_id`, expired ones included until they are settled.
     pub fn depth(&self, device_id: &str) -> usize {
-        self.lock().stored.queues.get(device_id).map_or(0, VecDeque::len)
+        self.lock()
+            .stored
+            .queues
+            .get(device_id)
+            .map_or(0, VecDeque::len)
     }
 
     /// Fires (once, or holds one permit) when a message is queued for `device_id`.
@@ -304,7 +322,14 @@ impl Queues {
 
     fn update_depth(&self, state: &State) {
         if let Some(gauge) = self.depth.get() {
-            gauge.set(state.stored.queues.values().map(VecDeque::len).sum::<usize>() as i64);
+            gauge.set(
+                state
+                    .stored
+                    .queues
+                    .values()
+                    .map(VecDeque::len)
+                    .sum::<usize>() as i64,
+            );
         }
     }
 
@@ -338,8 +363,9 @@ fn settle_expired(stored: &mut Stored, device_id: &str, now: Timestamp) -> bool 
     if queue.iter().all(|m| m.expires_at > now) {
         return false;
     }
-    let (live, expired): (VecDeque<Message>, VecDeque<Message>) =
-        std::mem::take(queue).into_iter().partition(|m| m.expires_at > now);
+    let (live, expired): (VecDeque<Message>, VecDeque<Message>) = std::mem::take(queue)
+        .into_iter()
+        .partition(|m| m.expires_at > now);
     if live.is_empty() {
         stored.queues.remove(device_id);
     } else {

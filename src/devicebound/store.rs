@@ -53,7 +53,9 @@ impl Stored {
     pub(super) fn load(file: &Path) -> anyhow::Result<Self> {
         let bytes = match std::fs::read(file) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::new(BTreeMap::new())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::new(BTreeMap::new()));
+            }
             Err(e) => anyhow::bail!("cannot read {}: {e}", file.display()),
         };
         match serde_json::from_slice::<OnDisk>(&bytes) {
@@ -103,6 +105,11 @@ mod tests {
         stored.save(&file).unwrap();
         assert_eq!(Stored::load(&file).unwrap(), stored);
         std::fs::write(&file, r#"{"version":9,"queues":{}}"#).unwrap();
-        assert!(Stored::load(&file).unwrap_err().to_string().contains("newer"));
+        assert!(
+            Stored::load(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("newer")
+        );
     }
 }

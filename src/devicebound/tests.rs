@@ -41,7 +41,10 @@ fn queues_are_bounded_ordered_and_survive_a_reopen() {
     let queue = open(dir.path());
     assert_eq!(queue.depth("d1"), LIMITS.max_queued);
     let head = queue.next_delivery("d1").unwrap();
-    assert_eq!((head.id.as_str(), head.delivery_count), (first.message.id.as_str(), 1));
+    assert_eq!(
+        (head.id.as_str(), head.delivery_count),
+        (first.message.id.as_str(), 1)
+    );
     queue.complete("d1", &first.message.id).unwrap();
     assert_eq!(queue.next_delivery("d1").unwrap().payload, "1");
     assert!(queue.take_settled(10).is_empty(), "ack none: no feedback");
@@ -66,9 +69,15 @@ fn expiry_settles_dead_letters_and_asked_for_feedback_durably() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open(dir.path());
     let short = Duration::from_millis(1);
-    let none = queue.enqueue("d1", message("none", short, Ack::None)).unwrap();
-    let negative = queue.enqueue("d1", message("neg", short, Ack::Negative)).unwrap();
-    let positive = queue.enqueue("d2", message("pos", HOUR, Ack::Positive)).unwrap();
+    let none = queue
+        .enqueue("d1", message("none", short, Ack::None))
+        .unwrap();
+    let negative = queue
+        .enqueue("d1", message("neg", short, Ack::Negative))
+        .unwrap();
+    let positive = queue
+        .enqueue("d2", message("pos", HOUR, Ack::Positive))
+        .unwrap();
     let later = Timestamp::now() + jiff::SignedDuration::from_secs(1);
     // The timer's view: both short ones expire, the hour-long one is next.
     let next = queue.expire(later).unwrap();
@@ -107,11 +116,18 @@ fn expiry_settles_dead_letters_and_asked_for_feedback_durably() {
 fn a_message_delivered_too_often_is_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open(dir.path());
-    let stuck = queue.enqueue("d1", message("stuck", HOUR, Ack::Full)).unwrap();
-    queue.enqueue("d1", message("next", HOUR, Ack::None)).unwrap();
+    let stuck = queue
+        .enqueue("d1", message("stuck", HOUR, Ack::Full))
+        .unwrap();
+    queue
+        .enqueue("d1", message("next", HOUR, Ack::None))
+        .unwrap();
     for n in 1..=LIMITS.max_delivery_count {
         let sent = queue.next_delivery("d1").unwrap();
-        assert_eq!((sent.id.as_str(), sent.delivery_count), (stuck.message.id.as_str(), n));
+        assert_eq!(
+            (sent.id.as_str(), sent.delivery_count),
+            (stuck.message.id.as_str(), n)
+        );
     }
     assert_eq!(queue.next_delivery("d1").unwrap().payload, "next");
     let settled = queue.take_settled(10);
@@ -140,7 +156,10 @@ fn gateways_are_picked_by_id_and_have_a_file_each() {
         Some(NoGateway::Ambiguous(vec!["a".into(), "b".into()]))
     );
     assert!(Arc::ptr_eq(&hub.gateway(Some("b")).unwrap(), &b));
-    assert!(matches!(hub.gateway(Some("c")), Err(NoGateway::Unknown { .. })));
+    assert!(matches!(
+        hub.gateway(Some("c")),
+        Err(NoGateway::Unknown { .. })
+    ));
     // A rebuilt gateway shares its running queues; a removed one is no longer offered.
     assert!(Arc::ptr_eq(&hub.open("a", dir.path(), LIMITS).unwrap(), &a));
     drop(b);

@@ -98,9 +98,15 @@ async fn expiry_dead_letters_by_timer_and_feedback_follows_ack_across_a_restart(
     let q = queues(&topology);
     let second = Duration::from_secs(1);
     let hour = Duration::from_secs(3600);
-    let expiring = q.enqueue("fb-lamp-1", message("late", second, Ack::Full)).unwrap();
-    let silent = q.enqueue("fb-lamp-2", message("quiet", second, Ack::None)).unwrap();
-    let kept = q.enqueue("fb-lamp-1", message("on time", hour, Ack::Positive)).unwrap();
+    let expiring = q
+        .enqueue("fb-lamp-1", message("late", second, Ack::Full))
+        .unwrap();
+    let silent = q
+        .enqueue("fb-lamp-2", message("quiet", second, Ack::None))
+        .unwrap();
+    let kept = q
+        .enqueue("fb-lamp-1", message("on time", hour, Ack::Positive))
+        .unwrap();
     let (feedback, dead) = (d.join("feedback.ndjson"), d.join("dead.ndjson"));
 
     // No device connects: the timer dead-letters both, feedback only where `ack` asks.
@@ -143,7 +149,10 @@ async fn expiry_dead_letters_by_timer_and_feedback_follows_ack_across_a_restart(
 
     // What expires while weir is down is settled after the restart.
     let down = q
-        .enqueue("fb-lamp-2", message("while down", Duration::from_secs(2), Ack::Negative))
+        .enqueue(
+            "fb-lamp-2",
+            message("while down", Duration::from_secs(2), Ack::Negative),
+        )
         .unwrap();
     drop(q);
     topology.stop(Duration::from_secs(10)).await;
@@ -159,7 +168,12 @@ async fn expiry_dead_letters_by_timer_and_feedback_follows_ack_across_a_restart(
         "{:?}",
         lines(&feedback)
     );
-    assert_eq!(lines(&feedback).len(), 3, "each outcome once: {:?}", lines(&feedback));
+    assert_eq!(
+        lines(&feedback).len(),
+        3,
+        "each outcome once: {:?}",
+        lines(&feedback)
+    );
     assert_eq!(lines(&dead).len(), 3);
     topology.stop(Duration::from_secs(10)).await;
 }
@@ -203,7 +217,9 @@ actions:
 
     let said = sdk_receive(d, host, "fb-pump-1", &key, 1).await;
     let received: Value = serde_json::from_str(
-        said.lines().find(|l| l.starts_with('{')).expect("a message"),
+        said.lines()
+            .find(|l| l.starts_with('{'))
+            .expect("a message"),
     )
     .unwrap();
     assert_eq!(received["data"], "please reduce_load");
@@ -218,14 +234,14 @@ actions:
         })
         .await
     );
-    assert_eq!(with(&feedback, "originalMessageId", &id)[0]["statusCode"], "Success");
+    assert_eq!(
+        with(&feedback, "originalMessageId", &id)[0]["statusCode"],
+        "Success"
+    );
     let errors = d.join("action-errors.ndjson");
     assert!(eventually(Duration::from_secs(10), || !lines(&errors).is_empty()).await);
     let error = &lines(&errors)[0];
     assert_eq!(error["target"], "fb-nobody");
-    assert!(
-        error.to_string().contains("not in the registry"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("not in the registry"), "{error}");
     topology.stop(Duration::from_secs(10)).await;
 }

@@ -121,7 +121,9 @@ sinks:
         .arg(d.join("ca.pem"))
         .args([MESSAGES.to_string(), "20".into()])
         .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(d.join("sender.err")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(d.join("sender.err")).unwrap(),
+        ))
         .spawn()
         .unwrap();
 
@@ -129,7 +131,10 @@ sinks:
     let deadline = Instant::now() + Duration::from_secs(300);
     while returned(&stdout).0.len() < KILL_AFTER {
         assert!(Instant::now() < deadline, "the SDK did not get going");
-        assert!(sender.try_wait().unwrap().is_none(), "the SDK stopped early");
+        assert!(
+            sender.try_wait().unwrap().is_none(),
+            "the SDK stopped early"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let token = weir.token.clone();
@@ -161,11 +166,17 @@ sinks:
     let err = std::fs::read_to_string(d.join("sender.err")).unwrap_or_default();
     assert!(status.success(), "sender.py failed: {err}");
     let (all, done) = returned(&stdout);
-    assert!(done && all.len() == MESSAGES, "{} sends returned", all.len());
+    assert!(
+        done && all.len() == MESSAGES,
+        "{} sends returned",
+        all.len()
+    );
 
     let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
     for line in lines(&d.join("out.ndjson")) {
-        *seen.entry(line["seq"].as_u64().expect("a seq")).or_default() += 1;
+        *seen
+            .entry(line["seq"].as_u64().expect("a seq"))
+            .or_default() += 1;
     }
     let missing_before: Vec<u64> = before_kill
         .iter()
@@ -176,10 +187,21 @@ sinks:
         missing_before.is_empty(),
         "returned before the kill but not in the sink: {missing_before:?}"
     );
-    let missing: Vec<u64> = all.iter().copied().filter(|s| !seen.contains_key(s)).collect();
-    assert!(missing.is_empty(), "returned but not in the sink: {missing:?}");
+    let missing: Vec<u64> = all
+        .iter()
+        .copied()
+        .filter(|s| !seen.contains_key(s))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "returned but not in the sink: {missing:?}"
+    );
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
-    let dropped = metric_in(&weir.metrics().await, "device_gateway_duplicates_dropped_total", &[]);
+    let dropped = metric_in(
+        &weir.metrics().await,
+        "device_gateway_duplicates_dropped_total",
+        &[],
+    );
     let retries = err.lines().filter(|l| l.starts_with("retry")).count();
     println!(
         "kill -9 during 10,000 SDK sends: {} returned before the kill, all {} in the sink; \

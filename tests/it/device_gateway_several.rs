@@ -29,10 +29,9 @@ async fn queue(weir: &Weir, query: &str, payload: &str) -> (u16, Value) {
 async fn receive(dir: &Path, host: Ipv4Addr, key: &str) -> Vec<String> {
     let (dir, ca) = (dir.to_path_buf(), dir.join("ca.pem"));
     let conn = connection_string(host, "sev-lamp", key);
-    let said =
-        tokio::task::spawn_blocking(move || azure_sdk::run(&dir, "receive", &conn, &ca, 1))
-            .await
-            .unwrap();
+    let said = tokio::task::spawn_blocking(move || azure_sdk::run(&dir, "receive", &conn, &ca, 1))
+        .await
+        .unwrap();
     said.lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["data"].to_string())

@@ -5,8 +5,8 @@
 //! their content type; a wrong key is refused by the same SAS check as the source's own
 //! path.
 
-use std::net::Ipv4Addr;
 use crate::support::{Weir, free_port, lines, node_sdk, pki};
+use std::net::Ipv4Addr;
 
 /// `device.js CONNECTION_STRING CA_FILE COUNT`: sends COUNT messages one at a time, then
 /// two as one batch, each with properties; prints `sent <message id>` after each send
@@ -102,12 +102,17 @@ sinks:
     };
 
     let said = run(key.clone()).await.unwrap();
-    assert!(said.contains("sent node-2") && said.contains("sent batch"), "{said}");
+    assert!(
+        said.contains("sent node-2") && said.contains("sent batch"),
+        "{said}"
+    );
     // Acknowledged on commit: everything is in the file once the sends returned.
     let out = lines(&d.join("out.ndjson"));
     assert_eq!(out.len(), 5, "{out:?}");
     for line in &out {
-        let seq = line["seq"].as_u64().expect("a JSON body, decoded by its content type");
+        let seq = line["seq"]
+            .as_u64()
+            .expect("a JSON body, decoded by its content type");
         let headers = &line["meta"]["headers"];
         assert_eq!(line["device_id"], "node-pump");
         assert_eq!(headers["seq"], seq.to_string(), "{line}");

@@ -106,11 +106,7 @@ pub(super) struct Deliveries {
 
 impl Deliveries {
     /// Starts delivering `device_id`'s messages on `out`.
-    pub(super) fn start(
-        queue: Arc<Queues>,
-        device_id: &str,
-        out: mpsc::Sender<Packet>,
-    ) -> Self {
+    pub(super) fn start(queue: Arc<Queues>, device_id: &str, out: mpsc::Sender<Packet>) -> Self {
         let deliveries = Self {
             queue,
             device_id: device_id.to_owned(),

@@ -376,7 +376,9 @@ async fn acknowledge(
             _ = cut.stop.cancelled() => break,
             next = pending.recv() => next,
         };
-        let Some((pkid, outcome, remember)) = next else { break };
+        let Some((pkid, outcome, remember)) = next else {
+            break;
+        };
         let committed = match outcome {
             Some(outcome) => {
                 let status = tokio::select! {

@@ -40,10 +40,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The gateway's named outputs.
 pub(super) fn outputs() -> Vec<OutputName> {
-    vec![
-        OutputName(FEEDBACK.into()),
-        OutputName(DEAD_LETTERS.into()),
-    ]
+    vec![OutputName(FEEDBACK.into()), OutputName(DEAD_LETTERS.into())]
 }
 
 /// Expires messages as their time to live passes, until `stop` fires.

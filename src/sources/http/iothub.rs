@@ -118,7 +118,9 @@ impl Handler {
         let batch = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.split(';').next().unwrap_or_default().trim() == BATCH_CONTENT_TYPE);
+            .is_some_and(|ct| {
+                ct.split(';').next().unwrap_or_default().trim() == BATCH_CONTENT_TYPE
+            });
         let messages: Vec<(Vec<u8>, Arc<EventMeta>)> = match batch {
             false => vec![(body.to_vec(), Arc::clone(meta))],
             true => {
@@ -128,17 +130,18 @@ impl Handler {
                 for (n, message) in batch.into_iter().enumerate() {
                     let payload = base64::engine::general_purpose::STANDARD
                         .decode(message.body.as_bytes())
-                        .map_err(|e| format!("message {n} of the batch: `body` is not base64: {e}"))?;
+                        .map_err(|e| {
+                            format!("message {n} of the batch: `body` is not base64: {e}")
+                        })?;
                     let mut own = (**meta).clone();
-                    own.headers.extend(message.properties.into_iter().filter_map(
-                        |(name, value)| {
+                    own.headers
+                        .extend(message.properties.into_iter().filter_map(|(name, value)| {
                             let value = match value {
                                 serde_json::Value::String(text) => text,
                                 other => other.to_string(),
                             };
                             property(&name, value)
-                        },
-                    ));
+                        }));
                     messages.push((payload, Arc::new(own)));
                 }
                 messages

@@ -173,7 +173,10 @@ async fn answer(
     let outcome = handler.handle(wire, params, &headers, body).await;
     let (status, response) = match outcome {
         // As a hub answers the SDKs.
-        Ok(_) if wire == Wire::IotHub => (StatusCode::NO_CONTENT, StatusCode::NO_CONTENT.into_response()),
+        Ok(_) if wire == Wire::IotHub => (
+            StatusCode::NO_CONTENT,
+            StatusCode::NO_CONTENT.into_response(),
+        ),
         Ok(accepted) => (
             StatusCode::OK,
             (StatusCode::OK, axum::Json(json!({ "accepted": accepted }))).into_response(),

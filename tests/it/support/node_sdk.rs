@@ -20,7 +20,10 @@ const PACKAGES: &[&str] = &["azure-iot-device@1.18", "azure-iot-device-http@1.14
 pub fn address() -> Ipv4Addr {
     static NEXT: AtomicU8 = AtomicU8::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    assert!(n < 255, "out of loopback addresses for the Node SDK's tests");
+    assert!(
+        n < 255,
+        "out of loopback addresses for the Node SDK's tests"
+    );
     Ipv4Addr::new(127, 0, 19, n)
 }
 
@@ -35,7 +38,10 @@ pub fn install() -> PathBuf {
     let dir = Path::new(&home).join(".cache/weir-node-sdk");
     let installed = |dir: &Path| {
         Command::new("node")
-            .args(["-e", "require('azure-iot-device'); require('azure-iot-device-http')"])
+            .args([
+                "-e",
+                "require('azure-iot-device'); require('azure-iot-device-http')",
+            ])
             .current_dir(dir)
             .output()
             .is_ok_and(|o| o.status.success())
