@@ -8,8 +8,9 @@ use tokio::task::JoinSet;
 
 use super::connections::Connections;
 use super::dedupe::SeenMessages;
+use super::rate::DeviceRates;
 use super::telemetry::Decoders;
-use super::{DeviceGatewayConfig, Gateway, session, settlement};
+use super::{DeviceGatewayConfig, Gateway, session, settlement, x509};
 use crate::devicebound::Devicebound;
 use crate::registry::Registry;
 use crate::sources::SourceContext;
@@ -19,6 +20,9 @@ use crate::topology::ComponentTask;
 /// `ack_timeout`.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How often devices' refilled rate buckets are dropped.
+const PRUNE_RATES: Duration = Duration::from_secs(60);
+
 /// Binds the port now (so a taken port fails the start) and returns the task that serves it.
 pub(super) fn build(
     config: &DeviceGatewayConfig,
@@ -27,10 +31,7 @@ pub(super) fn build(
     let registry = cx.services.get::<Registry>().ok_or_else(|| {
         anyhow::anyhow!("the device gateway needs the device registry: add a `registry:` section")
     })?;
-    let mut tls = (*config.tls.server_config()?).clone();
-    // Device SDKs speak MQTT straight after the handshake: the `http/1.1` the shared
-    // server configuration offers would refuse clients that ask for another protocol.
-    tls.alpn_protocols.clear();
+    let tls = x509::server_config(&config.tls, config.client_auth)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
@@ -45,6 +46,9 @@ pub(super) fn build(
         .join(format!("{}.seen", cx.id));
     let seen = Arc::new(SeenMessages::open(seen, config.dedupe.window)?);
     let metrics = cx.telemetry.gateway_metrics();
+    let rates = config
+        .rate_limit
+        .map(|limit| DeviceRates::new(&limit, metrics.throttled.clone()));
     devicebound.report_depth(metrics.devicebound_messages.clone());
     let gateway = Arc::new(Gateway {
         registry,
@@ -61,6 +65,8 @@ pub(super) fn build(
         connect_timeout: config.connect_timeout.get(),
         max_inflight: config.max_inflight,
         ack_timeout: config.ack_timeout.get(),
+        provisioning: config.provisioning.clone(),
+        rates,
         shutdown: cx.shutdown,
     });
     let listen = config.listen;
@@ -72,9 +78,14 @@ pub(super) fn build(
         let upkeep = start_upkeep(&gateway);
         tracing::info!(component_id = %id, %listen, "device gateway listening");
         let mut sessions = JoinSet::new();
+        let mut prune = tokio::time::interval(PRUNE_RATES);
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = gateway.shutdown.cancelled() => break,
+                _ = prune.tick(), if gateway.rates.is_some() => {
+                    gateway.rates.iter().for_each(|rates| rates.forget_idle());
+                    continue;
+                }
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -91,7 +102,10 @@ pub(super) fn build(
             sessions.spawn(async move {
                 let handshake = tokio::time::timeout(gateway.connect_timeout, acceptor.accept(tcp));
                 match handshake.await {
-                    Ok(Ok(stream)) => session::serve(gateway, stream).await,
+                    Ok(Ok(stream)) => {
+                        let certificate = x509::presented(stream.get_ref().1);
+                        session::serve(gateway, stream, certificate).await
+                    }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }

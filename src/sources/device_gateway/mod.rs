@@ -34,9 +34,16 @@
 //! their `ack` asks for come out on `<id>.feedback`, and every expired or
 //! undeliverable message on `<id>.devicebound_dead_letters` ([`settlement`]).
 //!
+//! Provisioning: with `provisioning`, the same listener serves the provisioning
+//! service's protocol to devices holding an enrollment group's derived key
+//! ([`provisioning`]). X.509: with `client_auth: optional`, a device may authenticate
+//! with a certificate whose thumbprint is its `x509_thumbprint` ([`x509`]). A
+//! `rate_limit` slows a device's telemetry to its rate ([`rate`]); `$.ce` must be
+//! `utf-8` or absent ([`content_encoding`]).
+//!
 //! Not served yet: `$iothub/…` requests (twins, direct methods: such a publish closes the
-//! connection), provisioning, X.509 client certificates, per-device rate limits, MQTT over WebSocket,
-//! modules. AMQP is out of scope.
+//! connection), CA-signed X.509 certificates, MQTT over WebSocket, modules. AMQP is out of
+//! scope.
 //!
 //! # How it is built
 //!
@@ -52,14 +59,18 @@
 mod auth;
 mod config;
 mod connections;
+mod content_encoding;
 mod dedupe;
 mod devicebound;
 mod listener;
+mod provisioning;
+mod rate;
 mod session;
 mod settlement;
 mod telemetry;
 mod topics;
 mod wire;
+mod x509;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,5 +100,7 @@ struct Gateway {
     connect_timeout: Duration,
     max_inflight: usize,
     ack_timeout: Duration,
+    provisioning: Option<provisioning::ProvisioningConfig>,
+    rates: Option<Arc<rate::DeviceRates>>,
     shutdown: CancellationToken,
 }
