@@ -1,5 +1,5 @@
 //! Actions: insights become actions (`webhook`, `mqtt_publish`, `amqp_publish`, `email`,
-//! `log`, `direct_method`).
+//! `log`, `direct_method`, `device_message`).
 //!
 //! An action reads its inputs like a sink and sends one notification per event. What is
 //! common to all of them — the buffer (disk by default: the outbox), throttling and dedupe
@@ -10,6 +10,7 @@
 
 mod amqp_publish;
 mod direct_method;
+mod device_message;
 mod email;
 pub mod idempotency;
 pub mod limits;
@@ -21,6 +22,7 @@ mod webhook;
 
 pub use amqp_publish::AmqpPublishConfig;
 pub use direct_method::DirectMethodConfig;
+pub use device_message::DeviceMessageConfig;
 pub use email::EmailConfig;
 pub use log::LogActionConfig;
 pub use mqtt_publish::MqttPublishConfig;
@@ -37,4 +39,5 @@ pub const TYPES: &[ComponentType<dyn ActionComponent>] = &[
     ComponentType::of::<EmailConfig>("email"),
     ComponentType::of::<LogActionConfig>("log"),
     ComponentType::of::<DirectMethodConfig>("direct_method"),
+    ComponentType::of::<DeviceMessageConfig>("device_message"),
 ];

@@ -173,12 +173,13 @@ impl ComponentConfig {
     /// The component's named outputs (`errors`, routes, ...).
     pub fn named_outputs(&self) -> Vec<OutputName> {
         let mut outputs = match &self.options {
+            SectionOptions::Source(c) => c.named_outputs(),
             SectionOptions::Transform(c) => c.named_outputs(),
             SectionOptions::Aggregator(c) => c.named_outputs(),
             SectionOptions::Action(c) => c.named_outputs(),
             // Sources: payloads they could not turn into events; sinks and actions: what
             // they could not deliver for good (a rejected write, a 4xx).
-            SectionOptions::Source(_) | SectionOptions::Sink(_) => Vec::new(),
+            SectionOptions::Sink(_) => Vec::new(),
         };
         outputs.push(OutputName::errors());
         outputs

@@ -24,6 +24,11 @@ pub trait SourceComponent: Options {
         Vec::new()
     }
 
+    /// Named outputs besides the default one (every source also has `errors`).
+    fn named_outputs(&self) -> Vec<super::component::OutputName> {
+        Vec::new()
+    }
+
     /// The services with settings the source needs, if any.
     fn services(&self) -> Vec<ServiceUse> {
         Vec::new()

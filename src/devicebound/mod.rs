@@ -1,27 +1,39 @@
 //! Cloud-to-device messages waiting for their device, a shared service: the admin API
-//! queues them (`POST /v1/devices/{id}/messages/devicebound`), a `device_gateway`
-//! delivers them to the device's connection and completes each on the device's PUBACK.
+//! (`POST /v1/devices/{id}/messages/devicebound`) and the `device_message` action queue
+//! them, a `device_gateway` delivers them to the device's connection and completes each
+//! on the device's PUBACK.
 //!
-//! It has no settings. The first `device_gateway` makes it (through
-//! `Services::get_or_insert_with`); the API finds it with `Services::get` and answers 503
-//! while no gateway runs. At most [`MAX_QUEUED`] messages wait per device, each until its
-//! expiry; the queues are rewritten to `data_dir/devicebound.json` (a temporary file,
-//! fsync'd and renamed) on every change, so a restart keeps them.
+//! It has no settings of its own. The first `device_gateway` makes it (through
+//! `Services::get_or_insert_with`) and every gateway opens its own [`Queues`] in it, by
+//! component id, kept in `data_dir/devicebound/<gateway id>.json` (see [`queue`]); the
+//! API and actions find it with `Services::get` and pick a gateway with
+//! [`Devicebound::gateway`] (by id; the only one when there is one). A gateway's queues
+//! live as long as some instance of it runs, so a reload that rebuilds the gateway keeps
+//! them, and one that removes it stops offering it.
+//!
+//! A message carries the `ack` its sender asked for; when it leaves its queue (completed,
+//! expired, delivered too often) the outcome is kept, in the same file, until the
+//! gateway's outputs (`<id>.feedback`, `<id>.devicebound_dead_letters`) committed it
+//! ([`feedback`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+pub mod feedback;
+mod queue;
+mod store;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
 
 use jiff::Timestamp;
-use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
-/// Messages one device may have waiting, as an IoT hub allows.
-pub const MAX_QUEUED: usize = 50;
+pub use feedback::{Ack, Outcome, Settled};
+pub use queue::{NewMessage, QueueError, Queued, Queues};
 
-const FILE: &str = "devicebound.json";
+/// Where each gateway's queue file goes, under `data_dir`.
+const DIR: &str = "devicebound";
+/// The one file of the first format, before gateways had one each.
+const LEGACY_FILE: &str = "devicebound.json";
 
 /// One message for a device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,200 +47,105 @@ pub struct Message {
     pub properties: Vec<(String, String)>,
     pub enqueued_at: Timestamp,
     pub expires_at: Timestamp,
+    /// The feedback its sender asked for.
+    #[serde(default, skip_serializing_if = "Ack::is_none")]
+    pub ack: Ack,
+    /// Times it was sent to the device so far.
+    #[serde(default)]
+    pub delivery_count: u32,
 }
 
-/// Why a message was not queued.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("device `{0}` already has {MAX_QUEUED} messages waiting")]
-    Full(String),
-    #[error("the queue could not be written: {0}")]
-    Store(#[from] std::io::Error),
+/// The bounds of one gateway's queues (its `devicebound` settings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Messages one device may have waiting (an IoT hub allows 50).
+    pub max_queued: usize,
+    /// Deliveries without an acknowledgement before a message is dead-lettered.
+    pub max_delivery_count: u32,
+    /// Settled messages (feedback, dead letters) kept while the outputs do not take them.
+    pub max_settled: usize,
 }
 
-/// The queues: see the module documentation.
+/// Why no gateway's queues could be picked.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoGateway {
+    #[error("no device gateway runs: add a `device_gateway` source to the pipeline")]
+    None,
+    #[error("{} device gateways run: name one with `gateway` ({})", .0.len(), .0.join(", "))]
+    Ambiguous(Vec<String>),
+    #[error("no device gateway `{asked}` runs; the gateways are: {}", choices.join(", "))]
+    Unknown { asked: String, choices: Vec<String> },
+}
+
+/// Every gateway's queues, by the gateway's component id: see the module documentation.
+#[derive(Default)]
 pub struct Devicebound {
-    file: PathBuf,
-    queues: Mutex<BTreeMap<String, VecDeque<Message>>>,
-    /// Wakes the connection of a device when a message is queued for it.
-    waiters: Mutex<HashMap<String, Arc<Notify>>>,
-    /// Messages waiting, all devices together (the first gateway's gauge).
-    depth: OnceLock<Gauge>,
+    gateways: Mutex<BTreeMap<String, Weak<Queues>>>,
 }
 
 impl Devicebound {
-    /// The queues kept in `data_dir`, as the last run left them.
-    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        let file = data_dir.join(FILE);
-        let queues = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                anyhow::anyhow!("{} is not a cloud-to-device queue: {e}", file.display())
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => anyhow::bail!("cannot read {}: {e}", file.display()),
-        };
-        Ok(Self {
-            file,
-            queues: Mutex::new(queues),
-            waiters: Mutex::default(),
-            depth: OnceLock::new(),
-        })
+    /// The queues of gateway `id`: the ones a running instance of it holds, or those its
+    /// file in `data_dir` keeps (the legacy `data_dir/devicebound.json` becomes the file
+    /// of the first gateway that opens one, when it has none yet).
+    pub fn open(&self, id: &str, data_dir: &Path, limits: Limits) -> anyhow::Result<Arc<Queues>> {
+        let mut gateways = self.lock();
+        if let Some(queues) = gateways.get(id).and_then(Weak::upgrade) {
+            queues.set_limits(limits);
+            return Ok(queues);
+        }
+        let dir = data_dir.join(DIR);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        let file = dir.join(format!("{id}.json"));
+        let legacy = data_dir.join(LEGACY_FILE);
+        if !file.exists() && legacy.exists() {
+            std::fs::rename(&legacy, &file).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot move {} to {}: {e}",
+                    legacy.display(),
+                    file.display()
+                )
+            })?;
+            tracing::info!(gateway = id, file = %file.display(), "the cloud-to-device queues of {} are now this gateway's", legacy.display());
+        }
+        let queues = Arc::new(Queues::open(file, limits)?);
+        gateways.insert(id.to_owned(), Arc::downgrade(&queues));
+        Ok(queues)
     }
 
-    /// Queues `payload` for `device_id` until `ttl` has passed; the message as queued.
-    pub fn enqueue(
-        &self,
-        device_id: &str,
-        payload: String,
-        properties: Vec<(String, String)>,
-        ttl: std::time::Duration,
-    ) -> Result<Message, QueueError> {
-        let now = Timestamp::now();
-        let ttl = jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::MAX);
-        let message = Message {
-            id: uuid_like(),
-            payload,
-            properties,
-            enqueued_at: now,
-            expires_at: now.checked_add(ttl).unwrap_or(Timestamp::MAX),
-        };
-        {
-            let mut queues = self.lock();
-            let queue = queues.entry(device_id.to_owned()).or_default();
-            queue.retain(|m| m.expires_at > now);
-            if queue.len() >= MAX_QUEUED {
-                return Err(QueueError::Full(device_id.to_owned()));
+    /// The queues of gateway `asked`, or of the only gateway when none is asked for.
+    pub fn gateway(&self, asked: Option<&str>) -> Result<Arc<Queues>, NoGateway> {
+        let mut gateways = self.lock();
+        gateways.retain(|_, queues| queues.strong_count() > 0);
+        if gateways.is_empty() {
+            return Err(NoGateway::None);
+        }
+        let choices = || gateways.keys().cloned().collect::<Vec<_>>();
+        match asked {
+            Some(asked) => {
+                gateways
+                    .get(asked)
+                    .and_then(Weak::upgrade)
+                    .ok_or_else(|| NoGateway::Unknown {
+                        asked: asked.to_owned(),
+                        choices: choices(),
+                    })
             }
-            queue.push_back(message.clone());
-            if let Err(e) = self.persist(&queues) {
-                if let Some(queue) = queues.get_mut(device_id) {
-                    queue.pop_back();
+            None => {
+                let mut live = gateways.values().filter_map(Weak::upgrade);
+                match (live.next(), live.next()) {
+                    (Some(only), None) => Ok(only),
+                    (None, _) => Err(NoGateway::None),
+                    (Some(_), Some(_)) => Err(NoGateway::Ambiguous(choices())),
                 }
-                self.update_depth(&queues);
-                return Err(e.into());
             }
         }
-        self.waiter(device_id).notify_one();
-        Ok(message)
     }
 
-    /// The oldest message of `device_id` that has not expired (expired ones are dropped).
-    pub fn next(&self, device_id: &str) -> Option<Message> {
-        let now = Timestamp::now();
-        let mut queues = self.lock();
-        let queue = queues.get_mut(device_id)?;
-        let before = queue.len();
-        queue.retain(|m| m.expires_at > now);
-        let head = queue.front().cloned();
-        if queue.len() != before {
-            // Dropping expired messages is not worth failing a delivery: a later write
-            // (or the next start) drops them again.
-            let _ = self.persist(&queues);
-        }
-        head
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Weak<Queues>>> {
+        self.gateways.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    /// Removes message `id` of `device_id`: the device has acknowledged it.
-    pub fn complete(&self, device_id: &str, id: &str) -> std::io::Result<()> {
-        let mut queues = self.lock();
-        let Some(queue) = queues.get_mut(device_id) else {
-            return Ok(());
-        };
-        queue.retain(|m| m.id != id);
-        if queue.is_empty() {
-            queues.remove(device_id);
-        }
-        self.persist(&queues)
-    }
-
-    /// Messages waiting for `device_id`, expired ones included until they are dropped.
-    pub fn depth(&self, device_id: &str) -> usize {
-        self.lock().get(device_id).map_or(0, VecDeque::len)
-    }
-
-    /// Fires (once, or holds one permit) when a message is queued for `device_id`.
-    pub fn waiter(&self, device_id: &str) -> Arc<Notify> {
-        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(waiters.entry(device_id.to_owned()).or_default())
-    }
-
-    /// Reports the messages waiting into `gauge` from now on (once; later calls do nothing).
-    pub fn report_depth(&self, gauge: Gauge) {
-        let queues = self.lock();
-        if self.depth.set(gauge).is_ok() {
-            self.update_depth(&queues);
-        }
-    }
-
-    fn update_depth(&self, queues: &BTreeMap<String, VecDeque<Message>>) {
-        if let Some(gauge) = self.depth.get() {
-            gauge.set(queues.values().map(VecDeque::len).sum::<usize>() as i64);
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, VecDeque<Message>>> {
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Rewrites the file: a temporary one, fsync'd, renamed over it (and the depth gauge).
-    fn persist(&self, queues: &BTreeMap<String, VecDeque<Message>>) -> std::io::Result<()> {
-        self.update_depth(queues);
-        let bytes = serde_json::to_vec(queues).map_err(std::io::Error::other)?;
-        let temporary = self.file.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &self.file)?;
-        if let Some(dir) = self.file.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-}
-
-/// A random 128-bit id in the 8-4-4-4-12 hex form message ids usually take.
-fn uuid_like() -> String {
-    let bytes: [u8; 16] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn queues_are_bounded_ordered_and_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Devicebound::open(dir.path()).unwrap();
-        let hour = Duration::from_secs(3600);
-        let first = queue.enqueue("d1", "a".into(), vec![], hour).unwrap();
-        for n in 1..MAX_QUEUED {
-            queue.enqueue("d1", n.to_string(), vec![], hour).unwrap();
-        }
-        assert!(matches!(
-            queue.enqueue("d1", "over".into(), vec![], hour),
-            Err(QueueError::Full(_))
-        ));
-        queue
-            .enqueue("d2", "x".into(), vec![], Duration::ZERO)
-            .unwrap();
-        drop(queue);
-
-        let queue = Devicebound::open(dir.path()).unwrap();
-        assert_eq!(queue.depth("d1"), MAX_QUEUED);
-        assert_eq!(queue.next("d1"), Some(first.clone()));
-        queue.complete("d1", &first.id).unwrap();
-        assert_eq!(queue.next("d1").unwrap().payload, "1");
-        assert_eq!(queue.next("d2"), None, "expired");
-    }
-}
+mod tests;

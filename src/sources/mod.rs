@@ -13,6 +13,7 @@ mod device_gateway;
 mod device_registry;
 mod gate;
 mod http;
+mod iothub;
 mod mqtt;
 mod reading;
 mod simulator;

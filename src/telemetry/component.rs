@@ -294,6 +294,10 @@ impl ComponentTelemetry {
                 .metrics
                 .gateway_devicebound_messages
                 .get_or_create_owned(&self.labels),
+            duplicates_dropped: self
+                .metrics
+                .gateway_duplicates_dropped
+                .get_or_create_owned(&self.labels),
         }
     }
 
@@ -327,6 +331,7 @@ pub struct GatewayMetrics {
     pub topic_violations: Counter,
     pub throttled: Counter,
     pub devicebound_messages: Gauge,
+    pub duplicates_dropped: Counter,
 }
 
 impl GatewayMetrics {

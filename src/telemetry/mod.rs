@@ -234,6 +234,7 @@ pub struct Metrics {
     pub device_method_latency: Histogram,
     pub device_method_stray_responses: Counter,
     pub device_twin_updates: Family<TwinKindLabels, Counter>,
+    pub gateway_duplicates_dropped: Family<ComponentLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -306,6 +307,7 @@ impl Default for Metrics {
             device_method_latency: Histogram::new(exponential_buckets(0.001, 2.0, 19)),
             device_method_stray_responses: Counter::default(),
             device_twin_updates: Family::default(),
+            gateway_duplicates_dropped: Family::default(),
         }
     }
 }
@@ -603,6 +605,11 @@ impl Metrics {
             "device_twin_updates",
             "Changes to device twins, by kind (desired: made through the API, reported: made by the device)",
             m.device_twin_updates,
+        );
+        registry.register(
+            "device_gateway_duplicates_dropped",
+            "Telemetry publishes acknowledged and dropped because their device sent that `$.mid` before",
+            m.gateway_duplicates_dropped,
         );
     }
 

@@ -48,6 +48,12 @@ pub struct DeviceGatewayConfig {
     /// the publish again.
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout: Duration,
+    /// Bounds of the cloud-to-device queues.
+    #[serde(default)]
+    pub devicebound: super::devicebound::DeviceboundSettings,
+    /// Telemetry a device sends again (same `$.mid`) is dropped: see `dedupe.window`.
+    #[serde(default)]
+    pub dedupe: super::dedupe::DedupeSettings,
     /// Serve the device provisioning service's protocol on this listener too (devices
     /// holding an enrollment group's derived key register themselves); without it,
     /// registration connections are refused.
@@ -108,6 +114,7 @@ impl SourceComponent for DeviceGatewayConfig {
         if self.max_inflight == 0 {
             problems.push(FieldProblem::at(["max_inflight"], "expected at least 1"));
         }
+        problems.extend(self.devicebound.check());
         if self.client_auth == ClientAuth::Optional && self.tls.ca_file.is_some() {
             problems.push(FieldProblem::at(
                 ["tls", "ca_file"],
@@ -117,6 +124,10 @@ impl SourceComponent for DeviceGatewayConfig {
         problems.extend(self.provisioning.iter().flat_map(ProvisioningConfig::check));
         problems.extend(self.rate_limit.iter().flat_map(RateLimit::check));
         problems
+    }
+
+    fn named_outputs(&self) -> Vec<crate::config::OutputName> {
+        super::settlement::outputs()
     }
 
     fn resources(&self) -> Vec<Resource> {

@@ -1,9 +1,13 @@
 //! Cloud-to-device messages on a device's connection: once the device subscribes to
 //! `devices/{id}/messages/devicebound/#`, a task sends its queued messages one at a time
 //! at QoS 1 and completes each (removes it from the queue) on the device's PUBACK. A
-//! message not acknowledged when the connection ends stays queued for the next one.
+//! message not acknowledged when the connection ends stays queued for the next one (and
+//! counts as one delivery: see `max_delivery_count`).
 
 use std::sync::{Arc, Mutex};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Packet, Publish};
@@ -11,7 +15,73 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::topics;
-use crate::devicebound::Devicebound;
+use crate::config::FieldProblem;
+use crate::devicebound::{Limits, Queues};
+
+/// The bounds of the gateway's cloud-to-device queues.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceboundSettings {
+    /// Messages one device may have waiting; one more is refused (409). An IoT hub
+    /// allows 50.
+    #[serde(default = "default_max_queued")]
+    pub max_queued_per_device: usize,
+    /// Times a message is sent without the device's acknowledgement (its connection
+    /// ended first) before it is dead-lettered as `DeliveryCountExceeded`.
+    #[serde(default = "default_max_delivery_count")]
+    pub max_delivery_count: u32,
+    /// Settled messages (feedback, dead letters) kept while the gateway's outputs do
+    /// not take them; past it the oldest are dropped (logged).
+    #[serde(default = "default_max_settled")]
+    pub max_settled: usize,
+}
+
+impl Default for DeviceboundSettings {
+    fn default() -> Self {
+        Self {
+            max_queued_per_device: default_max_queued(),
+            max_delivery_count: default_max_delivery_count(),
+            max_settled: default_max_settled(),
+        }
+    }
+}
+
+fn default_max_queued() -> usize {
+    50
+}
+fn default_max_delivery_count() -> u32 {
+    10
+}
+fn default_max_settled() -> usize {
+    10_000
+}
+
+impl DeviceboundSettings {
+    pub(super) fn limits(&self) -> Limits {
+        Limits {
+            max_queued: self.max_queued_per_device,
+            max_delivery_count: self.max_delivery_count,
+            max_settled: self.max_settled,
+        }
+    }
+
+    pub(super) fn check(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        let at = |field: &'static str, message: &str| {
+            FieldProblem::at(["devicebound", field], message.to_owned())
+        };
+        if self.max_queued_per_device == 0 {
+            problems.push(at("max_queued_per_device", "expected at least 1"));
+        }
+        if self.max_delivery_count == 0 {
+            problems.push(at("max_delivery_count", "expected at least 1"));
+        }
+        if self.max_settled == 0 {
+            problems.push(at("max_settled", "expected at least 1"));
+        }
+        problems
+    }
+}
 
 /// Whether `filter` asks for the cloud-to-device messages of `device_id`.
 pub(super) fn is_devicebound_filter(device_id: &str, filter: &str) -> bool {
@@ -27,7 +97,7 @@ type InFlight = Arc<Mutex<Option<(u16, String)>>>;
 
 /// The delivery task of one connection, and what its PUBACKs complete.
 pub(super) struct Deliveries {
-    queue: Arc<Devicebound>,
+    queue: Arc<Queues>,
     device_id: String,
     in_flight: InFlight,
     acked: Arc<Notify>,
@@ -36,11 +106,7 @@ pub(super) struct Deliveries {
 
 impl Deliveries {
     /// Starts delivering `device_id`'s messages on `out`.
-    pub(super) fn start(
-        queue: Arc<Devicebound>,
-        device_id: &str,
-        out: mpsc::Sender<Packet>,
-    ) -> Self {
+    pub(super) fn start(queue: Arc<Queues>, device_id: &str, out: mpsc::Sender<Packet>) -> Self {
         let deliveries = Self {
             queue,
             device_id: device_id.to_owned(),
@@ -81,7 +147,7 @@ impl Drop for Deliveries {
 }
 
 async fn deliver(
-    queue: Arc<Devicebound>,
+    queue: Arc<Queues>,
     device_id: String,
     out: mpsc::Sender<Packet>,
     in_flight: InFlight,
@@ -91,7 +157,7 @@ async fn deliver(
     let waiter = queue.waiter(&device_id);
     let mut pkid: u16 = 0;
     loop {
-        let Some(message) = queue.next(&device_id) else {
+        let Some(message) = queue.next_delivery(&device_id) else {
             tokio::select! {
                 _ = waiter.notified() => continue,
                 _ = stop.cancelled() => return,

@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::connections::Connections;
+use super::dedupe::SeenMessages;
 use super::rate::DeviceRates;
 use super::telemetry::Decoders;
-use super::{DeviceGatewayConfig, Gateway, session, twin, x509};
+use super::{DeviceGatewayConfig, Gateway, session, settlement, twin, x509};
 use crate::device_sessions::DeviceSessions;
 use crate::devicebound::Devicebound;
 use crate::registry::Registry;
@@ -36,13 +37,15 @@ pub(super) fn build(
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     listener.set_nonblocking(true)?;
-    let devicebound = match cx.services.get::<Devicebound>() {
-        Some(queues) => queues,
-        None => {
-            let queues = Arc::new(Devicebound::open(&cx.data_dir)?);
-            cx.services.get_or_insert_with(|| queues)
-        }
-    };
+    let devicebound = cx
+        .services
+        .get_or_insert_with(|| Arc::new(Devicebound::default()))
+        .open(cx.id.as_str(), &cx.data_dir, config.devicebound.limits())?;
+    let seen = cx
+        .data_dir
+        .join("device_gateway")
+        .join(format!("{}.seen", cx.id));
+    let seen = Arc::new(SeenMessages::open(seen, config.dedupe.window)?);
     let sessions = cx
         .services
         .get_or_insert_with(|| Arc::new(DeviceSessions::new()));
@@ -56,6 +59,7 @@ pub(super) fn build(
         registry,
         devicebound,
         sessions,
+        seen,
         decoders: Decoders::new(&config.decoding),
         source: cx.id.as_arc(),
         out: cx.out,
@@ -77,6 +81,7 @@ pub(super) fn build(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let listening = gateway.telemetry.connected();
         listening.set(1);
+        let upkeep = start_upkeep(&gateway);
         tracing::info!(component_id = %id, %listen, "device gateway listening");
         // Ends with the same shutdown as the sessions.
         let pushes = tokio::spawn(twin::push_desired_changes(Arc::clone(&gateway)));
@@ -117,6 +122,7 @@ pub(super) fn build(
         drop(listener);
         listening.set(0);
         let _ = pushes.await;
+        upkeep.stop().await;
         // Sessions see the same shutdown: they stop reading and hand in their last acks.
         let drained = async { while sessions.join_next().await.is_some() {} };
         if tokio::time::timeout(gateway.ack_timeout + STOP_GRACE, drained)
@@ -127,4 +133,36 @@ pub(super) fn build(
         }
         Ok(())
     }))
+}
+
+/// The gateway's background work on its cloud-to-device queues: the expiry timer and the
+/// hand-over of settled messages.
+struct Upkeep {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Upkeep {
+    async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn start_upkeep(gateway: &Gateway) -> Upkeep {
+    let stop = gateway.shutdown.child_token();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(settlement::expire(
+        Arc::clone(&gateway.devicebound),
+        stop.clone(),
+    ));
+    tasks.spawn(settlement::hand_over(
+        Arc::clone(&gateway.devicebound),
+        gateway.out.clone(),
+        Arc::clone(&gateway.source),
+        gateway.ack_timeout,
+        gateway.telemetry.clone(),
+        stop.clone(),
+    ));
+    Upkeep { stop, tasks }
 }

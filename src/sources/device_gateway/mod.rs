@@ -23,9 +23,16 @@
 //! device that publishes or subscribes outside its own topics (`devices/{its id}/…`,
 //! `$iothub/…`) is disconnected and counted.
 //!
-//! Cloud-to-device messages queued through the API (the `devicebound` service) go out on
-//! `devices/{id}/messages/devicebound/{property bag}` at QoS 1, one at a time, once the
-//! device subscribes to them, and leave the queue on its PUBACK ([`devicebound`]).
+//! A publish whose `$.mid` the gateway committed lately for that device is acknowledged
+//! and dropped as a duplicate ([`dedupe`], bounded by `dedupe.window`).
+//!
+//! Cloud-to-device messages queued through the API or the `device_message` action (the
+//! `devicebound` service; this gateway's queues are `data_dir/devicebound/<id>.json`) go
+//! out on `devices/{id}/messages/devicebound/{property bag}` at QoS 1, one at a time,
+//! once the device subscribes to them, and leave the queue on its PUBACK
+//! ([`devicebound`]). A timer expires them as their time to live passes; the outcomes
+//! their `ack` asks for come out on `<id>.feedback`, and every expired or
+//! undeliverable message on `<id>.devicebound_dead_letters` ([`settlement`]).
 //!
 //! Provisioning: with `provisioning`, the same listener serves the provisioning
 //! service's protocol to devices holding an enrollment group's derived key
@@ -43,8 +50,7 @@
 //! device on `$iothub/twin/PATCH/properties/desired/?$version=n`. Any other `$iothub/…`
 //! publish closes the connection ([`hub`]).
 //!
-//! Not served yet: feedback and dead-lettering of expired cloud-to-device messages,
-//! CA-signed X.509 certificates, MQTT over WebSocket, modules. AMQP is out of scope.
+//! Not served yet: CA-signed X.509 certificates, MQTT over WebSocket, modules. AMQP is out of scope.
 //!
 //! # How it is built
 //!
@@ -61,6 +67,7 @@ mod auth;
 mod config;
 mod connections;
 mod content_encoding;
+mod dedupe;
 mod devicebound;
 mod hub;
 mod listener;
@@ -68,6 +75,7 @@ mod methods;
 mod provisioning;
 mod rate;
 mod session;
+mod settlement;
 mod telemetry;
 mod topics;
 mod twin;
@@ -82,7 +90,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::DeviceGatewayConfig;
 
 use crate::device_sessions::DeviceSessions;
-use crate::devicebound::Devicebound;
+use crate::devicebound::Queues;
 use crate::registry::Registry;
 use crate::telemetry::{ComponentTelemetry, GatewayMetrics};
 use crate::topology::channel::Outputs;
@@ -90,9 +98,10 @@ use crate::topology::channel::Outputs;
 /// What every session of one gateway shares.
 struct Gateway {
     registry: Arc<Registry>,
-    devicebound: Arc<Devicebound>,
+    devicebound: Arc<Queues>,
     /// Where direct methods and desired changes for its devices come from.
     sessions: Arc<DeviceSessions>,
+    seen: Arc<dedupe::SeenMessages>,
     decoders: telemetry::Decoders,
     source: Arc<str>,
     out: Outputs,

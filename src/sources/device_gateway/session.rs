@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::connections::Connections;
+use super::dedupe::Remember;
 use super::devicebound::{Deliveries, is_devicebound_filter};
 use super::hub::{self, HubRequest};
 use super::rate::DeviceRate;
@@ -39,9 +40,14 @@ use crate::telemetry::events::{
     Stage, TopicViolation,
 };
 
-/// A QoS 1 publish waiting for its PUBACK: its packet id and, unless it needs no commit
-/// (it went to `<id>.errors`), the outcome of its readings.
-type Pending = (u16, Option<oneshot::Receiver<DeliveryStatus>>);
+/// A QoS 1 publish waiting for its PUBACK: its packet id, unless it needs no commit (it
+/// went to `<id>.errors`, or was a duplicate) the outcome of its readings, and its
+/// `$.mid` to remember once committed.
+type Pending = (
+    u16,
+    Option<oneshot::Receiver<DeliveryStatus>>,
+    Option<Remember>,
+);
 
 /// Serves one accepted (TLS) connection until it ends.
 pub(super) async fn serve<S>(gateway: Arc<Gateway>, stream: S, certificate: Option<Thumbprints>)
@@ -261,6 +267,20 @@ impl Session<'_> {
             rate.admit().await;
         }
         let gateway = self.gateway;
+        let ack = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
+        let mid = properties
+            .iter()
+            .find(|(name, _)| name == "$.mid")
+            .map(|(_, mid)| mid.clone());
+        if let Some(mid) = &mid
+            && gateway.seen.contains(self.device_id, mid)
+        {
+            gateway.metrics.duplicates_dropped.inc();
+            if let Some(pkid) = ack {
+                self.queue_ack(pkid, None, None).await?;
+            }
+            return Ok(());
+        }
         EventsReceived {
             count: 0,
             bytes: publish.payload.len(),
@@ -272,7 +292,6 @@ impl Session<'_> {
             &topic,
             properties,
         ));
-        let ack = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
         match telemetry::events(&gateway.decoders, self.device_id, &publish.payload, &meta) {
             Ok(mut events) => {
                 EventsReceived {
@@ -285,7 +304,8 @@ impl Session<'_> {
                 if let Some(pkid) = ack {
                     let waiting = gateway.telemetry.pending_deliveries();
                     waiting.inc();
-                    if let Err(reason) = self.queue_ack(pkid, outcome).await {
+                    let remember = gateway.seen.remember_later(self.device_id, mid.as_deref());
+                    if let Err(reason) = self.queue_ack(pkid, outcome, remember).await {
                         waiting.dec();
                         return Err(reason);
                     }
@@ -314,7 +334,7 @@ impl Session<'_> {
                     .await;
                 // Kept on `<id>.errors`: acknowledged, or the device would send it forever.
                 if let Some(pkid) = ack {
-                    self.queue_ack(pkid, None).await?;
+                    self.queue_ack(pkid, None, None).await?;
                 }
             }
         }
@@ -338,7 +358,7 @@ impl Session<'_> {
             HubRequest::Unknown => return Err("unsupported_topic"),
         }
         if publish.qos == QoS::AtLeastOnce {
-            self.queue_ack(publish.pkid, None).await?;
+            self.queue_ack(publish.pkid, None, None).await?;
         }
         Ok(())
     }
@@ -347,9 +367,10 @@ impl Session<'_> {
         &self,
         pkid: u16,
         outcome: Option<oneshot::Receiver<DeliveryStatus>>,
+        remember: Option<Remember>,
     ) -> Result<(), &'static str> {
         self.pending
-            .send((pkid, outcome))
+            .send((pkid, outcome, remember))
             .await
             .map_err(|_| "not_committed")
     }
@@ -445,7 +466,9 @@ async fn acknowledge(
             _ = cut.stop.cancelled() => break,
             next = pending.recv() => next,
         };
-        let Some((pkid, outcome)) = next else { break };
+        let Some((pkid, outcome, remember)) = next else {
+            break;
+        };
         let committed = match outcome {
             Some(outcome) => {
                 let status = tokio::select! {
@@ -461,13 +484,16 @@ async fn acknowledge(
             cut.broken.cancel();
             break;
         }
+        if let Some(remember) = remember {
+            remember.committed();
+        }
         if out.send(Packet::PubAck(PubAck::new(pkid))).await.is_err() {
             break;
         }
     }
     // What is still queued will not be acknowledged: lower the gauge for it.
     pending.close();
-    while let Some((_, outcome)) = pending.recv().await {
+    while let Some((_, outcome, _)) = pending.recv().await {
         if outcome.is_some() {
             waiting.dec();
         }

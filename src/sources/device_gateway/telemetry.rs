@@ -5,56 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::codecs::{Codec, Decoder, DecodingConfig};
 use crate::event::{Event, EventMeta};
 use crate::sources::reading;
 
-/// The property naming the device that sent a message, as a hub stamps it.
-pub(super) const CONNECTION_DEVICE_ID: &str = "iothub-connection-device-id";
-/// When the gateway took the message in (RFC 3339), as a hub stamps it.
-pub(super) const ENQUEUED_TIME: &str = "iothub-enqueuedtime";
-
-/// The decoders a publish may ask for by content type, and the configured one.
-pub(super) struct Decoders {
-    configured: Decoder,
-    json: Decoder,
-    msgpack: Decoder,
-    bytes: Decoder,
-}
-
-impl Decoders {
-    pub(super) fn new(config: &DecodingConfig) -> Self {
-        let with = |codec| {
-            DecodingConfig {
-                codec,
-                ..config.clone()
-            }
-            .decoder()
-        };
-        Self {
-            configured: config.decoder(),
-            json: with(Codec::Json),
-            msgpack: with(Codec::Msgpack),
-            bytes: with(Codec::Bytes),
-        }
-    }
-
-    /// The decoder for content type `ct` (parameters such as `; charset=utf-8` ignored);
-    /// the configured one when there is none or weir does not know it.
-    fn for_content_type(&self, ct: Option<&str>) -> &Decoder {
-        let essence = ct
-            .map(|ct| ct.split(';').next().unwrap_or_default().trim())
-            .map(str::to_ascii_lowercase);
-        match essence.as_deref() {
-            Some("application/json" | "application/x-ndjson" | "application/ndjson") => &self.json,
-            Some("application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack") => {
-                &self.msgpack
-            }
-            Some("application/octet-stream") => &self.bytes,
-            _ => &self.configured,
-        }
-    }
-}
+pub(super) use crate::sources::iothub::{CONNECTION_DEVICE_ID, Decoders, ENQUEUED_TIME};
 
 /// The metadata every reading of one publish shares.
 pub(super) fn meta(
@@ -102,6 +56,7 @@ pub(super) fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codecs::{Codec, DecodingConfig};
 
     #[test]
     fn the_content_type_picks_the_decoder() {

@@ -73,6 +73,11 @@ pub struct HttpSourceConfig {
     /// Bounds on connections, requests in flight, client time and pending bytes.
     #[serde(default)]
     pub limits: Limits,
+    /// Also take telemetry from IoT hub device SDKs over their HTTPS transport:
+    /// `POST /devices/{device_id}/messages/events`, checked by the same `auth`, properties
+    /// from `iothub-app-*` (and system) headers into `meta.headers`, answered 204.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub iothub_transport: bool,
 }
 
 /// How the `http` source authenticates devices.
@@ -183,6 +188,12 @@ impl SourceComponent for HttpSourceConfig {
                     format!("`{name}` holds a credential: copied into `meta.headers`, it would travel with every event (sinks, dead letters, tap)"),
                 ));
             }
+        }
+        if self.iothub_transport && self.path == super::iothub::PATH {
+            problems.push(FieldProblem::at(
+                ["path"],
+                "`iothub_transport` serves this path already: pick another `path`",
+            ));
         }
         problems.extend(self.limits.check(self.max_body));
         if let Some(limit) = &self.rate_limit

@@ -18,6 +18,9 @@
 //!
 //! Handlers wait for room downstream before answering, so a slow pipeline slows clients.
 //!
+//! With `iothub_transport: true` the source also takes what IoT hub device SDKs send over
+//! their HTTPS transport, under the same `auth` ([`iothub`]).
+//!
 //! [`config`] holds the options, [`server`] listens and answers, [`limits`] bounds
 //! connections, requests and client time, [`admission`] decides who may send and how much,
 //! [`decode`] turns a body into events; this module follows one request through them.
@@ -25,6 +28,7 @@
 mod admission;
 mod config;
 mod decode;
+mod iothub;
 mod limits;
 mod server;
 
@@ -64,6 +68,8 @@ struct Handler {
     budget: limits::RequestBudget,
     body_timeout: std::time::Duration,
     headers: Vec<String>,
+    /// With `iothub_transport`, the decoders a message's content type picks.
+    iothub: Option<crate::sources::iothub::Decoders>,
     out: Outputs,
     telemetry: ComponentTelemetry,
 }
@@ -81,6 +87,7 @@ impl Handler {
     /// or why it was refused.
     async fn handle(
         &self,
+        wire: iothub::Wire,
         params: HashMap<String, String>,
         headers: &HeaderMap,
         body: Body,
@@ -131,8 +138,11 @@ impl Handler {
                 ),
             ));
         }
-        let meta = Arc::new(self.meta(headers));
         let path_device = params.get("device_id").map(|id| id.trim());
+        let meta = Arc::new(match wire {
+            iothub::Wire::Weir => self.meta(headers),
+            iothub::Wire::IotHub => self.iothub_meta(headers, path_device.unwrap_or_default()),
+        });
         if path_device.is_some_and(|id| id.is_empty() || id.len() > 256) {
             return Err(self.reject(
                 StatusCode::BAD_REQUEST,
@@ -146,7 +156,11 @@ impl Handler {
         }
         .emit(&self.telemetry);
 
-        let mut events = match self.decode(&body, path_device, &meta) {
+        let decoded = match wire {
+            iothub::Wire::Weir => self.decode(&body, path_device, &meta),
+            iothub::Wire::IotHub => self.iothub_decode(&body, path_device, headers, &meta),
+        };
+        let mut events = match decoded {
             Ok(events) => events,
             Err(reason) => {
                 self.dead_letter(&body, path_device, &meta, &reason).await;

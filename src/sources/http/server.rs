@@ -14,6 +14,7 @@ use axum_server::accept::DefaultAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use serde_json::json;
 
+use super::iothub::{self, Wire};
 use super::limits::{ConnectionLimit, Limits, RequestBudget};
 use super::{Handler, HttpAuth, HttpSourceConfig, RateLimit};
 use crate::registry::Registry;
@@ -59,12 +60,17 @@ pub(super) fn build(config: &HttpSourceConfig, cx: SourceContext) -> anyhow::Res
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect(),
+        iothub: config
+            .iothub_transport
+            .then(|| crate::sources::iothub::Decoders::new(&config.decoding)),
         out: cx.out,
         telemetry: cx.telemetry,
     });
-    let router = Router::new()
-        .route(&config.path, post(receive))
-        .with_state(state);
+    let mut router = Router::new().route(&config.path, post(receive));
+    if config.iothub_transport {
+        router = router.route(iothub::PATH, post(receive_iothub));
+    }
+    let router = router.with_state(state);
     let tls = config
         .tls
         .as_ref()
@@ -144,8 +150,33 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let outcome = handler.handle(params, &headers, body).await;
+    answer(&handler, Wire::Weir, params, headers, body).await
+}
+
+/// A device SDK's telemetry over HTTPS: see [`iothub`].
+async fn receive_iothub(
+    State(handler): State<Arc<Handler>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(&handler, Wire::IotHub, params, headers, body).await
+}
+
+async fn answer(
+    handler: &Handler,
+    wire: Wire,
+    params: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let outcome = handler.handle(wire, params, &headers, body).await;
     let (status, response) = match outcome {
+        // As a hub answers the SDKs.
+        Ok(_) if wire == Wire::IotHub => (
+            StatusCode::NO_CONTENT,
+            StatusCode::NO_CONTENT.into_response(),
+        ),
         Ok(accepted) => (
             StatusCode::OK,
             (StatusCode::OK, axum::Json(json!({ "accepted": accepted }))).into_response(),

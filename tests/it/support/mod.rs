@@ -35,6 +35,7 @@ pub mod mosquitto;
 pub mod moto;
 pub mod mounts;
 pub mod mqtt;
+pub mod node_sdk;
 pub mod pki;
 pub mod pydelta;
 pub mod receivers;
