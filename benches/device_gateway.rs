@@ -296,7 +296,26 @@ struct Round {
     machine_busy_s: f64,
 }
 
-fn publish_round(settings: &Settings, weir: &mut Weir, mode: Vec<String>) -> Result<Round, String> {
+/// Publishes 100-byte QoS 1 messages for `duration`, `settings.inflight` in flight per
+/// connection, as fast as PUBACKs return or at `rate` messages/s in all.
+fn publish_round(
+    settings: &Settings,
+    weir: &mut Weir,
+    duration: &str,
+    rate: Option<f64>,
+) -> Result<Round, String> {
+    let mut mode: Vec<String> = vec![
+        "publish".into(),
+        "--duration".into(),
+        duration.into(),
+        "--inflight".into(),
+        settings.inflight.to_string(),
+        "--payload".into(),
+        "100".into(),
+    ];
+    if let Some(rate) = rate {
+        mode.extend(["--rate".into(), rate.to_string()]);
+    }
     let mut load = weir.generator(settings, settings.devices, &mode)?;
     let connected = load.wait_phase("connected")?;
     if connected["connected"].as_u64().unwrap_or(0) == 0 {
@@ -346,19 +365,7 @@ impl Round {
 }
 
 fn throughput(settings: &Settings, weir: &mut Weir) -> Result<(), String> {
-    let round = publish_round(
-        settings,
-        weir,
-        vec![
-            "publish".into(),
-            "--duration".into(),
-            settings.duration.clone(),
-            "--inflight".into(),
-            settings.inflight.to_string(),
-            "--payload".into(),
-            "100".into(),
-        ],
-    )?;
+    let round = publish_round(settings, weir, &settings.duration, None)?;
     let done = &round.done;
     let per_s = done["msgs_per_s"].as_f64().unwrap_or(0.0);
     let in_sink = metric(
@@ -392,17 +399,8 @@ fn latency(settings: &Settings, weir: &mut Weir) -> Result<(), String> {
     let round = publish_round(
         settings,
         weir,
-        vec![
-            "publish".into(),
-            "--duration".into(),
-            settings.latency_duration.clone(),
-            "--inflight".into(),
-            settings.inflight.to_string(),
-            "--rate".into(),
-            settings.latency_rate.to_string(),
-            "--payload".into(),
-            "100".into(),
-        ],
+        &settings.latency_duration,
+        Some(settings.latency_rate),
     )?;
     let done = &round.done;
     let p99 = done["p99_ms"].as_f64().unwrap_or(f64::MAX);
