@@ -105,6 +105,8 @@ fn main() -> ExitCode {
 struct Sample {
     at_s: f64,
     rss_kib: u64,
+    /// The anonymous part of it (`RssAnon`): the heap, without the binary's pages.
+    anon_kib: u64,
     fds: usize,
     cpu_s: f64,
 }
@@ -480,27 +482,30 @@ fn sample(settings: &Settings, pid: u32) -> Result<Vec<Sample>, String> {
     let cpu_before = cpu_seconds(pid).unwrap_or(0.0);
     let mut samples = Vec::new();
     println!(
-        "  {:>7}  {:>9}  {:>5}  {:>10}",
-        "t", "RSS MiB", "fds", "weir cores"
+        "  {:>7}  {:>9}  {:>9}  {:>5}  {:>10}",
+        "t", "RSS MiB", "anon MiB", "fds", "weir cores"
     );
     let mut last_cpu = (0.0, cpu_before);
     loop {
         let at = started.elapsed();
         let rss = rss_kib(pid).ok_or("weir is gone (no VmRSS)")?;
+        let anon = support::status_kib(pid, "RssAnon:").unwrap_or(0);
         let fds = open_fds(pid).unwrap_or(0);
         let cpu = cpu_seconds(pid).unwrap_or(0.0);
         let cores = (cpu - last_cpu.1) / (at.as_secs_f64() - last_cpu.0).max(1e-9);
         last_cpu = (at.as_secs_f64(), cpu);
         println!(
-            "  {:>6.0}s  {:>9.1}  {:>5}  {:>10.2}",
+            "  {:>6.0}s  {:>9.1}  {:>9.1}  {:>5}  {:>10.2}",
             at.as_secs_f64(),
             rss as f64 / 1024.0,
+            anon as f64 / 1024.0,
             fds,
             cores
         );
         samples.push(Sample {
             at_s: at.as_secs_f64(),
             rss_kib: rss,
+            anon_kib: anon,
             fds,
             cpu_s: cpu - cpu_before,
         });
@@ -538,7 +543,8 @@ fn report_memory(settings: &Settings, samples: &[Sample]) -> Result<bool, String
             inside.iter().map(|s| s.fds).max(),
         ) {
             let min_fds = inside.iter().map(|s| s.fds).min().unwrap_or(0);
-            windows.push((start, start + window, rss, min_fds, fds));
+            let anon = inside.iter().map(|s| s.anon_kib).max().unwrap_or(0);
+            windows.push((start, start + window, rss, anon, min_fds, fds));
         }
         start += window;
     }
@@ -553,14 +559,20 @@ fn report_memory(settings: &Settings, samples: &[Sample]) -> Result<bool, String
         humantime::format_duration(settings.window),
         humantime::format_duration(settings.warmup)
     );
-    for (a, b, rss, fds_lo, fds_hi) in &windows {
+    for (a, b, rss, anon, fds_lo, fds_hi) in &windows {
         println!(
-            "    {:>5.1}–{:<5.1} min  max RSS {:>7.1} MiB   fds {fds_lo}–{fds_hi}",
+            "    {:>5.1}–{:<5.1} min  max RSS {:>7.1} MiB (anonymous {:>7.1} MiB)   fds {fds_lo}–{fds_hi}",
             a / 60.0,
             b / 60.0,
-            *rss as f64 / 1024.0
+            *rss as f64 / 1024.0,
+            *anon as f64 / 1024.0
         );
     }
+    let anon_growth = last.3 as f64 / first.3.max(1) as f64 - 1.0;
+    println!(
+        "  anonymous memory (the heap; RSS also counts the binary's pages as code runs for the first time): last window's max vs the first's {:+.2}%",
+        anon_growth * 100.0
+    );
     let ok = growth <= TARGET_GROWTH && growth_max <= TARGET_GROWTH;
     println!(
         "  memory: last window's max vs the first's {:+.2}%, highest window vs the first {:+.2}%   target ≤ +{:.0}%: {}",
@@ -596,7 +608,7 @@ fn report_memory(settings: &Settings, samples: &[Sample]) -> Result<bool, String
         shaded: Some((0.0, warmup / 60.0, "warm-up".into())),
         marks: windows
             .iter()
-            .map(|(a, b, rss, _, _)| support::svg::Mark {
+            .map(|(a, b, rss, _, _, _)| support::svg::Mark {
                 x0: a / 60.0,
                 x1: b / 60.0,
                 y: *rss as f64 / 1024.0,

@@ -165,10 +165,15 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 
 /// Resident set size right now (`VmRSS`) in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`field` with its colon, e.g. `RssAnon:`).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -197,6 +202,6 @@ pub fn raise_open_files_limit() -> Result<u64, String> {
                 return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
             }
         }
-        Ok(limit.rlim_cur as u64)
+        Ok(limit.rlim_cur)
     }
 }

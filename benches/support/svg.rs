@@ -42,7 +42,7 @@ pub struct Chart {
 /// `lo..hi` widened to nice round ends, with a tick step.
 fn axis(lo: f64, hi: f64) -> (f64, f64, f64) {
     let span = (hi - lo).max(1e-9);
-    let raw = span / 5.0;
+    let raw = span / 7.0;
     let magnitude = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 2.5, 5.0, 10.0]
         .iter()
@@ -59,6 +59,12 @@ fn range(points: &[(f64, f64)], pick: impl Fn(&(f64, f64)) -> f64) -> (f64, f64)
         .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
 }
 
+/// A tick's label: at most three decimals, without trailing zeros.
+fn tick(value: f64) -> String {
+    let text = format!("{value:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -70,7 +76,10 @@ impl Chart {
         let plot_w = WIDTH - LEFT - RIGHT;
         let plot_h = HEIGHT - TOP - BOTTOM;
         let (x_lo, x_hi) = range(&self.primary.points, |p| p.0);
-        let (x_lo, x_hi, x_step) = axis(x_lo.min(0.0), x_hi.max(x_lo + 1.0));
+        // The x axis ends with the data (ticks stop before it), so a 30-minute run is not
+        // drawn on a 40-minute axis.
+        let x_hi = x_hi.max(x_lo + 1e-9);
+        let (x_lo, _, x_step) = axis(x_lo.min(0.0), x_hi);
         let (y_lo, y_hi) = range(&self.primary.points, |p| p.1);
         // From zero, so a few per cent of growth looks like what it is.
         let (y_lo, y_hi, y_step) = axis(0.0_f64.min(y_lo), y_hi * 1.05);
@@ -100,14 +109,14 @@ impl Chart {
         }
         // Grid and axes.
         let mut x = x_lo;
-        while x <= x_hi + x_step / 2.0 {
+        while x <= x_hi + x_step * 1e-6 {
             let _ = writeln!(
                 svg,
                 r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1}" stroke="#dddddd"/><text x="{0:.1}" y="{2}" text-anchor="middle">{3}</text>"##,
                 sx(x),
                 TOP + plot_h,
                 TOP + plot_h + 16.0,
-                x
+                tick(x)
             );
             x += x_step;
         }
@@ -121,7 +130,7 @@ impl Chart {
                 LEFT - 6.0,
                 sy(y, y_lo, y_hi) + 4.0,
                 self.primary.colour,
-                y
+                tick(y)
             );
             y += y_step;
         }
@@ -164,7 +173,7 @@ impl Chart {
                     LEFT + plot_w + 6.0,
                     sy(y, lo, hi) + 4.0,
                     second.colour,
-                    y
+                    tick(y)
                 );
                 y += step;
             }
