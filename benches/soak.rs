@@ -288,8 +288,10 @@ fn run(
         .args([
             "--batch",
             &settings.http_batch.to_string(),
+            // Acknowledgements wait for the window's checkpoint and the Delta buffer's
+            // group commit (about a second): enough workers to keep the offered rate.
             "--concurrency",
-            "4",
+            "32",
         ])
         .args([
             "--rate",
