@@ -48,7 +48,14 @@ pub fn table_files(root: &Path) -> Result<Vec<DataFile>, String> {
 /// How many distinct values the integer column `column` holds over `files`, and how many
 /// rows had none (null or a file without the column).
 pub fn distinct_values(files: &[DataFile], column: &str) -> Result<(usize, u64), String> {
-    let mut seen = HashSet::new();
+    let (values, missing) = column_values(files, column)?;
+    Ok((values.into_iter().collect::<HashSet<_>>().len(), missing))
+}
+
+/// Every value of the integer column `column` over `files` (one per row that has one), and
+/// how many rows had none (null or a file without the column).
+pub fn column_values(files: &[DataFile], column: &str) -> Result<(Vec<i64>, u64), String> {
+    let mut values_out = Vec::new();
     let mut missing = 0u64;
     for data in files {
         let file = std::fs::File::open(&data.path)
@@ -70,10 +77,10 @@ pub fn distinct_values(files: &[DataFile], column: &str) -> Result<(usize, u64),
                 .map_err(|e| format!("{column} in {} is not a number: {e}", data.path.display()))?;
             let values = values.as_primitive::<Int64Type>();
             missing += values.null_count() as u64;
-            seen.extend(values.iter().flatten());
+            values_out.extend(values.iter().flatten());
         }
     }
-    Ok((seen.len(), missing))
+    Ok((values_out, missing))
 }
 
 /// A data file's path: deltalake lists local files as plain paths or as `file://` URLs.

@@ -1,11 +1,14 @@
 //! Helpers shared by the end-to-end benches: ports, a tiny HTTP client, /proc readings,
 //! starting and stopping weir, the load generator ([`load`]), the disk's own speed
-//! ([`disk`]) and reading a Delta table back ([`delta`]).
+//! ([`disk`]), reading a Delta table back ([`delta`]) and the device gateway's fleet and
+//! load generator ([`gateway`]).
 #![allow(dead_code)]
 
 pub mod delta;
 pub mod disk;
+pub mod gateway;
 pub mod load;
+pub mod svg;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -158,4 +161,47 @@ pub fn dir_bytes(dir: &Path) -> u64 {
             _ => entry.metadata().map_or(0, |m| m.len()),
         })
         .sum()
+}
+
+/// Resident set size right now (`VmRSS`) in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`field` with its colon, e.g. `RssAnon:`).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Open file descriptors of a process (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|entries| entries.count())
+}
+
+/// Raises this process's soft limit of open files to its hard limit (children inherit
+/// it); the limit now in force.
+pub fn raise_open_files_limit() -> Result<u64, String> {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+            }
+        }
+        Ok(limit.rlim_cur)
+    }
 }
