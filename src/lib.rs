@@ -42,6 +42,7 @@ pub mod event;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ops;
 pub mod redact;
 pub mod registry;
 pub mod sinks;

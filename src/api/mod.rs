@@ -26,6 +26,7 @@ mod records;
 mod rejections;
 pub mod reload;
 mod scope;
+mod tap;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -121,6 +122,7 @@ pub fn routes() -> access::Routes {
     let routes = devicebound::routes(routes);
     let routes = alarms::routes(routes);
     let routes = audit::routes(routes);
+    let routes = tap::routes(routes);
     tokens::routes(routes)
 }
 

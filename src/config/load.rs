@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::common::{COMMON_KEYS, CommonOptions};
 use super::diagnostic::{Diagnostic, Diagnostics, Location, did_you_mean, list};
 use super::validate::{self, RawInput, TypedComponent};
 use super::yaml::{Key, Node, NodeKind, PathStep};
@@ -32,7 +33,7 @@ fn global_keys(catalogue: &Catalogue) -> Vec<&'static str> {
     ["data_dir", "api", "log"]
         .into_iter()
         .chain(services)
-        .chain(["watch", "channel_max_events"])
+        .chain(["watch", "channel_max_events", "telemetry"])
         .collect()
 }
 
@@ -408,11 +409,14 @@ fn typed_component(
         kind: NodeKind::Map(
             entries
                 .iter()
-                .filter(|(k, _)| k.name != "type" && k.name != "inputs")
+                .filter(|(k, _)| {
+                    k.name != "type" && k.name != "inputs" && !COMMON_KEYS.contains(&k.name.as_str())
+                })
                 .cloned()
                 .collect(),
         ),
     };
+    let common = common_options(kind, &node, env, diagnostics, &id);
     let mut env_errors = Vec::new();
     let json = options.to_json(env, &mut env_errors);
     let had_env_errors = !env_errors.is_empty();
@@ -441,13 +445,13 @@ fn typed_component(
             diagnostics.push(serde_diagnostic(&options, err).in_component(&id));
             return TypedComponent::failed(id.as_str().into(), key.location);
         }
-        Some(Ok(config)) => config,
+        Some(Ok(config)) => config.with_common(common),
     };
     let field_message = |problem: FieldProblem| match path_text(&problem.path) {
         path if path.is_empty() => problem.message,
         path => format!("`{path}`: {}", problem.message),
     };
-    for problem in typed.check() {
+    for problem in typed.check().into_iter().chain(typed.common().check()) {
         let at = options.locate(&problem.path);
         diagnostics.push(error(at, field_message(problem)));
     }
@@ -460,6 +464,64 @@ fn typed_component(
         config: Some(typed),
         inputs,
         location: key.location,
+    }
+}
+
+/// The options every type of the section takes (`redact`, `trace`), refused where the
+/// section has no use for them.
+fn common_options(
+    kind: ComponentKind,
+    node: &Node,
+    env: &dyn Fn(&str) -> Option<String>,
+    diagnostics: &mut Diagnostics,
+    id: &str,
+) -> CommonOptions {
+    let allowed = CommonOptions::allowed(kind);
+    let mut entries = Vec::new();
+    for (key, value) in node.as_map().into_iter().flatten() {
+        if !COMMON_KEYS.contains(&key.name.as_str()) {
+            continue;
+        }
+        match allowed.contains(&key.name.as_str()) {
+            true => entries.push((key.clone(), value.clone())),
+            false => diagnostics.push(
+                Diagnostic::error(
+                    Some(key.location.clone()),
+                    format!(
+                        "{}s take no `{}`: it is an option of {}",
+                        kind.noun(),
+                        key.name,
+                        match key.name.as_str() {
+                            "trace" => "sources",
+                            _ => "sources, sinks and actions",
+                        }
+                    ),
+                )
+                .in_component(id),
+            ),
+        }
+    }
+    if entries.is_empty() {
+        return CommonOptions::default();
+    }
+    let common = Node {
+        location: node.location.clone(),
+        kind: NodeKind::Map(entries),
+    };
+    let mut env_errors = Vec::new();
+    let json = common.to_json(env, &mut env_errors);
+    if !env_errors.is_empty() {
+        diagnostics
+            .0
+            .extend(env_errors.into_iter().map(|d| d.in_component(id)));
+        return CommonOptions::default();
+    }
+    match serde_path_to_error::deserialize::<_, CommonOptions>(json) {
+        Ok(common) => common,
+        Err(err) => {
+            diagnostics.push(serde_diagnostic(&common, err).in_component(id));
+            CommonOptions::default()
+        }
     }
 }
 

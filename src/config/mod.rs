@@ -14,6 +14,7 @@ pub mod action;
 pub mod aggregator;
 mod api_jwt;
 mod catalogue;
+pub mod common;
 pub mod component;
 pub use api_jwt::{JwksSource, JwtConfig};
 mod diagnostic;
@@ -27,6 +28,7 @@ mod sensitive;
 pub mod service;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 mod tls;
 pub mod transform;
 mod units;
@@ -97,6 +99,8 @@ pub struct Component {
 pub struct ComponentConfig {
     type_name: &'static str,
     options: SectionOptions,
+    /// `redact`, `trace`: what every type of the section takes (see [`common`]).
+    common: common::CommonOptions,
 }
 
 /// A component's options, as the trait object of its section.
@@ -125,6 +129,7 @@ impl PartialEq for ComponentConfig {
     fn eq(&self, other: &Self) -> bool {
         self.type_name == other.type_name
             && self.kind() == other.kind()
+            && self.common == other.common
             && self
                 .options
                 .as_options()
@@ -134,7 +139,21 @@ impl PartialEq for ComponentConfig {
 
 impl ComponentConfig {
     pub fn new(type_name: &'static str, options: SectionOptions) -> Self {
-        Self { type_name, options }
+        Self {
+            type_name,
+            options,
+            common: common::CommonOptions::default(),
+        }
+    }
+
+    /// The same component with `common` options (`redact`, `trace`).
+    pub fn with_common(self, common: common::CommonOptions) -> Self {
+        Self { common, ..self }
+    }
+
+    /// The options every type of the section takes.
+    pub fn common(&self) -> &common::CommonOptions {
+        &self.common
     }
 
     /// The options, as the trait object of the component's section.
@@ -303,6 +322,9 @@ pub struct GlobalConfig {
     /// 8192). A batch larger than this (one big request) still passes, alone.
     #[serde(default = "default_channel_max_events")]
     pub channel_max_events: std::num::NonZeroUsize,
+    /// weir's own telemetry: spans of traced readings to an OpenTelemetry collector.
+    #[serde(default)]
+    pub telemetry: telemetry::TelemetryConfig,
 }
 
 fn default_channel_max_events() -> std::num::NonZeroUsize {
@@ -318,6 +340,7 @@ impl Default for GlobalConfig {
             services: ServiceConfigs::default(),
             watch: false,
             channel_max_events: default_channel_max_events(),
+            telemetry: telemetry::TelemetryConfig::default(),
         }
     }
 }

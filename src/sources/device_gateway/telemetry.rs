@@ -66,6 +66,7 @@ pub(super) fn meta(
     let enqueued = meta.received_at.to_string();
     meta.topic = Some(topic.to_owned());
     meta.headers = properties;
+    meta.adopt_traceparent_header();
     meta.headers
         .push((CONNECTION_DEVICE_ID.into(), device_id.to_owned()));
     meta.headers.push((ENQUEUED_TIME.into(), enqueued));

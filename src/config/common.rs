@@ -1,0 +1,84 @@
+//! Options a component takes beside its type's own, the same for every type of a section:
+//! `redact` (sources, sinks, actions) and `trace` (sources).
+//!
+//! The loader splits them off as it splits off `type` and `inputs`, so no type declares
+//! them and every type has them.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::component::{ComponentKind, FieldProblem};
+
+/// The keys of [`CommonOptions`], split off a component's mapping before its type's
+/// options are read.
+pub const COMMON_KEYS: &[&str] = &["redact", "trace"];
+
+/// Options every component of a section has.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommonOptions {
+    /// Fields of the events passing through this component that hold secrets: `weir tap`
+    /// shows them as `***` wherever in an event they are (a name matches a key at any
+    /// depth, `a.b` the key `b` under `a`). Device keys are always masked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+    /// Sample readings for tracing: each sampled reading logs one line per hop and feeds
+    /// `component_latency_seconds`. Readings that arrive with a `traceparent` flagged
+    /// sampled are traced whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceOptions>,
+}
+
+/// How a source samples readings for tracing.
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TraceOptions {
+    /// The share of readings sampled, 0 to 1 (`0.001`: one in a thousand).
+    pub sample: f64,
+}
+
+impl CommonOptions {
+    /// Which of these options a component of `kind` may take.
+    pub fn allowed(kind: ComponentKind) -> &'static [&'static str] {
+        match kind {
+            ComponentKind::Source => &["redact", "trace"],
+            ComponentKind::Sink | ComponentKind::Action => &["redact"],
+            ComponentKind::Transform | ComponentKind::Aggregator => &[],
+        }
+    }
+
+    /// Checks serde cannot express.
+    pub fn check(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        if let Some(trace) = &self.trace
+            && !(0.0..=1.0).contains(&trace.sample)
+        {
+            problems.push(FieldProblem::at(
+                ["trace", "sample"],
+                format!(
+                    "{} is not a share: expected a number from 0 to 1, e.g. 0.001",
+                    trace.sample
+                ),
+            ));
+        }
+        for (n, field) in self.redact.iter().enumerate() {
+            if field.is_empty() || field.split('.').any(str::is_empty) {
+                problems.push(FieldProblem {
+                    path: vec![
+                        super::PathStep::Key("redact".into()),
+                        super::PathStep::Index(n),
+                    ],
+                    message: format!(
+                        "`{field}` is not a field name: expected `name` or `a.b`"
+                    ),
+                });
+            }
+        }
+        problems
+    }
+
+    /// The share of readings a source samples (0 without `trace`).
+    pub fn sample_rate(&self) -> f64 {
+        self.trace.as_ref().map_or(0.0, |t| t.sample)
+    }
+}
