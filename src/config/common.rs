@@ -68,9 +68,7 @@ impl CommonOptions {
                         super::PathStep::Key("redact".into()),
                         super::PathStep::Index(n),
                     ],
-                    message: format!(
-                        "`{field}` is not a field name: expected `name` or `a.b`"
-                    ),
+                    message: format!("`{field}` is not a field name: expected `name` or `a.b`"),
                 });
             }
         }

@@ -410,7 +410,9 @@ fn typed_component(
             entries
                 .iter()
                 .filter(|(k, _)| {
-                    k.name != "type" && k.name != "inputs" && !COMMON_KEYS.contains(&k.name.as_str())
+                    k.name != "type"
+                        && k.name != "inputs"
+                        && !COMMON_KEYS.contains(&k.name.as_str())
                 })
                 .cloned()
                 .collect(),

@@ -104,7 +104,11 @@ async fn run(args: &TapArgs) -> Result<(), String> {
             let text = render(&shown_record(record, args.meta), args.format);
             let mut out = stdout.lock();
             // A closed stdout (`| head`) ends the tap.
-            if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+            if out
+                .write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
                 return Ok(());
             }
             shown += 1;

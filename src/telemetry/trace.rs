@@ -61,10 +61,7 @@ impl Hops {
             let Some(sampled) = &meta.sampled else {
                 continue;
             };
-            let since = now
-                .duration_since(meta.received_at)
-                .as_secs_f64()
-                .max(0.0);
+            let since = now.duration_since(meta.received_at).as_secs_f64().max(0.0);
             self.latency.observe(since);
             let trace_id = meta.trace_id.as_deref().unwrap_or_default();
             tracing::info!(

@@ -84,10 +84,14 @@ impl TapFilter {
 
     fn matches(&self, component: &ComponentId, port: &Port) -> bool {
         match port {
-            Port::Input => self.inputs_of.iter().any(|g| g.is_match(component.as_str())),
-            Port::Output(name) if &**name == "default" => {
-                self.outputs_of.iter().any(|g| g.is_match(component.as_str()))
-            }
+            Port::Input => self
+                .inputs_of
+                .iter()
+                .any(|g| g.is_match(component.as_str())),
+            Port::Output(name) if &**name == "default" => self
+                .outputs_of
+                .iter()
+                .any(|g| g.is_match(component.as_str())),
             Port::Output(name) => {
                 let full = format!("{component}.{name}");
                 self.outputs_of.iter().any(|g| g.is_match(&full))

@@ -35,7 +35,9 @@ sinks:
 
 async fn post(http: u16, device: &str, body: &str) {
     let answer = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{http}/v1/devices/{device}/messages"))
+        .post(format!(
+            "http://127.0.0.1:{http}/v1/devices/{device}/messages"
+        ))
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()
@@ -182,7 +184,11 @@ async fn tap_shows_live_events_masks_secrets_and_copies_nothing_when_detached() 
     }
     let metrics = weir.metrics().await;
     assert_eq!(sent_by_plant(&metrics), 5.0);
-    assert_eq!(copied(&metrics), 0.0, "nothing copied while no tap is attached");
+    assert_eq!(
+        copied(&metrics),
+        0.0,
+        "nothing copied while no tap is attached"
+    );
 
     // `weir tap`: three events, secrets masked, then it stops (`--count`).
     let mut tap = TapProcess::start(
@@ -212,7 +218,9 @@ async fn tap_shows_live_events_masks_secrets_and_copies_nothing_when_detached() 
             .unwrap_or_else(|| panic!("no tapped event; stderr: {}", tap.stderr()));
         shown.push(serde_json::from_str::<Value>(&line).expect("a JSON line"));
     }
-    let status = tap.wait(Duration::from_secs(20)).expect("--count ends the tap");
+    let status = tap
+        .wait(Duration::from_secs(20))
+        .expect("--count ends the tap");
     assert!(status.success(), "{status}: {}", tap.stderr());
     for record in &shown {
         assert_eq!(record["component_id"], "plant");
@@ -222,8 +230,14 @@ async fn tap_shows_live_events_masks_secrets_and_copies_nothing_when_detached() 
         assert_eq!(event["temperature"], 21.5, "{record}");
         assert_eq!(event["password"], "***", "the source's redact list");
         assert_eq!(event["primary_key"], "***", "a device key");
-        assert_eq!(event["conn"], "***", "a connection string with a device key");
-        assert_eq!(event["config"]["api_token"], "***", "the sink's redact list");
+        assert_eq!(
+            event["conn"], "***",
+            "a connection string with a device key"
+        );
+        assert_eq!(
+            event["config"]["api_token"], "***",
+            "the sink's redact list"
+        );
         assert_eq!(event["config"]["site"], "plant-3");
         assert_eq!(event["meta"]["source"], "plant");
         let text = record.to_string();
@@ -259,11 +273,24 @@ async fn the_tap_route_keeps_its_limit_taps_errors_and_scopes_devices() {
     let weir = Weir::start(dir.path(), &pipeline, ([127, 0, 0, 1], api).into()).await;
 
     // `limit`: of 5 events in one interval, 2 are sent and 3 skipped (and said so).
-    let mut stream = Stream::open(&weir, &weir.token, "outputs_of=plant&limit=2&interval_ms=1500").await;
-    let first = stream.next(Duration::from_secs(10)).await.expect("the first line");
+    let mut stream = Stream::open(
+        &weir,
+        &weir.token,
+        "outputs_of=plant&limit=2&interval_ms=1500",
+    )
+    .await;
+    let first = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the first line");
     assert_eq!(first["notice"], "attached");
     assert_eq!(first["matched"], json!(["plant:default"]));
-    post(http, "tap-limit-1", r#"[{"n":1},{"n":2},{"n":3},{"n":4},{"n":5}]"#).await;
+    post(
+        http,
+        "tap-limit-1",
+        r#"[{"n":1},{"n":2},{"n":3},{"n":4},{"n":5}]"#,
+    )
+    .await;
     let mut events = Vec::new();
     let notice = loop {
         let line = stream
@@ -318,7 +345,10 @@ async fn the_tap_route_keeps_its_limit_taps_errors_and_scopes_devices() {
     );
     post(http, "tap-scoped-2", r#"{"hidden": true}"#).await;
     post(http, "tap-scoped-1", r#"{"shown": true}"#).await;
-    let seen = stream.next(Duration::from_secs(10)).await.expect("an event");
+    let seen = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("an event");
     assert_eq!(seen["input"], true);
     assert_eq!(seen["event"]["device_id"], "tap-scoped-1", "{seen}");
     // A viewer may not tap.

@@ -53,14 +53,30 @@ impl Tmux {
     /// Runs `command` in a new 200x50 session `session`.
     fn start(&self, session: &str, command: &str) {
         let out = self.run(&[
-            "new-session", "-d", "-s", session, "-x", "200", "-y", "50", command,
+            "new-session",
+            "-d",
+            "-s",
+            session,
+            "-x",
+            "200",
+            "-y",
+            "50",
+            command,
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn keys(&self, session: &str, keys: &str) {
         let out = self.run(&["send-keys", "-t", session, keys]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn screen(&self, session: &str) -> String {
@@ -149,20 +165,27 @@ sinks:
 
     // Sorted by id: the slow source first; the fast one's rate shows.
     let (shown, screen) = tmux
-        .until("top", |s| out_rate(s, "zzz_fast") > 0.0 && row(s, "aaa_slow").is_some())
+        .until("top", |s| {
+            out_rate(s, "zzz_fast") > 0.0 && row(s, "aaa_slow").is_some()
+        })
         .await;
     assert!(shown, "no rate for zzz_fast:\n{screen}");
     assert!(screen.contains("1ID▲"), "sorted by id:\n{screen}");
     assert!(above(&screen, "aaa_slow", "zzz_fast"), "{screen}");
     let (_, cells) = row(&screen, "zzz_fast").unwrap();
     assert_eq!(cells[1..3], ["source", "simulator"]);
-    assert!(row(&screen, "top_out").is_some(), "the sink's row:\n{screen}");
+    assert!(
+        row(&screen, "top_out").is_some(),
+        "the sink's row:\n{screen}"
+    );
     assert!(screen.contains("connected devices: 0"), "{screen}");
 
     // `5`: by OUT/S, largest first.
     tmux.keys("top", "5");
     let (sorted, screen) = tmux
-        .until("top", |s| s.contains("5OUT/S▼") && above(s, "zzz_fast", "aaa_slow"))
+        .until("top", |s| {
+            s.contains("5OUT/S▼") && above(s, "zzz_fast", "aaa_slow")
+        })
         .await;
     assert!(sorted, "the sort key did not reorder the rows:\n{screen}");
 
@@ -171,7 +194,9 @@ sinks:
     tmux.keys("top", "sink");
     tmux.keys("top", "Enter");
     let (filtered, screen) = tmux
-        .until("top", |s| row(s, "top_out").is_some() && row(s, "zzz_fast").is_none())
+        .until("top", |s| {
+            row(s, "top_out").is_some() && row(s, "zzz_fast").is_none()
+        })
         .await;
     assert!(filtered, "the filter did not apply:\n{screen}");
 

@@ -103,7 +103,9 @@ sinks:
     let client = reqwest::Client::new();
     let send = |port: u16, device: &str, traceparent: Option<String>| {
         let mut request = client
-            .post(format!("http://127.0.0.1:{port}/v1/devices/{device}/messages"))
+            .post(format!(
+                "http://127.0.0.1:{port}/v1/devices/{device}/messages"
+            ))
             .body(r#"{"temperature": 20}"#);
         if let Some(value) = traceparent {
             request = request.header("traceparent", value);
@@ -116,8 +118,18 @@ sinks:
 
     // Not flagged sampled: its trace id travels, but nothing is logged for it.
     let unsampled = "6cf92f3577b34da6a3ce929d0e0e4736";
-    send(http, "trace-pump-0", Some(format!("00-{unsampled}-{PARENT}-00"))).await;
-    send(http, "trace-pump-1", Some(format!("00-{TRACE_ID}-{PARENT}-01"))).await;
+    send(
+        http,
+        "trace-pump-0",
+        Some(format!("00-{unsampled}-{PARENT}-00")),
+    )
+    .await;
+    send(
+        http,
+        "trace-pump-1",
+        Some(format!("00-{TRACE_ID}-{PARENT}-01")),
+    )
+    .await;
 
     let logged = eventually(Duration::from_secs(20), || hops(&log, TRACE_ID).len() >= 3).await;
     let lines = hops(&log, TRACE_ID);
@@ -142,13 +154,21 @@ sinks:
     );
     let since: Vec<f64> = lines
         .iter()
-        .map(|l| l["since_arrival_ms"].as_f64().expect("a time since arrival"))
+        .map(|l| {
+            l["since_arrival_ms"]
+                .as_f64()
+                .expect("a time since arrival")
+        })
         .collect();
     assert!(
         since.windows(2).all(|w| w[0] < w[1]),
         "the time since arrival grows hop by hop: {since:?}"
     );
-    assert!(lines.iter().all(|l| l["target"] == "weir::trace" && l["device_id"] == "trace-pump-1"));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["target"] == "weir::trace" && l["device_id"] == "trace-pump-1")
+    );
 
     // The spans: one per hop, children of the caller's span.
     let arrived = eventually(Duration::from_secs(20), || {
@@ -172,9 +192,10 @@ sinks:
     // its own.
     send(sampled_http, "trace-pump-2", None).await;
     let traced = eventually(Duration::from_secs(20), || {
-        std::fs::read_to_string(&log).unwrap_or_default().lines().any(|l| {
-            l.contains("\"hop\"") && l.contains("trace-pump-2") && l.contains("\"out\"")
-        })
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("\"hop\"") && l.contains("trace-pump-2") && l.contains("\"out\""))
     })
     .await;
     assert!(traced, "the sampled source's reading was traced");
@@ -193,8 +214,14 @@ sinks:
         .iter()
         .find(|e| e["device_id"] == "trace-pump-0")
         .expect("the unsampled reading");
-    assert_eq!(carried["meta"]["trace_id"], unsampled, "its trace id travels");
-    assert!(hops(&log, unsampled).is_empty(), "an unsampled reading logs nothing");
+    assert_eq!(
+        carried["meta"]["trace_id"], unsampled,
+        "its trace id travels"
+    );
+    assert!(
+        hops(&log, unsampled).is_empty(),
+        "an unsampled reading logs nothing"
+    );
 
     let metrics = weir.metrics().await;
     let count = metric_in(

@@ -180,9 +180,7 @@ fn handle_key(view: &mut View, code: KeyCode, modifiers: KeyModifiers) -> bool {
         KeyCode::Char('/') => view.editing = true,
         KeyCode::Char(c @ '1'..='9') => view.sort_by(c as usize - '1' as usize),
         KeyCode::Right => view.sort_by((view.sort + 1) % view::COLUMNS.len()),
-        KeyCode::Left => {
-            view.sort_by((view.sort + view::COLUMNS.len() - 1) % view::COLUMNS.len())
-        }
+        KeyCode::Left => view.sort_by((view.sort + view::COLUMNS.len() - 1) % view::COLUMNS.len()),
         _ => {}
     }
     false

@@ -119,8 +119,11 @@ pub fn rows(previous: Option<&Sample>, current: &Sample, seconds: f64) -> Vec<Ro
         .collect()
 }
 
+/// A series' labels, in the order written.
+type Labels = Vec<(String, String)>;
+
 /// `name{labels} value` (labels optional); `None` for comments and what is not a sample.
-fn parse_line(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn parse_line(line: &str) -> Option<(&str, Labels, f64)> {
     if line.starts_with('#') || line.trim().is_empty() {
         return None;
     }
@@ -141,7 +144,7 @@ fn parse_line(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
 }
 
 /// Labels up to the closing `}`, and what follows it.
-fn parse_labels(mut text: &str) -> Option<(Vec<(String, String)>, &str)> {
+fn parse_labels(mut text: &str) -> Option<(Labels, &str)> {
     let mut labels = Vec::new();
     loop {
         text = text.trim_start_matches(',');

@@ -10,7 +10,15 @@ use super::stats::Row;
 
 /// The table's columns, in order; the digit keys `1`..`9` sort by them.
 pub const COLUMNS: [&str; 9] = [
-    "ID", "KIND", "TYPE", "IN/S", "OUT/S", "ERRORS", "DISCARDED", "BUFFER", "LATENCY",
+    "ID",
+    "KIND",
+    "TYPE",
+    "IN/S",
+    "OUT/S",
+    "ERRORS",
+    "DISCARDED",
+    "BUFFER",
+    "LATENCY",
 ];
 
 /// What the operator chose: the sort column and direction, the filter.
@@ -131,7 +139,10 @@ pub fn draw(frame: &mut Frame, view: &View, rows: &[Row], status: &Status<'_>) {
             Cell::from(format!("{:.1}", r.out_per_sec)),
             Cell::from(format!("{}", r.errors)),
             Cell::from(format!("{}", r.discarded)),
-            Cell::from(r.buffer.map_or("-".into(), |b| format!("{:.0}%", b * 100.0))),
+            Cell::from(
+                r.buffer
+                    .map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
+            ),
             Cell::from(r.latency_ms.map_or("-".into(), |l| format!("{l:.1}ms"))),
         ])
     });
@@ -185,7 +196,12 @@ mod tests {
     fn sorting_and_filtering() {
         let rows = [row("a", 1.0), row("b", 5.0), row("c", 3.0)];
         let mut view = View::default();
-        let ids = |v: &View| v.arrange(&rows).into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let ids = |v: &View| {
+            v.arrange(&rows)
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(&view), ["a", "b", "c"]);
         view.sort_by(3);
         assert_eq!(ids(&view), ["b", "c", "a"]);
