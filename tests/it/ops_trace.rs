@@ -231,3 +231,106 @@ sinks:
     );
     assert!(count >= 2.0, "component_latency_seconds of out: {count}");
 }
+
+/// A `traceparent` in an MQTT 5 user property and in an AMQP header: the event's trace id,
+/// sampled (its hops timed in `component_latency_seconds`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_travels_in_mqtt5_properties_and_amqp_headers() {
+    use crate::support::mqtt::{Publish5, publish_v5, start_subscribed};
+    use crate::support::services::{self, Broker, Lease};
+    use lapin::options::{
+        BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let _brokers = Lease::shared(&[Broker::Mosquitto, Broker::RabbitMq]).await;
+    let prefix = format!("weir-traced-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "api: {{ enabled: false }}
+sources:
+  plant: {{ type: mqtt, url: '{mqtt}', client_id: '{prefix}', protocol: 5, topics: ['{prefix}/+'], device_id: '{prefix}/{{device_id}}', clean_session: true }}
+  broker: {{ type: amqp, url: '{amqp}', queue: '{prefix}', declare: {{ durable: false }} }}
+sinks:
+  traced_out: {{ type: file, inputs: [plant, broker], path: '{d}/out.ndjson' }}
+",
+        mqtt = services::mosquitto(),
+        amqp = services::rabbitmq(),
+        d = dir.path().display()
+    );
+    let (topology, telemetry) = start_subscribed(&text, &["plant", "broker"]).await;
+    let over_mqtt = "7cf92f3577b34da6a3ce929d0e0e4736";
+    let over_amqp = "8cf92f3577b34da6a3ce929d0e0e4736";
+    publish_v5(
+        &prefix,
+        vec![Publish5 {
+            topic: format!("{prefix}/pump-8"),
+            payload: br#"{"pressure": 3.2}"#.to_vec(),
+            user_properties: vec![("traceparent".into(), format!("00-{over_mqtt}-{PARENT}-01"))],
+            content_type: None,
+        }],
+    )
+    .await;
+
+    let connection = Connection::connect(services::rabbitmq(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(prefix.as_str().into(), options, FieldTable::default())
+        .await
+        .expect("the source declared its queue");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(format!("00-{over_amqp}-{PARENT}-01").into()),
+    );
+    channel
+        .basic_publish(
+            "".into(),
+            prefix.as_str().into(),
+            BasicPublishOptions::default(),
+            br#"{"device_id": "pump-9", "flow": 1}"#,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let out = dir.path().join("out.ndjson");
+    let both = eventually(Duration::from_secs(20), || {
+        crate::support::lines(&out).len() >= 2
+    })
+    .await;
+    assert!(both, "both readings arrive");
+    let events = crate::support::lines(&out);
+    let trace_of = |device: &str| {
+        events
+            .iter()
+            .find(|e| e["device_id"] == device)
+            .map(|e| e["meta"]["trace_id"].clone())
+    };
+    assert_eq!(trace_of("pump-8"), Some(Value::from(over_mqtt)));
+    assert_eq!(trace_of("pump-9"), Some(Value::from(over_amqp)));
+    // Sampled: each reading's hops were timed (the source's output and the sink's input).
+    let timed = crate::support::metric(
+        &telemetry,
+        "component_latency_seconds_count",
+        &[r#"component_id="traced_out""#],
+    );
+    assert_eq!(timed, 2.0, "both readings were traced to the sink");
+    let _ = topology.stop(Duration::from_secs(10)).await;
+    let _ = channel
+        .queue_delete(prefix.as_str().into(), QueueDeleteOptions::default())
+        .await;
+}
