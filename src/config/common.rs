@@ -80,3 +80,49 @@ impl CommonOptions {
         self.trace.as_ref().map_or(0.0, |t| t.sample)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn load(text: &str) -> Result<super::super::TopologyConfig, String> {
+        super::super::load_str(&crate::CATALOGUE, "common.yaml", text, &|_| None)
+            .map(|(config, _)| config)
+            .map_err(|errors| errors.to_string())
+    }
+
+    #[test]
+    fn redact_and_trace_are_read_beside_any_type() {
+        let config = load(
+            "sources:
+  plant: { type: simulator, redact: [password], trace: { sample: 0.001 } }
+sinks:
+  out: { type: blackhole, inputs: [plant], redact: [config.token] }
+",
+        )
+        .unwrap();
+        let plant = config.components["plant"].config.common();
+        assert_eq!(plant.redact, ["password"]);
+        assert_eq!(plant.sample_rate(), 0.001);
+        assert_eq!(
+            config.components["out"].config.common().redact,
+            ["config.token"]
+        );
+    }
+
+    #[test]
+    fn misplaced_or_wrong_options_are_refused_where_they_are_written() {
+        let errors = load(
+            "sources:
+  plant: { type: simulator, trace: { sample: 2 } }
+transforms:
+  shaped: { type: remap, inputs: [plant], redact: [x] }
+sinks:
+  out: { type: blackhole, inputs: [shaped], trace: { sample: 0.5 }, redact: ['a..b'] }
+",
+        )
+        .unwrap_err();
+        assert!(errors.contains("2 is not a share"), "{errors}");
+        assert!(errors.contains("transforms take no `redact`"), "{errors}");
+        assert!(errors.contains("sinks take no `trace`"), "{errors}");
+        assert!(errors.contains("`a..b` is not a field name"), "{errors}");
+    }
+}

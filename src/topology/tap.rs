@@ -319,6 +319,11 @@ impl Tap {
         self.rx.recv().await
     }
 
+    /// The events copied for this tap, if any are waiting.
+    pub fn try_next(&mut self) -> Option<Tapped> {
+        self.rx.try_recv().ok()
+    }
+
     /// Events lost so far because this tap's queue was full.
     pub fn dropped(&self) -> u64 {
         self.subscription.dropped.load(Ordering::Relaxed)
