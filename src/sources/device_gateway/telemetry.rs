@@ -132,4 +132,24 @@ mod tests {
         assert!(headers.iter().any(|(name, _)| name == ENQUEUED_TIME));
         assert!(headers.contains(&("room".into(), "a".into())));
     }
+
+    #[test]
+    fn a_traceparent_in_the_property_bag_is_the_trace_id() {
+        let source: Arc<str> = "gw".into();
+        let properties = vec![(
+            "traceparent".to_owned(),
+            "00-9cf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        )];
+        let meta = meta(
+            &source,
+            "pump-1",
+            "devices/pump-1/messages/events/",
+            properties,
+        );
+        assert_eq!(
+            meta.trace_id.as_deref(),
+            Some("9cf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert!(meta.is_sampled());
+    }
 }
