@@ -8,6 +8,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::component::{ComponentKind, FieldProblem};
+use super::diagnostic::{Diagnostic, Diagnostics};
+use super::yaml::{Node, NodeKind};
 
 /// The keys of [`CommonOptions`], split off a component's mapping before its type's
 /// options are read.
@@ -78,6 +80,64 @@ impl CommonOptions {
     /// The share of readings a source samples (0 without `trace`).
     pub fn sample_rate(&self) -> f64 {
         self.trace.as_ref().map_or(0.0, |t| t.sample)
+    }
+}
+
+/// The options every type of the section takes (`redact`, `trace`), refused where the
+/// section has no use for them.
+pub(super) fn common_options(
+    kind: ComponentKind,
+    node: &Node,
+    env: &dyn Fn(&str) -> Option<String>,
+    diagnostics: &mut Diagnostics,
+    id: &str,
+) -> CommonOptions {
+    let allowed = CommonOptions::allowed(kind);
+    let mut entries = Vec::new();
+    for (key, value) in node.as_map().into_iter().flatten() {
+        if !COMMON_KEYS.contains(&key.name.as_str()) {
+            continue;
+        }
+        match allowed.contains(&key.name.as_str()) {
+            true => entries.push((key.clone(), value.clone())),
+            false => diagnostics.push(
+                Diagnostic::error(
+                    Some(key.location.clone()),
+                    format!(
+                        "{}s take no `{}`: it is an option of {}",
+                        kind.noun(),
+                        key.name,
+                        match key.name.as_str() {
+                            "trace" => "sources",
+                            _ => "sources, sinks and actions",
+                        }
+                    ),
+                )
+                .in_component(id),
+            ),
+        }
+    }
+    if entries.is_empty() {
+        return CommonOptions::default();
+    }
+    let common = Node {
+        location: node.location.clone(),
+        kind: NodeKind::Map(entries),
+    };
+    let mut env_errors = Vec::new();
+    let json = common.to_json(env, &mut env_errors);
+    if !env_errors.is_empty() {
+        diagnostics
+            .0
+            .extend(env_errors.into_iter().map(|d| d.in_component(id)));
+        return CommonOptions::default();
+    }
+    match serde_path_to_error::deserialize::<_, CommonOptions>(json) {
+        Ok(common) => common,
+        Err(err) => {
+            diagnostics.push(super::load::serde_diagnostic(&common, err).in_component(id));
+            CommonOptions::default()
+        }
     }
 }
 

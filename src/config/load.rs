@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::common::{COMMON_KEYS, CommonOptions};
+use super::common::{COMMON_KEYS, common_options};
 use super::diagnostic::{Diagnostic, Diagnostics, Location, did_you_mean, list};
 use super::validate::{self, RawInput, TypedComponent};
 use super::yaml::{Key, Node, NodeKind, PathStep};
@@ -469,64 +469,6 @@ fn typed_component(
     }
 }
 
-/// The options every type of the section takes (`redact`, `trace`), refused where the
-/// section has no use for them.
-fn common_options(
-    kind: ComponentKind,
-    node: &Node,
-    env: &dyn Fn(&str) -> Option<String>,
-    diagnostics: &mut Diagnostics,
-    id: &str,
-) -> CommonOptions {
-    let allowed = CommonOptions::allowed(kind);
-    let mut entries = Vec::new();
-    for (key, value) in node.as_map().into_iter().flatten() {
-        if !COMMON_KEYS.contains(&key.name.as_str()) {
-            continue;
-        }
-        match allowed.contains(&key.name.as_str()) {
-            true => entries.push((key.clone(), value.clone())),
-            false => diagnostics.push(
-                Diagnostic::error(
-                    Some(key.location.clone()),
-                    format!(
-                        "{}s take no `{}`: it is an option of {}",
-                        kind.noun(),
-                        key.name,
-                        match key.name.as_str() {
-                            "trace" => "sources",
-                            _ => "sources, sinks and actions",
-                        }
-                    ),
-                )
-                .in_component(id),
-            ),
-        }
-    }
-    if entries.is_empty() {
-        return CommonOptions::default();
-    }
-    let common = Node {
-        location: node.location.clone(),
-        kind: NodeKind::Map(entries),
-    };
-    let mut env_errors = Vec::new();
-    let json = common.to_json(env, &mut env_errors);
-    if !env_errors.is_empty() {
-        diagnostics
-            .0
-            .extend(env_errors.into_iter().map(|d| d.in_component(id)));
-        return CommonOptions::default();
-    }
-    match serde_path_to_error::deserialize::<_, CommonOptions>(json) {
-        Ok(common) => common,
-        Err(err) => {
-            diagnostics.push(serde_diagnostic(&common, err).in_component(id));
-            CommonOptions::default()
-        }
-    }
-}
-
 fn raw_inputs(node: &Node, id: &str, diagnostics: &mut Diagnostics) -> Vec<RawInput> {
     let items: Vec<&Node> = match &node.kind {
         NodeKind::Seq(items) => items.iter().collect(),
@@ -568,7 +510,7 @@ fn raw_inputs(node: &Node, id: &str, diagnostics: &mut Diagnostics) -> Vec<RawIn
 }
 
 /// Turns a serde error at a path inside `node` into a positioned diagnostic.
-fn serde_diagnostic(node: &Node, err: OptionsError) -> Diagnostic {
+pub(super) fn serde_diagnostic(node: &Node, err: OptionsError) -> Diagnostic {
     path_diagnostic(node, serde_path(&err), err.inner().to_string())
 }
 
