@@ -22,7 +22,7 @@
 //! | `WEIR_E2E_BATCH` | `100` | readings per request |
 //! | `WEIR_E2E_DEVICES` | `1000` | simulated devices |
 //! | `WEIR_E2E_LOAD_THREADS` | `1` | `weir-load --threads` |
-//! | `WEIR_E2E_TAP` | `0` | `1`: a tap (`GET /v1/tap?outputs_of=*`, as `weir tap` attaches) reads every output for the whole load |
+//! | `WEIR_E2E_TAP` | `0` | `1`: a tap (`GET /v1/tap?outputs_of=*`, as `weir tap` attaches with its defaults) reads every output for the whole load |
 //!
 //! The targets (≥ 500,000 events/s, ≤ 100 MiB peak RSS) are reported as PASS/MISS; a miss
 //! does not fail the bench, a broken harness (weir not starting, no request accepted) does.
@@ -93,7 +93,7 @@ struct Round {
     load_cpu_s: f64,
     /// Busy CPU time of the whole machine during the load (all processes, all cores).
     machine_busy_s: f64,
-    /// With `WEIR_E2E_TAP=1`: the lines the attached tap read.
+    /// With `WEIR_E2E_TAP=1`: the events the attached tap was shown.
     tap_lines: Option<u64>,
 }
 
@@ -147,7 +147,7 @@ fn report(r: &Round) {
         "e2e_http: http → remap → filter → blackhole, concurrency {}, {}",
         r.concurrency,
         match r.tap_lines {
-            Some(lines) => format!("a tap attached to every output ({lines} lines read)"),
+            Some(events) => format!("a tap attached to every output ({events} events shown)"),
             None => "no tap attached".to_owned(),
         }
     );

@@ -1,6 +1,6 @@
 //! A tap attached for a whole load (`WEIR_E2E_TAP=1` of `e2e_http`): what `weir tap`
-//! does, over a plain socket — `GET /v1/tap?outputs_of=*` with the admin token, read and
-//! thrown away.
+//! does with its defaults (at most 100 events per 500 ms shown), over a plain socket —
+//! `GET /v1/tap?outputs_of=*` with the admin token, read and thrown away.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,7 +16,7 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Closes the tap; the lines it read.
+    /// Closes the tap; the events it read.
     pub fn detach(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap_or(0)
@@ -31,7 +31,7 @@ pub fn attach(api: SocketAddr, data_dir: &Path) -> Result<Reader, String> {
     let mut stream = TcpStream::connect(api).map_err(|e| format!("tap: {e}"))?;
     write!(
         stream,
-        "GET /v1/tap?outputs_of=*&limit=1000&interval_ms=100 HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        "GET /v1/tap?outputs_of=* HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
         token.trim()
     )
     .map_err(|e| format!("tap: {e}"))?;
@@ -57,17 +57,24 @@ pub fn attach(api: SocketAddr, data_dir: &Path) -> Result<Reader, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = Arc::clone(&stop);
     let thread = std::thread::spawn(move || {
-        let mut lines = 0u64;
+        let mut events = 0u64;
+        // Each event's line starts so (a line split between two reads may be missed).
+        let marker = b"{\"component_id\"";
         while !stopping.load(Ordering::Relaxed) {
             match stream.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64,
+                Ok(n) => {
+                    events += buf[..n]
+                        .windows(marker.len())
+                        .filter(|w| w == marker)
+                        .count() as u64
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
                 Err(_) => break,
             }
         }
-        lines
+        events
     });
     Ok(Reader { stop, thread })
 }
