@@ -212,7 +212,11 @@ fn bench_output_hooks(c: &mut Criterion) {
                 hops.record(black_box(&events.events));
             })
         });
-        let mut tap = hub.attach(TapFilter::new(&["shaped".into()], &[]).unwrap(), 1 << 16);
+        let mut tap = hub.attach(
+            TapFilter::new(&["shaped".into()], &[]).unwrap(),
+            1 << 16,
+            None,
+        );
         group.bench_with_input(BenchmarkId::new("tap_attached", n), &events, |b, events| {
             b.iter(|| {
                 point.offer(black_box(events));

@@ -124,7 +124,10 @@ async fn tap(
         true => None,
         false => Some((caller, state.registry())),
     };
-    let tap = hub.attach(filter, queue);
+    // A caller that sees every device is copied no more than it is shown; for a scoped
+    // one, events out of its scope must not spend the limit, so the limit is kept here.
+    let budget = scope.is_none().then_some(u64::from(limit));
+    let tap = hub.attach(filter, queue, budget);
     let first = json!({ "notice": "attached", "matched": tap.matched });
     let session = Session {
         redacted: hub.redacted(),
@@ -208,6 +211,7 @@ impl Session {
     }
 
     fn end_interval(&mut self) {
+        self.skipped += self.tap.take_skipped();
         if self.skipped > 0 {
             let notice = json!({ "notice": "limited", "skipped": self.skipped });
             self.lines.push_back(line(&notice));
@@ -226,6 +230,9 @@ impl Session {
         self.sent = 0;
         self.skipped = 0;
         self.wrote = false;
+        if self.scope.is_none() {
+            self.tap.refill(u64::from(self.limit));
+        }
     }
 
     /// Whether the caller may see an event of `device`.

@@ -106,6 +106,25 @@ struct Subscription {
     tx: mpsc::Sender<Tapped>,
     /// Events this tap lost because its queue was full.
     dropped: AtomicU64,
+    /// Events the tap still wants copied in this interval (`u64::MAX`: no bound), so a
+    /// point copies no more than the tap will show; the tap refills it each interval.
+    budget: AtomicU64,
+    /// Events left uncopied because the budget was spent.
+    skipped: AtomicU64,
+}
+
+impl Subscription {
+    /// Takes up to `wanted` events from the budget; how many were granted.
+    fn grant(&self, wanted: u64) -> u64 {
+        let mut granted = 0;
+        let _ = self
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                granted = left.min(wanted);
+                Some(left - granted)
+            });
+        granted
+    }
 }
 
 /// One output or input channel that can be tapped.
@@ -151,12 +170,23 @@ impl TapPoint {
         if events.is_empty() {
             return;
         }
-        let count = events.len() as u64;
         for subscriber in self.subscribers.load().iter() {
+            let wanted = events.len() as u64;
+            let count = subscriber.grant(wanted);
+            if count < wanted {
+                subscriber
+                    .skipped
+                    .fetch_add(wanted - count, Ordering::Relaxed);
+            }
+            if count == 0 {
+                continue;
+            }
             let tapped = Tapped {
                 component: self.component.clone(),
                 port: self.port.clone(),
-                events: events.to_vec(),
+                // At most what the budget granted: `count` fits a usize, being at most
+                // the batch's length.
+                events: events[..count as usize].to_vec(),
             };
             // Counted as made, whatever becomes of the copy: the count proves there are
             // none while no tap is attached.
@@ -241,13 +271,21 @@ impl TapHub {
     }
 
     /// Attaches a tap reading through a queue of `capacity` batches; it stays attached
-    /// until the returned [`Tap`] is dropped.
-    pub fn attach(self: &Arc<Self>, filter: TapFilter, capacity: usize) -> Tap {
+    /// until the returned [`Tap`] is dropped. Points copy it no more than `budget` events
+    /// until [`Tap::refill`] (`None`: every event).
+    pub fn attach(
+        self: &Arc<Self>,
+        filter: TapFilter,
+        capacity: usize,
+        budget: Option<u64>,
+    ) -> Tap {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let subscription = Arc::new(Subscription {
             filter,
             tx,
             dropped: AtomicU64::new(0),
+            budget: AtomicU64::new(budget.unwrap_or(u64::MAX)),
+            skipped: AtomicU64::new(0),
         });
         let mut matched = Vec::new();
         let mut state = self.state();
@@ -324,6 +362,16 @@ impl Tap {
         self.rx.try_recv().ok()
     }
 
+    /// Sets the events points may copy for this tap until the next refill.
+    pub fn refill(&self, budget: u64) {
+        self.subscription.budget.store(budget, Ordering::Relaxed);
+    }
+
+    /// Events left uncopied since the last call because the budget was spent.
+    pub fn take_skipped(&self) -> u64 {
+        self.subscription.skipped.swap(0, Ordering::Relaxed)
+    }
+
     /// Events lost so far because this tap's queue was full.
     pub fn dropped(&self) -> u64 {
         self.subscription.dropped.load(Ordering::Relaxed)
@@ -353,7 +401,7 @@ mod tests {
         let point = hub.point(&"decode".into(), Port::Output("default".into()));
         point.offer(&batch(0..10));
         assert_eq!(metrics.tap_copied_events.get(), 0);
-        let mut tap = hub.attach(TapFilter::new(&["decode".into()], &[]).unwrap(), 8);
+        let mut tap = hub.attach(TapFilter::new(&["decode".into()], &[]).unwrap(), 8, None);
         assert_eq!(tap.matched, ["decode:default"]);
         point.offer(&batch(0..10));
         assert_eq!(metrics.tap_copied_events.get(), 10);
@@ -369,7 +417,7 @@ mod tests {
     fn a_slow_tap_loses_samples_and_counts_them() {
         let (hub, metrics) = hub();
         let point = hub.point(&"decode".into(), Port::Output("default".into()));
-        let tap = hub.attach(TapFilter::new(&[], &[]).unwrap(), 1);
+        let tap = hub.attach(TapFilter::new(&[], &[]).unwrap(), 1, None);
         point.offer(&batch(0..3));
         point.offer(&batch(3..8));
         assert_eq!(tap.dropped(), 5);
@@ -378,14 +426,36 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_bounds_what_is_copied_until_it_is_refilled() {
+        let (hub, metrics) = hub();
+        let point = hub.point(&"decode".into(), Port::Output("default".into()));
+        let mut tap = hub.attach(TapFilter::new(&[], &[]).unwrap(), 8, Some(4));
+        point.offer(&batch(0..3));
+        point.offer(&batch(3..6));
+        point.offer(&batch(6..9));
+        assert_eq!(
+            metrics.tap_copied_events.get(),
+            4,
+            "3, then 1 of 3, then none"
+        );
+        assert_eq!(tap.take_skipped(), 5);
+        assert_eq!(tap.try_next().map(|t| t.events.len()), Some(3));
+        assert_eq!(tap.try_next().map(|t| t.events.len()), Some(1));
+        tap.refill(2);
+        point.offer(&batch(0..3));
+        assert_eq!(tap.try_next().map(|t| t.events.len()), Some(2));
+        assert_eq!(tap.take_skipped(), 1);
+    }
+
+    #[test]
     fn filters_pick_outputs_named_outputs_and_inputs() {
         let (hub, _) = hub();
         let default = hub.point(&"decode".into(), Port::Output("default".into()));
         let errors = hub.point(&"decode".into(), Port::Output("errors".into()));
         let input = hub.point(&"decode".into(), Port::Input);
-        let tap = hub.attach(TapFilter::new(&["*.errors".into()], &[]).unwrap(), 8);
+        let tap = hub.attach(TapFilter::new(&["*.errors".into()], &[]).unwrap(), 8, None);
         assert_eq!(tap.matched, ["decode:errors"]);
-        let inputs = hub.attach(TapFilter::new(&[], &["dec*".into()]).unwrap(), 8);
+        let inputs = hub.attach(TapFilter::new(&[], &["dec*".into()]).unwrap(), 8, None);
         assert_eq!(inputs.matched, ["decode:input"]);
         // A point made later (a reload) joins the taps watching it.
         let later = hub.point(&"decode".into(), Port::Output("errors".into()));
