@@ -22,7 +22,7 @@ for path in ./usr/bin/weir ./usr/lib/systemd/system/weir.service ./usr/lib/sysus
 	./usr/share/zsh/vendor-completions/_weir ./usr/share/fish/vendor_completions.d/weir.fish \
 	./usr/share/man/man1/weir.1.gz ./usr/share/man/man1/weir-run.1.gz \
 	./usr/share/weir/pipeline.schema.json ./usr/share/doc/weir/examples/quickstart.yaml \
-	./usr/share/doc/weir/copyright; do
+	./usr/share/weir/grafana/weir.json ./usr/share/doc/weir/copyright; do
 	grep -q " $path\$" "$root/deb-files" || fail "the deb lacks $path"
 done
 dpkg-deb --ctrl-tarfile "$deb" | tar -x -C "$root" ./conffiles ./postinst ./prerm ./postrm
@@ -42,7 +42,8 @@ rpm -qip "$rpm"
 rpm -qlp "$rpm" | tee "$root/rpm-files"
 for path in /usr/bin/weir /usr/lib/systemd/system/weir.service /usr/lib/sysusers.d/weir.conf \
 	/etc/weir/weir.yaml /etc/sysconfig/weir /usr/share/man/man1/weir.1.gz \
-	/usr/share/weir/pipeline.schema.json /usr/share/doc/weir/examples/quickstart.yaml; do
+	/usr/share/weir/pipeline.schema.json /usr/share/doc/weir/examples/quickstart.yaml \
+	/usr/share/weir/grafana/weir.json; do
 	grep -qx "$path" "$root/rpm-files" || fail "the rpm lacks $path"
 done
 rpm -qp --scripts "$rpm" | tee "$root/rpm-scripts"

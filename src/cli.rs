@@ -1,4 +1,4 @@
-//! The `weir` command line: `run`, `reload`, `validate`, `schema`, `graph`, `devices`,
+//! The `weir` command line: `run`, `reload`, `validate`, `test`, `schema`, `graph`, `devices`,
 //! `tokens`, `completions`, and the hidden `man` that writes the man pages for packages.
 
 use std::path::PathBuf;
@@ -79,6 +79,11 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Run the unit tests written beside pipelines (`tests:`, `<name>.test.yaml`) through
+    /// their transforms and aggregators; sources and sinks do not run.
+    ///
+    /// Exits 0 when every test passed, 1 when one failed, 78 for invalid files.
+    Test(crate::pipeline_test::TestArgs),
     /// Print the JSON Schema of the pipeline language (or the admin API's OpenAPI document).
     Schema {
         /// Write to this file instead of stdout.
@@ -163,6 +168,7 @@ pub fn main() -> ExitCode {
             discard_buffers,
         } => reload(&data_dir, wait, timeout, &discard_buffers),
         Command::Validate { paths } => validate(&paths),
+        Command::Test(args) => crate::pipeline_test::main(args),
         Command::Schema { output, openapi } => schema(output, openapi),
         Command::Devices(args) => crate::registry::cli::main(args),
         Command::Tokens(args) => crate::tokens::cli::main(args),

@@ -43,6 +43,7 @@ pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ops;
+pub mod pipeline_test;
 pub mod redact;
 pub mod registry;
 pub mod sinks;

@@ -283,6 +283,23 @@ impl WindowEngine for AbsenceDetector {
         self.groups.export();
     }
 
+    /// The end of a test's input is not a silence: absences are judged on the events'
+    /// own time, which stops with the latest event of the whole input (`input_end`, seen
+    /// by every shard). So the groups already silent for `timeout` by then are reported,
+    /// and nothing more.
+    fn finish(&mut self, input_end: Option<i64>, emitted: &mut Vec<Event>) {
+        let now = Instant::now();
+        let latest = match (self.clock, input_end) {
+            (Some((own, _)), Some(end)) => own.max(end),
+            (Some((own, _)), None) => own,
+            (None, Some(end)) => end,
+            (None, None) => return,
+        };
+        // The stream's clock is its latest event time from any shard; no wall time passes.
+        self.clock = Some((latest, now));
+        self.tick(0, now, false, emitted);
+    }
+
     fn snapshot(&self) -> Vec<(GroupKey, Group)> {
         self.groups.snapshot()
     }

@@ -19,7 +19,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::handover::{Arrival, Handover};
 use super::window::{GroupKey, Outcome, WindowSpec};
 use super::{AggregatorContext, LATE};
+use crate::config::aggregator::EndOfInput;
 use crate::config::{ComponentId, OutputName};
 use crate::event::{Delivery, DeliveryStatus, Event, EventBatch};
 use crate::telemetry::events::{
@@ -83,6 +84,20 @@ pub trait WindowEngine: Send + 'static {
     /// forgets all state (a reload replaced the aggregator with one that cannot take its
     /// windows over).
     fn close_all(&mut self, emitted: &mut Vec<Event>);
+
+    /// The input has ended and no more will come ([`EndOfInput::CloseWindows`]): time
+    /// moves on, so every open window closes as it does when its group goes idle (a
+    /// complete result, not a partial one). `input_end` is the latest event time of the
+    /// whole input, every shard's. By default, a tick far past every idle timeout.
+    fn finish(&mut self, _input_end: Option<i64>, emitted: &mut Vec<Event>) {
+        const LATER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        let now = Instant::now();
+        let later = now
+            .checked_add(LATER)
+            .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+            .unwrap_or(now);
+        self.tick(i64::MAX, later, false, emitted);
+    }
 }
 
 /// What a shard hands back when its input ends.
@@ -163,6 +178,7 @@ pub fn spawn<E: WindowEngine>(
             std::fs::remove_file(&file)?;
         }
         let close = Arc::new(AtomicBool::new(false));
+        let input_end = Arc::new(AtomicI64::new(i64::MIN));
         let mut senders = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
         for (n, (engine, spare)) in engines.into_iter().zip(spares).enumerate() {
@@ -184,6 +200,8 @@ pub fn spawn<E: WindowEngine>(
                 reported_open: 0,
                 tick: runner.tick,
                 emit_every: runner.emit_every,
+                end_of_input: cx.end_of_input,
+                input_end: Arc::clone(&input_end),
             };
             handles.push(tokio::spawn(shard.run()));
         }
@@ -191,6 +209,7 @@ pub fn spawn<E: WindowEngine>(
             handover,
             arrival,
             close,
+            input_end,
         };
         route(cx, checkpoint, runner.spec, senders, handles, retirement).await
     }))
@@ -203,6 +222,9 @@ struct Retirement {
     arrival: Arrival,
     /// Set before the shards' inputs close: close every window early and emit it.
     close: Arc<AtomicBool>,
+    /// The latest event time routed, kept only with [`EndOfInput::CloseWindows`] (the
+    /// shards' [`WindowEngine::finish`] reads it); `i64::MIN` before any.
+    input_end: Arc<AtomicI64>,
 }
 
 /// Waits for the instances this one replaces; after a while, starts anyway (a stuck old
@@ -230,7 +252,20 @@ async fn route<G: Serialize + Send + 'static>(
 ) -> anyhow::Result<()> {
     let shards = senders.len();
     let mut parts: Vec<Vec<Event>> = (0..shards).map(|_| Vec::new()).collect();
+    let track_end = cx.end_of_input == EndOfInput::CloseWindows;
     while let Some(batch) = cx.input.recv().await {
+        if track_end {
+            let latest = batch
+                .events
+                .iter()
+                .filter_map(|e| spec.time_of(e).ok())
+                .max();
+            if let Some(latest) = latest {
+                retirement
+                    .input_end
+                    .fetch_max(latest, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
         if shards == 1 {
             hand_to(&senders[0], batch, &cx.telemetry).await;
             continue;
@@ -382,6 +417,9 @@ struct Shard<E> {
     reported_open: i64,
     tick: Duration,
     emit_every: Option<Duration>,
+    end_of_input: EndOfInput,
+    /// The latest event time of the whole input (see [`Retirement::input_end`]).
+    input_end: Arc<AtomicI64>,
 }
 
 impl<E: WindowEngine> Shard<E> {
@@ -415,6 +453,11 @@ impl<E: WindowEngine> Shard<E> {
             self.engine.close_all(&mut emitted);
             closed_early = emitted.len();
             chain(std::mem::take(&mut self.held), &mut emitted);
+            self.emit(&mut emitted).await;
+        } else if self.end_of_input == EndOfInput::CloseWindows {
+            let end = self.input_end.load(std::sync::atomic::Ordering::Acquire);
+            self.engine
+                .finish((end != i64::MIN).then_some(end), &mut emitted);
             self.emit(&mut emitted).await;
         }
         self.metrics.open_windows.dec_by(self.reported_open);

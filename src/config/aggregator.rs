@@ -41,4 +41,18 @@ pub struct AggregatorContext {
     /// Which weir this is: a persistent id for names no other instance may share
     /// (`data_dir/instance_id`, or `WEIR_INSTANCE_ID`).
     pub instance_id: Arc<InstanceIdentity>,
+    /// What the open windows become when the input ends (not by a reload).
+    pub end_of_input: EndOfInput,
+}
+
+/// What an aggregator does with its open windows when its input ends for good.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EndOfInput {
+    /// Keep them: they are checkpointed to `data_dir` and resumed by the next start (a
+    /// daemon's shutdown).
+    #[default]
+    Checkpoint,
+    /// Time moves on past them: every open window closes and is emitted as it would be
+    /// once its group went idle (`weir test`, whose input is all there will be).
+    CloseWindows,
 }

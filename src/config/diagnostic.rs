@@ -137,7 +137,7 @@ pub(super) fn list(items: &[&str]) -> String {
 }
 
 /// ` (did you mean `x`?)` when a candidate is close to `word`, else empty.
-pub(super) fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+pub fn did_you_mean(word: &str, candidates: &[&str]) -> String {
     candidates
         .iter()
         .map(|c| (strsim::damerau_levenshtein(word, c), *c))

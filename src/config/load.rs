@@ -18,12 +18,16 @@ use serde_json::Value;
 
 use super::common::{COMMON_KEYS, common_options};
 use super::diagnostic::{Diagnostic, Diagnostics, Location, did_you_mean, list};
+use super::unit_test::is_test_file;
 use super::validate::{self, RawInput, TypedComponent};
 use super::yaml::{Key, Node, NodeKind, PathStep};
 use super::{
     Catalogue, ComponentKind, FieldProblem, GlobalConfig, OptionsError, ServiceConfigs,
     TopologyConfig,
 };
+
+/// The top-level key of a pipeline's unit tests (see [`super::unit_test`]).
+pub const TESTS_KEY: &str = "tests";
 
 /// Top-level keys that are not sections: the engine's settings, with the catalogue's
 /// services between the settings of the process (`data_dir`, `api`, `log`) and `watch`,
@@ -100,6 +104,17 @@ pub fn load_str(
     )
 }
 
+/// The pipeline files `paths` name: files as given, directories as their
+/// `*.yaml`/`*.yml` files (not `*.test.yaml`) in name order.
+pub fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
+    let mut diagnostics = Diagnostics::default();
+    let files = expand(paths, &mut diagnostics);
+    match diagnostics.has_errors() {
+        true => Err(diagnostics),
+        false => Ok(files),
+    }
+}
+
 /// Files as given, directories as their `*.yaml`/`*.yml` files in name order.
 fn expand(paths: &[PathBuf], diagnostics: &mut Diagnostics) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -115,6 +130,7 @@ fn expand(paths: &[PathBuf], diagnostics: &mut Diagnostics) -> Vec<PathBuf> {
                                     p.extension().and_then(|e| e.to_str()),
                                     Some("yaml" | "yml")
                                 )
+                                && !is_test_file(p)
                         })
                         .collect();
                     found.sort();
@@ -172,6 +188,10 @@ fn load_files(
             continue;
         };
         for (key, value) in entries {
+            if key.name == TESTS_KEY {
+                // Unit tests beside the pipeline: `weir test` reads them, nothing runs them.
+                continue;
+            }
             if let Some(kind) = ComponentKind::from_section(&key.name) {
                 collect_section(kind, value, &mut raw, &mut seen, &mut diagnostics);
             } else if global_keys.contains(&key.name.as_str()) {
@@ -191,6 +211,7 @@ fn load_files(
                     .iter()
                     .copied()
                     .chain(ComponentKind::ALL.iter().map(|k| k.section()))
+                    .chain([TESTS_KEY])
                     .collect();
                 diagnostics.push(Diagnostic::error(
                     Some(key.location.clone()),

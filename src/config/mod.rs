@@ -31,6 +31,7 @@ pub mod source;
 pub mod telemetry;
 mod tls;
 pub mod transform;
+pub mod unit_test;
 mod units;
 mod validate;
 pub mod yaml;
@@ -48,12 +49,13 @@ pub use catalogue::{Catalogue, ComponentType, OptionsError, ServiceType};
 pub use component::{
     ComponentId, ComponentKind, ComponentTask, FieldProblem, OutputName, Resource,
 };
-pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
-pub use load::{load, load_str};
+pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity, did_you_mean};
+pub use load::{TESTS_KEY, load, load_str, pipeline_files};
 pub use options::Options;
 pub use role::{Grant, Role, RoleBinding, Scope, describe_scope};
 pub use sensitive::{RedactedUrl, SecretText, Sensitive, scrub};
 pub use service::{ServiceConfigs, ServiceUse};
+pub use unit_test::is_test_file;
 pub use units::{ByteSize, Duration};
 pub use yaml::PathStep;
 
@@ -325,6 +327,11 @@ pub struct GlobalConfig {
     /// weir's own telemetry: spans of traced readings to an OpenTelemetry collector.
     #[serde(default)]
     pub telemetry: telemetry::TelemetryConfig,
+    /// What aggregators do with open windows when their input ends; not a setting of the
+    /// language (`weir test` closes them).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub end_of_input: aggregator::EndOfInput,
 }
 
 fn default_channel_max_events() -> std::num::NonZeroUsize {
@@ -341,6 +348,7 @@ impl Default for GlobalConfig {
             watch: false,
             channel_max_events: default_channel_max_events(),
             telemetry: telemetry::TelemetryConfig::default(),
+            end_of_input: aggregator::EndOfInput::default(),
         }
     }
 }

@@ -7,6 +7,7 @@
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
+use super::unit_test::UnitTest;
 use super::{Catalogue, ComponentKind, GlobalConfig};
 
 /// The schema as pretty-printed JSON with a trailing newline.
@@ -49,6 +50,11 @@ pub fn pipeline_schema(catalogue: &Catalogue) -> Value {
             "additionalProperties": { "oneOf": variants },
         });
     }
+    let tests = generator.subschema_for::<Vec<UnitTest>>().to_value();
+    properties[super::TESTS_KEY] = json!({
+        "description": "Unit tests of the pipeline, run by `weir test` (never by `weir run`); also in `*.test.yaml` files beside it.",
+        "anyOf": [tests, { "type": "null" }],
+    });
 
     let mut definitions = Map::new();
     if let Some(Value::Object(defs)) = globals.get("definitions") {

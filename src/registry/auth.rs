@@ -6,10 +6,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::{
-    ChangeKind, Device, DevicePatch, DeviceSpec, Entry, Registry, SasError, SasToken, Status,
-    device, keys, sas,
-};
+use super::{Entry, Registry, SasError, SasToken, Status, device, provisioning, sas};
 
 /// Why a device was refused at a source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,37 +89,19 @@ impl Registry {
             .groups()
             .into_iter()
             .filter(|g| g.auto_register && g.status == Status::Enabled)
-            .find_map(|group| {
-                let derived = keys::derive(&keys::decode(group.key.expose_str())?, device_id);
-                let key = keys::decode(&derived)?;
-                token.check_signature(&key, &key).ok()?;
-                Some((group, derived))
+            .find(|group| {
+                provisioning::derived_key(group, device_id)
+                    .is_some_and(|key| token.check_signature(&key, &key).is_ok())
             });
-        let Some((group, derived)) = group else {
+        let Some(group) = group else {
             return Err(unknown());
         };
         if device::check_id(device_id).is_err() {
             return Err(unknown());
         }
-        let spec = DeviceSpec {
-            id: device_id.to_owned(),
-            fields: DevicePatch {
-                primary_key: Some(derived.into()),
-                tags: Some(group.tags.clone()),
-                ..DevicePatch::default()
-            },
-        };
-        let _writer = self.lock_writer();
-        // Another request of the same device may have registered it meanwhile.
-        if let Some(entry) = self.lookup(device_id) {
-            return Ok(entry);
-        }
-        let mut device = Device::new(spec, Timestamp::now());
-        device.enrollment_group = Some(group.id.clone());
-        self.commit(device, ChangeKind::Created)
-            .map_err(|e| AuthError::Registration(device_id.to_owned(), e.to_string()))?;
-        tracing::info!(device_id, group = %group.id, "device registered itself through its enrollment group");
-        self.lookup(device_id).ok_or_else(unknown)
+        self.enroll(device_id, &group)
+            .map(|(entry, _)| entry)
+            .map_err(|e| AuthError::Registration(device_id.to_owned(), e.to_string()))
     }
 
     /// The gate of sources without tokens (brokers, `auth: none`): disabled devices are

@@ -10,9 +10,11 @@
 //!
 //! This module holds the handle, its lookup table and the way a changed device is written;
 //! the operations are grouped by job: `admin` (operators change devices), `auth` (devices
-//! arrive at sources), `groups` (enrollment groups), `activity` (when devices were last
-//! seen), `feed` (lifecycle events), `metrics`, `config` (the `registry:` section) and
-//! `service` (how the topology starts it and components find it).
+//! arrive at sources), `groups` (enrollment groups), `provisioning` (devices registering
+//! through a group's derived key, for the device gateway's provisioning protocol),
+//! `activity` (when devices were last seen), `feed` (lifecycle events), `metrics`,
+//! `config` (the `registry:` section) and `service` (how the topology starts it and
+//! components find it).
 
 pub mod cli;
 pub mod device;
@@ -27,6 +29,7 @@ mod config;
 mod feed;
 mod groups;
 mod metrics;
+mod provisioning;
 mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +49,7 @@ pub use device::{
     tags_match,
 };
 pub use feed::{Change, ChangeKind};
+pub use provisioning::{ProvisionError, Provisioned};
 pub use sas::{SasError, SasToken};
 pub use service::{SERVICE, used_by};
 pub use store::StoreError;

@@ -283,6 +283,10 @@ impl ComponentTelemetry {
                 .metrics
                 .gateway_topic_violations
                 .get_or_create_owned(&self.labels),
+            throttled: self
+                .metrics
+                .gateway_throttled
+                .get_or_create_owned(&self.labels),
             devicebound_messages: self
                 .metrics
                 .gateway_devicebound_messages
@@ -318,6 +322,7 @@ pub struct GatewayMetrics {
     pub connected: Gauge,
     pub connects: Counter,
     pub topic_violations: Counter,
+    pub throttled: Counter,
     pub devicebound_messages: Gauge,
 }
 
@@ -327,6 +332,16 @@ impl GatewayMetrics {
         self.metrics
             .gateway_disconnects
             .get_or_create_owned(&self.reason_labels(reason))
+    }
+
+    /// The counter of provisioning requests that ended in `outcome`.
+    pub fn registrations(&self, outcome: &str) -> Counter {
+        self.metrics
+            .gateway_registrations
+            .get_or_create_owned(&OutcomeLabels {
+                component: self.labels.clone(),
+                outcome: outcome.to_owned(),
+            })
     }
 
     /// The counter of CONNECTs refused for `reason`.

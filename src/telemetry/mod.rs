@@ -199,6 +199,8 @@ pub struct Metrics {
     pub gateway_disconnects: Family<ComponentReasonLabels, Counter>,
     pub gateway_auth_failures: Family<ComponentReasonLabels, Counter>,
     pub gateway_topic_violations: Family<ComponentLabels, Counter>,
+    pub gateway_throttled: Family<ComponentLabels, Counter>,
+    pub gateway_registrations: Family<OutcomeLabels, Counter>,
     pub gateway_devicebound_messages: Family<ComponentLabels, Gauge>,
     pub tap_copied_events: Counter,
     pub tap_dropped_events: Counter,
@@ -266,6 +268,8 @@ impl Default for Metrics {
             gateway_disconnects: Family::default(),
             gateway_auth_failures: Family::default(),
             gateway_topic_violations: Family::default(),
+            gateway_throttled: Family::default(),
+            gateway_registrations: Family::default(),
             gateway_devicebound_messages: Family::default(),
             tap_copied_events: Counter::default(),
             tap_dropped_events: Counter::default(),
@@ -523,6 +527,16 @@ impl Metrics {
             "device_gateway_topic_violations",
             "Devices disconnected for publishing or subscribing outside their own topics",
             m.gateway_topic_violations,
+        );
+        registry.register(
+            "device_gateway_throttled",
+            "Telemetry publishes a device gateway held back because their device was over its rate_limit",
+            m.gateway_throttled,
+        );
+        registry.register(
+            "device_gateway_registrations",
+            "Provisioning requests a device gateway answered, by outcome (assigned, disabled, failed)",
+            m.gateway_registrations,
         );
         registry.register(
             "device_gateway_devicebound_messages",

@@ -18,7 +18,7 @@ use super::channel::{
 use super::instance::InstanceIdentity;
 use super::tap::{Port, TapHub};
 use crate::config::action::ActionContext;
-use crate::config::aggregator::AggregatorContext;
+use crate::config::aggregator::{AggregatorContext, EndOfInput};
 use crate::config::service::Services;
 use crate::config::sink::SinkContext;
 use crate::config::source::SourceContext;
@@ -61,6 +61,8 @@ pub(super) struct Shared<'a> {
     pub instance_id: &'a Arc<InstanceIdentity>,
     /// Events each input channel holds.
     pub channel_max_events: usize,
+    /// What aggregators do with open windows when their input ends.
+    pub end_of_input: EndOfInput,
 }
 
 impl Shared<'_> {
@@ -248,6 +250,7 @@ fn build_task(
             retired,
             services,
             instance_id,
+            end_of_input: shared.end_of_input,
         }),
         SectionOptions::Action(config) => config.build(ActionContext {
             id: id.clone(),

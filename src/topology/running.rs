@@ -301,6 +301,7 @@ impl RunningTopology {
             services: &self.services.services,
             instance_id: &self.instance_id,
             channel_max_events: config.globals.channel_max_events.get(),
+            end_of_input: config.globals.end_of_input,
         }
     }
 

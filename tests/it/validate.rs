@@ -85,7 +85,7 @@ fn every_fixture_has_a_test() {
 fn shipped_pipelines_validate_without_warnings() {
     for entry in std::fs::read_dir("pipelines").unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
+        if path.extension().is_some_and(|e| e == "yaml") && !weir::config::is_test_file(&path) {
             let (_, warnings) = weir::config::load(&weir::CATALOGUE, std::slice::from_ref(&path))
                 .unwrap_or_else(|errors| panic!("{} is invalid:\n{errors}", path.display()));
             assert!(

@@ -55,6 +55,7 @@ fn retirement(id: &ComponentId) -> Retirement {
         handover,
         arrival,
         close: Arc::default(),
+        input_end: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
     }
 }
 
@@ -83,6 +84,7 @@ async fn a_batch_a_stopped_shard_refuses_fails_its_deliveries() {
         retired: Arc::new(AtomicBool::new(false)),
         services: Arc::default(),
         instance_id: Arc::new(crate::topology::InstanceIdentity::new(dir.path(), None)),
+        end_of_input: crate::config::aggregator::EndOfInput::Checkpoint,
     };
     // A shard that has already ended (as a failed one does): its input is closed.
     let (shard_tx, shard_rx) = tokio::sync::mpsc::channel::<EventBatch>(4);
@@ -209,4 +211,129 @@ fn a_checkpoint_of_another_definition_comes_back_closed_early_or_is_kept_aside()
     assert!(!shard.exists());
     assert!(dir.path().join("w.json.shard-0.superseded").exists());
     assert_eq!(metric(&telemetry, "component_errors_total{"), 1.0);
+}
+
+/// Runs aggregator `options` (of `type_name`) through its contract over `events`, with
+/// `end`; returns what it emitted and whether it left a checkpoint.
+async fn run_to_the_end(
+    type_name: &str,
+    options: serde_json::Value,
+    events: Vec<crate::event::Event>,
+    end: crate::config::aggregator::EndOfInput,
+) -> (Vec<crate::event::Event>, bool) {
+    use crate::topology::channel::{Fanout, targets};
+    let telemetry = Telemetry::new();
+    let id = ComponentId::new("w");
+    let component = telemetry.component(&id, ComponentKind::Aggregator, type_name);
+    let (input_tx, input) = input_channel(&component, 1024);
+    let (out_tx, mut out_rx) = input_channel(&component, 1024);
+    let out = Outputs::new(
+        Some(Fanout::new("default", targets(vec![out_tx]), &component)),
+        vec![Fanout::new("errors", targets(Vec::new()), &component)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ty = crate::aggregators::TYPES
+        .iter()
+        .find(|t| t.name == type_name)
+        .unwrap();
+    let config = ty.parse(options).unwrap();
+    let task = config
+        .build(AggregatorContext {
+            id: id.clone(),
+            input,
+            out,
+            telemetry: component,
+            data_dir: dir.path().to_path_buf(),
+            retired: Arc::new(AtomicBool::new(false)),
+            services: Arc::default(),
+            instance_id: Arc::new(crate::topology::InstanceIdentity::new(dir.path(), None)),
+            end_of_input: end,
+        })
+        .unwrap();
+    let running = tokio::spawn(task);
+    input_tx.send_for_test(EventBatch::new(events)).await;
+    drop(input_tx);
+    running.await.unwrap().unwrap();
+    let mut emitted = Vec::new();
+    while let Ok(Some(batch)) =
+        tokio::time::timeout(std::time::Duration::from_millis(100), out_rx.recv()).await
+    {
+        emitted.extend(batch);
+    }
+    let checkpoint = crate::aggregators::checkpoint_path(dir.path(), &id);
+    let kept =
+        std::fs::read_to_string(&checkpoint).is_ok_and(|text| !text.contains("\"groups\":[]"));
+    (emitted, kept)
+}
+
+#[tokio::test]
+async fn at_the_end_of_a_tests_input_open_windows_close_complete_instead_of_being_kept() {
+    use crate::config::aggregator::EndOfInput;
+    let options = serde_json::json!({
+        "size": "1s", "shards": 2, "aggregates": { "n": "count()", "total": "sum(x)" }
+    });
+    let events = || {
+        vec![
+            event("d1", 1_000, 1),
+            event("d1", 1_500, 2),
+            event("d2", 1_200, 5),
+        ]
+    };
+    let (emitted, kept) = run_to_the_end(
+        "tumbling",
+        options.clone(),
+        events(),
+        EndOfInput::CloseWindows,
+    )
+    .await;
+    let mut results: Vec<(String, serde_json::Value, bool)> = emitted
+        .iter()
+        .map(|e| {
+            let device = e.device_id.as_deref().unwrap_or_default().to_owned();
+            (
+                device,
+                e.fields()["total"].clone(),
+                e.get("partial").is_some(),
+            )
+        })
+        .collect();
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        results,
+        [
+            ("d1".to_owned(), serde_json::json!(3.0), false),
+            ("d2".to_owned(), serde_json::json!(5.0), false)
+        ],
+        "every group's window, complete (not `partial`)"
+    );
+    assert!(!kept, "nothing is left open to checkpoint");
+    // A daemon's shutdown keeps them instead.
+    let (emitted, kept) =
+        run_to_the_end("tumbling", options, events(), EndOfInput::Checkpoint).await;
+    assert!(emitted.is_empty() && kept);
+}
+
+#[tokio::test]
+async fn at_the_end_of_a_tests_input_absence_judges_every_shard_by_the_latest_event() {
+    use crate::config::aggregator::EndOfInput;
+    let options = serde_json::json!({ "timeout": "10s", "shards": 2 });
+    // Two groups, which may land on different shards: d1 is silent from 1 s, d2 reports
+    // until 16 s, so by the input's end d1 has been silent 15 s; d2 has not.
+    let events = vec![
+        event("d1", 1_000, 0),
+        event("d2", 1_000, 0),
+        event("d2", 9_000, 0),
+        event("d2", 16_000, 0),
+    ];
+    let (emitted, _) = run_to_the_end("absence", options, events, EndOfInput::CloseWindows).await;
+    let absent: Vec<(&str, &serde_json::Value)> = emitted
+        .iter()
+        .map(|e| {
+            (
+                e.device_id.as_deref().unwrap_or_default(),
+                &e.fields()["state"],
+            )
+        })
+        .collect();
+    assert_eq!(absent, [("d1", &serde_json::json!("absent"))]);
 }

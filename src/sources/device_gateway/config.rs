@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::provisioning::ProvisioningConfig;
+use super::rate::RateLimit;
+use super::x509::ClientAuth;
 use crate::codecs::DecodingConfig;
 use crate::config::{ByteSize, Duration, FieldProblem, Resource, ServiceUse};
 use crate::registry;
@@ -45,6 +48,20 @@ pub struct DeviceGatewayConfig {
     /// the publish again.
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout: Duration,
+    /// Serve the device provisioning service's protocol on this listener too (devices
+    /// holding an enrollment group's derived key register themselves); without it,
+    /// registration connections are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<ProvisioningConfig>,
+    /// Whether the TLS handshake asks devices for an X.509 client certificate, which then
+    /// authenticates a CONNECT without a SAS token when its thumbprint is the device's
+    /// `x509_thumbprint`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// The telemetry rate one device may send at; a faster device is slowed down (its
+    /// connection is not read), never cut off. None: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Subscriptions one connection may hold, as an IoT hub allows.
@@ -91,6 +108,14 @@ impl SourceComponent for DeviceGatewayConfig {
         if self.max_inflight == 0 {
             problems.push(FieldProblem::at(["max_inflight"], "expected at least 1"));
         }
+        if self.client_auth == ClientAuth::Optional && self.tls.ca_file.is_some() {
+            problems.push(FieldProblem::at(
+                ["tls", "ca_file"],
+                "`client_auth: optional` matches certificates by thumbprint; a `ca_file` would require every device to present one",
+            ));
+        }
+        problems.extend(self.provisioning.iter().flat_map(ProvisioningConfig::check));
+        problems.extend(self.rate_limit.iter().flat_map(RateLimit::check));
         problems
     }
 

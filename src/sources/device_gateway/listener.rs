@@ -7,8 +7,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::connections::Connections;
+use super::rate::DeviceRates;
 use super::telemetry::Decoders;
-use super::{DeviceGatewayConfig, Gateway, session};
+use super::{DeviceGatewayConfig, Gateway, session, x509};
 use crate::devicebound::Devicebound;
 use crate::registry::Registry;
 use crate::sources::SourceContext;
@@ -18,6 +19,9 @@ use crate::topology::ComponentTask;
 /// `ack_timeout`.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How often devices' refilled rate buckets are dropped.
+const PRUNE_RATES: Duration = Duration::from_secs(60);
+
 /// Binds the port now (so a taken port fails the start) and returns the task that serves it.
 pub(super) fn build(
     config: &DeviceGatewayConfig,
@@ -26,10 +30,7 @@ pub(super) fn build(
     let registry = cx.services.get::<Registry>().ok_or_else(|| {
         anyhow::anyhow!("the device gateway needs the device registry: add a `registry:` section")
     })?;
-    let mut tls = (*config.tls.server_config()?).clone();
-    // Device SDKs speak MQTT straight after the handshake: the `http/1.1` the shared
-    // server configuration offers would refuse clients that ask for another protocol.
-    tls.alpn_protocols.clear();
+    let tls = x509::server_config(&config.tls, config.client_auth)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
@@ -42,6 +43,9 @@ pub(super) fn build(
         }
     };
     let metrics = cx.telemetry.gateway_metrics();
+    let rates = config
+        .rate_limit
+        .map(|limit| DeviceRates::new(&limit, metrics.throttled.clone()));
     devicebound.report_depth(metrics.devicebound_messages.clone());
     let gateway = Arc::new(Gateway {
         registry,
@@ -57,6 +61,8 @@ pub(super) fn build(
         connect_timeout: config.connect_timeout.get(),
         max_inflight: config.max_inflight,
         ack_timeout: config.ack_timeout.get(),
+        provisioning: config.provisioning.clone(),
+        rates,
         shutdown: cx.shutdown,
     });
     let listen = config.listen;
@@ -67,9 +73,14 @@ pub(super) fn build(
         listening.set(1);
         tracing::info!(component_id = %id, %listen, "device gateway listening");
         let mut sessions = JoinSet::new();
+        let mut prune = tokio::time::interval(PRUNE_RATES);
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = gateway.shutdown.cancelled() => break,
+                _ = prune.tick(), if gateway.rates.is_some() => {
+                    gateway.rates.iter().for_each(|rates| rates.forget_idle());
+                    continue;
+                }
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -86,7 +97,10 @@ pub(super) fn build(
             sessions.spawn(async move {
                 let handshake = tokio::time::timeout(gateway.connect_timeout, acceptor.accept(tcp));
                 match handshake.await {
-                    Ok(Ok(stream)) => session::serve(gateway, stream).await,
+                    Ok(Ok(stream)) => {
+                        let certificate = x509::presented(stream.get_ref().1);
+                        session::serve(gateway, stream, certificate).await
+                    }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }

@@ -27,10 +27,16 @@
 //! `devices/{id}/messages/devicebound/{property bag}` at QoS 1, one at a time, once the
 //! device subscribes to them, and leave the queue on its PUBACK ([`devicebound`]).
 //!
+//! Provisioning: with `provisioning`, the same listener serves the provisioning
+//! service's protocol to devices holding an enrollment group's derived key
+//! ([`provisioning`]). X.509: with `client_auth: optional`, a device may authenticate
+//! with a certificate whose thumbprint is its `x509_thumbprint` ([`x509`]). A
+//! `rate_limit` slows a device's telemetry to its rate ([`rate`]); `$.ce` must be
+//! `utf-8` or absent ([`content_encoding`]).
+//!
 //! Not served yet: `$iothub/…` requests (twins, direct methods: such a publish closes the
 //! connection), feedback and dead-lettering of expired cloud-to-device messages,
-//! provisioning, X.509 client certificates, per-device rate limits, MQTT over WebSocket,
-//! modules. AMQP is out of scope.
+//! CA-signed X.509 certificates, MQTT over WebSocket, modules. AMQP is out of scope.
 //!
 //! # How it is built
 //!
@@ -46,12 +52,16 @@
 mod auth;
 mod config;
 mod connections;
+mod content_encoding;
 mod devicebound;
 mod listener;
+mod provisioning;
+mod rate;
 mod session;
 mod telemetry;
 mod topics;
 mod wire;
+mod x509;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,5 +90,7 @@ struct Gateway {
     connect_timeout: Duration,
     max_inflight: usize,
     ack_timeout: Duration,
+    provisioning: Option<provisioning::ProvisioningConfig>,
+    rates: Option<Arc<rate::DeviceRates>>,
     shutdown: CancellationToken,
 }

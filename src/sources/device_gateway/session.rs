@@ -22,10 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::connections::Connections;
 use super::devicebound::{Deliveries, is_devicebound_filter};
+use super::rate::DeviceRate;
 use super::telemetry;
 use super::topics::{self, PublishTopic};
 use super::wire::{self, PacketReader};
-use super::{Gateway, auth};
+use super::x509::Thumbprints;
+use super::{Gateway, auth, provisioning};
 use crate::config::OutputName;
 use crate::event::{Delivery, DeliveryStatus, EventBatch};
 use crate::sources::reading;
@@ -40,7 +42,7 @@ use crate::telemetry::events::{
 type Pending = (u16, Option<oneshot::Receiver<DeliveryStatus>>);
 
 /// Serves one accepted (TLS) connection until it ends.
-pub(super) async fn serve<S>(gateway: Arc<Gateway>, stream: S)
+pub(super) async fn serve<S>(gateway: Arc<Gateway>, stream: S, certificate: Option<Thumbprints>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -54,8 +56,13 @@ where
         // Not MQTT, too slow, or not a CONNECT first: nothing to answer.
         return;
     };
+    if provisioning::is_registration(&connect) {
+        provisioning::serve(&gateway, &connect, &mut reader, out_tx).await;
+        let _ = writer.await;
+        return;
+    }
     let device_id = connect.client_id.clone();
-    if let Err(refusal) = auth::admit(&gateway.registry, &connect) {
+    if let Err(refusal) = auth::admit(&gateway.registry, &connect, certificate.as_ref()) {
         DeviceRefused {
             device_id: &device_id,
             reason: refusal.reason,
@@ -105,6 +112,7 @@ where
         pending: pending_tx,
         subscriptions: BTreeSet::new(),
         deliveries: None,
+        rate: gateway.rates.as_ref().map(|rates| rates.of(&device_id)),
     };
     let reason = session
         .run(&mut reader, keep_alive * 3 / 2, &claim.replaced, &broken)
@@ -145,6 +153,8 @@ struct Session<'a> {
     subscriptions: BTreeSet<String>,
     /// Cloud-to-device delivery, once the device subscribed to it.
     deliveries: Option<Deliveries>,
+    /// The device's telemetry rate limit, when the gateway has one.
+    rate: Option<DeviceRate>,
 }
 
 impl Session<'_> {
@@ -219,6 +229,9 @@ impl Session<'_> {
                 return Err("topic_violation");
             }
         };
+        if let Some(rate) = &self.rate {
+            rate.admit().await;
+        }
         let gateway = self.gateway;
         EventsReceived {
             count: 0,

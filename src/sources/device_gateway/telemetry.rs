@@ -1,5 +1,6 @@
 //! A device's telemetry PUBLISH as events: the payload decoded by its content type
-//! (`$.ct`, else the configured `decoding`), the property bag as headers, and the
+//! (`$.ct`, else the configured `decoding`) once its content encoding (`$.ce`) is
+//! checked ([`super::content_encoding`]), the property bag as headers, and the
 //! properties a hub adds (`iothub-connection-device-id`, `iothub-enqueuedtime`).
 
 use std::sync::Arc;
@@ -80,11 +81,14 @@ pub(super) fn events(
     payload: &[u8],
     meta: &Arc<EventMeta>,
 ) -> Result<Vec<Event>, String> {
-    let ct = meta
-        .headers
-        .iter()
-        .find(|(name, _)| name == "$.ct")
-        .map(|(_, value)| value.as_str());
+    let header = |wanted: &str| {
+        meta.headers
+            .iter()
+            .find(|(name, _)| name == wanted)
+            .map(|(_, value)| value.as_str())
+    };
+    super::content_encoding::check(header("$.ce"), payload)?;
+    let ct = header("$.ct");
     let readings = decoders
         .for_content_type(ct)
         .decode(payload)

@@ -5,7 +5,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 
 /// What a property bag leaves unencoded: letters, digits and `-_.~` (as Python's
 /// `urllib.parse.quote`, which the SDKs decode with).
-const BAG: &AsciiSet = &NON_ALPHANUMERIC
+pub(super) const BAG: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')

@@ -28,6 +28,7 @@
 pub mod azure_sdk;
 pub mod azurite;
 pub mod delta;
+pub mod gateway;
 pub mod load;
 pub mod mosquitto;
 pub mod mounts;
