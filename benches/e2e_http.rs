@@ -22,6 +22,7 @@
 //! | `WEIR_E2E_BATCH` | `100` | readings per request |
 //! | `WEIR_E2E_DEVICES` | `1000` | simulated devices |
 //! | `WEIR_E2E_LOAD_THREADS` | `1` | `weir-load --threads` |
+//! | `WEIR_E2E_TAP` | `0` | `1`: a tap (`GET /v1/tap?outputs_of=*`, as `weir tap` attaches with its defaults) reads every output for the whole load |
 //!
 //! The targets (≥ 500,000 events/s, ≤ 100 MiB peak RSS) are reported as PASS/MISS; a miss
 //! does not fail the bench, a broken harness (weir not starting, no request accepted) does.
@@ -32,6 +33,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
+#[path = "support/tap.rs"]
+mod tap;
 
 use support::load;
 use support::{
@@ -50,6 +53,8 @@ struct Settings {
     batch: u32,
     devices: u32,
     load_threads: usize,
+    /// Attach a tap to every output during the load.
+    tap: bool,
 }
 
 impl Settings {
@@ -68,6 +73,7 @@ impl Settings {
             batch: env_var("WEIR_E2E_BATCH", 100)?,
             devices: env_var("WEIR_E2E_DEVICES", 1000)?,
             load_threads: env_var("WEIR_E2E_LOAD_THREADS", 1)?,
+            tap: env_var("WEIR_E2E_TAP", 0u8)? == 1,
         })
     }
 }
@@ -87,6 +93,8 @@ struct Round {
     load_cpu_s: f64,
     /// Busy CPU time of the whole machine during the load (all processes, all cores).
     machine_busy_s: f64,
+    /// With `WEIR_E2E_TAP=1`: the events the attached tap was shown.
+    tap_lines: Option<u64>,
 }
 
 impl Round {
@@ -136,8 +144,12 @@ fn report(r: &Round) {
     let events_per_s = r.events_per_s();
     let cores = |cpu_s: f64| cpu_s / r.load_elapsed_s;
     println!(
-        "e2e_http: http → remap → filter → blackhole, concurrency {}",
-        r.concurrency
+        "e2e_http: http → remap → filter → blackhole, concurrency {}, {}",
+        r.concurrency,
+        match r.tap_lines {
+            Some(events) => format!("a tap attached to every output ({events} events shown)"),
+            None => "no tap attached".to_owned(),
+        }
     );
     println!(
         "  throughput  {events_per_s:>12.0} events/s at the blackhole ({} events in {:.2} s)   target ≥ {TARGET_EVENTS_PER_S:.0}: {}",
@@ -197,7 +209,13 @@ fn round(settings: &Settings, concurrency: usize) -> Result<Round, String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start {WEIR}: {e}"))?;
-    let result = measure(settings, concurrency, &mut weir, source, api);
+    let result = measure(
+        settings,
+        concurrency,
+        &mut weir,
+        (source, api),
+        &dir.path().join("data"),
+    );
     stop(&mut weir, Duration::from_secs(30));
     if result.is_err()
         && let Ok(log) = std::fs::read_to_string(&log_path)
@@ -211,10 +229,14 @@ fn measure(
     settings: &Settings,
     concurrency: usize,
     weir: &mut Child,
-    source: SocketAddr,
-    api: SocketAddr,
+    (source, api): (SocketAddr, SocketAddr),
+    data_dir: &Path,
 ) -> Result<Round, String> {
     wait_ready(weir, api)?;
+    let tap = match settings.tap {
+        true => Some(tap::attach(api, data_dir)?),
+        false => None,
+    };
     let weir_cpu_before = cpu_seconds(weir.id()).unwrap_or(0.0);
     let machine_before = machine_busy_seconds().unwrap_or(0.0);
 
@@ -236,6 +258,7 @@ fn measure(
         ],
     )?;
     let machine_busy_s = machine_busy_seconds().unwrap_or(0.0) - machine_before;
+    let tap_lines = tap.map(tap::Reader::detach);
     println!("  {}", load.human);
     let accepted = load.readings_accepted;
 
@@ -257,6 +280,7 @@ fn measure(
         weir_cpu_s,
         load_cpu_s: load.cpu_s,
         machine_busy_s,
+        tap_lines,
     })
 }
 

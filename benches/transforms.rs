@@ -4,7 +4,11 @@
 //!   readings (`DecodingConfig::default().decoder().decode(..)`);
 //! - `remap`: one `set` expression, one `rename`, one `drop`;
 //! - `filter`: `temperature is number and temperature < 200` (every event passes);
-//! - `chain`: body → decode → events (as the http source builds them) → remap → filter.
+//! - `chain`: body → decode → events (as the http source builds them) → remap → filter;
+//! - `output_hooks`: what every output adds to a batch besides sending it — the tap check
+//!   and the hop recorder — with no tap attached and no reading sampled (`idle`: the
+//!   cost every reading pays), and with a tap attached (`tap_attached`: a copy of the batch
+//!   into the tap's queue).
 //!
 //! Each runs on batches of 100 and 1000 readings shaped like `weir-load`'s and reports
 //! throughput in events. Run with `cargo bench --bench transforms`.
@@ -187,11 +191,50 @@ fn bench_chain(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_output_hooks(c: &mut Criterion) {
+    use weir::topology::tap::{Port, TapFilter, TapHub};
+    let telemetry = Telemetry::new();
+    let component = telemetry.component(
+        &ComponentId::new("shaped"),
+        ComponentKind::Transform,
+        "remap",
+    );
+    let hops = component.hops(Some("default"));
+    let hub = TapHub::new(telemetry.metrics());
+    let point = hub.point(&ComponentId::new("shaped"), Port::Output("default".into()));
+    let mut group = c.benchmark_group("output_hooks");
+    for n in SIZES {
+        group.throughput(Throughput::Elements(n as u64));
+        let events = batch(n);
+        group.bench_with_input(BenchmarkId::new("idle", n), &events, |b, events| {
+            b.iter(|| {
+                point.offer(black_box(events));
+                hops.record(black_box(&events.events));
+            })
+        });
+        let mut tap = hub.attach(
+            TapFilter::new(&["shaped".into()], &[]).unwrap(),
+            1 << 16,
+            None,
+        );
+        group.bench_with_input(BenchmarkId::new("tap_attached", n), &events, |b, events| {
+            b.iter(|| {
+                point.offer(black_box(events));
+                hops.record(black_box(&events.events));
+                // The tap's reader keeps up.
+                drop(tap.try_next());
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_decode,
     bench_remap,
     bench_filter,
-    bench_chain
+    bench_chain,
+    bench_output_hooks
 );
 criterion_main!(benches);

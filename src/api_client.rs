@@ -1,4 +1,5 @@
-//! A client of weir's admin API, for the command lines (`weir devices`, `weir tokens`).
+//! A client of weir's admin API, for the command lines (`weir devices`, `weir tokens`,
+//! `weir tap`, `weir top`).
 //!
 //! [`ApiArgs`] are the options every such command takes: where the API is (`--api`,
 //! `WEIR_API`) and the API token to send (`--token`, `WEIR_TOKEN`; never logged, never
@@ -91,6 +92,11 @@ impl ApiClient {
             .send()
             .await
             .map_err(|e| format!("cannot reach the weir API at {}: {e}", self.base))?;
+        self.send_response(response).await
+    }
+
+    /// The JSON of an answer on 2xx (`null` when there is none), the API's error otherwise.
+    pub async fn send_response(&self, response: reqwest::Response) -> Result<Value, String> {
         let status = response.status();
         let text = response.text().await.map_err(|e| e.to_string())?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

@@ -111,6 +111,11 @@ enum Command {
     /// Make, list and revoke API tokens (through the API, or on data_dir while weir is
     /// stopped).
     Tokens(crate::tokens::cli::TokensArgs),
+    /// Print live samples of the events passing a running weir's components (through
+    /// its API; device keys and `redact` fields masked).
+    Tap(crate::ops::tap::TapArgs),
+    /// A terminal dashboard of a running weir's components (through its API's /metrics).
+    Top(crate::ops::top::TopArgs),
     /// Print the topology as a graph.
     Graph {
         #[arg(required = true)]
@@ -189,6 +194,8 @@ pub fn main() -> ExitCode {
         Command::Schema { output, openapi } => schema(output, openapi),
         Command::Devices(args) => crate::registry::cli::main(args),
         Command::Tokens(args) => crate::tokens::cli::main(args),
+        Command::Tap(args) => crate::ops::tap::main(args),
+        Command::Top(args) => crate::ops::top::main(args),
         Command::Graph { paths, format } => match load(&paths) {
             Some(config) => {
                 let text = match format {

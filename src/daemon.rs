@@ -42,6 +42,17 @@ pub struct Options {
 /// Runs until SIGTERM/SIGINT or until every source has finished.
 pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()> {
     let telemetry = Telemetry::new();
+    // Spans of traced readings (`telemetry.otlp`); stopped after the topology, so the
+    // last hops are sent.
+    let spans_shutdown = CancellationToken::new();
+    let spans_task = match &config.globals.telemetry.otlp {
+        Some(otlp) => {
+            let (queue, task) = crate::telemetry::otlp::start(otlp, spans_shutdown.clone())?;
+            telemetry.export_spans(queue);
+            Some(task)
+        }
+        None => None,
+    };
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let data_dir = &config.globals.data_dir;
     let tokens = match config.globals.api.enabled {
@@ -142,6 +153,10 @@ pub async fn run(config: TopologyConfig, options: Options) -> anyhow::Result<()>
     }
     // Drains what is left (nothing, when every source finished), then stops the services.
     let failures = daemon.topology.stop(options.drain_timeout).await.len();
+    spans_shutdown.cancel();
+    if let Some(task) = spans_task {
+        let _ = task.await;
+    }
     api_shutdown.cancel();
     if let Some(task) = api_task {
         let _ = task.await;

@@ -46,6 +46,7 @@ pub mod fault;
 pub mod fuzzing;
 #[cfg(feature = "delta")]
 pub mod lake;
+pub mod ops;
 pub mod pipeline_test;
 pub mod redact;
 pub mod registry;

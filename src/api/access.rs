@@ -89,6 +89,8 @@ pub const ACCESS: &[(Method, &str, Access)] = &[
     (Method::POST, "/v1/tokens", Needs(Admin)),
     (Method::DELETE, "/v1/tokens/{name}", Needs(Admin)),
     (Method::GET, "/v1/openapi.json", Needs(Viewer)),
+    // Live readings: operators, not dashboards; a scoped operator sees its devices' only.
+    (Method::GET, "/v1/tap", OnDevice(Operator)),
 ];
 
 /// The fields of a device patch that need more than the route's `operator`.

@@ -27,6 +27,7 @@ mod records;
 mod rejections;
 pub mod reload;
 mod scope;
+mod tap;
 mod tokens;
 mod twin;
 
@@ -125,6 +126,7 @@ pub fn routes() -> access::Routes {
     let routes = twin::routes(routes);
     let routes = alarms::routes(routes);
     let routes = audit::routes(routes);
+    let routes = tap::routes(routes);
     tokens::routes(routes)
 }
 

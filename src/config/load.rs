@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::common::{COMMON_KEYS, common_options};
 use super::diagnostic::{Diagnostic, Diagnostics, Location, did_you_mean, list};
 use super::unit_test::is_test_file;
 use super::validate::{self, RawInput, TypedComponent};
@@ -36,7 +37,7 @@ fn global_keys(catalogue: &Catalogue) -> Vec<&'static str> {
     ["data_dir", "api", "log"]
         .into_iter()
         .chain(services)
-        .chain(["watch", "channel_max_events"])
+        .chain(["watch", "channel_max_events", "telemetry"])
         .collect()
 }
 
@@ -429,11 +430,16 @@ fn typed_component(
         kind: NodeKind::Map(
             entries
                 .iter()
-                .filter(|(k, _)| k.name != "type" && k.name != "inputs")
+                .filter(|(k, _)| {
+                    k.name != "type"
+                        && k.name != "inputs"
+                        && !COMMON_KEYS.contains(&k.name.as_str())
+                })
                 .cloned()
                 .collect(),
         ),
     };
+    let common = common_options(kind, &node, env, diagnostics, &id);
     let mut env_errors = Vec::new();
     let json = options.to_json(env, &mut env_errors);
     let had_env_errors = !env_errors.is_empty();
@@ -462,13 +468,13 @@ fn typed_component(
             diagnostics.push(serde_diagnostic(&options, err).in_component(&id));
             return TypedComponent::failed(id.as_str().into(), key.location);
         }
-        Some(Ok(config)) => config,
+        Some(Ok(config)) => config.with_common(common),
     };
     let field_message = |problem: FieldProblem| match path_text(&problem.path) {
         path if path.is_empty() => problem.message,
         path => format!("`{path}`: {}", problem.message),
     };
-    for problem in typed.check() {
+    for problem in typed.check().into_iter().chain(typed.common().check()) {
         let at = options.locate(&problem.path);
         diagnostics.push(error(at, field_message(problem)));
     }

@@ -14,6 +14,7 @@ pub mod action;
 pub mod aggregator;
 mod api_jwt;
 mod catalogue;
+pub mod common;
 pub mod component;
 pub use api_jwt::{JwksSource, JwtConfig};
 mod diagnostic;
@@ -28,6 +29,7 @@ mod sensitive;
 pub mod service;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 mod tls;
 pub mod transform;
 pub mod unit_test;
@@ -101,6 +103,8 @@ pub struct Component {
 pub struct ComponentConfig {
     type_name: &'static str,
     options: SectionOptions,
+    /// `redact`, `trace`: what every type of the section takes (see [`common`]).
+    common: common::CommonOptions,
 }
 
 /// A component's options, as the trait object of its section.
@@ -129,6 +133,7 @@ impl PartialEq for ComponentConfig {
     fn eq(&self, other: &Self) -> bool {
         self.type_name == other.type_name
             && self.kind() == other.kind()
+            && self.common == other.common
             && self
                 .options
                 .as_options()
@@ -138,7 +143,21 @@ impl PartialEq for ComponentConfig {
 
 impl ComponentConfig {
     pub fn new(type_name: &'static str, options: SectionOptions) -> Self {
-        Self { type_name, options }
+        Self {
+            type_name,
+            options,
+            common: common::CommonOptions::default(),
+        }
+    }
+
+    /// The same component with `common` options (`redact`, `trace`).
+    pub fn with_common(self, common: common::CommonOptions) -> Self {
+        Self { common, ..self }
+    }
+
+    /// The options every type of the section takes.
+    pub fn common(&self) -> &common::CommonOptions {
+        &self.common
     }
 
     /// The options, as the trait object of the component's section.
@@ -311,6 +330,9 @@ pub struct GlobalConfig {
     #[serde(skip)]
     #[schemars(skip)]
     pub run: RunMode,
+    /// weir's own telemetry: spans of traced readings to an OpenTelemetry collector.
+    #[serde(default)]
+    pub telemetry: telemetry::TelemetryConfig,
     /// What aggregators do with open windows when their input ends; not a setting of the
     /// language (`weir test` closes them).
     #[serde(skip)]
@@ -332,6 +354,7 @@ impl Default for GlobalConfig {
             watch: false,
             channel_max_events: default_channel_max_events(),
             run: RunMode::Live,
+            telemetry: telemetry::TelemetryConfig::default(),
             end_of_input: aggregator::EndOfInput::default(),
         }
     }

@@ -92,6 +92,12 @@ fn component_schema(kind: ComponentKind, type_name: &str, mut options: Value) ->
         });
         required.push(json!("inputs"));
     }
+    let common = common_schema();
+    for key in super::common::CommonOptions::allowed(kind) {
+        if let Some(schema) = common.get(*key) {
+            properties[*key] = schema.clone();
+        }
+    }
     if let Some(Value::Array(existing)) = object.get("required") {
         required.extend(existing.iter().cloned());
     }
@@ -100,4 +106,20 @@ fn component_schema(kind: ComponentKind, type_name: &str, mut options: Value) ->
     object.remove("$schema");
     object.remove("title");
     options
+}
+
+/// The schemas of the options a section's every type may take (`redact`, `trace`),
+/// inlined so each component's schema stands alone.
+fn common_schema() -> Map<String, Value> {
+    let mut settings = SchemaSettings::draft07();
+    settings.inline_subschemas = true;
+    let schema = settings
+        .into_generator()
+        .into_root_schema_for::<super::common::CommonOptions>()
+        .to_value();
+    schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
 }

@@ -11,6 +11,7 @@
 
 pub mod ack;
 mod time;
+pub mod trace;
 mod view;
 
 use std::sync::Arc;
@@ -69,9 +70,13 @@ pub struct EventMeta {
     /// Selected transport headers (HTTP headers, AMQP/MQTT properties).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
-    /// A trace id propagated from the transport, if any.
+    /// The W3C trace id (32 hex digits) the transport carried in a `traceparent`, or
+    /// the one a sampled reading was given (see [`trace`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Set on a sampled reading: its hops are logged and timed. Not kept in a disk buffer.
+    #[serde(skip)]
+    pub sampled: Option<trace::Sampled>,
     /// Why the event was routed to an `.errors` output, if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<EventError>,
@@ -101,6 +106,7 @@ impl EventMeta {
             routing_key: None,
             headers: Vec::new(),
             trace_id: None,
+            sampled: None,
             error: None,
         }
     }

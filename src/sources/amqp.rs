@@ -370,6 +370,7 @@ async fn handle(
             .into_iter()
             .map(|(k, v)| (k.to_string(), header_text(v)))
             .collect();
+        meta.adopt_traceparent_header();
     }
     let meta = Arc::new(meta);
     match events_of(&message.data, config, decoder, &meta) {

@@ -25,14 +25,21 @@ pub struct ComponentTelemetry {
     pub(crate) sent_bytes: Counter,
     /// Resolved once: sources touch it for every delivery.
     pending_deliveries: Gauge,
+    /// Where the hops of sampled readings go as spans.
+    spans: super::trace::SpanSlot,
     /// Unix second of the last error log line, so a flood of bad input logs once per interval.
     last_error_log: Arc<AtomicU64>,
     suppressed_errors: Arc<AtomicU64>,
 }
 
 impl ComponentTelemetry {
-    pub(super) fn new(metrics: Metrics, labels: ComponentLabels) -> Self {
+    pub(super) fn new(
+        metrics: Metrics,
+        spans: super::trace::SpanSlot,
+        labels: ComponentLabels,
+    ) -> Self {
         Self {
+            spans,
             received_events: metrics.received_events.get_or_create_owned(&labels),
             received_bytes: metrics.received_bytes.get_or_create_owned(&labels),
             sent_bytes: metrics.sent_bytes.get_or_create_owned(&labels),
@@ -52,6 +59,19 @@ impl ComponentTelemetry {
 
     pub fn component_type(&self) -> &str {
         &self.labels.component_type
+    }
+
+    /// Records the hops of sampled readings at `output` (`None`: a sink or action taking
+    /// its input).
+    pub fn hops(&self, output: Option<&str>) -> super::trace::Hops {
+        super::trace::Hops::new(
+            &self.labels.component_id,
+            output,
+            self.metrics
+                .component_latency
+                .get_or_create_owned(&self.labels),
+            std::sync::Arc::clone(&self.spans),
+        )
     }
 
     pub(crate) fn sent_events(&self, output: &str) -> Counter {

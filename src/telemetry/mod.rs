@@ -8,6 +8,8 @@
 mod component;
 pub mod events;
 pub mod logging;
+pub mod otlp;
+pub mod trace;
 
 use std::sync::{Arc, Mutex};
 
@@ -170,6 +172,11 @@ fn action_latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+fn component_latency_histogram() -> Histogram {
+    // 0.1 ms to ~105 s.
+    Histogram::new(exponential_buckets(0.0001, 4.0, 11))
+}
+
 /// Every metric family weir exports. Cloning shares the underlying series.
 #[derive(Clone)]
 pub struct Metrics {
@@ -235,6 +242,10 @@ pub struct Metrics {
     pub device_method_stray_responses: Counter,
     pub device_twin_updates: Family<TwinKindLabels, Counter>,
     pub gateway_duplicates_dropped: Family<ComponentLabels, Counter>,
+    pub tap_copied_events: Counter,
+    pub tap_dropped_events: Counter,
+    pub tap_sessions: Gauge,
+    pub component_latency: HistogramFamily<ComponentLabels>,
 }
 
 impl Default for Metrics {
@@ -308,6 +319,10 @@ impl Default for Metrics {
             device_method_stray_responses: Counter::default(),
             device_twin_updates: Family::default(),
             gateway_duplicates_dropped: Family::default(),
+            tap_copied_events: Counter::default(),
+            tap_dropped_events: Counter::default(),
+            tap_sessions: Gauge::default(),
+            component_latency: Family::new_with_constructor(component_latency_histogram),
         }
     }
 }
@@ -611,6 +626,26 @@ impl Metrics {
             "Telemetry publishes acknowledged and dropped because their device sent that `$.mid` before",
             m.gateway_duplicates_dropped,
         );
+        registry.register(
+            "tap_copied_events",
+            "Events copied for `weir tap` sessions, those a slow session then dropped included (none while no tap is attached)",
+            m.tap_copied_events,
+        );
+        registry.register(
+            "tap_dropped_events",
+            "Events a `weir tap` session lost because it read too slowly (the pipeline never waits for a tap)",
+            m.tap_dropped_events,
+        );
+        registry.register(
+            "tap_sessions",
+            "`weir tap` sessions attached right now",
+            m.tap_sessions,
+        );
+        registry.register(
+            "component_latency_seconds",
+            "Time from a sampled reading's arrival at its source to each hop: a component sending it on an output, or a sink or action taking it from its input (traced readings only)",
+            m.component_latency,
+        );
     }
 
     /// The direct-method series.
@@ -629,6 +664,8 @@ pub struct Telemetry {
     registry: Mutex<Registry>,
     /// Components whose task failed, until a reload replaces or removes them.
     failed: Mutex<std::collections::BTreeSet<ComponentId>>,
+    /// Where hops of sampled readings go as spans, once `telemetry.otlp` is set.
+    spans: trace::SpanSlot,
 }
 
 impl Telemetry {
@@ -642,6 +679,7 @@ impl Telemetry {
             metrics,
             registry: Mutex::new(registry),
             failed: Mutex::new(std::collections::BTreeSet::new()),
+            spans: trace::SpanSlot::default(),
         })
     }
 
@@ -667,6 +705,11 @@ impl Telemetry {
         &self.metrics
     }
 
+    /// Sends the hops of sampled readings to `queue` as spans (`telemetry.otlp`).
+    pub fn export_spans(&self, queue: Arc<otlp::SpanQueue>) {
+        self.spans.store(Some(queue));
+    }
+
     /// A handle for one component, with its labels applied once.
     pub fn component(
         &self,
@@ -676,6 +719,7 @@ impl Telemetry {
     ) -> ComponentTelemetry {
         ComponentTelemetry::new(
             self.metrics.clone(),
+            Arc::clone(&self.spans),
             ComponentLabels {
                 component_id: id.to_string(),
                 component_kind: kind.noun().to_owned(),

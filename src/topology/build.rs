@@ -16,6 +16,7 @@ use super::channel::{
     Fanout, InputReceiver, InputSender, Outputs, Targets, WeakInputSender, input_channel, targets,
 };
 use super::instance::InstanceIdentity;
+use super::tap::{Port, TapHub};
 use crate::config::action::ActionContext;
 use crate::config::aggregator::{AggregatorContext, EndOfInput};
 use crate::config::service::Services;
@@ -66,6 +67,14 @@ pub(super) struct Shared<'a> {
     pub end_of_input: EndOfInput,
 }
 
+impl Shared<'_> {
+    /// The process's tap hub (a service without settings; the API finds it there).
+    pub fn taps(&self) -> Arc<TapHub> {
+        self.services
+            .get_or_insert_with(|| TapHub::new(self.telemetry.metrics()))
+    }
+}
+
 /// Builds one component with empty output lists (the rewiring fills them). A sink that
 /// holds a resource waits for `previous` (its old instance) to finish before it starts.
 pub(super) fn build(
@@ -77,9 +86,16 @@ pub(super) fn build(
     let telemetry = shared
         .telemetry
         .component(&component.id, config.kind(), config.type_name());
+    let taps = shared.taps();
     let (input, receiver) = match config.kind().takes_inputs() {
         true => {
             let (tx, rx) = input_channel(&telemetry, shared.channel_max_events);
+            let rx = rx.with_tap(taps.point(&component.id, Port::Input));
+            // A sink or action: its input is a reading's last hop.
+            let rx = match config.kind().has_default_output() {
+                true => rx,
+                false => rx.recording_hops(),
+            };
             (Some(tx), Some(rx))
         }
         false => (None, None),
@@ -95,7 +111,7 @@ pub(super) fn build(
     let retired = Arc::new(AtomicBool::new(false));
     let parts = Parts {
         receiver,
-        outputs: fanouts(&outputs, &telemetry),
+        outputs: fanouts(&outputs, &telemetry, component, &taps),
         telemetry,
         stop: stop.clone(),
         retired: Arc::clone(&retired),
@@ -141,7 +157,7 @@ pub(super) fn rebuild_source(
     let stop = CancellationToken::new();
     let parts = Parts {
         receiver: None,
-        outputs: fanouts(&instance.outputs, &telemetry),
+        outputs: fanouts(&instance.outputs, &telemetry, component, &shared.taps()),
         telemetry,
         stop: stop.clone(),
         retired: Arc::new(AtomicBool::new(false)),
@@ -149,14 +165,24 @@ pub(super) fn rebuild_source(
     Ok((build_task(component, parts, shared)?, stop))
 }
 
-/// A component's outputs over its consumer lists.
-fn fanouts(lists: &BTreeMap<Option<String>, Targets>, telemetry: &ComponentTelemetry) -> Outputs {
-    let default = lists
-        .get(&None)
-        .map(|list| Fanout::new("default", Arc::clone(list), telemetry));
+/// A component's outputs over its consumer lists, each with its tap point; a source's
+/// sample its readings for tracing as its `trace.sample` says.
+fn fanouts(
+    lists: &BTreeMap<Option<String>, Targets>,
+    telemetry: &ComponentTelemetry,
+    component: &Component,
+    taps: &TapHub,
+) -> Outputs {
+    let sample = component.config.common().sample_rate();
+    let fanout = |name: &str, list: &Targets| {
+        Fanout::new(name, Arc::clone(list), telemetry)
+            .with_tap(taps.point(&component.id, Port::Output(name.into())))
+            .sampling(sample)
+    };
+    let default = lists.get(&None).map(|list| fanout("default", list));
     let named = lists
         .iter()
-        .filter_map(|(name, list)| Some(Fanout::new(name.as_ref()?, Arc::clone(list), telemetry)))
+        .filter_map(|(name, list)| Some(fanout(name.as_ref()?, list)))
         .collect();
     Outputs::new(default, named)
 }

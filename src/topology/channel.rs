@@ -20,8 +20,10 @@ use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use super::tap::TapPoint;
 use crate::event::{Event, EventBatch};
 use crate::telemetry::events::{EventsDiscarded, EventsReceived};
+use crate::telemetry::trace::Hops;
 use crate::telemetry::{BufferMetrics, ComponentTelemetry, InternalEvent};
 
 /// Events a component's input channel holds unless `channel_max_events` says otherwise.
@@ -122,6 +124,10 @@ pub struct InputReceiver {
     rx: mpsc::UnboundedReceiver<Queued>,
     room: Room,
     telemetry: ComponentTelemetry,
+    /// `weir tap --inputs-of`.
+    tap: Arc<TapPoint>,
+    /// A sink's or action's hops of sampled readings (others record theirs at their outputs).
+    hops: Option<Hops>,
 }
 
 /// An input channel holding at most `capacity` events (at least 1), instrumented with its
@@ -145,12 +151,27 @@ pub fn input_channel(
         InputReceiver {
             rx,
             room,
+            tap: TapPoint::unreachable(telemetry.component_id()),
             telemetry: telemetry.clone(),
+            hops: None,
         },
     )
 }
 
 impl InputReceiver {
+    /// The receiver, offering what it hands out to the taps of `point`.
+    pub(crate) fn with_tap(mut self, point: Arc<TapPoint>) -> Self {
+        self.tap = point;
+        self
+    }
+
+    /// The receiver, recording the hop of every sampled reading it hands out (the last
+    /// hop of a reading: its sink or action).
+    pub(crate) fn recording_hops(mut self) -> Self {
+        self.hops = Some(self.telemetry.hops(None));
+        self
+    }
+
     /// The next batch, or `None` once every upstream has finished.
     pub async fn recv(&mut self) -> Option<EventBatch> {
         let (batch, permit) = self.rx.recv().await?;
@@ -163,6 +184,10 @@ impl InputReceiver {
             bytes: 0,
         }
         .emit(&self.telemetry);
+        self.tap.offer(&batch);
+        if let Some(hops) = &self.hops {
+            hops.record(&batch.events);
+        }
         Some(batch)
     }
 }
@@ -195,6 +220,11 @@ pub struct Fanout {
     targets: Targets,
     sent: Counter,
     telemetry: ComponentTelemetry,
+    /// `weir tap --outputs-of`.
+    tap: Arc<TapPoint>,
+    hops: Hops,
+    /// A source's `trace.sample`: the share of readings it samples (0: none).
+    sample: f64,
 }
 
 impl Fanout {
@@ -203,7 +233,24 @@ impl Fanout {
             name: name.to_owned(),
             sent: telemetry.sent_events(name),
             targets,
+            tap: TapPoint::unreachable(telemetry.component_id()),
+            hops: telemetry.hops(Some(name)),
             telemetry: telemetry.clone(),
+            sample: 0.0,
+        }
+    }
+
+    /// The output, offering what it sends to the taps of `point`.
+    pub(crate) fn with_tap(mut self, point: Arc<TapPoint>) -> Self {
+        self.tap = point;
+        self
+    }
+
+    /// The output of a source that samples `share` of its readings for tracing.
+    pub(crate) fn sampling(self, share: f64) -> Self {
+        Self {
+            sample: share,
+            ..self
         }
     }
 
@@ -221,11 +268,16 @@ impl Fanout {
     ///
     /// Events sent to an output nobody reads are counted as discarded (not intentional), so
     /// even an unwired `.errors` output never loses an event silently.
-    pub async fn send(&self, batch: EventBatch) {
+    pub async fn send(&self, mut batch: EventBatch) {
         let count = batch.len();
         if count == 0 {
             return;
         }
+        if self.sample > 0.0 {
+            sample(&mut batch, self.sample);
+        }
+        self.tap.offer(&batch);
+        self.hops.record(&batch.events);
         // The list current when the send starts; a reload swapping it meanwhile affects the
         // next batch.
         let targets = self.targets.load_full();
@@ -255,6 +307,16 @@ impl Fanout {
                 intentional: false,
             }
             .emit(&self.telemetry);
+        }
+    }
+}
+
+/// Samples `share` of the readings of `batch` for tracing.
+#[cold]
+fn sample(batch: &mut EventBatch, share: f64) {
+    for event in &mut batch.events {
+        if !event.meta().is_sampled() && rand::random::<f64>() < share {
+            event.meta_mut().sample();
         }
     }
 }

@@ -88,6 +88,7 @@ pub fn fixed_globals_changed(old: &TopologyConfig, new: &TopologyConfig) -> Opti
         a.channel_max_events != b.channel_max_events,
         "channel_max_events",
     );
+    note(a.telemetry != b.telemetry, "telemetry");
     (!changed.is_empty()).then(|| {
         format!(
             "{} cannot change while weir runs: restart weir to apply it",

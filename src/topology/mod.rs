@@ -28,6 +28,7 @@ pub mod instance;
 pub mod leftovers;
 mod running;
 pub mod services;
+pub mod tap;
 
 use crate::config::component::ComponentId;
 pub use crate::config::component::ComponentTask;

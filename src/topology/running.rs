@@ -248,6 +248,15 @@ impl RunningTopology {
             self.spawn(&id, &instance, task);
             self.instances.insert(id, instance);
         }
+        // Every tap masks what any running component's `redact` names.
+        let mut redacted: Vec<String> = new
+            .components
+            .values()
+            .flat_map(|c| c.config.common().redact.iter().cloned())
+            .collect();
+        redacted.sort();
+        redacted.dedup();
+        self.shared(&new).taps().set_redacted(redacted);
         self.config = new;
         self.telemetry
             .metrics()

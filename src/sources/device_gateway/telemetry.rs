@@ -21,6 +21,7 @@ pub(super) fn meta(
     let enqueued = meta.received_at.to_string();
     meta.topic = Some(topic.to_owned());
     meta.headers = properties;
+    meta.adopt_traceparent_header();
     meta.headers
         .push((CONNECTION_DEVICE_ID.into(), device_id.to_owned()));
     meta.headers.push((ENQUEUED_TIME.into(), enqueued));
@@ -89,5 +90,25 @@ mod tests {
         assert!(headers.contains(&(CONNECTION_DEVICE_ID.into(), "d1".into())));
         assert!(headers.iter().any(|(name, _)| name == ENQUEUED_TIME));
         assert!(headers.contains(&("room".into(), "a".into())));
+    }
+
+    #[test]
+    fn a_traceparent_in_the_property_bag_is_the_trace_id() {
+        let source: Arc<str> = "gw".into();
+        let properties = vec![(
+            "traceparent".to_owned(),
+            "00-9cf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        )];
+        let meta = meta(
+            &source,
+            "pump-1",
+            "devices/pump-1/messages/events/",
+            properties,
+        );
+        assert_eq!(
+            meta.trace_id.as_deref(),
+            Some("9cf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert!(meta.is_sampled());
     }
 }

@@ -19,10 +19,12 @@ impl Handler {
                 meta.headers.push((name.clone(), value.to_owned()));
             }
         }
-        meta.trace_id = headers
-            .get("traceparent")
+        if let Some(traceparent) = headers
+            .get(crate::event::trace::TRACEPARENT)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        {
+            meta.set_traceparent(traceparent);
+        }
         meta
     }
 

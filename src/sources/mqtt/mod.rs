@@ -178,6 +178,7 @@ async fn handle(
     let topic = String::from_utf8_lossy(&topic).into_owned();
     let mut meta = EventMeta::received_by(Arc::clone(source));
     meta.headers = properties;
+    meta.adopt_traceparent_header();
     let meta = Arc::new(EventMeta {
         topic: Some(topic),
         ..meta
