@@ -9,8 +9,8 @@
 //! permanent.
 
 mod amqp_publish;
-mod direct_method;
 mod device_message;
+mod direct_method;
 mod email;
 pub mod idempotency;
 pub mod limits;
@@ -21,8 +21,8 @@ pub mod runner;
 mod webhook;
 
 pub use amqp_publish::AmqpPublishConfig;
-pub use direct_method::DirectMethodConfig;
 pub use device_message::DeviceMessageConfig;
+pub use direct_method::DirectMethodConfig;
 pub use email::EmailConfig;
 pub use log::LogActionConfig;
 pub use mqtt_publish::MqttPublishConfig;
