@@ -131,9 +131,18 @@ async fn expiry_dead_letters_by_timer_and_feedback_follows_ack_across_a_restart(
         record["enqueuedTimeUtc"],
         expiring.message.enqueued_at.to_string()
     );
-    // Gone from the queue file too.
-    let file = std::fs::read_to_string(d.join("devicebound/devices.json")).unwrap();
-    assert!(!file.contains(&expiring.message.id) && file.contains(&kept.message.id));
+    // Gone from the queue file too, once the outputs committed its outcome (until then
+    // the file keeps the outcome, so a crash cannot lose the feedback).
+    let queue_file = d.join("devicebound/devices.json");
+    let settled = || {
+        let file = std::fs::read_to_string(&queue_file).unwrap_or_default();
+        !file.contains(&expiring.message.id) && file.contains(&kept.message.id)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), settled).await,
+        "{}",
+        std::fs::read_to_string(&queue_file).unwrap_or_default()
+    );
 
     // The SDK gets only the live message; its PUBACK is positive feedback.
     let said = sdk_receive(d, host, "fb-lamp-1", &key, 1).await;
