@@ -36,7 +36,7 @@ use utoipa_axum::routes;
 use super::access::{Routes, patch_field_role};
 use super::openapi::ErrorBody;
 use super::records::{
-    Answer, IfMatch, answer, blocking, change, error, parse, record, registry, removal,
+    Answer, IfMatch, answer, blocking, change, error, in_scope, parse, record, registry, removal,
 };
 use super::{ApiState, Caller, scope};
 use crate::registry::{Device, DevicePatch, DeviceSpec, ImportOutcome, Page, Status};
@@ -61,17 +61,6 @@ pub fn routes(routes: Routes) -> Routes {
         .route(routes!(disable))
         .route(routes!(rotate_key))
         .route(routes!(sas_token))
-}
-
-/// [`scope::check`] as an answer: the etag a scoped caller's change is pinned to.
-fn in_scope(
-    state: &ApiState,
-    caller: &Caller,
-    id: &str,
-    needed: Role,
-) -> Result<Option<String>, Answer> {
-    scope::check(&*registry(state)?, caller, id, needed)
-        .map_err(|(status, message)| error(status, message))
 }
 
 /// `POST /v1/devices/import`, with room for [`MAX_IMPORT_ROWS`] rows: axum's default

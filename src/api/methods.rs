@@ -25,8 +25,8 @@ use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::openapi::ErrorBody;
-use super::records::{Answer, error, parse, registry};
-use super::{ApiState, Caller, scope};
+use super::records::{Answer, error, in_scope, parse, registry};
+use super::{ApiState, Caller};
 use crate::device_sessions::{CallError, DeviceSessions};
 use crate::tokens::Role;
 
@@ -90,8 +90,7 @@ async fn invoke(
     body: Bytes,
 ) -> Response {
     let request = (|| -> Result<MethodCall, Answer> {
-        scope::check(&*registry(&state)?, &caller, &id, Role::Operator)
-            .map_err(|(status, message)| error(status, message))?;
+        in_scope(&state, &caller, &id, Role::Operator)?;
         let request: MethodCall = parse(&body)?;
         if !(5..=300).contains(&request.response_timeout) {
             return Err(error(

@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
 
-use super::ApiState;
+use super::{ApiState, Caller, scope};
 use crate::registry::{Registry, RegistryError};
+use crate::tokens::Role;
 
 /// An answer of this API: a status with a JSON body and maybe an `ETag`.
 pub struct Answer(pub StatusCode, pub Value, pub Option<String>);
@@ -63,6 +64,17 @@ pub fn registry(state: &ApiState) -> Result<Arc<Registry>, Answer> {
             "this weir has no device registry: add a `registry:` section to the pipeline",
         )
     })
+}
+
+/// [`scope::check`] as an answer: the etag a scoped caller's change is pinned to.
+pub fn in_scope(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+    needed: Role,
+) -> Result<Option<String>, Answer> {
+    scope::check(&*registry(state)?, caller, id, needed)
+        .map_err(|(status, message)| error(status, message))
 }
 
 pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Answer> {

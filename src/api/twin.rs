@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::openapi::ErrorBody;
-use super::records::{Answer, IfMatch, answer, blocking, error, parse, registry};
+use super::records::{Answer, IfMatch, answer, blocking, error, in_scope, parse, registry};
 use super::{ApiState, Caller, scope};
 use crate::registry::Properties;
 use crate::registry::twin::{self, Side};
@@ -46,10 +46,8 @@ async fn fetch(
     Path(id): Path<String>,
 ) -> Response {
     answer((|| {
-        let registry = registry(&state)?;
-        scope::check(&registry, &caller, &id, Role::Viewer)
-            .map_err(|(status, message)| error(status, message))?;
-        let device = registry
+        in_scope(&state, &caller, &id, Role::Viewer)?;
+        let device = registry(&state)?
             .get(&id)
             .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("device `{id}` not found")))?;
         Ok(Answer(
@@ -87,8 +85,7 @@ async fn patch_desired(
     body: Bytes,
 ) -> Response {
     let checked = (|| -> Result<_, Answer> {
-        let checked = scope::check(&*registry(&state)?, &caller, &id, Role::Operator)
-            .map_err(|(status, message)| error(status, message))?;
+        let checked = in_scope(&state, &caller, &id, Role::Operator)?;
         let patch: Properties = parse(&body)?;
         Ok((patch, checked))
     })();
