@@ -306,31 +306,7 @@ impl TableWriter {
         if !landed_before {
             let partition_by =
                 Some(self.spec.partition_columns.clone()).filter(|columns| !columns.is_empty());
-            let properties = CommitProperties::default()
-                .with_application_transaction(Transaction::new(&app_id, version))
-                .with_create_checkpoint(true);
-            let outcome = CommitBuilder::from(properties)
-                .with_actions(adds.into_iter().map(Action::Add).collect())
-                .build(
-                    Some(table.snapshot()?),
-                    table.log_store(),
-                    DeltaOperation::Write {
-                        mode: SaveMode::Append,
-                        partition_by,
-                        predicate: None,
-                    },
-                )
-                .await;
-            match outcome {
-                Ok(finalized) => table.state = Some(finalized.snapshot()),
-                Err(err) => {
-                    // The log may hold the commit even though we heard an error.
-                    table.update_state().await?;
-                    if logged_version(table, &app_id).await? < Some(version) {
-                        return Err(err.into());
-                    }
-                }
-            }
+            append_once(table, &app_id, version, adds, partition_by).await?;
         }
         self.ledger.set_landed(Some(version));
         // The rows are in the log; their sources (or buffer) have not heard so yet.
@@ -395,30 +371,7 @@ impl TableWriter {
         let files = self.batch_files.len();
         let partition_by =
             Some(self.spec.partition_columns.clone()).filter(|columns| !columns.is_empty());
-        let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&app_id, 1))
-            .with_create_checkpoint(true);
-        let outcome = CommitBuilder::from(properties)
-            .with_actions(self.batch_files.iter().cloned().map(Action::Add).collect())
-            .build(
-                Some(table.snapshot()?),
-                table.log_store(),
-                DeltaOperation::Write {
-                    mode: SaveMode::Append,
-                    partition_by,
-                    predicate: None,
-                },
-            )
-            .await;
-        match outcome {
-            Ok(finalized) => table.state = Some(finalized.snapshot()),
-            Err(err) => {
-                table.update_state().await?;
-                if logged_version(table, &app_id).await?.is_none() {
-                    return Err(err.into());
-                }
-            }
-        }
+        append_once(table, &app_id, 1, self.batch_files.clone(), partition_by).await?;
         self.batch_files.clear();
         Ok(files)
     }
@@ -490,6 +443,43 @@ async fn logged_version(table: &DeltaTable, app_id: &str) -> anyhow::Result<Opti
         .snapshot()?
         .transaction_version(table.log_store().as_ref(), app_id)
         .await?)
+}
+
+/// Appends `adds` in one commit under `app_id`'s `txn` `version` (what makes a retried
+/// commit, or a rerun, land once). The log may hold the commit even though the commit
+/// answered an error: that counts as landed.
+async fn append_once(
+    table: &mut DeltaTable,
+    app_id: &str,
+    version: i64,
+    adds: Vec<Add>,
+    partition_by: Option<Vec<String>>,
+) -> anyhow::Result<()> {
+    let properties = CommitProperties::default()
+        .with_application_transaction(Transaction::new(app_id, version))
+        .with_create_checkpoint(true);
+    let outcome = CommitBuilder::from(properties)
+        .with_actions(adds.into_iter().map(Action::Add).collect())
+        .build(
+            Some(table.snapshot()?),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by,
+                predicate: None,
+            },
+        )
+        .await;
+    match outcome {
+        Ok(finalized) => table.state = Some(finalized.snapshot()),
+        Err(err) => {
+            table.update_state().await?;
+            if logged_version(table, app_id).await? < Some(version) {
+                return Err(err.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What one commit wrote.
