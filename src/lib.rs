@@ -16,7 +16,9 @@
 //! - shared services: [`registry`] (the built-in device registry: identities, keys,
 //!   enrollment groups) and [`alarms`] (the alarm board);
 //! - [`CATALOGUE`]: every component type and service of this build, handed to the engine;
-//! - [`codecs`]: payload decoding shared by sources and the `decode` transform;
+//! - [`codecs`]: payload decoding shared by sources and the `decode` transform, and the
+//!   encoding of events the broker sinks publish; [`broker`]: the AMQP and MQTT connection
+//!   code the broker sources, sinks and actions share;
 //! - [`template`]: minijinja conditions and templates, compiled at load time; [`tls`]: TLS
 //!   options shared by servers and clients; [`redact`]: secrets out of messages;
 //! - [`api`]: the HTTP API, [`tokens`]: who may call it, [`audit`]: what they changed,
@@ -32,6 +34,7 @@ pub mod audit;
 pub mod batch;
 #[cfg(test)]
 mod boundary;
+pub mod broker;
 pub mod buffers;
 mod catalogue;
 pub mod cli;

@@ -5,14 +5,14 @@
 
 use std::hash::{Hash, Hasher};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::tcp::OwnedTLSConfig;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
 
 use super::idempotency::IdempotencyKey;
 use super::policy::action_config;
 use super::runner::{self, Notifier, SendError};
 use super::{ActionComponent, ActionContext};
+use crate::broker::amqp::{Confirmed, Publisher, confirmed};
 use crate::config::{Duration, FieldProblem, RedactedUrl};
 use crate::event::Event;
 use crate::template::Template;
@@ -66,23 +66,15 @@ impl ActionComponent for AmqpPublishConfig {
 
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = self.policies().check();
-        let url = self.url.expose_str();
-        if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
-            problems.push(FieldProblem::at(
-                ["url"],
-                "expected an `amqp://` or `amqps://` URL",
-            ));
-        } else if self.tls.is_some() && !url.starts_with("amqps://") {
-            problems.push(FieldProblem::at(["tls"], "`tls` needs an `amqps://` URL"));
-        }
+        problems.extend(crate::broker::amqp::check_url(&self.url, self.tls.as_ref()));
         problems
     }
 
     fn build(&self, cx: ActionContext) -> anyhow::Result<ComponentTask> {
+        let tls = crate::broker::amqp::tls(self.tls.as_ref())?;
         let notifier = AmqpPublish {
-            tls: crate::sources::amqp_tls(self.tls.as_ref())?,
+            publisher: Publisher::new(self.url.clone(), tls, self.timeout),
             config: self.clone(),
-            channel: tokio::sync::Mutex::new(None),
         };
         runner::spawn(cx, self.policies(), notifier)
     }
@@ -90,10 +82,9 @@ impl ActionComponent for AmqpPublishConfig {
 
 struct AmqpPublish {
     config: AmqpPublishConfig,
-    tls: OwnedTLSConfig,
-    /// The open connection and its confirming channel; opened on first use and again
-    /// after a failure.
-    channel: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    /// The connection and its confirming channel, opened on first use and again after a
+    /// failure; one message at a time (the runner sends one by one).
+    publisher: Publisher,
 }
 
 pub struct Message {
@@ -102,29 +93,12 @@ pub struct Message {
 }
 
 impl AmqpPublish {
-    async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
-        crate::tls::install_default_provider();
-        let connection = Connection::connect_with_config(
-            self.config.url.expose_str(),
-            ConnectionProperties::default(),
-            self.tls.clone(),
-            lapin::runtime::default_runtime()?,
-        )
-        .await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok((connection, channel))
-    }
-
-    async fn publish(
-        &self,
-        channel: &Channel,
-        message: &Message,
-        key: &IdempotencyKey,
-    ) -> Result<(), SendError> {
-        let transient = |err: lapin::Error| SendError::Transient(format!("AMQP: {err}"));
+    async fn publish(&self, message: &Message, key: &IdempotencyKey) -> Result<(), SendError> {
+        let channel = self
+            .publisher
+            .channel()
+            .await
+            .map_err(SendError::Transient)?;
         let mut properties = BasicProperties::default().with_message_id(key.as_str().into());
         if self.config.persistent {
             properties = properties.with_delivery_mode(2);
@@ -142,21 +116,14 @@ impl AmqpPublish {
                 properties,
             )
             .await
-            .map_err(transient)?;
-        match tokio::time::timeout(self.config.timeout.get(), confirm).await {
-            Err(_) => Err(SendError::Transient(format!(
-                "the broker did not confirm within {}",
-                self.config.timeout
+            .map_err(|err| SendError::Transient(format!("AMQP: {err}")))?;
+        match confirmed(confirm, self.config.timeout).await {
+            Confirmed::Stored => Ok(()),
+            Confirmed::Returned(why) => Err(SendError::Permanent(format!(
+                "the broker returned the message for `{}` on exchange `{}`: {why}",
+                message.routing_key, self.config.exchange
             ))),
-            Ok(Err(err)) => Err(transient(err)),
-            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(SendError::Permanent(format!(
-                "the broker returned the message for `{}` on exchange `{}`: {} {}",
-                message.routing_key, self.config.exchange, returned.reply_code, returned.reply_text
-            ))),
-            Ok(Ok(Confirmation::Nack(_))) => Err(SendError::Transient(
-                "the broker refused (nacked) the message".into(),
-            )),
+            Confirmed::NotNow(why) => Err(SendError::Transient(why)),
         }
     }
 }
@@ -191,20 +158,10 @@ impl Notifier for AmqpPublish {
     }
 
     async fn send(&self, message: &Message, key: &IdempotencyKey) -> Result<(), SendError> {
-        let mut slot = self.channel.lock().await;
-        if slot.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
-            let opened = self.connect().await.map_err(|err| {
-                SendError::Transient(format!("cannot connect to the AMQP broker: {err}"))
-            })?;
-            *slot = Some(opened);
-        }
-        let Some((_, channel)) = slot.as_ref() else {
-            return Err(SendError::Transient("no AMQP channel".into()));
-        };
-        let result = self.publish(channel, message, key).await;
+        let result = self.publish(message, key).await;
         if let Err(SendError::Transient(_)) = &result {
             // Start over on a new connection next time.
-            *slot = None;
+            self.publisher.reset().await;
         }
         result
     }

@@ -1,4 +1,5 @@
-//! Payload codecs: bytes from a transport in, event fields out.
+//! Payload codecs: bytes from a transport in, event fields out; and events out again for
+//! the sinks that publish to brokers ([`encode`]).
 //!
 //! Sources decode what they receive with their `decoding` option; the `decode` transform
 //! applies the same codecs to a field (for payloads wrapped in another envelope, such as a
@@ -10,6 +11,7 @@
 //! so there is no decompressed size to bound; a codec that does must bound it here.
 
 mod binary;
+pub mod encode;
 mod limits;
 
 use schemars::JsonSchema;
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use binary::{BinaryType, LayoutField};
+pub use encode::EncodingConfig;
 pub use limits::ReadingLimits;
 
 use crate::event::Fields;

@@ -4,19 +4,24 @@
 //! each batch to its destination, and returns once everything it received is written: that
 //! is how a shutdown drains the graph.
 
+mod amqp;
 mod blackhole;
 mod console;
 #[cfg(feature = "delta")]
 mod delta_lake;
 mod file;
+mod mqtt;
+mod publish;
 mod redis;
 pub mod retry;
 
+pub use amqp::AmqpSinkConfig;
 pub use blackhole::BlackholeConfig;
 pub use console::ConsoleConfig;
 #[cfg(feature = "delta")]
 pub use delta_lake::DeltaLakeConfig;
 pub use file::FileConfig;
+pub use mqtt::MqttSinkConfig;
 pub use redis::{RedisConfig, RedisMode};
 
 use crate::config::ComponentType;
@@ -28,6 +33,8 @@ pub const TYPES: &[ComponentType<dyn SinkComponent>] = &[
     ComponentType::of::<FileConfig>("file"),
     ComponentType::of::<RedisConfig>("redis"),
     ComponentType::of::<BlackholeConfig>("blackhole"),
+    ComponentType::of::<AmqpSinkConfig>("amqp"),
+    ComponentType::of::<MqttSinkConfig>("mqtt"),
     #[cfg(feature = "delta")]
     ComponentType::of::<DeltaLakeConfig>("delta_lake"),
 ];

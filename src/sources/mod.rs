@@ -28,9 +28,6 @@ pub use http::HttpSourceConfig;
 pub use mqtt::MqttSourceConfig;
 pub use simulator::SimulatorConfig;
 
-pub(crate) use amqp::amqp_tls;
-pub(crate) use mqtt::{CredentialFields, broker_address};
-
 use crate::config::ComponentType;
 pub use crate::config::source::{SourceComponent, SourceContext};
 

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::credentials::CredentialFields;
 use super::decode::{DEVICE_ID_PARAM, DeviceIdRule};
 use super::session::Settings;
+use crate::broker::CredentialFields;
 use crate::codecs::DecodingConfig;
 use crate::config::Sensitive;
 use crate::config::{ByteSize, Duration, FieldProblem, RedactedUrl, ServiceUse};
@@ -150,31 +150,10 @@ impl JsonSchema for MqttVersion {
     }
 }
 
-/// Host, port, and whether the connection uses TLS, from an `mqtt://` or `mqtts://` URL.
-pub(crate) fn broker_address(url: &str) -> Result<(String, u16, bool), String> {
-    let (rest, secure) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
-        (Some(rest), _) => (rest, false),
-        (_, Some(rest)) => (rest, true),
-        _ => return Err("expected an `mqtt://host:port` or `mqtts://host:port` URL".into()),
-    };
-    let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-        Some((host, port)) => (
-            host,
-            port.parse::<u16>()
-                .map_err(|_| format!("`{port}` is not a port"))?,
-        ),
-        None => (rest.trim_end_matches('/'), if secure { 8883 } else { 1883 }),
-    };
-    if host.is_empty() {
-        return Err("the URL has no host".into());
-    }
-    Ok((host.to_owned(), port, secure))
-}
-
 impl MqttSourceConfig {
     /// Host, port, and whether the connection uses TLS.
     fn broker(&self) -> Result<(String, u16, bool), String> {
-        broker_address(self.url.expose_str())
+        crate::broker::mqtt::broker_address(self.url.expose_str())
     }
 
     /// The packet size limit in bytes: at least a small packet, at most what MQTT's

@@ -12,14 +12,14 @@
 //! `devices/{device_id}/telemetry` or a template over `topic` — or from a field.
 //!
 //! [`session`] hides which protocol version a session speaks; the rest is the same for
-//! both: [`config`] holds the options, [`credentials`] the user name and password (shared
-//! with `mqtt_publish`), [`connection`] drives the broker connection and gives up on a
-//! take-over loop ([`takeover`]), [`decode`] turns a publish into events, and this module
-//! runs the source's loop and acknowledges in order.
+//! both: [`config`] holds the options (the user name and password through
+//! `broker::credentials`, shared with the `mqtt` sink and `mqtt_publish`), [`connection`]
+//! drives the broker connection and gives up on a take-over loop ([`takeover`]), [`decode`]
+//! turns a publish into events, and this module runs the source's loop and acknowledges in
+//! order.
 
 mod config;
 mod connection;
-mod credentials;
 mod decode;
 mod session;
 mod takeover;
@@ -29,9 +29,7 @@ use std::time::Duration as StdDuration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub(crate) use config::broker_address;
 pub use config::{MqttSourceConfig, MqttVersion};
-pub(crate) use credentials::CredentialFields;
 
 use self::decode::{DeviceIdRule, events_of};
 use self::session::{Ack, Client, Message, Settings};

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use rumqttc_v5 as v5;
 
 use super::MqttVersion;
-use super::credentials::Credentials;
+use crate::broker::credentials::Credentials;
 
 /// What the source asks of a session.
 pub(super) struct Settings {

@@ -29,6 +29,7 @@ pub mod azure_device;
 pub mod azure_sdk;
 pub mod azurite;
 pub mod delta;
+pub mod forward;
 pub mod gateway;
 pub mod load;
 pub mod mosquitto;

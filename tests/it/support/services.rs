@@ -181,8 +181,23 @@ pub fn restart_mosquitto_if_down() {
 pub fn rabbitmq() -> &'static str {
     static READY: OnceLock<()> = OnceLock::new();
     assert_leased(Broker::RabbitMq);
-    READY.get_or_init(|| ensure(&RABBITMQ));
+    READY.get_or_init(|| {
+        ensure(&RABBITMQ);
+        enable_consistent_hash_exchange();
+    });
     "amqp://guest:guest@127.0.0.1:5672/%2f"
+}
+
+/// Enables the plugin the `amqp` source's `partition` declares its exchange with (on a
+/// running node; enabling an enabled plugin changes nothing). `.ci/run` enables it too.
+fn enable_consistent_hash_exchange() {
+    let output = Command::new("rabbitmq-plugins")
+        .args(["enable", "rabbitmq_consistent_hash_exchange"])
+        .output();
+    assert!(
+        output.as_ref().is_ok_and(|o| o.status.success()),
+        "cannot enable RabbitMQ's rabbitmq_consistent_hash_exchange plugin: {output:?}"
+    );
 }
 
 fn reachable(port: u16) -> bool {

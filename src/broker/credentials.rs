@@ -1,5 +1,5 @@
-//! Broker credentials of the `mqtt` source and the `mqtt_publish` action: `username`, and
-//! `password` (`${VAR}` works, as in any string) or `password_file`.
+//! Broker credentials of the `mqtt` source, the `mqtt` sink and the `mqtt_publish` action:
+//! `username`, and `password` (`${VAR}` works, as in any string) or `password_file`.
 //!
 //! The file is read when the component is built, so a missing file fails the start (or
 //! rolls a reload back) with its name, instead of a connection refused later.
@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::config::{FieldProblem, Sensitive};
 
 /// What a component's configuration says about credentials.
-pub(crate) struct CredentialFields<'a> {
+pub struct CredentialFields<'a> {
     pub username: Option<&'a str>,
     pub password: Option<&'a Sensitive>,
     pub password_file: Option<&'a Path>,
@@ -17,7 +17,7 @@ pub(crate) struct CredentialFields<'a> {
 
 /// The credentials a connection presents, resolved (the password file read).
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Credentials {
+pub struct Credentials {
     username: String,
     password: Option<Sensitive>,
 }

@@ -9,23 +9,29 @@
 //! undecodable message goes to `<id>.errors` and is rejected without requeue (so a broker
 //! dead-letter exchange, if configured, keeps it) or acked, per `on_undecodable`. The
 //! connection is re-established with exponential backoff after any failure.
+//!
+//! [`declare`] holds what the source declares before consuming: its queue, or its share
+//! of a stream partitioned across instances (`partition`).
+
+mod declare;
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use futures::{FutureExt, StreamExt};
+use lapin::Connection;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeclareOptions,
 };
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use prometheus_client::metrics::gauge::Gauge;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::declare::{Declare, Partition};
 use super::gate::{DeviceGate, UnknownDevices};
 use super::{SourceComponent, SourceContext, reading};
 use crate::codecs::{Decoder, DecodingConfig};
@@ -50,6 +56,10 @@ pub struct AmqpSourceConfig {
     /// Declare the queue (and bind it) before consuming.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub declare: Option<Declare>,
+    /// Consume this instance's share of a stream partitioned by device id: a queue
+    /// `<queue>.<instance>` bound to a consistent-hash exchange (see [`Partition`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<Partition>,
     #[serde(default)]
     pub decoding: DecodingConfig,
     /// Field holding the event time; default: arrival time.
@@ -74,20 +84,6 @@ pub struct AmqpSourceConfig {
     pub unknown_devices: UnknownDevices,
 }
 
-/// Queue (and binding) declaration.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Declare {
-    #[serde(default = "default_true")]
-    pub durable: bool,
-    /// A topic exchange to declare and bind the queue to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exchange: Option<String>,
-    /// Binding keys, e.g. `devices.*.telemetry`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routing_keys: Vec<String>,
-}
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Undecodable {
@@ -104,9 +100,6 @@ const MAX_BATCH: usize = 512;
 fn default_prefetch() -> u16 {
     1000
 }
-fn default_true() -> bool {
-    true
-}
 fn default_device_field() -> String {
     "device_id".into()
 }
@@ -114,14 +107,7 @@ fn default_device_field() -> String {
 impl SourceComponent for AmqpSourceConfig {
     fn check(&self) -> Vec<FieldProblem> {
         let mut problems = Vec::new();
-        if !(self.url.expose_str().starts_with("amqp://")
-            || self.url.expose_str().starts_with("amqps://"))
-        {
-            problems.push(FieldProblem::at(
-                ["url"],
-                "expected an `amqp://` or `amqps://` URL",
-            ));
-        }
+        problems.extend(crate::broker::amqp::check_url(&self.url, self.tls.as_ref()));
         if self.queue.is_empty() {
             problems.push(FieldProblem::at(["queue"], "expected a queue name"));
         }
@@ -135,19 +121,20 @@ impl SourceComponent for AmqpSourceConfig {
                 }
             }
         }
-        if let Some(declare) = &self.declare
-            && declare.exchange.is_some() == declare.routing_keys.is_empty()
-        {
-            problems.push(FieldProblem::at(
-                ["declare"],
-                "an `exchange` and its `routing_keys` go together",
-            ));
+        if let Some(declare) = &self.declare {
+            problems.extend(declare.check());
+        }
+        if let Some(partition) = &self.partition {
+            problems.extend(partition.check());
+            if self.declare.is_some() {
+                problems.push(FieldProblem::at(
+                    ["partition"],
+                    "a partition declares its own queue and exchange: remove `declare`",
+                ));
+            }
         }
         if let Err(message) = self.decoding.check() {
             problems.push(FieldProblem::at(["decoding"], message));
-        }
-        if self.tls.is_some() && !self.url.expose_str().starts_with("amqps://") {
-            problems.push(FieldProblem::at(["tls"], "`tls` needs an `amqps://` URL"));
         }
         problems
     }
@@ -158,47 +145,17 @@ impl SourceComponent for AmqpSourceConfig {
 
     fn build(&self, cx: SourceContext) -> anyhow::Result<ComponentTask> {
         // Certificates are read now, so a bad file fails the start (or rolls a reload back).
-        let tls = self.tls_config()?;
+        let tls = crate::broker::amqp::tls(self.tls.as_ref())?;
         let gate = DeviceGate::new(cx.services.get(), self.unknown_devices)?;
-        let config = self.clone();
+        let mut config = self.clone();
+        if let Some(partition) = &self.partition {
+            // The running copy names the queue it consumes: this instance's.
+            config.queue = partition.queue(&self.queue, || {
+                Ok(cx.instance_id.get()?.as_str().to_owned())
+            })?;
+        }
         Ok(Box::pin(async move { run(config, tls, gate, cx).await }))
     }
-}
-
-impl AmqpSourceConfig {
-    fn tls_config(&self) -> anyhow::Result<OwnedTLSConfig> {
-        amqp_tls(self.tls.as_ref())
-    }
-}
-
-/// lapin's TLS settings from weir's: PEM files read now, so a bad file fails the build.
-pub(crate) fn amqp_tls(tls: Option<&TlsConfig>) -> anyhow::Result<OwnedTLSConfig> {
-    use anyhow::Context as _;
-    let Some(tls) = tls else {
-        return Ok(OwnedTLSConfig::default());
-    };
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    let identity = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
-            pem: read(cert)?,
-            key: read(key)?,
-        }),
-        (None, None) => None,
-        _ => anyhow::bail!("mutual TLS needs both `cert_file` and `key_file`"),
-    };
-    let cert_chain = match &tls.ca_file {
-        Some(ca) => Some(
-            String::from_utf8(read(ca)?)
-                .with_context(|| format!("{} is not PEM text", ca.display()))?,
-        ),
-        None => None,
-    };
-    Ok(OwnedTLSConfig {
-        identity,
-        cert_chain,
-    })
 }
 
 async fn run(
@@ -247,52 +204,16 @@ async fn consume(
     gate: &DeviceGate,
     backoff: &mut StdDuration,
 ) -> anyhow::Result<()> {
-    crate::tls::install_default_provider();
-    let runtime = lapin::runtime::default_runtime()?;
-    let connection = Connection::connect_with_config(
-        config.url.expose_str(),
-        ConnectionProperties::default(),
-        tls.clone(),
-        runtime,
-    )
-    .await?;
+    let connection = crate::broker::amqp::connect(&config.url, tls).await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await?;
     if let Some(declare) = &config.declare {
-        let options = QueueDeclareOptions {
-            durable: declare.durable,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(config.queue.as_str().into(), options, FieldTable::default())
-            .await?;
-        if let Some(exchange) = &declare.exchange {
-            let options = ExchangeDeclareOptions {
-                durable: declare.durable,
-                ..Default::default()
-            };
-            channel
-                .exchange_declare(
-                    exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    options,
-                    FieldTable::default(),
-                )
-                .await?;
-            for key in &declare.routing_keys {
-                channel
-                    .queue_bind(
-                        config.queue.as_str().into(),
-                        exchange.as_str().into(),
-                        key.as_str().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
-        }
+        declare.declare(&channel, &config.queue).await?;
+    }
+    if let Some(partition) = &config.partition {
+        partition.declare(&channel, &config.queue).await?;
     }
     let tag = format!("weir-{}", cx.id);
     let mut consumer = channel
