@@ -85,6 +85,12 @@ sinks:
     .unwrap();
     let weir_live = Weir::start(dir.path(), &live, api(port)).await;
     let table = url::Url::from_directory_path(dir.path().join(".weir/lake/telemetry")).unwrap();
+    // `rows` panics on a local table directory that does not exist yet.
+    let log = dir.path().join(".weir/lake/telemetry/_delta_log");
+    assert!(
+        eventually(Duration::from_secs(30), || log.exists()).await,
+        "the archive's first commit"
+    );
     let mut raw = Vec::new();
     for _ in 0..300 {
         raw = rows(&table, &Default::default()).await;
