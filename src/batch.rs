@@ -13,8 +13,10 @@
 //! socket answers (a running weir's), and starts from nothing — it reads its whole range
 //! again, so disk buffers a failed run left behind are discarded (their events come
 //! again from the table). It serves no API and no control socket. A device registry, if
-//! the pipeline configures one, is the one in that `data_dir`: the live daemon's store is
-//! locked by it and is never opened.
+//! the pipeline configures one, is read-only and in memory (`registry/service.rs`): a
+//! snapshot of the live fleet (`registry: { snapshot }`, from `weir devices export`), or
+//! a store read once at the start; the live daemon's store is locked by it and is
+//! refused with the way to a snapshot.
 //!
 //! [`SourceComponent::bounded`]: crate::config::source::SourceComponent::bounded
 

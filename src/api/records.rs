@@ -44,6 +44,8 @@ impl From<RegistryError> for Answer {
             RegistryError::EtagMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
             RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // Only a batch run's registry is read-only, and a batch run serves no API.
+            RegistryError::ReadOnly(_) => StatusCode::CONFLICT,
         };
         error(status, e)
     }

@@ -36,6 +36,8 @@ pub struct ServiceContext<'a> {
     pub services: &'a Services,
     /// Fires when weir stops, after the topology has drained.
     pub stop: CancellationToken,
+    /// Live, or a batch run (`weir run --batch`), which may open services otherwise.
+    pub run: &'a super::RunMode,
 }
 
 /// A component's need for a service with settings, so `validate` can ask for them.

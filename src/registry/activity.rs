@@ -46,8 +46,11 @@ impl Registry {
                 })
                 .collect()
         };
+        if seen.is_empty() {
+            return Ok(0);
+        }
         let records: Vec<Device> = seen.iter().map(|(e, _)| e.snapshot()).collect();
-        self.store
+        self.store()?
             .write_devices(&records.iter().collect::<Vec<_>>(), &[])?;
         for (entry, at) in &seen {
             entry.stored_seen.store(*at, Ordering::Relaxed);

@@ -126,7 +126,7 @@ impl Registry {
             .lookup(id)
             .ok_or_else(|| RegistryError::NotFound(format!("device `{id}`")))?;
         check_etag(&entry.device.etag, if_match)?;
-        self.store.write_devices(&[], &[id])?;
+        self.store()?.write_devices(&[], &[id])?;
         self.remove(id);
         self.announce(ChangeKind::Deleted, entry);
         self.update_status_gauge();
@@ -195,7 +195,7 @@ impl Registry {
             outcomes.push(ImportOutcome::Created);
             fresh.push(Device::new(spec, now));
         }
-        self.store
+        self.store()?
             .write_devices(&fresh.iter().collect::<Vec<_>>(), &[])?;
         for device in fresh {
             let entry = Entry::new(device);

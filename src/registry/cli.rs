@@ -5,13 +5,14 @@
 //! shows a progress bar on a terminal, reports each failed row and goes on; a re-run after
 //! an interruption skips the devices that exist and adds the rest.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
 
-use super::{keys, sas};
+use super::rows::{self, Format};
+use super::{export, keys, sas};
 use crate::api_client::{ApiArgs, ApiClient};
 
 #[derive(Debug, Args)]
@@ -81,29 +82,28 @@ enum DevicesCommand {
         #[arg(long, conflicts_with = "key")]
         with_key: Option<String>,
     },
-    /// Import devices from CSV (header `id,status,primary_key,secondary_key,tag.<name>...`)
-    /// or NDJSON (one device object per line).
+    /// Import devices from CSV (header `id,status,primary_key,secondary_key,tag.<name>...`;
+    /// `tags`, `desired`, `reported` cells hold JSON objects) or NDJSON (one device object
+    /// per line).
     Import {
         file: PathBuf,
         /// Default: from the file name (`.csv`, else NDJSON).
         #[arg(long, value_enum)]
-        format: Option<ImportFormat>,
+        format: Option<Format>,
         /// Rows per request (each one transaction).
         #[arg(long, default_value_t = 2000)]
         chunk: usize,
     },
+    /// Write the devices (without keys unless asked) to a file that `import` reads and a
+    /// batch run loads as `registry: { snapshot: FILE }`, paging through the API while
+    /// weir runs.
+    Export(export::ExportArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum KeyChoice {
     Primary,
     Secondary,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum ImportFormat {
-    Csv,
-    Ndjson,
 }
 
 /// Runs `weir devices …`.
@@ -134,11 +134,11 @@ pub fn main(args: DevicesArgs) -> ExitCode {
     }
 }
 
-fn segment(id: &str) -> String {
+pub(super) fn segment(id: &str) -> String {
     percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn print(value: &Value) {
+pub(super) fn print(value: &Value) {
     if !value.is_null() {
         println!(
             "{}",
@@ -244,6 +244,7 @@ async fn run(client: &ApiClient, command: DevicesCommand) -> Result<ExitCode, St
             format,
             chunk,
         } => return import(client, &file, format, chunk.clamp(1, 50_000)).await,
+        DevicesCommand::Export(options) => return export::run(client, options).await,
     };
     print(&answer);
     Ok(ExitCode::SUCCESS)
@@ -256,109 +257,19 @@ fn parse_tags(tags: &[String]) -> Result<Map<String, Value>, String> {
             let (key, value) = tag
                 .split_once('=')
                 .ok_or_else(|| format!("tag `{tag}` is not key=value"))?;
-            Ok((key.trim().to_owned(), typed(value)))
+            Ok((key.trim().to_owned(), rows::typed(value)))
         })
         .collect()
 }
 
-fn typed(text: &str) -> Value {
-    match serde_json::from_str::<Value>(text) {
-        Ok(value @ (Value::Number(_) | Value::Bool(_))) => value,
-        _ => Value::String(text.to_owned()),
-    }
-}
-
-/// One row of an import file: its line and the device object (or why it is unusable).
-type Row = (usize, Result<Value, String>);
-
-fn read_rows(file: &PathBuf, format: ImportFormat) -> Result<Vec<Row>, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    match format {
-        ImportFormat::Ndjson => Ok(text
-            .lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(n, line)| {
-                let row = match serde_json::from_str::<Value>(line) {
-                    Ok(value @ Value::Object(_)) => Ok(value),
-                    Ok(_) => Err("expected a JSON object".to_owned()),
-                    Err(e) => Err(format!("not JSON: {e}")),
-                };
-                (n + 1, row)
-            })
-            .collect()),
-        ImportFormat::Csv => csv_rows(&text),
-    }
-}
-
-/// CSV with a header: `id`, `status`, `primary_key`, `secondary_key`, `x509_thumbprint`,
-/// `tags` (a JSON object) and `tag.<name>` columns; empty cells are left out.
-fn csv_rows(text: &str) -> Result<Vec<Row>, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(text.as_bytes());
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|e| format!("line 1: {e}"))?
-        .iter()
-        .map(|h| h.trim().to_owned())
-        .collect();
-    if !header.iter().any(|h| h == "id") {
-        return Err("line 1: the CSV header has no `id` column".into());
-    }
-    let mut rows = Vec::new();
-    for (n, record) in reader.records().enumerate() {
-        let line = n + 2;
-        let row = record.map_err(|e| e.to_string()).and_then(|record| {
-            if record.len() != header.len() {
-                return Err(format!(
-                    "{} cells, the header has {}",
-                    record.len(),
-                    header.len()
-                ));
-            }
-            let mut device = Map::new();
-            let mut tags = Map::new();
-            for (name, cell) in header.iter().zip(record.iter()) {
-                if cell.is_empty() {
-                    continue;
-                }
-                match name.strip_prefix("tag.") {
-                    Some(tag) => {
-                        tags.insert(tag.to_owned(), typed(cell));
-                    }
-                    None if name == "tags" => {
-                        let parsed: Map<String, Value> = serde_json::from_str(cell)
-                            .map_err(|e| format!("`tags` is not a JSON object: {e}"))?;
-                        tags.extend(parsed);
-                    }
-                    None => {
-                        device.insert(name.clone(), Value::String(cell.to_owned()));
-                    }
-                }
-            }
-            if !tags.is_empty() {
-                device.insert("tags".into(), Value::Object(tags));
-            }
-            Ok(Value::Object(device))
-        });
-        rows.push((line, row));
-    }
-    Ok(rows)
-}
-
 async fn import(
     client: &ApiClient,
-    file: &PathBuf,
-    format: Option<ImportFormat>,
+    file: &Path,
+    format: Option<Format>,
     chunk: usize,
 ) -> Result<ExitCode, String> {
-    let format = format.unwrap_or(match file.extension().and_then(|e| e.to_str()) {
-        Some(ext) if ext.eq_ignore_ascii_case("csv") => ImportFormat::Csv,
-        _ => ImportFormat::Ndjson,
-    });
-    let rows = read_rows(file, format)?;
+    let format = format.unwrap_or_else(|| Format::of(file));
+    let rows = rows::read(file, format)?;
     let progress = indicatif::ProgressBar::new(rows.len() as u64);
     progress.set_style(
         indicatif::ProgressStyle::with_template(

@@ -27,7 +27,7 @@ impl Registry {
             )));
         }
         let group = spec.into_group(Timestamp::now());
-        self.store.write_group(&group)?;
+        self.store()?.write_group(&group)?;
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
         groups.insert(group.id.clone(), group.clone());
         Ok(group)
@@ -48,7 +48,7 @@ impl Registry {
         patch.apply(&mut group);
         group.updated_at = Timestamp::now();
         group.etag = device::new_etag();
-        self.store.write_group(&group)?;
+        self.store()?.write_group(&group)?;
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
         groups.insert(group.id.clone(), group.clone());
         Ok(group)
@@ -60,7 +60,7 @@ impl Registry {
             .group(id)
             .ok_or_else(|| RegistryError::NotFound(format!("enrollment group `{id}`")))?;
         check_etag(&group.etag, if_match)?;
-        self.store.delete_group(id)?;
+        self.store()?.delete_group(id)?;
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
         groups.remove(id);
         Ok(())

@@ -14,12 +14,20 @@
 //! through a group's derived key, for the device gateway's provisioning protocol),
 //! `activity` (when devices were last seen), `feed` (lifecycle events), `metrics`,
 //! `config` (the `registry:` section) and `service` (how the topology starts it and
-//! components find it).
+//! components find it); `rows` is the file of devices that `weir devices import` reads
+//! and `export` writes.
+//!
+//! A batch run's registry is read-only ([`Backing::ReadOnly`]): loaded into memory from
+//! a snapshot (`snapshot`, such a file) or from a store read once, with no file behind
+//! it, so every change is refused ([`RegistryError::ReadOnly`]) rather than dropped.
 
 pub mod cli;
 pub mod device;
+mod export;
 pub mod keys;
+pub mod rows;
 pub mod sas;
+mod snapshot;
 mod store;
 
 mod activity;
@@ -53,6 +61,7 @@ pub use feed::{Change, ChangeKind};
 pub use provisioning::{ProvisionError, Provisioned};
 pub use sas::{SasError, SasToken};
 pub use service::{SERVICE, used_by};
+pub use snapshot::SnapshotError;
 pub use store::StoreError;
 
 use crate::telemetry::Metrics;
@@ -77,6 +86,12 @@ pub enum RegistryError {
     Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The registry was loaded once and is never written (a batch run's).
+    #[error(
+        "the device registry is read-only: this run loaded it from {} and changes no device",
+        .0.display()
+    )]
+    ReadOnly(PathBuf),
 }
 
 type Shard = RwLock<HashMap<Arc<str>, Arc<Entry>, foldhash::fast::FixedState>>;
@@ -84,7 +99,7 @@ type Shard = RwLock<HashMap<Arc<str>, Arc<Entry>, foldhash::fast::FixedState>>;
 /// The registry: see the module documentation.
 pub struct Registry {
     path: PathBuf,
-    store: Store,
+    backing: Backing,
     shards: Box<[Shard]>,
     hasher: foldhash::fast::FixedState,
     /// Ids in order, for paged listings.
@@ -96,6 +111,15 @@ pub struct Registry {
     disabled: AtomicUsize,
     feed: broadcast::Sender<Change>,
     metrics: ArcSwapOption<Metrics>,
+}
+
+/// Where the records live.
+enum Backing {
+    /// The store weir manages: every change is written to it first.
+    Store(Store),
+    /// Nowhere: the records were loaded once (from a snapshot, or from a store a batch
+    /// run opened read-only) and every change is refused.
+    ReadOnly,
 }
 
 /// Registries open in this process, by file: a redb file can be opened once per process,
@@ -123,9 +147,32 @@ impl Registry {
     fn load(path: &Path) -> Result<Self, StoreError> {
         let store = Store::open(path)?;
         let (devices, groups) = store.load()?;
+        let registry = Self::holding(path, Backing::Store(store), devices, groups);
+        tracing::info!(path = %path.display(), devices = registry.len(), "device registry open");
+        Ok(registry)
+    }
+
+    /// A read-only registry of what the store in `path` holds now, for a batch run: the
+    /// store is read in one transaction and closed again, so a live weir that starts
+    /// later can open it. A store a running weir holds is refused
+    /// ([`StoreError::is_locked`]).
+    pub fn read_store(path: &Path) -> Result<Arc<Self>, StoreError> {
+        let (devices, groups) = store::read_only(path)?;
+        let registry = Self::holding(path, Backing::ReadOnly, devices, groups);
+        tracing::info!(path = %path.display(), devices = registry.len(), "device registry loaded read-only from its store");
+        Ok(Arc::new(registry))
+    }
+
+    /// A registry of `devices` and `groups`, kept in `backing`.
+    fn holding(
+        path: &Path,
+        backing: Backing,
+        devices: Vec<Device>,
+        groups: Vec<EnrollmentGroup>,
+    ) -> Self {
         let registry = Self {
             path: path.to_path_buf(),
-            store,
+            backing,
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             hasher: foldhash::fast::FixedState::with_seed(0x5eed),
             ordered: RwLock::default(),
@@ -138,8 +185,20 @@ impl Registry {
         for device in devices {
             registry.put(Entry::new(device));
         }
-        tracing::info!(path = %path.display(), devices = registry.len(), "device registry open");
-        Ok(registry)
+        registry
+    }
+
+    /// The store to write a change to; refused by a read-only registry.
+    fn store(&self) -> Result<&Store, RegistryError> {
+        match &self.backing {
+            Backing::Store(store) => Ok(store),
+            Backing::ReadOnly => Err(RegistryError::ReadOnly(self.path.clone())),
+        }
+    }
+
+    /// Whether changes are refused (the registry of a batch run).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.backing, Backing::ReadOnly)
     }
 
     pub fn path(&self) -> &Path {
@@ -230,7 +289,7 @@ impl Registry {
         kind: ChangeKind,
         desired_patch: Option<Properties>,
     ) -> Result<Device, RegistryError> {
-        self.store.write_devices(&[&device], &[])?;
+        self.store()?.write_devices(&[&device], &[])?;
         let entry = Entry::new(device.clone());
         self.put(Arc::clone(&entry));
         self.announce_desired(kind, entry, desired_patch);

@@ -8,9 +8,9 @@
 //! of an older format is migrated in place when it is opened, in one transaction (a
 //! store without `meta` is format 1: devices without twin versions).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use super::device::{Device, EnrollmentGroup};
 
@@ -23,11 +23,30 @@ const FORMAT: u64 = 2;
 
 /// What the store failed at, in words (the API answers 500 with it).
 #[derive(Debug, thiserror::Error)]
-#[error("registry store: {0}")]
-pub struct StoreError(String);
+pub enum StoreError {
+    #[error("registry store: {0}")]
+    Failed(String),
+    /// Another process has the file open (redb locks it): a running weir.
+    #[error("registry store: {} is held by another process (a running weir locks its store)", .0.display())]
+    Locked(PathBuf),
+}
+
+impl StoreError {
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Self::Locked(_))
+    }
+}
 
 fn err(context: &str) -> impl Fn(&dyn std::fmt::Display) -> StoreError + '_ {
-    move |e| StoreError(format!("{context}: {e}"))
+    move |e| StoreError::Failed(format!("{context}: {e}"))
+}
+
+/// The error of opening `path`: [`StoreError::Locked`] when another process holds it.
+fn open_error(path: &Path, how: &str, e: DatabaseError) -> StoreError {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_path_buf()),
+        e => StoreError::Failed(format!("cannot open {}{how}: {e}", path.display())),
+    }
 }
 
 pub struct Store {
@@ -39,10 +58,9 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(|e| StoreError::Failed(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = Database::create(path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| open_error(path, "", e))?;
         let txn = db.begin_write().map_err(|e| err("begin")(&e))?;
         txn.open_table(DEVICES)
             .map_err(|e| err("devices table")(&e))?;
@@ -57,9 +75,7 @@ impl Store {
     /// out, so one bad record does not keep the registry from starting.
     pub fn load(&self) -> Result<(Vec<Device>, Vec<EnrollmentGroup>), StoreError> {
         let txn = self.db.begin_read().map_err(|e| err("begin read")(&e))?;
-        let devices = read_all(&txn.open_table(DEVICES).map_err(|e| err("devices")(&e))?)?;
-        let groups = read_all(&txn.open_table(GROUPS).map_err(|e| err("groups")(&e))?)?;
-        Ok((devices, groups))
+        Ok((read_table(&txn, DEVICES)?, read_table(&txn, GROUPS)?))
     }
 
     /// Writes devices (all or none) and removes `deleted`, in one transaction.
@@ -102,6 +118,46 @@ impl Store {
     }
 }
 
+fn newer(format: u64) -> StoreError {
+    StoreError::Failed(format!(
+        "the store has format {format}, written by a newer weir (this one knows {FORMAT})"
+    ))
+}
+
+/// Every device and group of the store in `path`, read in one read-only transaction
+/// without changing the file (an older format is read as it is: devices of format 1 lack
+/// twin versions, which nothing read-only needs). The file is closed on return.
+pub fn read_only(path: &Path) -> Result<(Vec<Device>, Vec<EnrollmentGroup>), StoreError> {
+    let db = Database::builder()
+        .open_read_only(path)
+        .map_err(|e| open_error(path, " read-only", e))?;
+    let txn = db.begin_read().map_err(|e| err("begin read")(&e))?;
+    let format = match txn.open_table(META) {
+        Ok(meta) => meta
+            .get("format")
+            .map_err(|e| err("meta table")(&e))?
+            .map_or(1, |v| v.value()),
+        Err(TableError::TableDoesNotExist(_)) => 1,
+        Err(e) => return Err(err("meta table")(&e)),
+    };
+    if format > FORMAT {
+        return Err(newer(format));
+    }
+    Ok((read_table(&txn, DEVICES)?, read_table(&txn, GROUPS)?))
+}
+
+/// The records of `table`, none if the store has no such table (yet).
+fn read_table<T: serde::de::DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+) -> Result<Vec<T>, StoreError> {
+    match txn.open_table(table) {
+        Ok(table) => read_all(&table),
+        Err(TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+        Err(e) => Err(err("open table")(&e)),
+    }
+}
+
 /// Brings the records of an older store to [`FORMAT`] within `txn` (a new store just
 /// gets its format written). A store of a newer format than this weir knows is refused,
 /// rather than rewritten into a shape it would lose fields of.
@@ -112,9 +168,7 @@ fn migrate(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
         .map_err(|e| err("meta table")(&e))?
         .map_or(1, |v| v.value());
     if format > FORMAT {
-        return Err(StoreError(format!(
-            "the store has format {format}, written by a newer weir (this one knows {FORMAT})"
-        )));
+        return Err(newer(format));
     }
     if format < 2 {
         let mut devices = txn.open_table(DEVICES).map_err(|e| err("devices")(&e))?;
@@ -234,6 +288,28 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(format.value(), FORMAT);
+    }
+
+    #[test]
+    fn a_store_held_open_is_refused_as_locked_and_a_closed_one_is_read_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.redb");
+        let store = Store::open(&path).unwrap();
+        let device: Device = serde_json::from_str(FORMAT_1_DEVICE).unwrap();
+        store.write_devices(&[&device], &[]).unwrap();
+        let locked = read_only(&path).expect_err("refused while held");
+        assert!(locked.is_locked(), "{locked}");
+        assert!(
+            locked.to_string().contains(&path.display().to_string()),
+            "{locked}"
+        );
+        drop(store);
+        let before = std::fs::read(&path).unwrap();
+        let (devices, groups) = read_only(&path).unwrap();
+        assert_eq!((devices.len(), groups.len()), (1, 0));
+        assert_eq!(devices[0].tags["site"], "a");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing written");
+        drop(Store::open(&path).unwrap());
     }
 
     #[test]

@@ -42,6 +42,7 @@ impl RunningTopology {
         let services = RunningServices::start(
             &config.globals.services,
             &config.globals.data_dir,
+            &config.globals.run,
             telemetry,
         )
         .map_err(|error| ReloadError::Service { error })?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RunMode;
 use crate::config::service::{ServiceConfigs, ServiceContext, Services};
 use crate::telemetry::Telemetry;
 
@@ -22,6 +23,7 @@ impl RunningServices {
     pub fn start(
         configs: &ServiceConfigs,
         data_dir: &Path,
+        run: &RunMode,
         telemetry: &Arc<Telemetry>,
     ) -> anyhow::Result<Self> {
         let mut running = Self {
@@ -35,6 +37,7 @@ impl RunningServices {
                 telemetry,
                 services: &running.services,
                 stop: running.stop.clone(),
+                run,
             };
             match config.start(cx) {
                 Ok(Some(task)) => {

@@ -467,6 +467,7 @@ fn the_shipped_batch_pipelines_validate() {
         vec!["recompute-minute-aggregates.yaml", "minute-aggregates.yaml"],
         vec!["backfill-redis-warm-state.yaml"],
         vec!["replay-corrected-filter.yaml"],
+        vec!["site-hourly-from-snapshot.yaml"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_weir"))
             .arg("validate")

@@ -22,6 +22,7 @@ mod api_forgery;
 mod api_jwt;
 mod api_openapi;
 mod api_tls;
+mod batch_registry;
 mod cli;
 mod dashboard;
 mod delta_batch;
