@@ -254,3 +254,138 @@ actions:
     assert!(error.to_string().contains("not in the registry"), "{error}");
     topology.stop(Duration::from_secs(10)).await;
 }
+
+/// A rumqttc client of `device` that never acknowledges what it receives (manual acks,
+/// and none sent), subscribed to its cloud-to-device messages.
+async fn silent_receiver(
+    dir: &Path,
+    host: Ipv4Addr,
+    device: &str,
+    key: &str,
+) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    use rumqttc::{AsyncClient, MqttOptions, QoS, TlsConfiguration, Transport};
+    let expiry = jiff::Timestamp::now().as_second() as u64 + 3600;
+    let token = weir::registry::sas::sign(
+        &format!("{host}/devices/{device}"),
+        &weir::registry::keys::decode(key).unwrap(),
+        expiry,
+    );
+    let mut options = MqttOptions::new(device, (host.to_string().as_str(), 8883));
+    options
+        .set_keep_alive(30)
+        .set_ack_mode(rumqttc::AckMode::Manual)
+        .set_credentials(format!("{host}/{device}/?api-version=2021-04-12"), token);
+    let tls = weir::tls::TlsConfig {
+        ca_file: Some(dir.join("ca.pem")),
+        ..Default::default()
+    }
+    .client_config()
+    .unwrap();
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    let (client, eventloop) = AsyncClient::builder(options).capacity(16).build();
+    client
+        .subscribe(
+            format!("devices/{device}/messages/devicebound/#"),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    (client, eventloop)
+}
+
+/// The payload of the next message the client receives within `wait`.
+async fn received(eventloop: &mut rumqttc::EventLoop, wait: Duration) -> Option<String> {
+    use rumqttc::{Event, Incoming};
+    tokio::time::timeout(wait, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                    return Some(String::from_utf8_lossy(&publish.payload).into_owned());
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_never_completed_is_dead_lettered_after_max_delivery_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let host = gateway_address();
+    let text = write_pipeline(d, host, SINKS).replacen(
+        "' } }",
+        "' }, devicebound: { max_delivery_count: 2 } }",
+        1,
+    );
+    assert!(text.contains("max_delivery_count: 2"), "{text}");
+    let telemetry = Telemetry::new();
+    let topology = RunningTopology::start(&pipeline(&text), &telemetry).unwrap();
+    let key = register(&topology, "fb-valve-1");
+    let q = queues(&topology);
+    let hour = Duration::from_secs(3600);
+    let unlucky = q
+        .enqueue(
+            "fb-valve-1",
+            message("never completed", hour, Ack::Negative),
+        )
+        .unwrap();
+
+    // Delivered twice, each time to a connection that ends without a PUBACK.
+    for delivery in 1..=2 {
+        let (client, mut eventloop) = silent_receiver(d, host, "fb-valve-1", &key).await;
+        let payload = received(&mut eventloop, Duration::from_secs(10)).await;
+        assert_eq!(
+            payload.as_deref(),
+            Some("never completed"),
+            "delivery {delivery}"
+        );
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+        drop(eventloop);
+    }
+    let dead = d.join("dead.ndjson");
+    assert!(lines(&dead).is_empty(), "not dead yet: {:?}", lines(&dead));
+
+    // The third subscription finds it spent: dead-lettered, and not sent again.
+    let (_client, mut eventloop) = silent_receiver(d, host, "fb-valve-1", &key).await;
+    let third = received(&mut eventloop, Duration::from_secs(3)).await;
+    assert_eq!(third, None, "a spent message is not delivered again");
+    assert!(
+        eventually(Duration::from_secs(10), || lines(&dead).len() == 1).await,
+        "dead letters: {:?}",
+        lines(&dead)
+    );
+    let letter = &lines(&dead)[0];
+    assert_eq!(letter["messageId"], unlucky.message.id.as_str());
+    assert_eq!(letter["statusCode"], "DeliveryCountExceeded");
+    assert_eq!(letter["payload"], "never completed");
+    assert_eq!(letter["device_id"], "fb-valve-1");
+    // `ack: negative` asks for the feedback of a message that never got through.
+    let feedback = d.join("feedback.ndjson");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            with(&feedback, "originalMessageId", &unlucky.message.id).len() == 1
+        })
+        .await,
+        "feedback: {:?}",
+        lines(&feedback)
+    );
+    assert_eq!(
+        with(&feedback, "originalMessageId", &unlucky.message.id)[0]["statusCode"],
+        "DeliveryCountExceeded"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let file = std::fs::read_to_string(d.join("devicebound/devices.json"));
+            !file.unwrap_or_default().contains(&unlucky.message.id)
+        })
+        .await,
+        "gone from the queue file once settled"
+    );
+    topology.stop(Duration::from_secs(10)).await;
+}

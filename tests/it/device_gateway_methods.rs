@@ -18,7 +18,7 @@ use crate::support::{Weir, eventually, free_port, lines, metric_in};
 const MINUTE: Duration = Duration::from_secs(60);
 
 /// Registers `id`; its primary key.
-async fn register(weir: &Weir, id: &str) -> String {
+pub(crate) async fn register(weir: &Weir, id: &str) -> String {
     let made = weir
         .request(Method::POST, "/v1/devices")
         .json(&json!({ "id": id }))

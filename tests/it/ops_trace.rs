@@ -334,3 +334,124 @@ sinks:
         .queue_delete(prefix.as_str().into(), QueueDeleteOptions::default())
         .await;
 }
+
+/// A `traceparent` a device sets as a custom property of its message (Microsoft's Python
+/// SDK puts it in the MQTT property bag of `devices/{id}/messages/events/`): the device
+/// gateway's event carries its trace id, and each hop logs one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_in_a_device_gateway_property_bag_traces_the_reading() {
+    use crate::support::azure_sdk::{self, connection_string, gateway_address};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (api, host) = (free_port(), gateway_address());
+    let pipeline = d.join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "data_dir: '{dir}'
+api: {{ listen: '127.0.0.1:{api}' }}
+log: {{ format: json }}
+registry: {{}}
+sources:
+  devices: {gateway}
+transforms:
+  shaped: {{ type: remap, inputs: [devices], set: {{ seen: 'true' }} }}
+sinks:
+  out: {{ type: file, inputs: [shaped], path: '{dir}/out.ndjson' }}
+",
+            dir = d.display(),
+            gateway = azure_sdk::gateway_source(d, host),
+        ),
+    )
+    .unwrap();
+    let log = d.join("weir.log");
+    let weir = Weir::start_logged(
+        d,
+        &pipeline,
+        ([127, 0, 0, 1], api).into(),
+        &[("RUST_LOG", "warn,weir::trace=info")],
+        &log,
+    )
+    .await;
+    let key = crate::device_gateway_methods::register(&weir, "trace-fan-1").await;
+
+    let trace_id = "9cf92f3577b34da6a3ce929d0e0e4736";
+    let script = d.join("traced.py");
+    std::fs::write(
+        &script,
+        r#"
+import asyncio, json, sys
+from azure.iot.device.aio import IoTHubDeviceClient
+from azure.iot.device import Message
+
+async def main():
+    conn, ca, traceparent = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3]
+    client = IoTHubDeviceClient.create_from_connection_string(
+        conn, server_verification_cert=ca, connection_retry=False)
+    await client.connect()
+    m = Message(json.dumps({"rpm": 900}))
+    m.content_type = "application/json"
+    m.content_encoding = "utf-8"
+    m.custom_properties["traceparent"] = traceparent
+    await client.send_message(m)
+    print("sent", flush=True)
+    await client.shutdown()
+
+asyncio.run(main())
+"#,
+    )
+    .unwrap();
+    let (conn, ca) = (
+        connection_string(host, "trace-fan-1", &key),
+        d.join("ca.pem"),
+    );
+    let traceparent = format!("00-{trace_id}-{PARENT}-01");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(azure_sdk::python())
+            .arg(&script)
+            .arg(&conn)
+            .arg(&ca)
+            .arg(&traceparent)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("sent"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // send_message returned on the PUBACK, after the sink wrote the reading.
+    let out = crate::support::lines(&d.join("out.ndjson"));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0]["meta"]["trace_id"], trace_id);
+    assert_eq!(
+        out[0]["meta"]["headers"]["traceparent"],
+        format!("00-{trace_id}-{PARENT}-01")
+    );
+    let logged = eventually(Duration::from_secs(20), || hops(&log, trace_id).len() >= 3).await;
+    let lines = hops(&log, trace_id);
+    assert!(logged, "hops logged: {lines:?}");
+    assert_eq!(lines.len(), 3, "one line per hop: {lines:?}");
+    let path: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["component_id"].as_str().unwrap_or_default(),
+                l["output"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        path,
+        [("devices", "default"), ("shaped", "default"), ("out", "-")]
+    );
+    assert!(
+        lines.iter().all(|l| l["device_id"] == "trace-fan-1"),
+        "{lines:?}"
+    );
+    drop(weir);
+}

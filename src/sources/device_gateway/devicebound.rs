@@ -1,18 +1,17 @@
 //! Cloud-to-device messages on a device's connection: once the device subscribes to
-//! `devices/{id}/messages/devicebound/#`, a task sends its queued messages one at a time
-//! at QoS 1 and completes each (removes it from the queue) on the device's PUBACK. A
+//! `devices/{id}/messages/devicebound/#`, its session sends its queued messages one at a
+//! time at QoS 1 and completes each (removes it from the queue) on the device's PUBACK. A
 //! message not acknowledged when the connection ends stays queued for the next one (and
 //! counts as one delivery: see `max_delivery_count`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Packet, Publish};
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
+use rumqttc::mqttbytes::v4::Publish;
+use tokio::sync::Notify;
 
 use super::topics;
 use crate::config::FieldProblem;
@@ -92,94 +91,60 @@ pub(super) fn is_devicebound_filter(device_id: &str, filter: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// The message in flight on a connection: its packet id and message id.
-type InFlight = Arc<Mutex<Option<(u16, String)>>>;
-
-/// The delivery task of one connection, and what its PUBACKs complete.
+/// What a connection delivers: the next queued message once the one in flight (if any)
+/// is acknowledged.
 pub(super) struct Deliveries {
     queue: Arc<Queues>,
     device_id: String,
-    in_flight: InFlight,
-    acked: Arc<Notify>,
-    stop: CancellationToken,
+    /// Fires when a message is queued for the device.
+    waiter: Arc<Notify>,
+    /// The message sent and not acknowledged yet: its packet id and message id.
+    in_flight: Option<(u16, String)>,
+    pkid: u16,
 }
 
 impl Deliveries {
-    /// Starts delivering `device_id`'s messages on `out`.
-    pub(super) fn start(queue: Arc<Queues>, device_id: &str, out: mpsc::Sender<Packet>) -> Self {
-        let deliveries = Self {
+    /// Delivery of `device_id`'s messages, for its connection to poll.
+    pub(super) fn start(queue: Arc<Queues>, device_id: &str) -> Self {
+        Self {
+            waiter: queue.waiter(device_id),
             queue,
             device_id: device_id.to_owned(),
-            in_flight: InFlight::default(),
-            acked: Arc::default(),
-            stop: CancellationToken::new(),
-        };
-        tokio::spawn(deliver(
-            Arc::clone(&deliveries.queue),
-            deliveries.device_id.clone(),
-            out,
-            Arc::clone(&deliveries.in_flight),
-            Arc::clone(&deliveries.acked),
-            deliveries.stop.clone(),
-        ));
-        deliveries
+            in_flight: None,
+            pkid: 0,
+        }
+    }
+
+    /// The next message to send, once none is in flight and one is queued. Cancel-safe:
+    /// a message is taken from the queue only when it is returned.
+    pub(super) async fn next(&mut self) -> Publish {
+        if self.in_flight.is_some() {
+            return std::future::pending().await;
+        }
+        loop {
+            if let Some(message) = self.queue.next_delivery(&self.device_id) {
+                self.pkid = self.pkid % u16::MAX + 1;
+                let topic =
+                    topics::devicebound_topic(&self.device_id, &message.id, &message.properties);
+                let mut publish =
+                    Publish::new(topic, QoS::AtLeastOnce, message.payload.into_bytes());
+                publish.pkid = self.pkid;
+                self.in_flight = Some((self.pkid, message.id));
+                return publish;
+            }
+            self.waiter.notified().await;
+        }
     }
 
     /// The device acknowledged packet `pkid`: if it is the message in flight, it is
     /// completed now (before the connection reads its next packet), and the next one may go.
-    pub(super) fn acknowledge(&self, pkid: u16) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((_, id)) = in_flight.take_if(|(sent, _)| *sent == pkid) else {
+    pub(super) fn acknowledge(&mut self, pkid: u16) {
+        let Some((_, id)) = self.in_flight.take_if(|(sent, _)| *sent == pkid) else {
             return;
         };
         if let Err(e) = self.queue.complete(&self.device_id, &id) {
             // Still queued on disk: the device may get it once more after a restart.
             tracing::warn!(device_id = self.device_id, error = %e, "a delivered message could not be removed from the queue file");
-        }
-        self.acked.notify_one();
-    }
-}
-
-impl Drop for Deliveries {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn deliver(
-    queue: Arc<Queues>,
-    device_id: String,
-    out: mpsc::Sender<Packet>,
-    in_flight: InFlight,
-    acked: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    let waiter = queue.waiter(&device_id);
-    let mut pkid: u16 = 0;
-    loop {
-        let Some(message) = queue.next_delivery(&device_id) else {
-            tokio::select! {
-                _ = waiter.notified() => continue,
-                _ = stop.cancelled() => return,
-            }
-        };
-        pkid = pkid % u16::MAX + 1;
-        let topic = topics::devicebound_topic(&device_id, &message.id, &message.properties);
-        let mut publish = Publish::new(topic, QoS::AtLeastOnce, message.payload.into_bytes());
-        publish.pkid = pkid;
-        *in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Some((pkid, message.id));
-        if out.send(Packet::Publish(publish)).await.is_err() {
-            return;
-        }
-        while in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-        {
-            tokio::select! {
-                _ = acked.notified() => {}
-                _ = stop.cancelled() => return,
-            }
         }
     }
 }

@@ -10,6 +10,7 @@ use super::connections::Connections;
 use super::dedupe::SeenMessages;
 use super::rate::DeviceRates;
 use super::telemetry::Decoders;
+use super::tls::TlsStream;
 use super::{DeviceGatewayConfig, Gateway, session, settlement, twin, x509};
 use crate::device_sessions::DeviceSessions;
 use crate::devicebound::Devicebound;
@@ -33,7 +34,7 @@ pub(super) fn build(
         anyhow::anyhow!("the device gateway needs the device registry: add a `registry:` section")
     })?;
     let tls = x509::server_config(&config.tls, config.client_auth)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let tls = Arc::new(tls);
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
     listener.set_nonblocking(true)?;
@@ -106,18 +107,20 @@ pub(super) fn build(
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, gateway) = (acceptor.clone(), Arc::clone(&gateway));
-            sessions.spawn(async move {
-                let handshake = tokio::time::timeout(gateway.connect_timeout, acceptor.accept(tcp));
+            let (tls, gateway) = (Arc::clone(&tls), Arc::clone(&gateway));
+            let session = async move {
+                let handshake =
+                    tokio::time::timeout(gateway.connect_timeout, TlsStream::accept(tls, tcp));
                 match handshake.await {
                     Ok(Ok(stream)) => {
-                        let certificate = x509::presented(stream.get_ref().1);
+                        let certificate = x509::presented(stream.state());
                         session::serve(gateway, stream, certificate).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
-            });
+            };
+            sessions.spawn(session);
         }
         drop(listener);
         listening.set(0);

@@ -55,14 +55,16 @@
 //! # How it is built
 //!
 //! weir's own server logic on rumqttc's `mqttbytes::v4` packet codec (no broker): the
-//! [`listener`] accepts TLS connections (rustls, the shared `tls` options), each runs a
-//! [`session`] that admits the device ([`auth`]), reads its packets ([`wire`]) under the
-//! keep-alive and classifies topics ([`topics`]); [`telemetry`] turns a publish into
+//! [`listener`] accepts TLS connections (rustls's unbuffered API, the shared `tls`
+//! options: [`tls`], so an idle connection holds no buffer), each runs one [`session`]
+//! task that admits the device ([`auth`]), reads and writes its packets ([`wire`]) under
+//! the keep-alive and classifies topics ([`topics`]); [`telemetry`] turns a publish into
 //! events, and [`connections`] keeps one connection per device. A session's PUBACKs go
-//! out in arrival order from a task of their own, so a slow commit holds back later
+//! out in arrival order as commits come in ([`acks`]), so a slow commit holds back later
 //! acknowledgements (as MQTT requires) but never the reading of pings; `max_inflight`
 //! publishes waiting for their commit stop the reading, which slows the device.
 
+mod acks;
 mod auth;
 mod config;
 mod connections;
@@ -77,6 +79,7 @@ mod rate;
 mod session;
 mod settlement;
 mod telemetry;
+mod tls;
 mod topics;
 mod twin;
 mod wire;

@@ -98,12 +98,27 @@ pub(super) struct DeviceRate {
 
 impl DeviceRate {
     /// Returns once the device may send one more publish (at once while under its rate).
-    pub(super) async fn admit(&self) {
-        let limiter = &self.rates.limiter;
-        if limiter.check_key(&self.device_id).is_err() {
-            self.rates.throttled.inc();
-            limiter.until_key_ready(&self.device_id).await;
+    #[cfg(test)]
+    async fn admit(&self) {
+        if !self.try_admit() {
+            self.ready().await;
         }
+    }
+
+    /// Whether the device may send one more publish now; a publish that may not is
+    /// counted as throttled, and waits for [`Self::ready`].
+    pub(super) fn try_admit(&self) -> bool {
+        let admitted = self.rates.limiter.check_key(&self.device_id).is_ok();
+        if !admitted {
+            self.rates.throttled.inc();
+        }
+        admitted
+    }
+
+    /// Returns once the bucket lets one more publish in (and takes its token).
+    /// Cancel-safe: a cancelled wait takes nothing.
+    pub(super) async fn ready(&self) {
+        self.rates.limiter.until_key_ready(&self.device_id).await;
     }
 }
 

@@ -1,11 +1,15 @@
-//! One device's connection, from its CONNECT to its end: admission, then a loop reading
-//! its packets under the keep-alive, and acknowledgements in arrival order.
+//! One device's connection, from its CONNECT to its end: admission, then one loop that
+//! reads the device's packets under the keep-alive, writes what goes to it, and sends
+//! PUBACKs in arrival order as the readings are committed ([`Acks`]).
 //!
-//! Three tasks share a connection: this loop reads; [`wire::write_packets`] writes what
-//! is queued for the device; [`acknowledge`] takes each QoS 1 publish's outcome in arrival
-//! order (MQTT requires PUBACKs in that order) and queues its PUBACK once every sink has
-//! committed it. A publish that fails or times out is never acknowledged: the connection
-//! is closed, and the device sends it again when it reconnects.
+//! One task per connection, and nothing allocated for an idle one beyond its TLS state
+//! (measured by `benches/device_gateway.rs`, idle part): the loop selects over the
+//! device's packets, the next PUBACK due, the requests for the device (direct methods,
+//! desired changes) and its cloud-to-device messages. A slow commit holds back later
+//! acknowledgements (as MQTT requires) but never the reading of pings; `max_inflight`
+//! publishes waiting for their commit stop the reading, which slows the device. A publish
+//! that fails or times out is never acknowledged: the connection is closed, and the
+//! device sends it again when it reconnects.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,23 +20,23 @@ use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode,
     UnsubAck,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::Acks;
 use super::connections::Connections;
-use super::dedupe::Remember;
 use super::devicebound::{Deliveries, is_devicebound_filter};
 use super::hub::{self, HubRequest};
 use super::rate::DeviceRate;
 use super::telemetry;
+use super::tls::TlsStream;
 use super::topics::{self, PublishTopic};
-use super::wire::{self, PacketReader};
+use super::wire::PacketStream;
 use super::x509::Thumbprints;
 use super::{Gateway, auth, methods, provisioning, twin};
 use crate::config::OutputName;
 use crate::device_sessions::{Registration, ToDevice};
-use crate::event::{Delivery, DeliveryStatus, EventBatch};
+use crate::event::{Delivery, EventBatch};
 use crate::sources::reading;
 use crate::telemetry::InternalEvent;
 use crate::telemetry::events::{
@@ -40,33 +44,21 @@ use crate::telemetry::events::{
     Stage, TopicViolation,
 };
 
-/// A QoS 1 publish waiting for its PUBACK: its packet id, unless it needs no commit (it
-/// went to `<id>.errors`, or was a duplicate) the outcome of its readings, and its
-/// `$.mid` to remember once committed.
-type Pending = (
-    u16,
-    Option<oneshot::Receiver<DeliveryStatus>>,
-    Option<Remember>,
-);
+/// How long the last packets and the TLS close_notify may take to go out when a
+/// connection ends (a device that reads nothing must not hold its session forever).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves one accepted (TLS) connection until it ends.
-pub(super) async fn serve<S>(gateway: Arc<Gateway>, stream: S, certificate: Option<Thumbprints>)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (read, write) = tokio::io::split(stream);
-    let mut reader = PacketReader::new(read, gateway.max_packet_size);
-    let (out_tx, out_rx) = mpsc::channel::<Packet>(gateway.max_inflight + 8);
-    let writer = tokio::spawn(wire::write_packets(write, out_rx));
-
-    let first = tokio::time::timeout(gateway.connect_timeout, reader.next()).await;
+/// Serves one accepted TLS connection until it ends.
+pub(super) async fn serve(gateway: Arc<Gateway>, tls: TlsStream, certificate: Option<Thumbprints>) {
+    let mut stream = PacketStream::new(tls, gateway.max_packet_size);
+    let first = tokio::time::timeout(gateway.connect_timeout, stream.next()).await;
     let Ok(Ok(Packet::Connect(connect))) = first else {
         // Not MQTT, too slow, or not a CONNECT first: nothing to answer.
         return;
     };
     if provisioning::is_registration(&connect) {
-        provisioning::serve(&gateway, &connect, &mut reader, out_tx).await;
-        let _ = writer.await;
+        provisioning::serve(&gateway, &connect, &mut stream).await;
+        close(&mut stream).await;
         return;
     }
     let device_id = connect.client_id.clone();
@@ -77,20 +69,16 @@ where
             detail: &refusal.detail,
         }
         .emit(&gateway.metrics);
-        let _ = out_tx
-            .send(Packet::ConnAck(ConnAck::new(refusal.code, false)))
-            .await;
-        drop(out_tx);
-        let _ = writer.await;
+        let refused = Packet::ConnAck(ConnAck::new(refusal.code, false));
+        if stream.queue(&refused).is_ok() {
+            close(&mut stream).await;
+        }
         return;
     }
     let claim = gateway.connections.claim(&device_id);
-    let _ = out_tx
-        .send(Packet::ConnAck(ConnAck::new(
-            ConnectReturnCode::Success,
-            false,
-        )))
-        .await;
+    // A failed write shows as a lost connection at the first read.
+    let accepted = Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false));
+    let _ = stream.send(&accepted).await;
     DeviceConnected {
         device_id: &device_id,
         connected: gateway.connections.len(),
@@ -101,34 +89,21 @@ where
         0 => gateway.max_keep_alive,
         secs => Duration::from_secs(secs.into()).min(gateway.max_keep_alive),
     };
-    let (broken, stop_acks) = (CancellationToken::new(), CancellationToken::new());
-    let (pending_tx, pending_rx) = mpsc::channel::<Pending>(gateway.max_inflight);
-    let acks = tokio::spawn(acknowledge(
-        pending_rx,
-        out_tx.clone(),
-        gateway.ack_timeout,
-        Cut {
-            broken: broken.clone(),
-            stop: stop_acks.clone(),
-        },
-        gateway.telemetry.pending_deliveries(),
-    ));
     let mut session = Session {
         gateway: &gateway,
         device_id: &device_id,
-        out: out_tx,
-        pending: pending_tx,
+        stream,
+        acks: Acks::new(gateway.ack_timeout, gateway.telemetry.pending_deliveries()),
         subscriptions: BTreeSet::new(),
         deliveries: None,
         link: None,
         rate: gateway.rates.as_ref().map(|rates| rates.of(&device_id)),
+        held: None,
     };
-    let reason = session
-        .run(&mut reader, keep_alive * 3 / 2, (&claim.replaced, &broken))
-        .await;
+    let reason = session.run(keep_alive * 3 / 2, &claim.replaced).await;
     let Session {
-        out,
-        pending,
+        mut stream,
+        mut acks,
         deliveries,
         link,
         ..
@@ -139,13 +114,17 @@ where
     drop(deliveries);
     // Stopping, let what the pipeline took be acknowledged (within `ack_timeout`) before
     // closing; otherwise the device is gone and nothing more can reach it.
-    drop(pending);
-    if reason != "shutdown" {
-        stop_acks.cancel();
+    if reason == "shutdown" {
+        while acks.len() > 0 {
+            let Ok(pkid) = acks.next().await else { break };
+            if queue_pubacks(&mut stream, &mut acks, pkid).is_err() || stream.flush().await.is_err()
+            {
+                break;
+            }
+        }
     }
-    let _ = acks.await;
-    drop(out);
-    let _ = writer.await;
+    drop(acks);
+    close(&mut stream).await;
     let connections: &Connections = &gateway.connections;
     connections.release(&device_id, claim.serial);
     DeviceDisconnected {
@@ -156,12 +135,43 @@ where
     .emit(&gateway.metrics);
 }
 
+/// Sends what is queued and the TLS close_notify, within [`CLOSE_GRACE`].
+async fn close(stream: &mut PacketStream) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, stream.close()).await;
+}
+
+/// Queues the PUBACK of `pkid` and of the publishes after it that are committed already.
+fn queue_pubacks(stream: &mut PacketStream, acks: &mut Acks, pkid: u16) -> std::io::Result<()> {
+    stream.queue(&Packet::PubAck(PubAck::new(pkid)))?;
+    while let Some(pkid) = acks.ready() {
+        stream.queue(&Packet::PubAck(PubAck::new(pkid)))?;
+    }
+    Ok(())
+}
+
+/// A telemetry publish waiting for the device's rate limit to let it in.
+struct Held {
+    publish: Publish,
+    topic: String,
+    properties: Vec<(String, String)>,
+}
+
+/// What woke the session up.
+enum Wake {
+    Read(Packet),
+    Acked(u16),
+    Request(ToDevice),
+    Deliver(Publish),
+    Admitted,
+}
+
 /// An admitted device's connection.
 struct Session<'a> {
     gateway: &'a Gateway,
     device_id: &'a str,
-    out: mpsc::Sender<Packet>,
-    pending: mpsc::Sender<Pending>,
+    stream: PacketStream,
+    /// QoS 1 publishes waiting for their PUBACK.
+    acks: Acks,
     subscriptions: BTreeSet<String>,
     /// Cloud-to-device delivery, once the device subscribed to it.
     deliveries: Option<Deliveries>,
@@ -171,68 +181,55 @@ struct Session<'a> {
     link: Option<(Registration, mpsc::Receiver<ToDevice>)>,
     /// The device's telemetry rate limit, when the gateway has one.
     rate: Option<DeviceRate>,
+    /// A publish over the rate: nothing more is read until it is let in.
+    held: Option<Held>,
 }
 
 impl Session<'_> {
-    /// Reads and handles packets until the connection must end; the reason it ended.
-    async fn run<R: AsyncRead + Unpin>(
-        &mut self,
-        reader: &mut PacketReader<R>,
-        idle_limit: Duration,
-        (replaced, broken): (&CancellationToken, &CancellationToken),
-    ) -> &'static str {
+    /// Serves the connection until it must end; the reason it ended.
+    async fn run(&mut self, idle_limit: Duration, replaced: &CancellationToken) -> &'static str {
         // Requests sent to the device do not count as the device being alive.
         let mut idle_until = tokio::time::Instant::now() + idle_limit;
         loop {
-            let packet = tokio::select! {
+            let reading = self.held.is_none() && self.acks.len() < self.gateway.max_inflight;
+            if !reading {
+                // Not reading is weir's doing, not the device's silence.
+                idle_until = tokio::time::Instant::now() + idle_limit;
+            }
+            let wake = tokio::select! {
                 _ = self.gateway.shutdown.cancelled() => return "shutdown",
                 _ = replaced.cancelled() => return "replaced",
-                _ = broken.cancelled() => return "not_committed",
-                Some(request) = next_request(&mut self.link) => Err(request),
-                read = tokio::time::timeout_at(idle_until, reader.next()) => match read {
-                    Err(_) => return "keep_alive_expired",
-                    Ok(Err(e)) => return e.reason(),
-                    Ok(Ok(packet)) => {
-                        idle_until = tokio::time::Instant::now() + idle_limit;
-                        Ok(packet)
-                    }
+                acked = self.acks.next() => match acked {
+                    Ok(pkid) => Wake::Acked(pkid),
+                    Err(_) => return "not_committed",
                 },
+                Some(request) = next_request(&mut self.link) => Wake::Request(request),
+                publish = next_delivery(&mut self.deliveries) => Wake::Deliver(publish),
+                () = admitted(self.rate.as_ref()), if self.held.is_some() => Wake::Admitted,
+                read = tokio::time::timeout_at(idle_until, self.stream.next()), if reading => {
+                    match read {
+                        Err(_) => return "keep_alive_expired",
+                        Ok(Err(e)) => return e.reason(),
+                        Ok(Ok(packet)) => {
+                            idle_until = tokio::time::Instant::now() + idle_limit;
+                            Wake::Read(packet)
+                        }
+                    }
+                }
             };
-            let packet = match packet {
-                Ok(packet) => packet,
+            let handled = match wake {
+                Wake::Read(packet) => self.packet(packet).await,
+                Wake::Acked(pkid) => match queue_pubacks(&mut self.stream, &mut self.acks, pkid) {
+                    Ok(()) => self.flush().await,
+                    Err(_) => Err("connection_lost"),
+                },
                 // A request for the device (a direct method, a desired change).
-                Err(request) => match self.send(to_device(request)).await {
-                    Ok(()) => continue,
-                    Err(reason) => return reason,
+                Wake::Request(request) => self.send(to_device(request)).await,
+                Wake::Deliver(publish) => self.send(Packet::Publish(publish)).await,
+                Wake::Admitted => match self.held.take() {
+                    Some(held) => self.telemetry(held).await,
+                    None => Ok(()),
                 },
-            };
-            let handled = match packet {
-                Packet::Publish(publish) => self.publish(publish).await,
-                Packet::Subscribe(subscribe) => self.subscribe(subscribe).await,
-                Packet::Unsubscribe(unsubscribe) => {
-                    for filter in &unsubscribe.topics {
-                        self.subscriptions.remove(filter);
-                        for kind in hub::subscriptions(filter) {
-                            if let Some((registration, _)) = &self.link {
-                                registration.set(kind, false);
-                            }
-                        }
-                        if is_devicebound_filter(self.device_id, filter) {
-                            self.deliveries = None;
-                        }
-                    }
-                    self.send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
-                        .await
-                }
-                Packet::PingReq => self.send(Packet::PingResp).await,
-                Packet::Disconnect => Err("client_disconnect"),
-                Packet::PubAck(ack) => {
-                    if let Some(deliveries) = &self.deliveries {
-                        deliveries.acknowledge(ack.pkid);
-                    }
-                    Ok(())
-                }
-                _ => Err("protocol_violation"),
             };
             if let Err(reason) = handled {
                 return reason;
@@ -240,8 +237,47 @@ impl Session<'_> {
         }
     }
 
-    async fn send(&self, packet: Packet) -> Result<(), &'static str> {
-        self.out.send(packet).await.map_err(|_| "connection_lost")
+    /// Handles one packet from the device.
+    async fn packet(&mut self, packet: Packet) -> Result<(), &'static str> {
+        match packet {
+            Packet::Publish(publish) => self.publish(publish).await,
+            Packet::Subscribe(subscribe) => self.subscribe(subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => {
+                for filter in &unsubscribe.topics {
+                    self.subscriptions.remove(filter);
+                    for kind in hub::subscriptions(filter) {
+                        if let Some((registration, _)) = &self.link {
+                            registration.set(kind, false);
+                        }
+                    }
+                    if is_devicebound_filter(self.device_id, filter) {
+                        self.deliveries = None;
+                    }
+                }
+                self.send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
+                    .await
+            }
+            Packet::PingReq => self.send(Packet::PingResp).await,
+            Packet::Disconnect => Err("client_disconnect"),
+            Packet::PubAck(ack) => {
+                if let Some(deliveries) = &mut self.deliveries {
+                    deliveries.acknowledge(ack.pkid);
+                }
+                Ok(())
+            }
+            _ => Err("protocol_violation"),
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) -> Result<(), &'static str> {
+        self.stream
+            .send(&packet)
+            .await
+            .map_err(|_| "connection_lost")
+    }
+
+    async fn flush(&mut self) -> Result<(), &'static str> {
+        self.stream.flush().await.map_err(|_| "connection_lost")
     }
 
     /// Telemetry becomes events; QoS 2, another device's topic or a `$iothub` request
@@ -263,9 +299,26 @@ impl Session<'_> {
                 return Err("topic_violation");
             }
         };
-        if let Some(rate) = &self.rate {
-            rate.admit().await;
+        let held = Held {
+            publish,
+            topic,
+            properties,
+        };
+        if self.rate.as_ref().is_some_and(|rate| !rate.try_admit()) {
+            // Over its rate: read nothing more until it is let in (PUBACKs still go).
+            self.held = Some(held);
+            return Ok(());
         }
+        self.telemetry(held).await
+    }
+
+    /// A telemetry publish, admitted by the rate limit, becomes events.
+    async fn telemetry(&mut self, held: Held) -> Result<(), &'static str> {
+        let Held {
+            publish,
+            topic,
+            properties,
+        } = held;
         let gateway = self.gateway;
         let ack = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
         let mid = properties
@@ -277,7 +330,7 @@ impl Session<'_> {
         {
             gateway.metrics.duplicates_dropped.inc();
             if let Some(pkid) = ack {
-                self.queue_ack(pkid, None, None).await?;
+                self.acks.push(pkid, None, None);
             }
             return Ok(());
         }
@@ -302,13 +355,8 @@ impl Session<'_> {
                 // At QoS 0 nobody waits for the commit: the events travel without a delivery.
                 let outcome = ack.map(|_| Delivery::attach_all(&mut events));
                 if let Some(pkid) = ack {
-                    let waiting = gateway.telemetry.pending_deliveries();
-                    waiting.inc();
                     let remember = gateway.seen.remember_later(self.device_id, mid.as_deref());
-                    if let Err(reason) = self.queue_ack(pkid, outcome, remember).await {
-                        waiting.dec();
-                        return Err(reason);
-                    }
+                    self.acks.push(pkid, outcome, remember);
                 }
                 gateway.out.send(EventBatch::new(events)).await;
             }
@@ -334,7 +382,7 @@ impl Session<'_> {
                     .await;
                 // Kept on `<id>.errors`: acknowledged, or the device would send it forever.
                 if let Some(pkid) = ack {
-                    self.queue_ack(pkid, None, None).await?;
+                    self.acks.push(pkid, None, None);
                 }
             }
         }
@@ -358,21 +406,9 @@ impl Session<'_> {
             HubRequest::Unknown => return Err("unsupported_topic"),
         }
         if publish.qos == QoS::AtLeastOnce {
-            self.queue_ack(publish.pkid, None, None).await?;
+            self.acks.push(publish.pkid, None, None);
         }
         Ok(())
-    }
-
-    async fn queue_ack(
-        &self,
-        pkid: u16,
-        outcome: Option<oneshot::Receiver<DeliveryStatus>>,
-        remember: Option<Remember>,
-    ) -> Result<(), &'static str> {
-        self.pending
-            .send((pkid, outcome, remember))
-            .await
-            .map_err(|_| "not_committed")
     }
 
     /// Grants filters in the device's own topics (QoS 1 at most, as a hub does), up to
@@ -397,9 +433,8 @@ impl Session<'_> {
                 if is_devicebound_filter(self.device_id, &filter.path) && self.deliveries.is_none()
                 {
                     self.deliveries = Some(Deliveries::start(
-                        std::sync::Arc::clone(&self.gateway.devicebound),
+                        Arc::clone(&self.gateway.devicebound),
                         self.device_id,
-                        self.out.clone(),
                     ));
                 }
                 for kind in hub::subscriptions(&filter.path) {
@@ -444,58 +479,19 @@ fn to_device(request: ToDevice) -> Packet {
     }
 }
 
-/// How [`acknowledge`] ends early: it fires `broken` when a publish was not committed,
-/// and stops when `stop` fires (the connection is gone).
-struct Cut {
-    broken: CancellationToken,
-    stop: CancellationToken,
+/// The next cloud-to-device message to send, once the device subscribed to them (never,
+/// until then).
+async fn next_delivery(deliveries: &mut Option<Deliveries>) -> Publish {
+    match deliveries {
+        Some(deliveries) => deliveries.next().await,
+        None => std::future::pending().await,
+    }
 }
 
-/// Queues each publish's PUBACK once its readings are committed, in arrival order. A
-/// publish lost on the way, or not committed within `timeout`, breaks the connection
-/// instead, so the device sends it (and what followed it) again.
-async fn acknowledge(
-    mut pending: mpsc::Receiver<Pending>,
-    out: mpsc::Sender<Packet>,
-    timeout: Duration,
-    cut: Cut,
-    waiting: prometheus_client::metrics::gauge::Gauge,
-) {
-    loop {
-        let next = tokio::select! {
-            _ = cut.stop.cancelled() => break,
-            next = pending.recv() => next,
-        };
-        let Some((pkid, outcome, remember)) = next else {
-            break;
-        };
-        let committed = match outcome {
-            Some(outcome) => {
-                let status = tokio::select! {
-                    _ = cut.stop.cancelled() => None,
-                    status = tokio::time::timeout(timeout, outcome) => Some(status),
-                };
-                waiting.dec();
-                matches!(status, Some(Ok(Ok(DeliveryStatus::Committed))))
-            }
-            None => true,
-        };
-        if !committed {
-            cut.broken.cancel();
-            break;
-        }
-        if let Some(remember) = remember {
-            remember.committed();
-        }
-        if out.send(Packet::PubAck(PubAck::new(pkid))).await.is_err() {
-            break;
-        }
-    }
-    // What is still queued will not be acknowledged: lower the gauge for it.
-    pending.close();
-    while let Some((_, outcome, _)) = pending.recv().await {
-        if outcome.is_some() {
-            waiting.dec();
-        }
+/// Resolves when the rate limit lets the held publish in.
+async fn admitted(rate: Option<&DeviceRate>) {
+    match rate {
+        Some(rate) => rate.ready().await,
+        None => std::future::pending().await,
     }
 }

@@ -1,23 +1,16 @@
-//! MQTT 3.1.1 packets on a (TLS) stream, with rumqttc's `mqttbytes::v4` codec: a reader
-//! that refuses packets over the configured size, and a writer task that sends what the
-//! session queues, coalescing what is queued at once into one write.
+//! MQTT 3.1.1 packets on a device's TLS connection, with rumqttc's `mqttbytes::v4` codec:
+//! reading refuses packets over the configured size; writing encodes what the session
+//! queues and sends it in one TLS write.
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::Error as CodecError;
 use rumqttc::mqttbytes::v4::Packet;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+
+use super::tls::TlsStream;
 
 /// Packets weir sends are small (acks) or bounded by the device's own limit; this only
 /// guards the encoder.
 const MAX_OUTGOING: usize = 268_435_455;
-
-/// What a connection's read buffer starts with: enough for a device's CONNECT and a few
-/// small publishes. It grows to what a device's packets need (up to `max_packet_size`)
-/// and keeps that, so idle devices, the many, hold little (measured by
-/// `benches/device_gateway.rs`: starting at 4 KiB, with the writer's 1 KiB, cost 4.2 of an
-/// idle connection's 26.5 KiB).
-const INITIAL_READ_BUFFER: usize = 512;
 
 /// Why reading a packet failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,62 +36,78 @@ impl ReadError {
     }
 }
 
-/// Reads whole packets, never buffering more than one packet over `max_size`.
-pub(super) struct PacketReader<R> {
-    read: R,
-    buf: BytesMut,
+/// A device's connection as MQTT packets: reads whole packets (never buffering more than
+/// one packet over `max_size`) and writes packets, with no buffer held while idle (see
+/// [`TlsStream`]): what is read is parsed from the TLS layer's plaintext, and what is
+/// written is encoded into a buffer that lives until it is sent.
+pub(super) struct PacketStream {
+    tls: TlsStream,
     max_size: usize,
+    /// Packets encoded by [`Self::queue`], not sent yet.
+    out: BytesMut,
 }
 
-impl<R: AsyncRead + Unpin> PacketReader<R> {
-    pub(super) fn new(read: R, max_size: usize) -> Self {
+impl PacketStream {
+    pub(super) fn new(tls: TlsStream, max_size: usize) -> Self {
         Self {
-            read,
-            buf: BytesMut::with_capacity(INITIAL_READ_BUFFER),
+            tls,
             max_size,
+            out: BytesMut::new(),
         }
     }
 
     /// The next packet. Cancel-safe: a partial packet stays in the buffer.
     pub(super) async fn next(&mut self) -> Result<Packet, ReadError> {
         loop {
-            match Packet::read(&mut self.buf, self.max_size) {
-                Ok(packet) => return Ok(packet),
-                Err(CodecError::InsufficientBytes(_)) => {}
-                Err(CodecError::PayloadSizeLimitExceeded(_)) => return Err(ReadError::TooLarge),
-                Err(e) => return Err(ReadError::Malformed(e)),
+            let buf = self.tls.plaintext();
+            let parsed = match Packet::read(buf, self.max_size) {
+                Ok(packet) => Ok(packet),
+                Err(CodecError::InsufficientBytes(_)) => Err(None),
+                Err(CodecError::PayloadSizeLimitExceeded(_)) => Err(Some(ReadError::TooLarge)),
+                Err(e) => Err(Some(ReadError::Malformed(e))),
+            };
+            // Nothing left to parse: let go of the buffer (the packet keeps its part).
+            if buf.is_empty() {
+                *buf = BytesMut::new();
             }
-            if self.read.read_buf(&mut self.buf).await? == 0 {
+            match parsed {
+                Ok(packet) => return Ok(packet),
+                Err(Some(e)) => return Err(e),
+                Err(None) => {}
+            }
+            if !self.tls.read_more().await? {
                 return Err(ReadError::Closed);
             }
         }
     }
-}
 
-/// Writes the packets queued on `queue` until it closes or the stream fails, then shuts
-/// the stream down (a TLS close_notify).
-pub(super) async fn write_packets<W: AsyncWrite + Unpin>(
-    mut write: W,
-    mut queue: mpsc::Receiver<Packet>,
-) {
-    // Empty until the first packet: most of what goes out is a 4-byte ack, and a burst
-    // grows it once to what the burst needs.
-    let mut buf = BytesMut::new();
-    while let Some(packet) = queue.recv().await {
-        buf.clear();
-        let mut next = Some(packet);
-        while let Some(packet) = next {
-            if packet.write(&mut buf, MAX_OUTGOING).is_err() {
-                return;
-            }
-            next = match buf.len() < 64 * 1024 {
-                true => queue.try_recv().ok(),
-                false => None,
-            };
+    /// Encodes `packet` to go out with the next [`Self::flush`].
+    pub(super) fn queue(&mut self, packet: &Packet) -> std::io::Result<()> {
+        packet
+            .write(&mut self.out, MAX_OUTGOING)
+            .map(drop)
+            .map_err(|e| std::io::Error::other(format!("cannot encode a packet: {e}")))
+    }
+
+    /// Sends what was queued, in one TLS write. Not cancel-safe.
+    pub(super) async fn flush(&mut self) -> std::io::Result<()> {
+        let out = std::mem::take(&mut self.out);
+        if out.is_empty() {
+            return Ok(());
         }
-        if write.write_all(&buf).await.is_err() || write.flush().await.is_err() {
-            return;
+        self.tls.write_all(&out).await
+    }
+
+    /// Sends `packet` (and whatever was queued before it).
+    pub(super) async fn send(&mut self, packet: &Packet) -> std::io::Result<()> {
+        self.queue(packet)?;
+        self.flush().await
+    }
+
+    /// Sends what was queued, then close_notify, and closes the sending side.
+    pub(super) async fn close(&mut self) {
+        if self.flush().await.is_ok() {
+            let _ = self.tls.close().await;
         }
     }
-    let _ = write.shutdown().await;
 }

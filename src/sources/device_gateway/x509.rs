@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use rustls::DigitallySignedStruct;
 use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::ServerConfig;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ServerConfig, ServerConnection};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha1::Sha1;
@@ -69,7 +69,7 @@ impl Thumbprints {
 }
 
 /// The certificate the device of `connection` presented, if any.
-pub(super) fn presented(connection: &ServerConnection) -> Option<Thumbprints> {
+pub(super) fn presented(connection: &rustls::CommonState) -> Option<Thumbprints> {
     let certificate = connection.peer_certificates()?.first()?;
     Some(Thumbprints::of(certificate.as_ref()))
 }

@@ -9,8 +9,6 @@ use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, SubAck,
     SubscribeReasonCode, UnsubAck,
 };
-use tokio::io::AsyncRead;
-use tokio::sync::mpsc;
 
 use super::answers::{self, Outcome};
 use super::topics::{self, Request};
@@ -18,7 +16,7 @@ use super::{ProvisioningConfig, registration_username};
 use crate::registry::ProvisionError;
 use crate::sources::device_gateway::Gateway;
 use crate::sources::device_gateway::auth::{Refusal, check_client_id};
-use crate::sources::device_gateway::wire::PacketReader;
+use crate::sources::device_gateway::wire::PacketStream;
 use crate::telemetry::events::{DeviceRefused, TopicViolation};
 
 /// Finished operations one connection remembers for polling (an SDK polls the one it
@@ -34,17 +32,16 @@ struct Registration<'a> {
     settings: &'a ProvisioningConfig,
     registration_id: &'a str,
     group_id: String,
-    out: mpsc::Sender<Packet>,
+    stream: &'a mut PacketStream,
     operations: VecDeque<(String, Outcome)>,
 }
 
 /// Serves the registration connection that sent `connect` (a provisioning username, see
-/// [`registration_username`]) until it ends; `out` goes to the device.
-pub(in crate::sources::device_gateway) async fn serve<R: AsyncRead + Unpin>(
+/// [`registration_username`]) until it ends.
+pub(in crate::sources::device_gateway) async fn serve(
     gateway: &Gateway,
     connect: &Connect,
-    reader: &mut PacketReader<R>,
-    out: mpsc::Sender<Packet>,
+    stream: &mut PacketStream,
 ) {
     let registration_id = connect.client_id.as_str();
     let admitted = admit(gateway, connect);
@@ -57,14 +54,12 @@ pub(in crate::sources::device_gateway) async fn serve<R: AsyncRead + Unpin>(
                 detail: &refusal.detail,
             }
             .emit(&gateway.metrics);
-            let _ = out
-                .send(Packet::ConnAck(ConnAck::new(refusal.code, false)))
-                .await;
+            let _ = stream.queue(&Packet::ConnAck(ConnAck::new(refusal.code, false)));
             return;
         }
     };
     let accepted = ConnAck::new(ConnectReturnCode::Success, false);
-    if out.send(Packet::ConnAck(accepted)).await.is_err() {
+    if stream.send(&Packet::ConnAck(accepted)).await.is_err() {
         return;
     }
     tracing::debug!(registration_id, group = %group_id, "registration connection admitted");
@@ -77,10 +72,10 @@ pub(in crate::sources::device_gateway) async fn serve<R: AsyncRead + Unpin>(
         settings,
         registration_id,
         group_id,
-        out,
+        stream,
         operations: VecDeque::new(),
     };
-    let reason = registration.run(reader, keep_alive * 3 / 2).await;
+    let reason = registration.run(keep_alive * 3 / 2).await;
     tracing::debug!(registration_id, reason, "registration connection ended");
 }
 
@@ -138,15 +133,11 @@ fn admit<'a>(
 
 impl Registration<'_> {
     /// Reads and answers requests until the connection must end; the reason it ended.
-    async fn run<R: AsyncRead + Unpin>(
-        &mut self,
-        reader: &mut PacketReader<R>,
-        idle_limit: Duration,
-    ) -> &'static str {
+    async fn run(&mut self, idle_limit: Duration) -> &'static str {
         loop {
             let packet = tokio::select! {
                 _ = self.gateway.shutdown.cancelled() => return "shutdown",
-                read = tokio::time::timeout(idle_limit, reader.next()) => match read {
+                read = tokio::time::timeout(idle_limit, self.stream.next()) => match read {
                     Err(_) => return "keep_alive_expired",
                     Ok(Err(e)) => return e.reason(),
                     Ok(Ok(packet)) => packet,
@@ -189,8 +180,11 @@ impl Registration<'_> {
         }
     }
 
-    async fn send(&self, packet: Packet) -> Result<(), &'static str> {
-        self.out.send(packet).await.map_err(|_| "connection_lost")
+    async fn send(&mut self, packet: Packet) -> Result<(), &'static str> {
+        self.stream
+            .send(&packet)
+            .await
+            .map_err(|_| "connection_lost")
     }
 
     fn violation(&self, topic: &str) {
