@@ -6,6 +6,12 @@
 //! exposes the event's fields as top-level names.
 //!
 //! [`Event::view`]: crate::event::Event::view
+//!
+//! Conditions and value expressions also get a native form when they can (see [`native`]):
+//! evaluated against a [`Scope`] (an event), it reads fields directly and computes without
+//! minijinja's VM, and leaves anything it does not compute itself to minijinja.
+
+mod native;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -14,6 +20,8 @@ use std::sync::{Arc, LazyLock};
 use minijinja::{Environment, Expression, UndefinedBehavior, Value as TemplateValue};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
+
+pub use native::Scope;
 
 /// The environment every expression is compiled in: lenient undefined handling, so that
 /// `temperature is number and temperature < 200` is false (not an error) without the field.
@@ -52,6 +60,27 @@ impl From<minijinja::Error> for EvalError {
     }
 }
 
+/// Converts a minijinja value (a template or expression result) back into a JSON value.
+pub fn from_template_value(value: &TemplateValue) -> serde_json::Value {
+    use minijinja::value::ValueKind;
+    use serde_json::Value;
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => Value::Null,
+        ValueKind::Bool => Value::Bool(value.is_true()),
+        ValueKind::Number => {
+            if let Ok(i) = i64::try_from(value.clone()) {
+                Value::from(i)
+            } else if let Ok(f) = f64::try_from(value.clone()) {
+                serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+            } else {
+                Value::Null
+            }
+        }
+        ValueKind::String => Value::String(value.as_str().unwrap_or_default().to_owned()),
+        _ => serde_json::to_value(value).unwrap_or(Value::Null),
+    }
+}
+
 /// Renders a compile error as `what went wrong (at character N)`.
 fn compile_error(source: &str, err: &minijinja::Error) -> String {
     let mut message = format!("invalid expression `{source}`: {}", err.kind());
@@ -67,6 +96,8 @@ fn compile_error(source: &str, err: &minijinja::Error) -> String {
 pub struct ValueExpr {
     source: Arc<str>,
     compiled: Arc<Expression<'static, 'static>>,
+    /// The native form, when the expression has one.
+    native: Option<Arc<native::Node>>,
 }
 
 impl ValueExpr {
@@ -78,12 +109,41 @@ impl ValueExpr {
         Ok(Self {
             source: source.into(),
             compiled: Arc::new(compiled),
+            native: native::build(&EXPRESSIONS, source).map(Arc::new),
         })
     }
 
     /// Evaluates the expression against a context (usually [`crate::event::Event::view`]).
     pub fn eval(&self, context: &TemplateValue) -> Result<TemplateValue, EvalError> {
         Ok(self.compiled.eval(context.clone())?)
+    }
+
+    /// Evaluates the expression against an event, as a field value: `None` when it yields
+    /// nothing (undefined). The same result as `from_template_value(eval(view))`, natively
+    /// when it can be.
+    pub fn eval_json(&self, scope: &dyn Scope) -> Result<Option<serde_json::Value>, EvalError> {
+        if let Some(node) = &self.native
+            && let Ok(value) = node.eval(scope).and_then(native::Val::into_json)
+        {
+            return Ok(value);
+        }
+        let value = self.eval(&scope.view())?;
+        Ok((!value.is_undefined()).then(|| from_template_value(&value)))
+    }
+
+    /// The expression's truthiness for an event, natively when it can be.
+    fn is_true(&self, scope: &dyn Scope) -> Result<bool, EvalError> {
+        if let Some(node) = &self.native
+            && let Ok(holds) = node.eval(scope).and_then(|value| value.is_true())
+        {
+            return Ok(holds);
+        }
+        Ok(self.eval(&scope.view())?.is_true())
+    }
+
+    /// Whether the expression has a native form (for tests and benchmarks).
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
     }
 
     /// The top-level names the expression reads.
@@ -111,6 +171,16 @@ impl Condition {
     /// Whether the condition holds: the expression's truthiness, as in a Jinja `if`.
     pub fn matches(&self, context: &TemplateValue) -> Result<bool, EvalError> {
         Ok(self.0.eval(context)?.is_true())
+    }
+
+    /// Whether the condition holds for an event: the same answer as `matches(view)`,
+    /// natively when it can be.
+    pub fn holds_for(&self, scope: &dyn Scope) -> Result<bool, EvalError> {
+        self.0.is_true(scope)
+    }
+
+    pub fn is_native(&self) -> bool {
+        self.0.is_native()
     }
 
     pub fn source(&self) -> &str {

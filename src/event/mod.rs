@@ -20,6 +20,8 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
+/// Expression results become field values through the template library's conversion.
+pub use crate::template::from_template_value;
 pub use ack::{Delivery, DeliveryStatus, Unsettled};
 pub use serde_json::Value;
 pub use time::parse_event_time;
@@ -316,26 +318,6 @@ pub(crate) fn template_map(
     entries: impl IntoIterator<Item = (minijinja::Value, minijinja::Value)>,
 ) -> minijinja::Value {
     minijinja::Value::from_object(entries.into_iter().collect::<indexmap::IndexMap<_, _>>())
-}
-
-/// Converts a minijinja value (a template or expression result) back into a JSON value.
-pub fn from_template_value(value: &minijinja::Value) -> Value {
-    use minijinja::value::ValueKind;
-    match value.kind() {
-        ValueKind::Undefined | ValueKind::None => Value::Null,
-        ValueKind::Bool => Value::Bool(value.is_true()),
-        ValueKind::Number => {
-            if let Ok(i) = i64::try_from(value.clone()) {
-                Value::from(i)
-            } else if let Ok(f) = f64::try_from(value.clone()) {
-                serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
-            } else {
-                Value::Null
-            }
-        }
-        ValueKind::String => Value::String(value.as_str().unwrap_or_default().to_owned()),
-        _ => serde_json::to_value(value).unwrap_or(Value::Null),
-    }
 }
 
 #[cfg(test)]

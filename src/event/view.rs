@@ -8,7 +8,24 @@ use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value as TemplateValue};
 
-use super::{DeviceId, Event, EventMeta, Fields, template_map, to_template_value};
+use super::{DeviceId, Event, EventMeta, Fields, Value, template_map, to_template_value};
+use crate::template::Scope;
+
+/// What the native evaluator of conditions and `set` expressions reads: the same names the
+/// view shows (`device_id` from the event, every other name a field), without building it.
+impl Scope for Event {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.fields.get(name)
+    }
+
+    fn device_id(&self) -> Option<&str> {
+        self.device_id.as_deref()
+    }
+
+    fn view(&self) -> TemplateValue {
+        EventView::value(self)
+    }
+}
 
 /// The minijinja object behind [`Event::view`].
 #[derive(Debug)]

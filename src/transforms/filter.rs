@@ -32,7 +32,7 @@ pub struct Filter {
 
 impl FunctionTransform for Filter {
     fn transform(&mut self, event: Event, out: &mut TransformOutput) {
-        match self.condition.matches(&event.view()) {
+        match self.condition.holds_for(&event) {
             Ok(true) => out.push(event),
             Ok(false) => out.discard(1),
             Err(err) => out.error(
@@ -46,7 +46,7 @@ impl FunctionTransform for Filter {
     fn transform_batch(&mut self, batch: EventBatch, out: &mut TransformOutput) {
         let mut dropped = 0;
         for event in batch {
-            match self.condition.matches(&event.view()) {
+            match self.condition.holds_for(&event) {
                 Ok(true) => out.push(event),
                 Ok(false) => dropped += 1,
                 Err(err) => out.error(

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{FunctionTransform, TransformComponent, TransformContext, TransformOutput};
 use crate::config::FieldProblem;
-use crate::event::{Event, Value, from_template_value};
+use crate::event::{Event, Value};
 use crate::telemetry::events::ErrorType;
 use crate::template::ValueExpr;
 
@@ -79,13 +79,11 @@ impl Remap {
         if self.set.is_empty() {
             return Ok(());
         }
-        let view = event.view();
         for (field, expr) in &self.set {
             let value = expr
-                .eval(&view)
+                .eval_json(event)
                 .map_err(|err| format!("`set.{field}` failed: {err}"))?;
-            self.results
-                .push((!value.is_undefined()).then(|| from_template_value(&value)));
+            self.results.push(value);
         }
         Ok(())
     }

@@ -77,17 +77,13 @@ pub struct Route {
 impl FunctionTransform for Route {
     fn transform(&mut self, event: Event, out: &mut TransformOutput) {
         self.matched.clear();
-        {
-            let view = event.view();
-            for (i, (name, condition)) in self.routes.iter().enumerate() {
-                match condition.matches(&view) {
-                    Ok(true) => self.matched.push(i),
-                    Ok(false) => {}
-                    Err(err) => {
-                        drop(view);
-                        let message = format!("route `{name}` failed: {err}");
-                        return out.error(event, ErrorType::Expression, message);
-                    }
+        for (i, (name, condition)) in self.routes.iter().enumerate() {
+            match condition.holds_for(&event) {
+                Ok(true) => self.matched.push(i),
+                Ok(false) => {}
+                Err(err) => {
+                    let message = format!("route `{name}` failed: {err}");
+                    return out.error(event, ErrorType::Expression, message);
                 }
             }
         }

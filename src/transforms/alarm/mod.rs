@@ -239,7 +239,7 @@ impl Alarm {
         let mut target = None;
         for (severity, condition) in &self.levels {
             if condition
-                .matches(&view)
+                .holds_for(event)
                 .map_err(|err| format!("`raise` ({severity:?}) failed: {err}"))?
             {
                 target = Some(*severity);
@@ -248,7 +248,7 @@ impl Alarm {
         }
         let clear = self
             .clear
-            .matches(&view)
+            .holds_for(event)
             .map_err(|err| format!("`clear` failed: {err}"))?;
         Ok(Judgement { key, target, clear })
     }
