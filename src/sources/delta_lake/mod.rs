@@ -18,6 +18,7 @@
 mod fetch;
 mod plan;
 mod read;
+mod rows;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -213,6 +214,7 @@ async fn run(
     let store = plan.store.clone();
     let files = plan.files;
     let batch_size = config.batch_size;
+    let builders = read::builders();
     let producer = tokio::spawn(async move {
         for file in files {
             let (tx, rx) = mpsc::channel(2);
@@ -223,6 +225,7 @@ async fn run(
                 projection: Arc::clone(&projection),
                 batch_size,
                 source: Arc::clone(&source),
+                builders,
             };
             tokio::spawn(reader.run(tx));
             if order_tx.send((path, rx)).await.is_err() {

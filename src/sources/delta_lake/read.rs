@@ -1,16 +1,9 @@
 //! Reading one data file into events: Parquet record batches (the async reader over the
 //! table's object store, only the columns wanted), each row an event.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use deltalake::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray,
-    TimestampMicrosecondArray,
-};
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMicrosecondType};
-use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::logstore::ObjectStoreRef;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
@@ -18,15 +11,17 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use serde_json::{Number, Value};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::fetch::TableFile;
 use super::plan::{PartitionType, Plan, PlannedFile, TIME};
+use super::rows::RowBuilder;
 use crate::config::BatchRange;
-use crate::event::{Event, EventBatch, EventMeta, Fields};
+use crate::event::{Event, EventBatch};
 
 /// The sink's own column of arrival time: not a field of the reading.
 const RECEIVED_AT: &str = "received_at";
-const DEVICE_ID: &str = "device_id";
+pub const DEVICE_ID: &str = "device_id";
 
 /// Which columns become fields, and which rows are wanted.
 pub struct Projection {
@@ -70,7 +65,7 @@ impl Projection {
     }
 
     /// Whether the file column `name` becomes a field.
-    fn is_field(&self, name: &str) -> bool {
+    pub fn is_field(&self, name: &str) -> bool {
         !matches!(name, DEVICE_ID | TIME | RECEIVED_AT)
             && !self.all_partitions.contains(name)
             && self.columns.as_ref().is_none_or(|c| c.contains(name))
@@ -89,7 +84,7 @@ impl Projection {
         from && to
     }
 
-    fn wants(&self, time: i64) -> bool {
+    pub fn wants(&self, time: i64) -> bool {
         self.since.is_none_or(|since| time >= since) && self.until.is_none_or(|until| time < until)
     }
 }
@@ -108,6 +103,15 @@ pub struct FileReader {
     pub projection: Arc<Projection>,
     pub batch_size: usize,
     pub source: Arc<str>,
+    /// Record batches whose events are built at once (see [`builders`]).
+    pub builders: usize,
+}
+
+/// How many record batches of one file have their events built at once: one per core,
+/// so a read uses every core while its memory stays bounded (`builders` batches of
+/// `batch_size` rows per file being read).
+pub fn builders() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
 }
 
 impl FileReader {
@@ -140,12 +144,36 @@ impl FileReader {
             .with_projection(mask)
             .with_batch_size(self.batch_size)
             .build()?;
-        let constants = self.partition_fields()?;
-        let check_rows = !self
-            .projection
-            .covers(self.file.min_time, self.file.max_time);
-        while let Some(batch) = stream.next().await {
-            let events = self.events(&batch?, &constants, check_rows)?;
+        let rows = Arc::new(RowBuilder {
+            projection: Arc::clone(&self.projection),
+            constants: self.partition_fields()?,
+            check_rows: !self
+                .projection
+                .covers(self.file.min_time, self.file.max_time),
+            source: Arc::clone(&self.source),
+        });
+        // Decoding stays on this task; building events (most of the work) runs on the
+        // blocking pool, up to `builders` batches at once, handed on in order.
+        let mut building: VecDeque<JoinHandle<anyhow::Result<Vec<Event>>>> = VecDeque::new();
+        let mut decoded_all = false;
+        loop {
+            while !decoded_all && building.len() < self.builders {
+                match stream.next().await {
+                    Some(batch) => {
+                        let batch = batch?;
+                        let rows = Arc::clone(&rows);
+                        building
+                            .push_back(tokio::task::spawn_blocking(move || rows.events(&batch)));
+                    }
+                    None => decoded_all = true,
+                }
+            }
+            let Some(next) = building.pop_front() else {
+                return Ok(());
+            };
+            let events = next
+                .await
+                .map_err(|err| anyhow::anyhow!("building events failed: {err}"))??;
             if events.is_empty() {
                 continue;
             }
@@ -158,7 +186,6 @@ impl FileReader {
                 return Ok(());
             }
         }
-        Ok(())
     }
 
     /// The file's partition values restored as fields, typed as the table declares them.
@@ -185,116 +212,5 @@ impl FileReader {
             fields.push((name.clone(), value));
         }
         Ok(fields)
-    }
-
-    /// One record batch as events.
-    fn events(
-        &self,
-        batch: &RecordBatch,
-        constants: &[(String, Value)],
-        check_rows: bool,
-    ) -> anyhow::Result<Vec<Event>> {
-        let time = batch
-            .column_by_name(TIME)
-            .ok_or_else(|| anyhow::anyhow!("the file has no `{TIME}` column"))?;
-        let time = cast(time, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-        let time = time.as_primitive::<TimestampMicrosecondType>();
-        let device = match batch.column_by_name(DEVICE_ID) {
-            Some(column) => Some(cast(column, &DataType::Utf8)?),
-            None => None,
-        };
-        let device = device.as_ref().map(|d| d.as_string::<i32>());
-        let schema = batch.schema();
-        let mut columns = Vec::new();
-        for (field, array) in schema.fields().iter().zip(batch.columns()) {
-            if self.projection.is_field(field.name()) {
-                columns.push((field.name().clone(), Column::of(array)?));
-            }
-        }
-        let meta = Arc::new(EventMeta::received_by(Arc::clone(&self.source)));
-        let mut events = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
-            if time.is_null(row) {
-                continue;
-            }
-            let micros = time.value(row);
-            if check_rows && !self.projection.wants(micros) {
-                continue;
-            }
-            let mut fields = Fields::new();
-            for (name, column) in &columns {
-                if let Some(value) = column.value(row) {
-                    fields.insert(name.clone(), value);
-                }
-            }
-            for (name, value) in constants {
-                fields.insert(name.clone(), value.clone());
-            }
-            let device_id = device
-                .filter(|d| d.is_valid(row))
-                .map(|d| Arc::from(d.value(row)));
-            let mut event = Event::new(device_id, fields, Arc::clone(&meta));
-            event.time = Timestamp::from_microsecond(micros)?;
-            events.push(event);
-        }
-        Ok(events)
-    }
-}
-
-/// One field column, in the shape its values are read from.
-enum Column {
-    Double(Float64Array),
-    Long(Int64Array),
-    Boolean(BooleanArray),
-    Text(StringArray),
-    Time(TimestampMicrosecondArray),
-}
-
-impl Column {
-    fn of(array: &ArrayRef) -> anyhow::Result<Self> {
-        Ok(match array.data_type() {
-            DataType::Float64 | DataType::Float32 | DataType::Float16 => {
-                Self::Double(cast(array, &DataType::Float64)?.as_primitive().clone())
-            }
-            DataType::Int64
-            | DataType::Int32
-            | DataType::Int16
-            | DataType::Int8
-            | DataType::UInt32
-            | DataType::UInt16
-            | DataType::UInt8 => Self::Long(
-                cast(array, &DataType::Int64)?
-                    .as_primitive::<Int64Type>()
-                    .clone(),
-            ),
-            DataType::Boolean => Self::Boolean(array.as_boolean().clone()),
-            DataType::Timestamp(_, _) => Self::Time(
-                cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))?
-                    .as_primitive()
-                    .clone(),
-            ),
-            // Text, dates, decimals, anything else: as its text.
-            _ => Self::Text(cast(array, &DataType::Utf8)?.as_string::<i32>().clone()),
-        })
-    }
-
-    /// The value at `row`; `None` for a null (the field is absent).
-    fn value(&self, row: usize) -> Option<Value> {
-        match self {
-            Self::Double(a) => a
-                .is_valid(row)
-                .then(|| Number::from_f64(a.value(row)).map(Value::Number))
-                .flatten(),
-            Self::Long(a) => a.is_valid(row).then(|| Value::from(a.value(row))),
-            Self::Boolean(a) => a.is_valid(row).then(|| Value::Bool(a.value(row))),
-            Self::Text(a) => a
-                .is_valid(row)
-                .then(|| Value::String(a.value(row).to_owned())),
-            Self::Time(a) => a
-                .is_valid(row)
-                .then(|| Timestamp::from_microsecond(a.value(row)).ok())
-                .flatten()
-                .map(|t| Value::String(t.to_string())),
-        }
     }
 }
