@@ -324,7 +324,7 @@ fn bare_round(settings: &Settings, concurrency: usize) -> Result<Round, String> 
         .spawn()
         .map_err(|e| format!("cannot start the baseline: {e}"))?;
     let result = wait_ready(&mut child, listen).and_then(|()| {
-        let (load, cpu) = load_against(settings, concurrency, listen, child.id(), || Ok(None))?;
+        let (load, cpu) = load_against(settings, concurrency, listen, child.id(), || None)?;
         let events = load.readings_accepted;
         finish(Server::Bare, concurrency, &child, load, cpu, events)
     });
@@ -369,27 +369,26 @@ fn weir_round(settings: &Settings, tap: bool, concurrency: usize) -> Result<Roun
 
 fn measure(
     settings: &Settings,
-    (tap, concurrency): (bool, usize),
+    (with_tap, concurrency): (bool, usize),
     weir: &mut Child,
     (source, api): (SocketAddr, SocketAddr),
     data_dir: &Path,
 ) -> Result<Round, String> {
     wait_ready(weir, api)?;
-    let attached = tap;
-    let tap = match tap {
+    let tap = match with_tap {
         true => Some(tap::attach(api, data_dir)?),
         false => None,
     };
     let (load, cpu) = load_against(settings, concurrency, source, weir.id(), || {
-        Ok(tap.map(tap::Reader::detach))
+        tap.map(tap::Reader::detach)
     })?;
     let events = wait_drained(api, load.readings_accepted)?;
-    let server = Server::Weir { tap: attached };
+    let server = Server::Weir { tap: with_tap };
     finish(server, concurrency, weir, load, cpu, events)
 }
 
-/// CPU time read around a load.
-struct CpuReadings {
+/// What was read around a load: CPU times, and the events an attached tap was shown.
+struct AroundLoad {
     server_before_s: f64,
     machine_busy_s: f64,
     tap_lines: Option<u64>,
@@ -402,8 +401,8 @@ fn load_against(
     concurrency: usize,
     target: SocketAddr,
     server_pid: u32,
-    after_load: impl FnOnce() -> Result<Option<u64>, String>,
-) -> Result<(load::LoadRun, CpuReadings), String> {
+    after_load: impl FnOnce() -> Option<u64>,
+) -> Result<(load::LoadRun, AroundLoad), String> {
     let server_before_s = cpu_seconds(server_pid).unwrap_or(0.0);
     let machine_before = machine_busy_seconds().unwrap_or(0.0);
     let load = load::run(
@@ -424,11 +423,11 @@ fn load_against(
         ],
     )?;
     let machine_busy_s = machine_busy_seconds().unwrap_or(0.0) - machine_before;
-    let tap_lines = after_load()?;
+    let tap_lines = after_load();
     println!("  {}", load.human);
     Ok((
         load,
-        CpuReadings {
+        AroundLoad {
             server_before_s,
             machine_busy_s,
             tap_lines,
@@ -442,7 +441,7 @@ fn finish(
     concurrency: usize,
     child: &Child,
     load: load::LoadRun,
-    cpu: CpuReadings,
+    cpu: AroundLoad,
     events: u64,
 ) -> Result<Round, String> {
     let weir_cpu_s = cpu_seconds(child.id()).unwrap_or(0.0) - cpu.server_before_s;
